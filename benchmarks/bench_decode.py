@@ -1,0 +1,84 @@
+"""Decode speed: pocketlm vs transformers eager on the same random SmolLM-135M-shaped weights.
+
+Batch 1, 128-token prompt, 128 new tokens (greedy), fp32 and bf16, 2 threads by default. Decode
+time = time(prompt + 128 new) - time(prompt + 1 new), so prefill cancels out. Both runtimes are
+measured in this one process, interleaved, and the ratio is what to read (absolute numbers drift
+±20% between processes on this VM).
+
+    python benchmarks/bench_decode.py [--threads 2] [--repeat 3] [--dtypes fp32,bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+import transformers
+
+from pocketlm.interop import load_model
+
+SMOLLM_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                   num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                   rms_norm_eps=1e-5, tie_word_embeddings=True, rope_theta=10000.0)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def decode_seconds(generate, prompt: torch.Tensor, new: int, repeat: int) -> float:
+    generate(prompt, 2)  # warm-up
+    return _time(lambda: generate(prompt, new), repeat) - _time(lambda: generate(prompt, 1), repeat)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**SMOLLM_135M)).eval()
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        ours_fp32 = load_model(d)
+    prompt = torch.randint(0, SMOLLM_135M["vocab_size"], (1, args.prompt))
+    results = {}
+    for name in args.dtypes.split(","):
+        dtype = DTYPES[name]
+        hf_m, ours = hf.to(dtype), ours_fp32.to(dtype)
+
+        def hf_gen(p, n):
+            with torch.inference_mode():
+                return hf_m.generate(p, attention_mask=torch.ones_like(p), max_new_tokens=n, min_new_tokens=n,
+                                     do_sample=False, eos_token_id=None, pad_token_id=0)
+
+        def our_gen(p, n):
+            return ours.generate(p, max_new_tokens=n)
+
+        assert torch.equal(hf_gen(prompt, 8), our_gen(prompt, 8)) or name != "fp32", "greedy tokens differ"
+        t_hf = decode_seconds(hf_gen, prompt, args.new, args.repeat)
+        t_ours = decode_seconds(our_gen, prompt, args.new, args.repeat)
+        n = args.new - 1
+        results[name] = {"transformers_tok_s": n / t_hf, "pocketlm_tok_s": n / t_ours, "ratio": t_hf / t_ours}
+        print(f"{name}: transformers {n / t_hf:6.1f} tok/s   pocketlm {n / t_ours:6.1f} tok/s   "
+              f"ratio {t_hf / t_ours:.2f}x")
+    print(json.dumps({"bench": "decode", "threads": args.threads, "prompt": args.prompt, "new": args.new,
+                      "torch": torch.__version__, "transformers": transformers.__version__, "results": results}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""pocketlm: pick, build, measure and shrink small language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,132 @@
+"""`pocketlm demo`: every capability, offline, on data bundled in the repo, into one report.
+
+Steps (each a `demo_section` of its capability folder, run in order):
+build/train a tiny model -> describe it (survey axes, analytic costs, a sample) -> survey trends
+-> evaluate -> profile. The report is `report.md` + `report.json` in the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+
+from pocketlm.utils import atomic_write_text
+
+console = Console()
+
+
+def _model_section(model_dir: Path) -> dict[str, Any]:
+    """Architecture, analytic costs and a greedy sample of the demo model."""
+    import torch
+
+    from pocketlm.interop import load_model, load_tokenizer
+    from pocketlm.model.cli import print_info
+    from pocketlm.model.describe import cost_summary, survey_axes
+
+    model = load_model(model_dir)
+    cfg = model.config
+    print_info(cfg, context=cfg.max_seq_len, console=console)
+    tok = load_tokenizer(model_dir)
+    prompt = "Once upon a time"
+    if tok is not None:
+        ids = torch.tensor([tok.encode(prompt)])
+    else:
+        ids = torch.tensor([[1, 2, 3, 4]])
+    out = model.generate(ids, max_new_tokens=40, temperature=0.0)
+    sample = tok.decode(out[0]) if tok is not None else " ".join(map(str, out[0].tolist()))
+    axes = survey_axes(cfg)
+    c = cost_summary(cfg, context=cfg.max_seq_len)
+    md = [f"Model `{model_dir}`: {c['params_total']:,} parameters "
+          f"({c['params_non_embedding']:,} non-embedding).", "",
+          "| axis | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in axes.items()] + [
+          "", f"Decode cost: {c['gflops_per_token_decode'] * 1e3:.2f} MFLOPs/token at context {c['context']}; "
+          f"KV cache {c['kv_bytes_per_token_bf16']:,} B/token (bf16).", "",
+          f"Greedy sample from *{prompt}*:", "", "> " + sample.replace("\n", " ")]
+    return {"title": "The model", "markdown": "\n".join(md), "metrics": {"axes": axes, "costs": c, "sample": sample}}
+
+
+def _random_model(out_dir: Path) -> dict[str, Any]:
+    """Fallback first step: a small random llama-style model (used when training is unavailable)."""
+    import torch
+
+    from pocketlm.interop import save_native
+    from pocketlm.model.config import ModelConfig
+    from pocketlm.model.transformer import Transformer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=512, d_model=128, n_layer=4, n_head=4, n_kv_head=2, intermediate_size=344,
+                      max_seq_len=256, name="demo-random")
+    model_dir = save_native(Transformer(cfg), out_dir / "model")
+    return {"title": "Build", "markdown": f"Built a random model at `{model_dir}` (training step not installed).",
+            "metrics": {}, "model_dir": str(model_dir)}
+
+
+def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections: list[dict[str, Any]] = []
+    failures: list[str] = []
+
+    def step(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        if name in skip:
+            return None
+        console.rule(f"[bold]{name}")
+        t0 = time.perf_counter()
+        try:
+            section = fn()
+        except Exception:
+            failures.append(name)
+            console.print(traceback.format_exc())
+            section = {"title": name, "markdown": "**failed**:\n```\n" + traceback.format_exc() + "```", "metrics": {}}
+        section["seconds"] = round(time.perf_counter() - t0, 1)
+        sections.append(section)
+        return section
+
+    train_fn = _optional("pocketlm.train.demo", "demo_section")
+    first = step("train", (lambda: train_fn(out_dir / "train")) if train_fn else (lambda: _random_model(out_dir)))
+    model_dir = Path(first["model_dir"]) if first and "model_dir" in first else _random_model(out_dir)["model_dir"]
+    step("model", lambda: _model_section(Path(model_dir)))
+    for name, module in (("survey", "pocketlm.survey.demo"), ("evaluate", "pocketlm.evaluate.demo"),
+                         ("profile", "pocketlm.profile.demo")):
+        fn = _optional(module, "demo_section")
+        if fn is None:
+            continue
+        if name == "survey":
+            step(name, lambda fn=fn: fn(out_dir / name))
+        else:
+            step(name, lambda fn=fn, name=name: fn(Path(model_dir), out_dir / name))
+    report = {"model_dir": str(model_dir), "sections": sections, "failures": failures}
+    md = ["# pocketlm demo report", ""]
+    for s in sections:
+        md += [f"## {s['title']} ({s['seconds']} s)", "", s["markdown"], ""]
+    atomic_write_text(out_dir / "report.md", "\n".join(md))
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, default=str))
+    return report
+
+
+def _optional(module: str, attr: str) -> Callable | None:
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            return None
+        raise
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def demo(out: Path = typer.Option(Path("demo_out"), help="folder for the report and artifacts"),
+             skip: list[str] = typer.Option([], help="steps to skip (train, model, survey, evaluate, profile)")) -> None:
+        """Run every capability on bundled data (train -> describe -> evaluate -> profile) and write a report."""
+        report = run_demo(out, tuple(skip))
+        console.print(f"\nreport: {out / 'report.md'}")
+        if report["failures"]:
+            console.print(f"[red]failed steps: {', '.join(report['failures'])}")
+            raise typer.Exit(1)

@@ -1,0 +1,283 @@
+"""Load and save Hugging Face model directories (config.json + safetensors) exactly.
+
+Weights are read with safetensors; a legacy `pytorch_model.bin` only with
+`torch.load(weights_only=True)`. No remote code is ever executed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from pocketlm.interop.families import FAMILIES, LEGACY_EXPERTS, Family
+from pocketlm.interop.hf_config import UnsupportedModelError, config_from_hf, hf_config_from
+from pocketlm.model.config import ModelConfig
+from pocketlm.model.transformer import Transformer
+from pocketlm.utils import atomic_path, atomic_write_text
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as it is: names the file or tensor and the fix."""
+
+
+# ---- reading tensors -------------------------------------------------------------------------------
+
+def read_hf_tensors(path: Path) -> dict[str, Tensor]:
+    """All tensors of a HF directory: model.safetensors, sharded safetensors, or pytorch_model.bin."""
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        files = sorted(path.glob("pytorch_model*.bin"))
+    if not files:
+        raise CheckpointError(f"{path}: no weights found (expected model.safetensors, model-0000x-of-0000y."
+                              "safetensors or pytorch_model.bin)")
+    tensors: dict[str, Tensor] = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            try:
+                tensors.update(load_file(str(f)))
+            except (SafetensorError, OSError, ValueError) as e:
+                raise CheckpointError(f"{f}: not a readable safetensors file ({e}); the file may be truncated "
+                                      "or corrupted: re-download or re-save it") from e
+        else:
+            try:
+                tensors.update(torch.load(str(f), map_location="cpu", weights_only=True))
+            except Exception as e:  # pickle errors surface as many types
+                raise CheckpointError(f"{f}: cannot be read with torch.load(weights_only=True) ({e}); convert it "
+                                      "to safetensors") from e
+    return tensors
+
+
+# ---- packing codecs ----------------------------------------------------------------------------------
+
+def _unpack(t: Tensor, codec: str, parts: list[int], n_head: int) -> list[Tensor]:
+    if codec == "copy":
+        return [t]
+    if codec == "conv1d":
+        return [t.t().contiguous()]
+    if codec == "cat":
+        return list(t.split(parts, dim=0))
+    if codec == "conv1d_cat":
+        return [p.contiguous() for p in t.t().split(parts, dim=0)]
+    if codec == "heads3":  # [H * 3 * D, ...] laid out as [H, 3, D, ...]
+        rest = t.shape[1:]
+        v = t.view(n_head, 3, -1, *rest)
+        return [v[:, j].reshape(-1, *rest).contiguous() for j in range(3)]
+    raise ValueError(codec)
+
+
+def _pack(ts: list[Tensor], codec: str, n_head: int) -> Tensor:
+    if codec == "copy":
+        return ts[0]
+    if codec == "conv1d":
+        return ts[0].t().contiguous()
+    if codec == "cat":
+        return torch.cat(ts, dim=0)
+    if codec == "conv1d_cat":
+        return torch.cat(ts, dim=0).t().contiguous()
+    if codec == "heads3":
+        rest = ts[0].shape[1:]
+        return torch.stack([t.view(n_head, -1, *rest) for t in ts], dim=1).reshape(-1, *rest).contiguous()
+    raise ValueError(codec)
+
+
+# ---- name mapping --------------------------------------------------------------------------------------
+
+def _layer_of(name: str) -> tuple[int, str] | None:
+    if not name.startswith("blocks."):
+        return None
+    _, i, rest = name.split(".", 2)
+    return int(i), rest
+
+
+def _hf_state(model: Transformer, family: Family) -> dict[str, Tensor]:
+    """pocketlm state dict -> HF state dict for `family`."""
+    cfg = model.config
+    own = {k: v for k, v in model.state_dict().items()}
+    if cfg.tie_embeddings:
+        own.pop("lm_head.weight", None)
+    out: dict[str, Tensor] = {}
+    used: set[str] = set()
+    for name, t in own.items():
+        if name in family.top:
+            out[family.top[name]] = t
+            used.add(name)
+    for i in range(cfg.n_stored_layers):
+        prefix = family.layer_prefix.format(i=i)
+        for rel, hf_rel in family.block.items():
+            name = f"blocks.{i}.{rel}"
+            if name in own:
+                out[prefix + hf_rel] = own[name]
+                used.add(name)
+        for hf_rel, names, codec in family.packed:
+            full = [f"blocks.{i}.{n}" for n in names]
+            if all(n in own for n in full):
+                out[prefix + hf_rel] = _pack([own[n] for n in full], codec, cfg.heads(i))
+                used.update(full)
+    missing = sorted(set(own) - used)
+    if missing:
+        raise UnsupportedModelError(f"{family.model_type}: no place in the checkpoint for {missing[:5]}")
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def _legacy_experts(hf: dict[str, Tensor], prefix: str, n_experts: int) -> dict[str, Tensor] | None:
+    """Stack per-expert tensors of transformers<5 checkpoints into gate_up / down / router."""
+    for gate, up, down, router in LEGACY_EXPERTS:
+        first = prefix + gate.format(e=0)
+        if first in hf:
+            gates = [hf.pop(prefix + gate.format(e=e)) for e in range(n_experts)]
+            ups = [hf.pop(prefix + up.format(e=e)) for e in range(n_experts)]
+            downs = [hf.pop(prefix + down.format(e=e)) for e in range(n_experts)]
+            return {"mlp.experts.gate_up_proj": torch.stack([torch.cat([g, u]) for g, u in zip(gates, ups)]),
+                    "mlp.experts.down_proj": torch.stack(downs), "mlp.router.weight": hf.pop(prefix + router)}
+    return None
+
+
+def _own_state(hf: dict[str, Tensor], model: Transformer, family: Family, where: Path | str) -> dict[str, Tensor]:
+    """HF state dict -> pocketlm state dict; every tensor accounted for, shapes checked."""
+    cfg = model.config
+    expected = model.state_dict()
+    if cfg.tie_embeddings:
+        expected.pop("lm_head.weight", None)
+    hf = dict(hf)
+    out: dict[str, Tensor] = {}
+    lm_aliases = family.extra.get("lm_head_aliases", ())
+    for name, hf_name in family.top.items():
+        if name in expected:
+            if hf_name not in hf:
+                for alias in lm_aliases if name == "lm_head.weight" else ():
+                    if alias in hf:
+                        hf_name = alias
+            if hf_name in hf:
+                out[name] = hf.pop(hf_name)
+    for i in range(cfg.n_stored_layers):
+        prefix = family.layer_prefix.format(i=i)
+        if cfg.is_moe(i):
+            legacy = _legacy_experts(hf, prefix, cfg.n_experts)
+            if legacy:
+                out.update({f"blocks.{i}.{k}": v for k, v in legacy.items()})
+        for rel, hf_rel in family.block.items():
+            name = f"blocks.{i}.{rel}"
+            if name in expected and name not in out and prefix + hf_rel in hf:
+                out[name] = hf.pop(prefix + hf_rel)
+        for hf_rel, names, codec in family.packed:
+            full = [f"blocks.{i}.{n}" for n in names]
+            if prefix + hf_rel in hf and all(n in expected for n in full):
+                parts = [expected[n].shape[0] for n in full]
+                for n, t in zip(full, _unpack(hf.pop(prefix + hf_rel), codec, parts, cfg.heads(i))):
+                    out[n] = t
+    missing = [n for n in expected if n not in out]
+    if missing:
+        raise CheckpointError(f"{where}: tensor(s) missing for this config: {missing[:6]}"
+                              f"{' ...' if len(missing) > 6 else ''}; the checkpoint is incomplete or "
+                              "config.json does not describe these weights")
+    leftover = [k for k in hf if not any(frag in k for frag in family.ignore)]
+    if leftover:
+        raise CheckpointError(f"{where}: tensor(s) not used by a {family.model_type} model with this config: "
+                              f"{leftover[:6]}; config.json contradicts the weights (wrong layer count, "
+                              "tied embeddings, or biases?)")
+    for n, t in out.items():
+        if tuple(t.shape) != tuple(expected[n].shape):
+            raise CheckpointError(f"{where}: tensor {n!r} has shape {tuple(t.shape)} but config.json implies "
+                                  f"{tuple(expected[n].shape)}; config.json contradicts the weights")
+    return out
+
+
+# ---- public API ------------------------------------------------------------------------------------------
+
+def read_hf_config(path: Path) -> dict[str, Any]:
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{path}: no config.json; a Hugging Face model directory needs config.json and "
+                              "safetensors weights")
+    try:
+        return json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_file}: invalid JSON ({e})") from e
+
+
+def load_hf(path: str | Path, dtype: torch.dtype = torch.float32) -> Transformer:
+    """A Transformer with the weights of a local HF directory, numerically identical."""
+    path = Path(path)
+    cfg = config_from_hf(read_hf_config(path))
+    family = FAMILIES[cfg.extra["hf_model_type"]]
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    state = _own_state(read_hf_tensors(path), model, family, path)
+    model = model.to_empty(device="cpu")
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    return model.to(dtype).eval()
+
+
+def export_family(cfg: ModelConfig) -> str:
+    """The HF model_type a config is saved as: where it came from, else the closest family."""
+    if "hf_model_type" in cfg.extra:
+        return cfg.extra["hf_model_type"]
+    if cfg.attention == "mla":
+        return "deepseek_v2" if cfg.rope_interleaved else "minicpm3"
+    if cfg.n_experts:
+        return "qwen2_moe" if cfg.n_shared_experts else "mixtral"
+    if cfg.qk_norm == "head":
+        return "qwen3"
+    if cfg.norm_placement == "sandwich":
+        return "gemma2"
+    if cfg.norm_unit_offset:
+        return "gemma"
+    if cfg.positions == "alibi":
+        return "bloom"
+    if cfg.positions == "learned":
+        return "opt" if cfg.activation == "relu" else "gpt2"
+    if cfg.parallel_residual:
+        return "phi" if cfg.parallel_shared_norm else "gpt_neox"
+    if cfg.norm == "layernorm":
+        return "olmo" if not cfg.norm_affine else "stablelm"
+    if cfg.qkv_bias and not cfg.attn_out_bias:
+        return "qwen2"
+    return "llama"
+
+
+def _comparable(cfg: ModelConfig) -> dict[str, Any]:
+    """The fields that define the network, with equivalent spellings made equal."""
+    d = cfg.to_dict()
+    for k in ("name", "extra"):
+        d.pop(k)
+    if cfg.attention == "standard":
+        d["n_kv_head"] = [cfg.kv_heads(i) for i in range(cfg.n_stored_layers)]
+        d["n_head"] = [cfg.heads(i) for i in range(cfg.n_stored_layers)]
+        d["head_dim"] = cfg.dim_head
+    d["intermediate_size"] = [cfg.ffn_dim(i) for i in range(cfg.n_stored_layers)]
+    return d
+
+
+def save_hf(model: Transformer, out_dir: str | Path, tokenizer: Any = None, model_type: str | None = None) -> Path:
+    """Write a directory that transformers.AutoModelForCausalLM.from_pretrained loads as the same network."""
+    cfg = model.config
+    model_type = model_type or export_family(cfg)
+    if model_type not in FAMILIES:
+        raise UnsupportedModelError(f"cannot save as {model_type!r}; families: {', '.join(sorted(FAMILIES))}")
+    hf_cfg = hf_config_from(cfg, model_type)
+    back = config_from_hf(hf_cfg)
+    mine, theirs = _comparable(cfg), _comparable(back)
+    differ = sorted(k for k in mine if mine[k] != theirs[k])
+    if differ:
+        detail = ", ".join(f"{k}={mine[k]!r} (as {model_type}: {theirs[k]!r})" for k in differ[:4])
+        raise UnsupportedModelError(f"the {model_type} family cannot express this model: {detail}. "
+                                    "Save it with save_native() instead.")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu") for k, v in _hf_state(model, FAMILIES[model_type]).items()}
+    hf_cfg["architectures"] = [FAMILIES[model_type].architecture]
+    hf_cfg["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    with atomic_path(out_dir / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    atomic_write_text(out_dir / "config.json", json.dumps(hf_cfg, indent=2, sort_keys=True))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out_dir))
+    return out_dir

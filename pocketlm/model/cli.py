@@ -1,0 +1,68 @@
+"""`pocketlm info MODEL`: a model on the survey's axes and its analytic costs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pocketlm.model.config import ModelConfig
+from pocketlm.model.describe import cost_summary, survey_axes
+
+
+def resolve_config(model: str) -> ModelConfig:
+    """A ModelConfig from a model directory, a config JSON file, or a survey catalog name."""
+    from pocketlm.interop import CheckpointError, config_from_hf
+    from pocketlm.interop.native import CONFIG_NAME
+
+    path = Path(model)
+    if path.is_dir():
+        if (path / CONFIG_NAME).is_file():
+            return ModelConfig.load(path / CONFIG_NAME)
+        if (path / "config.json").is_file():
+            return config_from_hf(json.loads((path / "config.json").read_text()))
+        raise CheckpointError(f"{path}: neither {CONFIG_NAME} nor config.json found")
+    if path.is_file():
+        d = json.loads(path.read_text())
+        return config_from_hf(d) if "model_type" in d else ModelConfig.from_dict(d)
+    try:
+        from pocketlm.survey.catalog import config_for_name
+    except ImportError:
+        config_for_name = None
+    if config_for_name is not None:
+        return config_for_name(model)
+    raise CheckpointError(f"{model}: not a directory, a config file, or a known catalog name")
+
+
+def print_info(cfg: ModelConfig, context: int, console: Console | None = None) -> None:
+    console = console or Console()
+    axes = Table(title=f"{cfg.name or 'model'}: architecture on the survey's axes", show_header=False)
+    for k, v in survey_axes(cfg).items():
+        axes.add_row(k.replace("_", " "), str(v))
+    console.print(axes)
+    c = cost_summary(cfg, context)
+    t = Table(title=f"analytic costs (context {context})", show_header=False)
+    t.add_row("parameters", f"{c['params_total']:,} (non-embedding {c['params_non_embedding']:,})")
+    if c["params_active"] != c["params_total"]:
+        t.add_row("active parameters", f"{c['params_active']:,}")
+    t.add_row("GFLOPs / token", f"prefill {c['gflops_per_token_prefill']:.3f}, decode {c['gflops_per_token_decode']:.3f}")
+    t.add_row("KV cache", f"{c['kv_bytes_per_token_bf16']:,} B/token bf16; {c['kv_cache_mib_bf16']:.1f} MiB at {context}")
+    t.add_row("weights", f"fp32 {c['weights_mib_fp32']:.1f} MiB, bf16 {c['weights_mib_bf16']:.1f}, "
+              f"int8 {c['weights_mib_int8']:.1f}, int4 {c['weights_mib_int4']:.1f}")
+    console.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def info(model: str = typer.Argument(..., help="model directory, config JSON, or survey catalog name"),
+             context: int = typer.Option(1024, help="context length for FLOPs and KV-cache figures"),
+             as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables")) -> None:
+        """Show a model's architecture on the survey's axes and its analytic costs."""
+        cfg = resolve_config(model)
+        if as_json:
+            typer.echo(json.dumps({"axes": survey_axes(cfg), "costs": cost_summary(cfg, context)}, default=str))
+        else:
+            print_info(cfg, context)

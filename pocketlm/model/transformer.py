@@ -1,0 +1,735 @@
+"""The pocketlm model: one decoder-only transformer that covers every axis of the SLM survey.
+
+Read top to bottom: activations and norms, rotary/ALiBi positions, attention (MHA/MQA/GQA and
+MLA), feed-forward (standard, gated, mixture of experts), the block (pre-, post-, sandwich- and
+parallel residuals), the KV cache, then the Transformer with forward and generate.
+
+Shape letters: B batch, T new tokens, S keys (cache + new), H query heads, K kv heads,
+D head dim, C d_model.
+
+Two notions of position are kept apart:
+- the *slot*: index of a token in the stream fed to the model, padding included; it orders
+  causality and addresses the KV cache;
+- the *position*: what rotary / learned / ALiBi encodings see; with left padding it is counted
+  over real tokens only (cumsum of the attention mask), as transformers' generate does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pocketlm.model.config import ModelConfig
+
+# ---------------------------------------------------------------------------------------------
+# activations and norms
+# ---------------------------------------------------------------------------------------------
+
+ACTIVATION_FNS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+}
+
+
+class Norm(nn.Module):
+    """LayerNorm or RMSNorm; optional bias, optional affine gain, Gemma's (1 + w) form."""
+
+    def __init__(self, cfg: ModelConfig, dim: int):
+        super().__init__()
+        self.kind, self.eps, self.unit_offset = cfg.norm, cfg.norm_eps, cfg.norm_unit_offset
+        init = 0.0 if cfg.norm_unit_offset else 1.0
+        self.weight = nn.Parameter(torch.full((dim,), init)) if cfg.norm_affine else None
+        use_bias = cfg.norm_bias and cfg.norm == "layernorm" and cfg.norm_affine
+        self.bias = nn.Parameter(torch.zeros(dim)) if use_bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "layernorm":
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        dtype = x.dtype
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is None:
+            return y.to(dtype)
+        if self.unit_offset:  # Gemma: scale in fp32, then cast
+            return (y * (1.0 + self.weight.float())).to(dtype)
+        return self.weight * y.to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# positions: rotary frequencies (with the scaling types transformers uses), ALiBi slopes
+# ---------------------------------------------------------------------------------------------
+
+
+def rope_frequencies(cfg: ModelConfig, dim: int) -> tuple[Tensor, Tensor | None, float]:
+    """Inverse frequencies for `dim` rotary dims: (short/default, long or None, attention factor)."""
+    base = cfg.rope_theta
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    inv_freq = 1.0 / (base**exponents)
+    scaling = cfg.rope_scaling or {}
+    kind = scaling.get("rope_type", "default")
+    if kind in ("default", "dynamic"):  # dynamic NTK equals default inside the trained context
+        return inv_freq, None, 1.0
+    if kind == "linear":
+        return inv_freq / scaling["factor"], None, 1.0
+    if kind == "llama3":
+        factor, lo, hi = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_ctx = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_ctx / lo, inv_freq / factor, inv_freq)
+        smooth = (old_ctx / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_ctx / hi) & (wavelen <= old_ctx / lo)
+        return torch.where(medium, smoothed, scaled), None, 1.0
+    if kind == "longrope":
+        orig = scaling.get("original_max_position_embeddings") or cfg.extra.get("original_max_position_embeddings")
+        factor = cfg.max_seq_len / orig
+        attn_factor = scaling.get("attention_factor")
+        if attn_factor is None:
+            attn_factor = math.sqrt(1 + math.log(factor) / math.log(orig)) if factor > 1 else 1.0
+        short = 1.0 / (torch.tensor(scaling["short_factor"], dtype=torch.float32) * base**exponents)
+        long = 1.0 / (torch.tensor(scaling["long_factor"], dtype=torch.float32) * base**exponents)
+        return short, long, attn_factor
+    if kind == "yarn":
+        factor = scaling["factor"]
+        orig = scaling.get("original_max_position_embeddings") or cfg.max_seq_len
+        beta_fast, beta_slow = scaling.get("beta_fast", 32), scaling.get("beta_slow", 1)
+
+        def mscale(scale: float, m: float = 1.0) -> float:
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+        attn_factor = scaling.get("attention_factor")
+        if attn_factor is None:
+            if scaling.get("mscale") and scaling.get("mscale_all_dim"):
+                attn_factor = mscale(factor, scaling["mscale"]) / mscale(factor, scaling["mscale_all_dim"])
+            else:
+                attn_factor = mscale(factor)
+
+        def correction_dim(rotations: float) -> float:
+            return (dim * math.log(orig / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+        low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+        if scaling.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+        extrapolate = 1 - ramp
+        inv = (inv_freq / factor) * (1 - extrapolate) + inv_freq * extrapolate
+        return inv, None, attn_factor
+    raise ValueError(f"unsupported rope_type {kind!r}")
+
+
+class Rotary(nn.Module):
+    """Cos/sin tables indexed by position, built lazily in float32 and grown on demand.
+
+    The tables are caches, not buffers: `.to(bfloat16)` must not round the frequencies, and a model
+    built on the meta device gets them on first use.
+    """
+
+    def __init__(self, cfg: ModelConfig, dim: int):
+        super().__init__()
+        self.cfg, self.dim, self.interleaved = cfg, dim, cfg.rope_interleaved
+        self.has_long = (cfg.rope_scaling or {}).get("rope_type") == "longrope"
+        self.long_after = (cfg.rope_scaling or {}).get("original_max_position_embeddings") or cfg.extra.get(
+            "original_max_position_embeddings")
+        self._tables: dict[tuple[bool, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+
+    def _table(self, n: int, long: bool, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        key = (long, dtype, device)
+        cos, _ = self._tables.get(key, (None, None))
+        if cos is None or cos.shape[0] < n:
+            size = max(n, 2 * (0 if cos is None else cos.shape[0]), 256)
+            short, long_freq, attn_factor = rope_frequencies(self.cfg, self.dim)
+            inv = (long_freq if long else short).to(device)
+            freqs = torch.outer(torch.arange(size, device=device, dtype=torch.float32), inv)
+            if self.interleaved:
+                freqs = freqs.repeat_interleave(2, dim=-1)
+            else:
+                freqs = torch.cat([freqs, freqs], dim=-1)
+            cos = (freqs.cos() * attn_factor).to(dtype)
+            sin = (freqs.sin() * attn_factor).to(dtype)
+            self._tables[key] = (cos, sin)
+        return self._tables[key]
+
+    def forward(self, positions: Tensor, dtype: torch.dtype, max_position: int) -> tuple[Tensor, Tensor]:
+        """cos, sin of shape [B, 1, T, dim] for integer positions [B, T]."""
+        long = self.has_long and self.long_after is not None and max_position + 1 > self.long_after
+        cos, sin = self._table(max_position + 1, long, dtype, positions.device)
+        return cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
+    """Rotate the first cos.shape[-1] dims of x [B, H, T, D]; the rest pass through."""
+    rd = cos.shape[-1]
+    rot, rest = x[..., :rd], x[..., rd:]
+    if interleaved:
+        pairs = rot.unflatten(-1, (-1, 2))
+        rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+    else:
+        half = rd // 2
+        rotated = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
+    out = rot * cos + rotated * sin
+    return out if rest.shape[-1] == 0 else torch.cat([out, rest], dim=-1)
+
+
+def alibi_slopes(n_head: int) -> Tensor:
+    """ALiBi head slopes (Press et al. 2022), BLOOM's recipe for head counts not a power of 2."""
+    closest = 2 ** math.floor(math.log2(n_head))
+    base = 2.0 ** (-(2.0 ** -(math.log2(closest) - 3)))
+    slopes = [base ** (i + 1) for i in range(closest)]
+    if closest != n_head:
+        extra_base = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
+        slopes += [extra_base ** (2 * i + 1) for i in range(min(closest, n_head - closest))]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# the KV cache: per layer application, preallocated; a ring of `window` slots for sliding layers
+# ---------------------------------------------------------------------------------------------
+
+
+class LayerCache:
+    """Keys/values (or the MLA latent) of one layer application.
+
+    `slot_pos[s]` is the stream slot held in cache slot s (-1: empty). Full layers hold every
+    slot; sliding-window layers hold the last `window` slots in a ring.
+    """
+
+    def __init__(self, k_shape: tuple[int, ...], v_shape: tuple[int, ...], size: int, ring: bool,
+                 dtype: torch.dtype, device: torch.device):
+        self.k = torch.zeros(k_shape, dtype=dtype, device=device)
+        self.v = torch.zeros(v_shape, dtype=dtype, device=device) if v_shape else None
+        self.size, self.ring = size, ring
+        self.slot_pos = torch.full((size,), -1, dtype=torch.long, device=device)
+
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() + (0 if self.v is None else self.v.numel() * self.v.element_size())
+
+
+class KVCache:
+    """Preallocated cache for a whole model; `length` counts stream slots already consumed."""
+
+    def __init__(self, model: "Transformer", batch_size: int, max_len: int,
+                 dtype: torch.dtype | None = None, device: torch.device | None = None):
+        cfg = model.config
+        p = next(model.parameters())
+        dtype, device = dtype or p.dtype, device or p.device
+        self.max_len, self.length, self.layers = max_len, 0, []
+        for layer in model.layer_schedule():
+            ring = cfg.is_sliding(layer) and cfg.sliding_window < max_len
+            size = cfg.sliding_window if ring else max_len
+            if cfg.attention == "mla":  # the compressed latent and the shared rotary key
+                k_shape = (batch_size, size, cfg.kv_lora_rank)
+                v_shape = (batch_size, size, cfg.qk_rope_head_dim)
+            else:
+                k_shape = (batch_size, cfg.kv_heads(layer), size, cfg.dim_head)
+                v_shape = k_shape
+            self.layers.append(LayerCache(k_shape, v_shape, size, ring, dtype, device))
+
+    def nbytes(self) -> int:
+        return sum(layer.nbytes() for layer in self.layers)
+
+
+def _store(cache: LayerCache, k: Tensor, v: Tensor, slots: Tensor, end: int,
+           seq_dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Write new k/v at stream `slots` [T] (ending before `end`); return (keys, values, key slots)."""
+    T = slots.shape[0]
+    if not cache.ring:
+        cache.k.narrow(seq_dim, end - T, T).copy_(k)
+        cache.v.narrow(seq_dim, end - T, T).copy_(v)
+        cache.slot_pos[end - T:end] = slots
+        return cache.k.narrow(seq_dim, 0, end), cache.v.narrow(seq_dim, 0, end), cache.slot_pos[:end]
+    # ring: attend over (old ring contents, new tokens), then keep the last `size` slots
+    keys = torch.cat([cache.k, k], dim=seq_dim)
+    values = torch.cat([cache.v, v], dim=seq_dim)
+    key_slots = torch.cat([cache.slot_pos, slots])
+    keep = min(T, cache.size)
+    idx = slots[-keep:] % cache.size
+    cache.k.index_copy_(seq_dim, idx, k.narrow(seq_dim, T - keep, keep))
+    cache.v.index_copy_(seq_dim, idx, v.narrow(seq_dim, T - keep, keep))
+    cache.slot_pos[idx] = slots[-keep:]
+    return keys, values, key_slots
+
+
+# ---------------------------------------------------------------------------------------------
+# attention
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AttentionInputs:
+    """What every layer needs to attend, computed once per forward."""
+
+    positions: Tensor  # [B, T] rotary / ALiBi positions of the new tokens
+    slots: Tensor  # [T] stream slots of the new tokens
+    end: int  # one past the last new slot (python int: no tensor reads inside layers)
+    key_mask: Tensor | None  # [B, S_total] 1 = real token, over all stream slots; None = no padding
+    rope: dict[int, tuple[Tensor, Tensor]]  # rotary dim -> (cos, sin) for the new tokens
+    key_positions: Tensor | None  # [B, S_total] positions of every slot (ALiBi)
+
+
+def _attention_bias(cfg: ModelConfig, layer: int, inp: AttentionInputs, key_slots: Tensor,
+                    alibi: Tensor | None, T: int) -> Tensor | None:
+    """Float bias [B|1, H|1, T, S] (0 or -inf, plus ALiBi), or None when plain causal suffices."""
+    q_slots = inp.slots  # [T]
+    window = cfg.sliding_window if cfg.is_sliding(layer) else None
+    valid = key_slots >= 0
+    allowed = (key_slots[None, :] <= q_slots[:, None]) & valid[None, :]  # [T, S]
+    if window is not None:
+        allowed &= (q_slots[:, None] - key_slots[None, :]) < window
+    allowed = allowed[None, None]  # [1, 1, T, S]
+    if inp.key_mask is not None:
+        km = inp.key_mask[:, key_slots.clamp(min=0)].bool()  # [B, S]
+        allowed = allowed & km[:, None, None, :]
+        # a padding query sees nothing; let it see itself so softmax stays finite
+        allowed = allowed | (key_slots[None, None, None, :] == q_slots[None, None, :, None])
+    bias = torch.zeros(allowed.shape, dtype=torch.float32, device=key_slots.device)
+    bias = bias.masked_fill(~allowed, float("-inf"))
+    if alibi is not None:
+        kpos = inp.key_positions[:, key_slots.clamp(min=0)].float()  # [B, S]
+        bias = bias + alibi[None, :, None, None] * kpos[:, None, None, :]
+    return bias
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float,
+           softcap: float | None, causal: bool) -> Tensor:
+    """Scaled dot-product attention over q [B,H,T,D], k/v [B,K,S,D]; GQA by head groups."""
+    H, K = q.shape[1], k.shape[1]
+    if softcap is None:
+        mask = None if bias is None else bias.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                              scale=scale, enable_gqa=H != K)
+    if H != K:  # eager path for logit soft-capping (Gemma-2)
+        k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    if bias is not None:
+        scores = scores + bias.to(scores.dtype)
+    elif causal:
+        T, S = q.shape[-2], k.shape[-2]
+        scores = scores.masked_fill(torch.ones(T, S, dtype=torch.bool, device=q.device).triu(S - T + 1), float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return torch.matmul(probs, v)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with any number of kv heads (MHA / GQA / MQA)."""
+
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        self.n_head, self.n_kv, self.hd = cfg.heads(layer), cfg.kv_heads(layer), cfg.dim_head
+        C = cfg.d_model
+        self.q_proj = nn.Linear(C, self.n_head * self.hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(C, self.n_kv * self.hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(C, self.n_kv * self.hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(self.n_head * self.hd, C, bias=cfg.attn_out_bias)
+        if cfg.qk_norm == "head":
+            self.q_norm, self.k_norm = Norm(cfg, self.hd), Norm(cfg, self.hd)
+        elif cfg.qk_norm == "full":
+            self.q_norm, self.k_norm = Norm(cfg, self.n_head * self.hd), Norm(cfg, self.n_kv * self.hd)
+        self.scale = cfg.attn_scale if cfg.attn_scale is not None else self.hd**-0.5
+        self.use_alibi = cfg.positions == "alibi"
+        self._alibi: Tensor | None = None
+
+    def alibi(self, device: torch.device) -> Tensor | None:
+        if not self.use_alibi:
+            return None
+        if self._alibi is None or self._alibi.device != device:
+            self._alibi = alibi_slopes(self.n_head).to(device)
+        return self._alibi
+
+    def forward(self, x: Tensor, inp: AttentionInputs, cache: LayerCache | None) -> Tensor:
+        B, T, _ = x.shape
+        cfg = self.cfg
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if cfg.clip_qkv is not None:
+            q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
+        if cfg.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, K, T, D)
+        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        if cfg.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        if cfg.positions == "rope":
+            cos, sin = inp.rope[cfg.rotary_dim]
+            q = apply_rotary(q, cos, sin, cfg.rope_interleaved)
+            k = apply_rotary(k, cos, sin, cfg.rope_interleaved)
+        if cache is not None:
+            k, v, key_slots = _store(cache, k, v, inp.slots, inp.end, seq_dim=2)
+        else:
+            key_slots = inp.slots
+        y = self._attend(q, k, v, inp, key_slots)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, inp: AttentionInputs, key_slots: Tensor) -> Tensor:
+        cfg, T = self.cfg, q.shape[2]
+        plain = inp.key_mask is None and not self.use_alibi and not (
+            cfg.is_sliding(self.layer) and inp.end > cfg.sliding_window)
+        contiguous = key_slots.shape[0] == inp.end  # keys are slots 0..end, in order
+        if plain and contiguous:
+            # causal over a full prefix: no mask needed for one new token, is_causal otherwise
+            causal = T > 1
+            if causal and key_slots.shape[0] != T:  # chunk after a cached prefix
+                bias = _attention_bias(cfg, self.layer, inp, key_slots, None, T)
+                return attend(q, k, v, bias, self.scale, cfg.attn_logit_softcap, False)
+            return attend(q, k, v, None, self.scale, cfg.attn_logit_softcap, causal)
+        bias = _attention_bias(cfg, self.layer, inp, key_slots, self.alibi(q.device), T)
+        return attend(q, k, v, bias, self.scale, cfg.attn_logit_softcap, False)
+
+
+class MLAttention(Attention):
+    """Multi-head latent attention (DeepSeek-V2, MiniCPM3): the cache holds a compressed latent."""
+
+    def __init__(self, cfg: ModelConfig, layer: int):
+        nn.Module.__init__(self)
+        self.cfg, self.layer = cfg, layer
+        self.n_head = cfg.heads(layer)
+        C, H = cfg.d_model, self.n_head
+        self.nope, self.rope_dim, self.vd = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        qk_dim = self.nope + self.rope_dim
+        if cfg.q_lora_rank:
+            self.q_a_proj = nn.Linear(C, cfg.q_lora_rank, bias=cfg.qkv_bias)
+            self.q_a_norm = Norm(cfg, cfg.q_lora_rank)
+            self.q_b_proj = nn.Linear(cfg.q_lora_rank, H * qk_dim, bias=False)
+        else:
+            self.q_proj = nn.Linear(C, H * qk_dim, bias=False)
+        self.kv_a_proj = nn.Linear(C, cfg.kv_lora_rank + self.rope_dim, bias=cfg.qkv_bias)
+        self.kv_a_norm = Norm(cfg, cfg.kv_lora_rank)
+        self.kv_b_proj = nn.Linear(cfg.kv_lora_rank, H * (self.nope + self.vd), bias=False)
+        self.o_proj = nn.Linear(H * self.vd, C, bias=cfg.attn_out_bias)
+        self.scale = cfg.attn_scale if cfg.attn_scale is not None else qk_dim**-0.5
+        self.use_alibi, self._alibi = False, None
+
+    def forward(self, x: Tensor, inp: AttentionInputs, cache: LayerCache | None) -> Tensor:
+        B, T, _ = x.shape
+        H, cfg = self.n_head, self.cfg
+        q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x))) if cfg.q_lora_rank else self.q_proj(x)
+        q = q.view(B, T, H, self.nope + self.rope_dim).transpose(1, 2)
+        q_nope, q_pe = q.split([self.nope, self.rope_dim], dim=-1)
+        latent, k_pe = self.kv_a_proj(x).split([cfg.kv_lora_rank, self.rope_dim], dim=-1)
+        latent = self.kv_a_norm(latent)  # (B, T, R)
+        cos, sin = inp.rope[self.rope_dim]
+        q_pe = apply_rotary(q_pe, cos, sin, cfg.rope_interleaved)
+        k_pe = apply_rotary(k_pe.unsqueeze(1), cos, sin, cfg.rope_interleaved).squeeze(1)  # (B, T, R_pe)
+        if cache is not None:
+            latent, k_pe, key_slots = _store(cache, latent, k_pe, inp.slots, inp.end, seq_dim=1)
+        else:
+            key_slots = inp.slots
+        S = latent.shape[1]
+        kv = self.kv_b_proj(latent).view(B, S, H, self.nope + self.vd).transpose(1, 2)
+        k_nope, v = kv.split([self.nope, self.vd], dim=-1)
+        k = torch.cat([k_nope, k_pe.unsqueeze(1).expand(B, H, S, self.rope_dim)], dim=-1)
+        q = torch.cat([q_nope, q_pe], dim=-1)
+        y = self._attend(q, k, v, inp, key_slots)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, H * self.vd))
+
+
+# ---------------------------------------------------------------------------------------------
+# feed-forward: standard, gated, mixture of experts
+# ---------------------------------------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    """standard: down(act(up(x))); gated: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig, width: int):
+        super().__init__()
+        C, bias = cfg.d_model, cfg.mlp_bias
+        self.gated = cfg.ffn_type == "gated"
+        if self.gated:
+            self.gate_proj = nn.Linear(C, width, bias=bias)
+        self.up_proj = nn.Linear(C, width, bias=bias)
+        self.down_proj = nn.Linear(width, C, bias=bias)
+        self.act = ACTIVATION_FNS[cfg.activation]
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.act(self.gate_proj(x)) * self.up_proj(x) if self.gated else self.act(self.up_proj(x))
+        return self.down_proj(h)
+
+
+class Experts(nn.Module):
+    """Routed experts stored as stacked tensors: gate_up [E, 2I, C], down [E, C, I]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        E, I, C = cfg.n_experts, cfg.expert_dim, cfg.d_model
+        self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, C))
+        self.down_proj = nn.Parameter(torch.empty(E, C, I))
+        nn.init.normal_(self.gate_up_proj, std=0.02)
+        nn.init.normal_(self.down_proj, std=0.02)
+        self.act = ACTIVATION_FNS[cfg.activation]
+
+    def forward(self, x: Tensor, top_idx: Tensor, top_w: Tensor) -> Tensor:
+        """x [N, C]; top_idx / top_w [N, k] -> weighted sum of the chosen experts' outputs."""
+        out = torch.zeros_like(x)
+        for e in top_idx.unique().tolist():
+            token, slot = torch.where(top_idx == e)
+            gate, up = F.linear(x[token], self.gate_up_proj[e]).chunk(2, dim=-1)
+            y = F.linear(self.act(gate) * up, self.down_proj[e]) * top_w[token, slot, None]
+            out.index_add_(0, token, y.to(out.dtype))
+        return out
+
+
+class MoE(nn.Module):
+    """Top-k routed experts plus optional always-on shared experts (Qwen2-MoE, DeepSeek-V2)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+        self.experts = Experts(cfg)
+        if cfg.n_shared_experts:
+            width = cfg.shared_expert_intermediate_size or cfg.n_shared_experts * cfg.expert_dim
+            self.shared = MLP(cfg.replace(ffn_type="gated", mlp_bias=False), width)
+            self.shared_gate = nn.Linear(cfg.d_model, 1, bias=False) if cfg.shared_expert_gate else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape, cfg = x.shape, self.cfg
+        x = x.reshape(-1, shape[-1])
+        probs = torch.softmax(self.router(x).float(), dim=-1)
+        top_w, top_idx = probs.topk(cfg.top_k, dim=-1)
+        if cfg.router_norm_topk:
+            top_w = top_w / top_w.sum(dim=-1, keepdim=True)
+        top_w = (top_w * cfg.routed_scaling).to(x.dtype)
+        y = self.experts(x, top_idx, top_w)
+        if cfg.n_shared_experts:
+            s = self.shared(x)
+            if self.shared_gate is not None:
+                s = torch.sigmoid(self.shared_gate(x)) * s
+            y = y + s
+        return y.reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# the block
+# ---------------------------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    """Attention + FFN with the residual layout the config names."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, has_mlp: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.attn = (MLAttention if cfg.attention == "mla" else Attention)(cfg, layer)
+        self.attn_norm = Norm(cfg, cfg.d_model)
+        if not (cfg.parallel_residual and cfg.parallel_shared_norm):
+            self.mlp_norm = Norm(cfg, cfg.d_model)
+        if cfg.norm_placement == "sandwich":
+            self.post_attn_norm, self.post_mlp_norm = Norm(cfg, cfg.d_model), Norm(cfg, cfg.d_model)
+        if has_mlp:
+            self.mlp = MoE(cfg) if cfg.is_moe(layer) else MLP(cfg, cfg.ffn_dim(layer))
+
+    def forward(self, x: Tensor, inp: AttentionInputs, cache: LayerCache | None,
+                shared_mlp: nn.Module | None = None) -> Tensor:
+        mlp = shared_mlp if shared_mlp is not None else self.mlp
+        s, place = self.cfg.residual_scale, self.cfg.norm_placement
+        if self.cfg.parallel_residual:
+            h = self.attn_norm(x)
+            m_in = h if self.cfg.parallel_shared_norm else self.mlp_norm(x)
+            return x + self.attn(h, inp, cache) + mlp(m_in)
+        if place == "pre":
+            x = x + s * self.attn(self.attn_norm(x), inp, cache)
+            return x + s * mlp(self.mlp_norm(x))
+        if place == "post":
+            x = self.attn_norm(x + self.attn(x, inp, cache))
+            return self.mlp_norm(x + mlp(x))
+        if place == "sandwich":
+            x = x + self.post_attn_norm(self.attn(self.attn_norm(x), inp, cache))
+            return x + self.post_mlp_norm(mlp(self.mlp_norm(x)))
+        # post_sublayer (OLMo-2): norm the branch output, no input norm
+        x = x + self.attn_norm(self.attn(x, inp, cache))
+        return x + self.mlp_norm(mlp(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------------------------
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        C = cfg.d_model
+        emb_dim = cfg.embed_proj_dim or C
+        self.embed = nn.Embedding(cfg.vocab_size, emb_dim)
+        self.project_in = nn.Linear(emb_dim, C, bias=False) if cfg.embed_proj_dim else None
+        self.pos_embed = (nn.Embedding(cfg.max_seq_len + cfg.learned_pos_offset, C)
+                          if cfg.positions == "learned" else None)
+        self.embed_norm = Norm(cfg, C) if cfg.embed_norm else None
+        self.shared_mlp = MLP(cfg, cfg.ffn_dim(0)) if cfg.shared_ffn else None
+        self.blocks = nn.ModuleList(Block(cfg, i, has_mlp=not cfg.shared_ffn) for i in range(cfg.n_stored_layers))
+        self.final_norm = Norm(cfg, C) if cfg.final_norm else None
+        self.project_out = nn.Linear(C, emb_dim, bias=False) if cfg.embed_proj_dim else None
+        self.lm_head = nn.Linear(emb_dim, cfg.vocab_size, bias=cfg.lm_head_bias)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.rotary = nn.ModuleDict()
+        if cfg.positions == "rope":
+            dim = cfg.rotary_dim
+            self.rotary[str(dim)] = Rotary(cfg, dim)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def layer_schedule(self) -> list[int]:
+        """Stored-block index of each application (block-wise sharing repeats a block in a row)."""
+        r = self.config.block_repeat
+        return [i // r for i in range(self.config.n_layer)]
+
+    def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+        return KVCache(self, batch_size, max_len, dtype=dtype)
+
+    # -----------------------------------------------------------------------------------------
+    def _attention_inputs(self, input_ids: Tensor, attention_mask: Tensor | None, cache: KVCache | None,
+                          position_ids: Tensor | None, dtype: torch.dtype) -> AttentionInputs:
+        B, T = input_ids.shape
+        start = cache.length if cache is not None else 0
+        device = input_ids.device
+        if cache is not None and start + T > cache.max_len:
+            raise ValueError(f"KV cache holds {cache.max_len} tokens; {start} cached + {T} new do not fit")
+        slots = torch.arange(start, start + T, device=device)
+        key_mask = None
+        if attention_mask is not None:
+            if attention_mask.shape[-1] != start + T:
+                raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} tokens; expected "
+                                 f"{start + T} (cached + new)")
+            if not bool(attention_mask.all()):
+                key_mask = attention_mask
+        key_positions = None
+        if position_ids is None:
+            if key_mask is not None:
+                all_pos = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
+                position_ids, key_positions = all_pos[:, start:], all_pos
+            else:
+                position_ids = slots[None].expand(B, T)
+        if self.config.positions == "alibi" and key_positions is None:
+            key_positions = torch.arange(start + T, device=device)[None].expand(B, -1)
+        rope = {}
+        max_pos = int(position_ids.max()) if position_ids.numel() else 0
+        for dim, rotary in self.rotary.items():
+            rope[int(dim)] = rotary(position_ids, dtype, max_pos)
+        return AttentionInputs(position_ids, slots, start + T, key_mask, rope, key_positions)
+
+    def embed_tokens(self, input_ids: Tensor, positions: Tensor) -> Tensor:
+        cfg = self.config
+        x = self.embed(input_ids)
+        if cfg.embed_scale != 1.0:
+            scale = torch.tensor(cfg.embed_scale, dtype=x.dtype) if cfg.embed_scale_round else cfg.embed_scale
+            x = x * scale
+        if self.project_in is not None:
+            x = self.project_in(x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions + cfg.learned_pos_offset)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        return x
+
+    def forward_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                       cache: KVCache | None = None, position_ids: Tensor | None = None,
+                       collect_layers: bool = False) -> tuple[Tensor, list[Tensor]]:
+        """Final hidden states [B, T, C] (after the final norm) and, if asked, each block's output."""
+        p = self.embed.weight
+        inp = self._attention_inputs(input_ids, attention_mask, cache, position_ids, p.dtype)
+        x = self.embed_tokens(input_ids, inp.positions)
+        layers: list[Tensor] = []
+        for app, layer in enumerate(self.layer_schedule()):
+            layer_cache = cache.layers[app] if cache is not None else None
+            x = self.blocks[layer](x, inp, layer_cache, self.shared_mlp)
+            if collect_layers:
+                layers.append(x)
+        if cache is not None:
+            cache.length += input_ids.shape[1]
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, layers
+
+    def logits(self, h: Tensor) -> Tensor:
+        cfg = self.config
+        if cfg.logit_scale != 1.0:
+            h = h * cfg.logit_scale
+        if self.project_out is not None:
+            h = self.project_out(h)
+        logits = self.lm_head(h)
+        if cfg.final_logit_softcap is not None:
+            logits = torch.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
+        return logits
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, cache: KVCache | None = None,
+                position_ids: Tensor | None = None, last_only: bool = False) -> Tensor:
+        """Logits [B, T, V] (or [B, 1, V] with last_only). attention_mask covers cache + new tokens."""
+        h, _ = self.forward_hidden(input_ids, attention_mask, cache, position_ids)
+        return self.logits(h[:, -1:] if last_only else h)
+
+    # -----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, max_new_tokens: int = 32,
+                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                 stop_tokens: tuple[int, ...] | list[int] = (), pad_token_id: int = 0,
+                 seed: int | None = None, use_cache: bool = True) -> Tensor:
+        """Greedy (temperature 0) or sampled continuation of (left-padded) prompts [B, T].
+
+        Returns prompt + new tokens [B, T + n]; a row that emitted a stop token is padded after it.
+        """
+        B, T = input_ids.shape
+        if T + max_new_tokens > self.config.max_seq_len and self.config.positions == "learned":
+            raise ValueError(f"prompt ({T}) + new tokens ({max_new_tokens}) exceed the model's "
+                             f"{self.config.max_seq_len} learned positions")
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=input_ids.device).manual_seed(seed)
+        cache = self.new_cache(B, T + max_new_tokens) if use_cache else None
+        tokens = input_ids
+        logits = self(input_ids, mask, cache=cache, last_only=True)[:, -1]
+        done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=input_ids.device)
+        for step in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            mask = torch.cat([mask, (~done).long()[:, None].to(mask.dtype)], dim=1)
+            if stops.numel():
+                done = done | torch.isin(nxt, stops)
+            if step == max_new_tokens - 1 or bool(done.all()):
+                break
+            if cache is not None:  # finished rows feed a valid id; their outputs are never used
+                feed = nxt.clamp(0, self.config.vocab_size - 1)[:, None]
+                logits = self(feed, mask, cache=cache, last_only=True)[:, -1]
+            else:
+                logits = self(tokens.clamp(0, self.config.vocab_size - 1), mask, last_only=True)[:, -1]
+        return tokens
+
+
+def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                generator: torch.Generator | None) -> Tensor:
+    """One token per row: argmax at temperature 0, else top-k / nucleus sampling."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

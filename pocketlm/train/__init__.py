@@ -1,0 +1,1 @@
+"""Pretraining (AdamW, cosine/WSD, µP, two-stage data mixture), distillation and DDP."""
