@@ -2,7 +2,7 @@
 
 Batch 1, 128-token prompt, 128 new tokens (greedy), fp32 and bf16, 2 threads by default. Decode
 time = time(prompt + 128 new) - time(prompt + 1 new), so prefill cancels out. Both runtimes are
-measured in this one process, interleaved, and the ratio is what to read (absolute numbers drift
+measured in this one process, alternating every repeat, and the ratio is what to read (absolute numbers drift
 ±20% between processes on this VM).
 
     python benchmarks/bench_decode.py [--threads 2] [--repeat 3] [--dtypes fp32,bf16]
@@ -27,18 +27,20 @@ SMOLLM_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, nu
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _time(fn, repeat: int) -> float:
-    times = []
+def decode_times(runners: dict, prompt: torch.Tensor, new: int, repeat: int) -> dict[str, float]:
+    """Median decode seconds per runner; runners alternate every repeat so load drift hits all alike."""
+    for gen in runners.values():
+        gen(prompt, 2)  # warm-up
+    samples: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def decode_seconds(generate, prompt: torch.Tensor, new: int, repeat: int) -> float:
-    generate(prompt, 2)  # warm-up
-    return _time(lambda: generate(prompt, new), repeat) - _time(lambda: generate(prompt, 1), repeat)
+        for name, gen in runners.items():
+            t0 = time.perf_counter()
+            gen(prompt, new)
+            t1 = time.perf_counter()
+            gen(prompt, 1)
+            t2 = time.perf_counter()
+            samples[name].append((t1 - t0) - (t2 - t1))
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def main() -> None:
@@ -70,8 +72,8 @@ def main() -> None:
             return ours.generate(p, max_new_tokens=n)
 
         assert torch.equal(hf_gen(prompt, 8), our_gen(prompt, 8)) or name != "fp32", "greedy tokens differ"
-        t_hf = decode_seconds(hf_gen, prompt, args.new, args.repeat)
-        t_ours = decode_seconds(our_gen, prompt, args.new, args.repeat)
+        times = decode_times({"transformers": hf_gen, "pocketlm": our_gen}, prompt, args.new, args.repeat)
+        t_hf, t_ours = times["transformers"], times["pocketlm"]
         n = args.new - 1
         results[name] = {"transformers_tok_s": n / t_hf, "pocketlm_tok_s": n / t_ours, "ratio": t_hf / t_ours}
         print(f"{name}: transformers {n / t_hf:6.1f} tok/s   pocketlm {n / t_ours:6.1f} tok/s   "

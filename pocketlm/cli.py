@@ -37,7 +37,17 @@ _register_all()
 
 
 def main() -> None:
-    app()
+    """Entry point: user errors (bad input) print one line; POCKETLM_DEBUG=1 shows the traceback."""
+    import os
+    import sys
+
+    try:
+        app(standalone_mode=True)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        if os.environ.get("POCKETLM_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

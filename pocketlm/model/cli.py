@@ -28,13 +28,12 @@ def resolve_config(model: str) -> ModelConfig:
     if path.is_file():
         d = json.loads(path.read_text())
         return config_from_hf(d) if "model_type" in d else ModelConfig.from_dict(d)
+    from pocketlm.survey.catalog import CatalogError, entry_to_config, get_entry
+
     try:
-        from pocketlm.survey.catalog import config_for_name
-    except ImportError:
-        config_for_name = None
-    if config_for_name is not None:
-        return config_for_name(model)
-    raise CheckpointError(f"{model}: not a directory, a config file, or a known catalog name")
+        return entry_to_config(get_entry(model))
+    except CatalogError as e:
+        raise CheckpointError(f"{model}: not a directory, a config file, or a survey catalog name ({e})") from e
 
 
 def print_info(cfg: ModelConfig, context: int, console: Console | None = None) -> None:

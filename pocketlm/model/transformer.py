@@ -16,6 +16,7 @@ Two notions of position are kept apart:
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -236,6 +237,18 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers)
 
+    def select_rows(self, index: Tensor) -> "KVCache":
+        """A new cache holding batch rows `index` of this one (e.g. one copy per answer choice)."""
+        new = copy.copy(self)
+        new.layers = []
+        for layer in self.layers:
+            row = copy.copy(layer)
+            row.k = layer.k.index_select(0, index)
+            row.v = None if layer.v is None else layer.v.index_select(0, index)
+            row.slot_pos = layer.slot_pos.clone()
+            new.layers.append(row)
+        return new
+
 
 def _store(cache: LayerCache, k: Tensor, v: Tensor, slots: Tensor, end: int,
            seq_dim: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -300,14 +313,18 @@ def _attention_bias(cfg: ModelConfig, layer: int, inp: AttentionInputs, key_slot
 
 def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float,
            softcap: float | None, causal: bool) -> Tensor:
-    """Scaled dot-product attention over q [B,H,T,D], k/v [B,K,S,D]; GQA by head groups."""
+    """Scaled dot-product attention over q [B,H,T,D], k/v [B,K,S,D]; GQA by repeating kv heads.
+
+    On CPU, SDPA's own `enable_gqa` path is 100-1000x slower than repeating kv heads first
+    (torch 2.13: 8 ms vs 13 us for one decode step of a SmolLM-135M layer).
+    """
     H, K = q.shape[1], k.shape[1]
+    if H != K:
+        k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)
     if softcap is None:
         mask = None if bias is None else bias.to(q.dtype)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                              scale=scale, enable_gqa=H != K)
-    if H != K:  # eager path for logit soft-capping (Gemma-2)
-        k, v = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=scale)
+    # eager path for logit soft-capping (Gemma-2)
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     scores = torch.tanh(scores / softcap) * softcap
     if bias is not None:

@@ -1,0 +1,142 @@
+"""Readers for the local document formats a task spec can name (``format:`` in a split)."""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import glob
+import io
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from .templates import TemplateError, evaluate
+
+
+class DataError(ValueError):
+    """A task's data file is missing or malformed."""
+
+
+def _open_text(path: Path) -> str:
+    if path.suffix == ".bz2":
+        return bz2.decompress(path.read_bytes()).decode("utf-8")
+    return path.read_text(encoding="utf-8-sig")
+
+
+def _read_jsonl(path: Path, spec: dict) -> list[dict]:
+    out = []
+    for n, line in enumerate(_open_text(path).splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); format 'jsonl' needs one object a line") from e
+    return out
+
+
+def _read_json(path: Path, spec: dict) -> list[dict]:
+    data = json.loads(_open_text(path))
+    if isinstance(data, dict) and spec.get("key"):
+        data = data[spec["key"]]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: format 'json' needs a list of objects (or set 'key:' to the list's key)")
+    return data
+
+
+def _read_csv(path: Path, spec: dict, delimiter: str = ",") -> list[dict]:
+    rows = [r for r in csv.reader(io.StringIO(_open_text(path), newline=""), delimiter=delimiter) if r]
+    columns = spec.get("columns")
+    if columns is None:  # header row
+        columns, rows = rows[0], rows[1:]
+    out = []
+    for n, row in enumerate(rows, 1):
+        if len(row) != len(columns):
+            raise DataError(f"{path}: row {n} has {len(row)} fields, expected {len(columns)} ({columns})")
+        out.append(dict(zip(columns, row)))
+    return out
+
+
+def _read_hellaswag_txt(path: Path, spec: dict) -> list[dict]:
+    """llama.cpp's HellaSwag layout: 6 lines per item (context, gold label, 4 endings)."""
+    lines = _open_text(path).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if len(lines) % 6:
+        raise DataError(f"{path}: {len(lines)} lines is not a multiple of 6 (format 'hellaswag_txt')")
+    out = []
+    for i in range(0, len(lines), 6):
+        label = lines[i + 1].strip()
+        if not label.isdigit():
+            raise DataError(f"{path}:{i + 2}: gold label {label!r} is not an integer")
+        out.append({"ctx": lines[i], "label": int(label), "endings": lines[i + 2 : i + 6]})
+    return out
+
+
+def _read_text_blocks(path: Path, spec: dict) -> list[dict]:
+    """Plain text split on blank lines into documents of at least ``min_chars`` characters."""
+    min_chars = int(spec.get("min_chars", 1))
+    blocks, current = [], []
+    for line in _open_text(path).replace("\r\n", "\n").split("\n"):
+        if line.strip():
+            current.append(line)
+        elif current:
+            blocks.append("\n".join(current))
+            current = []
+    if current:
+        blocks.append("\n".join(current))
+    return [{"text": b} for b in blocks if len(b) >= min_chars]
+
+
+READERS: dict[str, Callable[[Path, dict], list[dict]]] = {
+    "jsonl": _read_jsonl,
+    "json": _read_json,
+    "csv": _read_csv,
+    "tsv": lambda p, s: _read_csv(p, s, delimiter="\t"),
+    "hellaswag_txt": _read_hellaswag_txt,
+    "text_blocks": _read_text_blocks,
+}
+
+
+def _files(data_dir: Path, pattern: str) -> list[Path]:
+    if any(c in pattern for c in "*?["):
+        return [Path(p) for p in sorted(glob.glob(str(data_dir / pattern)))]
+    return [data_dir / pattern]
+
+
+def load_split(split: dict, data_dir: Path, task: str) -> list[dict]:
+    """Read one split of a task (``{path|records, format, fields, ...}``) into documents."""
+    if "records" in split:
+        raw = [dict(r) for r in split["records"]]
+    else:
+        fmt = split.get("format", "jsonl")
+        if fmt not in READERS:
+            raise DataError(f"task {task}: unknown format {fmt!r}; known formats: {sorted(READERS)}")
+        files = _files(data_dir, split["path"])
+        if not files or not all(f.is_file() for f in files):
+            missing = split["path"] if not files else next(str(f) for f in files if not f.is_file())
+            raise DataError(
+                f"task {task}: data file {missing} not found under {data_dir}; pass --data-dir with the folder "
+                "holding full copies (laid out like shared/data: eval/<task>/...), or use the bundled subset")
+        raw = []
+        for f in files:
+            docs = READERS[fmt](f, split)
+            if split.get("labels_path"):  # a line-aligned label file (PIQA's valid-labels.lst)
+                labels = (f.parent / split["labels_path"]).read_text().split()
+                if len(labels) < len(docs):
+                    raise DataError(f"{f}: {len(docs)} documents but only {len(labels)} labels")
+                for d, lab in zip(docs, labels):
+                    d[split.get("labels_field", "label")] = lab
+            for d in docs:
+                d["_file"] = f.stem
+            raw.extend(docs)
+    fields = split.get("fields")
+    if not fields:
+        return raw
+    out = []
+    for n, r in enumerate(raw):
+        try:
+            doc = {name: evaluate(expr, r) for name, expr in fields.items()}
+        except (TemplateError, TypeError, KeyError, IndexError, AttributeError) as e:
+            raise DataError(f"task {task}: record {n} of {split.get('path', 'records')}: {e}") from e
+        out.append(doc)
+    return out

@@ -1,0 +1,85 @@
+"""Jinja2 rendering for task specs: templates (text) and expressions (native values).
+
+Keys ending in ``text``/``description``/``fewshot_target`` are templates (``"Question: {{question}}"``);
+every other document key is an expression evaluated to a Python value (``question.stem``,
+``choices | map(attribute='text') | list``). This is the same template language lm-eval's YAMLs use.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+
+
+class TemplateError(ValueError):
+    """A spec's template or expression could not be compiled or evaluated."""
+
+
+def _regex(value: str, pattern: str, group: int = 1) -> str:
+    """``query | regex('^Question: (.*)$', 1)``: the group of the first match (DOTALL)."""
+    match = re.search(pattern, value, flags=re.S)
+    if match is None:
+        raise TemplateError(f"regex {pattern!r} does not match {value[:80]!r}")
+    return match.group(group)
+
+
+def _index_of(items: list, value: Any) -> int:
+    """``labels | index_of(answerKey)``: position of `value` in `items` (whitespace-stripped strings)."""
+    key = value.strip() if isinstance(value, str) else value
+    norm = [i.strip() if isinstance(i, str) else i for i in items]
+    if key not in norm:
+        raise TemplateError(f"{value!r} is not one of {items!r}")
+    return norm.index(key)
+
+
+def _capitalize(value: str) -> str:
+    """Python's str.capitalize (first character upper, rest lower), as lm-eval's HellaSwag uses."""
+    return value.capitalize()
+
+
+@lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters.update(regex=_regex, index_of=_index_of, py_capitalize=_capitalize, keys=lambda d: list(d.keys()),
+                       values=lambda d: list(d.values()))
+    return env
+
+
+@lru_cache(maxsize=4096)
+def _template(source: str) -> jinja2.Template:
+    try:
+        return environment().from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"bad template {source!r}: {e}") from e
+
+
+@lru_cache(maxsize=4096)
+def _expression(source: str):
+    try:
+        return environment().compile_expression(source, undefined_to_none=False)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"bad expression {source!r}: {e}") from e
+
+
+def render(source: str, doc: dict) -> str:
+    """Render a text template against a document."""
+    try:
+        return _template(source).render(**doc)
+    except jinja2.UndefinedError as e:
+        raise TemplateError(f"template {source!r}: {e.message}; document fields are {sorted(doc)}") from e
+
+
+def evaluate(source: Any, doc: dict) -> Any:
+    """Evaluate an expression against a document; non-strings (ints, lists) pass through as constants."""
+    if not isinstance(source, str):
+        return source
+    try:
+        value = _expression(source)(**doc)
+    except jinja2.UndefinedError as e:
+        raise TemplateError(f"expression {source!r}: {e.message}; document fields are {sorted(doc)}") from e
+    if isinstance(value, jinja2.Undefined):
+        raise TemplateError(f"expression {source!r} is undefined; document fields are {sorted(doc)}")
+    return value
