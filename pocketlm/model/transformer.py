@@ -638,8 +638,12 @@ class Transformer(nn.Module):
         if self.config.positions == "alibi" and key_positions is None:
             key_positions = torch.arange(start + T, device=device)[None].expand(B, -1)
         rope = {}
-        max_pos = int(position_ids.max()) if position_ids.numel() else 0
+        # positions never exceed slots, so start + T bounds the table size without reading tensors
+        # (no graph break under torch.compile); LongRoPE alone needs the true maximum
+        max_pos = start + T - 1
         for dim, rotary in self.rotary.items():
+            if rotary.has_long:
+                max_pos = int(position_ids.max())
             rope[int(dim)] = rotary(position_ids, dtype, max_pos)
         return AttentionInputs(position_ids, slots, start + T, key_mask, rope, key_positions)
 

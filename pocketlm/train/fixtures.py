@@ -1,0 +1,127 @@
+"""Trained reference models, cached outside the repo (~/.cache/pocketlm or $POCKETLM_CACHE), keyed by a
+hash of model config + training config + data + code version, so a changed input retrains."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+import pocketlm
+from pocketlm.data import bundled_corpus_files
+from pocketlm.data.prepare import PrepareConfig, prepare
+from pocketlm.data.quality import HeuristicConfig
+from pocketlm.data.shards import MANIFEST
+from pocketlm.data.tokenizer import TextTokenizer
+from pocketlm.model.config import ModelConfig
+from pocketlm.model.transformer import Transformer
+from pocketlm.train.config import TrainConfig, preset
+from pocketlm.utils import atomic_write_text
+
+PKG = Path(pocketlm.__file__).resolve().parent
+# the code whose changes alter prepared data or trained weights (not CLIs, demos, reports)
+CODE_FILES = [PKG / "data" / f"{m}.py" for m in ("readers", "normalize", "dedup", "quality", "decontaminate",
+                                                 "tokenizer", "shards", "prepare")] + \
+             [PKG / "train" / f"{m}.py" for m in ("batches", "checkpoint", "config", "metrics", "mup", "schedule",
+                                                  "trainer")] + \
+             [PKG / "model" / "transformer.py", PKG / "model" / "config.py"]
+# the bundled corpus is short stories: Gopher's 50-word minimum would drop a sixth of them
+BUNDLED_MIN_WORDS = 20
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("POCKETLM_CACHE", Path.home() / ".cache" / "pocketlm"))
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(hashlib.sha256(p).digest())
+    return h.hexdigest()[:16]
+
+
+def code_version() -> str:
+    return _digest(pocketlm.__version__.encode(), *(f.read_bytes() for f in CODE_FILES if f.is_file()))
+
+
+def bundled_data_dir(progress: bool = False) -> Path:
+    """Token shards of the bundled corpus (prepared once per corpus + code version)."""
+    files = bundled_corpus_files()
+    key = _digest(*(f.read_bytes() for f in files), code_version().encode(), str(BUNDLED_MIN_WORDS).encode())
+    out = cache_root() / "data" / f"bundled-{key}"
+    if not (out / MANIFEST).is_file():
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        prepare(PrepareConfig([str(f) for f in files], str(tmp),
+                              heuristics=HeuristicConfig(min_words=BUNDLED_MIN_WORDS)), progress=progress)
+        shutil.rmtree(out, ignore_errors=True)
+        os.rename(tmp, out)
+    return out
+
+
+def fixture_key(model_cfg: ModelConfig, tcfg: TrainConfig, data_dir: Path) -> str:
+    t = tcfg.to_dict()
+    for volatile in ("data_dir", "out_dir", "progress", "threads"):
+        t.pop(volatile)
+    manifest = (data_dir / MANIFEST).read_bytes()
+    return _digest(json.dumps(model_cfg.to_dict(), sort_keys=True).encode(),
+                   json.dumps(t, sort_keys=True).encode(), manifest, code_version().encode())
+
+
+def export_model_dir(model: Transformer, data_dir: str | Path, out_dir: str | Path) -> Path:
+    """Save `model` as a pocketlm checkpoint folder with the data's tokenizer next to it
+    (tokenizer.json + tokenizer_config.json, loadable by PreTrainedTokenizerFast / load_tokenizer)."""
+    from pocketlm.interop import save_native
+
+    out = Path(out_dir)
+    save_native(model, out)
+    TextTokenizer.load(Path(data_dir) / "tokenizer.json").save(out)
+    return out
+
+
+def sample(model: Transformer, tok: TextTokenizer, prompt: str, max_new_tokens: int = 60,
+           temperature: float = 0.8, top_k: int | None = 40, seed: int = 0) -> str:
+    ids = torch.tensor([tok.encode(prompt)])
+    out = model.generate(ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                         stop_tokens=(tok.eos_id,), pad_token_id=tok.eos_id, seed=seed)
+    return tok.decode([t for t in out[0].tolist() if t != tok.eos_id])
+
+
+def trained_preset(name: str = "tiny", progress: bool = False, threads: int | None = 1,
+                   **overrides) -> tuple[Path, dict]:
+    """Train preset `name` on the bundled corpus (or reuse the cached result); return the model folder
+    (pocketlm checkpoint + tokenizer) and its training summary.
+
+    `threads` defaults to 1: on a shared 2-core machine torch's default of 2 OpenMP threads per
+    process collapsed to ~200 tokens/s (threads spin-waiting on each other) while 1 thread kept
+    ~5,500 tokens/s for the tiny preset; pass None to use torch's default on a dedicated machine."""
+    from pocketlm.train.trainer import train
+
+    data_dir = bundled_data_dir(progress)
+    vocab = json.loads((data_dir / MANIFEST).read_text())["tokenizer"]["vocab_size"]
+    model_cfg, train_overrides = preset(name, vocab)
+    train_overrides.update(overrides)
+    tcfg = TrainConfig(data_dir=str(data_dir), progress=progress, threads=threads, **train_overrides)
+    key = fixture_key(model_cfg, tcfg, data_dir)
+    root = cache_root() / "models" / f"{name}-{key}"
+    model_dir, summary_path = root / "model", root / "summary.json"
+    if summary_path.is_file() and (model_dir / "pocketlm.json").is_file():
+        return model_dir, json.loads(summary_path.read_text())
+    tcfg.out_dir = str(root / "run")
+    result = train(tcfg, model_cfg)
+    export_model_dir(result.model, data_dir, model_dir)
+    tok = TextTokenizer.load(model_dir / "tokenizer.json")
+    model = result.model.eval()
+    samples = [sample(model, tok, p, seed=i) for i, p in enumerate(("Once upon a time", "The little dog",
+                                                                     "Alice was"))]
+    summary = {"preset": name, "key": key, "val_loss": result.final_val_loss, "steps": result.steps,
+               "tokens": result.tokens, "tokens_per_s": result.tokens_per_s, "mfu": result.mfu,
+               "params": sum(p.numel() for p in model.parameters()), "vocab_size": vocab,
+               "chance_loss": float(torch.log(torch.tensor(float(vocab)))), "samples": samples,
+               "loss_curve": str(result.plot_path), "data_dir": str(data_dir)}
+    atomic_write_text(summary_path, json.dumps(summary, indent=2))
+    return model_dir, summary

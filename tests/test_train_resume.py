@@ -1,0 +1,94 @@
+"""Kill -9 mid-run, resume, and get exactly the uninterrupted loss curve; schedules; error messages."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pocketlm.train.fixtures import bundled_data_dir
+from pocketlm.train.schedule import decay_start_step, lr_multiplier
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> Path:
+    return bundled_data_dir()
+
+
+def _cmd(data: Path, out: Path, steps: int = 150) -> list[str]:
+    return [sys.executable, "-m", "pocketlm.cli", "train", "--preset", "micro", "--data", str(data), "--out", str(out),
+            "--steps", str(steps), "--ckpt-every", "8", "--eval-every", "50", "--threads", "1", "--no-progress"]
+
+
+def _losses(run: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def test_sigkill_then_resume_reproduces_the_uninterrupted_loss_curve(data_dir, tmp_path):
+    full = tmp_path / "full"
+    subprocess.run(_cmd(data_dir, full), check=True, env=_env(), cwd=ROOT, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(data_dir, killed), env=_env(), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = killed / "train_log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until at least one checkpoint exists and training went past it
+        if log.is_file() and (killed / "checkpoints" / "latest").is_file() and len(_losses(killed)) >= 13:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    interrupted_at = len(_losses(killed))
+    assert 8 <= interrupted_at < 150, "the run must be killed mid-way"
+    subprocess.run(_cmd(data_dir, killed), check=True, env=_env(), cwd=ROOT, capture_output=True)
+    assert _losses(killed) == _losses(full)  # bit-identical: data order, optimizer, schedule restored
+    assert (killed / "loss_curve.png").is_file() and (killed / "model" / "pocketlm.json").is_file()
+    assert not list((killed / "checkpoints").glob(".tmp*"))
+
+
+def test_schedules_match_their_definitions():
+    total, warmup = 100, 10
+    wsd = [lr_multiplier(s, total, warmup, "wsd", 0.1, 0.2) for s in range(total)]
+    assert wsd[0] == pytest.approx(0.1) and wsd[9] == pytest.approx(1.0)
+    assert decay_start_step(total, warmup, "wsd", 0.2) == 80
+    assert all(m == 1.0 for m in wsd[10:80]) and wsd[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(wsd[80:], wsd[81:]))  # strictly decaying in stage two
+    cos = [lr_multiplier(s, total, warmup, "cosine", 0.1) for s in range(total)]
+    mid = warmup + (total - 1 - warmup) / 2
+    assert lr_multiplier(int(mid), total, warmup, "cosine", 0.1) == pytest.approx(
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (int(mid) - warmup) / (total - 1 - warmup))))
+    assert cos[-1] == pytest.approx(0.1) and cos[warmup] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        lr_multiplier(0, 10, 0, "linear")
+
+
+def test_bad_settings_name_the_problem(data_dir, tmp_path):
+    from pocketlm.train.config import TrainConfig, TrainConfigError, family_config, preset
+    from pocketlm.train.trainer import train
+
+    with pytest.raises(TrainConfigError, match="unknown preset"):
+        preset("huge", 100)
+    cfg = family_config(32, 1, 2, vocab_size=100)
+    with pytest.raises(TrainConfigError, match="vocab_size"):
+        train(TrainConfig(data_dir=str(data_dir), out_dir=str(tmp_path), steps=2, warmup_steps=0), cfg)
+    cfg = family_config(32, 1, 2, vocab_size=4096)
+    with pytest.raises(TrainConfigError, match="divisible"):
+        TrainConfig(batch_size=3).validate(world_size=2)
+    with pytest.raises(TrainConfigError, match="max_seq_len"):
+        train(TrainConfig(data_dir=str(data_dir), out_dir=str(tmp_path), steps=2, warmup_steps=0,
+                          seq_len=1024), cfg)
