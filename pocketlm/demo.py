@@ -72,7 +72,7 @@ def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     sections: list[dict[str, Any]] = []
     failures: list[str] = []
 
-    def step(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    def step(name: str, fn: Callable[[], dict[str, Any]], folder: Path | None = None) -> dict[str, Any] | None:
         if name in skip:
             return None
         console.rule(f"[bold]{name}")
@@ -84,11 +84,14 @@ def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
             console.print(traceback.format_exc())
             section = {"title": name, "markdown": "**failed**:\n```\n" + traceback.format_exc() + "```", "metrics": {}}
         section["seconds"] = round(time.perf_counter() - t0, 1)
+        if folder is not None:
+            section["markdown"] = _relink(section["markdown"], folder, out_dir)
         sections.append(section)
         return section
 
     train_fn = _optional("pocketlm.train.demo", "demo_section")
-    first = step("train", (lambda: train_fn(out_dir / "train")) if train_fn else (lambda: _random_model(out_dir)))
+    first = step("train", (lambda: train_fn(out_dir / "train")) if train_fn else (lambda: _random_model(out_dir)),
+                 out_dir / "train")
     model_dir = Path(first["model_dir"]) if first and "model_dir" in first else _random_model(out_dir)["model_dir"]
     step("model", lambda: _model_section(Path(model_dir)))
     for name, module in (("survey", "pocketlm.survey.demo"), ("evaluate", "pocketlm.evaluate.demo"),
@@ -97,9 +100,9 @@ def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
         if fn is None:
             continue
         if name == "survey":
-            step(name, lambda fn=fn: fn(out_dir / name))
+            step(name, lambda fn=fn: fn(out_dir / name), out_dir / name)
         else:
-            step(name, lambda fn=fn, name=name: fn(Path(model_dir), out_dir / name))
+            step(name, lambda fn=fn, name=name: fn(Path(model_dir), out_dir / name), out_dir / name)
     report = {"model_dir": str(model_dir), "sections": sections, "failures": failures}
     md = ["# pocketlm demo report", ""]
     for s in sections:
@@ -107,6 +110,19 @@ def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     atomic_write_text(out_dir / "report.md", "\n".join(md))
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, default=str))
     return report
+
+
+def _relink(markdown: str, folder: Path, out_dir: Path) -> str:
+    """Point a section's relative links (written beside its own files) at its subfolder."""
+    import re
+
+    def fix(m: re.Match) -> str:
+        target = m.group(2)
+        if "://" in target or target.startswith("/") or not (folder / target).exists():
+            return m.group(0)
+        return f"{m.group(1)}({(folder / target).relative_to(out_dir)})"
+
+    return re.sub(r"(!?\[[^\]]*\])\(([^)\s]+)\)", fix, markdown)
 
 
 def _optional(module: str, attr: str) -> Callable | None:

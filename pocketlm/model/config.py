@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pocketlm.utils import atomic_write_text, dataclass_from_dict
+
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("rope", "learned", "alibi", "none")
@@ -221,15 +223,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"ModelConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, ConfigError)
 
     def save(self, path: str | Path) -> None:
-        from pocketlm.utils import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pocketlm.model.config import ModelConfig
+from pocketlm.utils import dataclass_from_dict
 
 
 class TrainConfigError(ValueError):
@@ -68,11 +69,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TrainConfigError(f"TrainConfig: unknown field(s) {unknown}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, TrainConfigError)
 
 
 def family_config(d_model: int, n_layer: int, n_head: int, vocab_size: int, max_seq_len: int = 512,
