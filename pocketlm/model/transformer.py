@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -286,13 +286,24 @@ class AttentionInputs:
     key_mask: Tensor | None  # [B, S_total] 1 = real token, over all stream slots; None = no padding
     rope: dict[int, tuple[Tensor, Tensor]]  # rotary dim -> (cos, sin) for the new tokens
     key_positions: Tensor | None  # [B, S_total] positions of every slot (ALiBi)
+    biases: dict[tuple, Tensor] = field(default_factory=dict)  # masks shared by layers of one forward
 
 
 def _attention_bias(cfg: ModelConfig, layer: int, inp: AttentionInputs, key_slots: Tensor,
-                    alibi: Tensor | None, T: int) -> Tensor | None:
-    """Float bias [B|1, H|1, T, S] (0 or -inf, plus ALiBi), or None when plain causal suffices."""
-    q_slots = inp.slots  # [T]
+                    alibi: Tensor | None, T: int) -> Tensor:
+    """Float bias [B|1, H|1, T, S] (0 or -inf, plus ALiBi), built once per forward and layer kind.
+
+    Every layer of one forward with the same window and head count sees the same key slots (full
+    layers: the cache prefix; sliding layers: identical rings), so the bias is shared."""
     window = cfg.sliding_window if cfg.is_sliding(layer) else None
+    key = (window, None if alibi is None else alibi.shape[0], key_slots.shape[0])
+    if key not in inp.biases:
+        inp.biases[key] = _build_bias(inp, key_slots, window, alibi)
+    return inp.biases[key]
+
+
+def _build_bias(inp: AttentionInputs, key_slots: Tensor, window: int | None, alibi: Tensor | None) -> Tensor:
+    q_slots = inp.slots  # [T]
     valid = key_slots >= 0
     allowed = (key_slots[None, :] <= q_slots[:, None]) & valid[None, :]  # [T, S]
     if window is not None:

@@ -1,0 +1,195 @@
+"""The survey's runtime study on this device: latency and memory vs parameters over the catalog
+architectures (random weights), and side-by-side comparisons of chosen models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pocketlm.profile.runner import Grid, run_setting, validate
+from pocketlm.profile.source import ProfileError
+from pocketlm.survey.figures import save_figure, write_csv
+
+POINT_FIELDS = ("model", "params", "attention", "n_layer", "d_model", "vocab_size", "dtype", "threads",
+                "prefill_ms", "prefill_tok_s", "decode_ms", "decode_tok_s", "prefill_best_ms", "decode_best_ms",
+                "peak_rss_mb", "weights_mb",
+                "kv_cache_mb", "activations_mb", "other_mb", "n_prompt", "depth")
+
+
+INT_FIELDS = ("params", "n_layer", "d_model", "vocab_size", "threads", "n_prompt", "depth")
+
+
+def catalog_models(max_params: float, min_params: float = 0) -> list[str]:
+    """Buildable catalog entries with min_params <= total params <= max_params, smallest first."""
+    from pocketlm.model import costs
+    from pocketlm.survey.catalog import entry_to_config, load_catalog
+
+    picked = []
+    for e in load_catalog():
+        if not e.buildable:
+            continue
+        n = costs.param_counts(entry_to_config(e))["total"]
+        if min_params <= n <= max_params:
+            picked.append((n, e.name))
+    return [name for _, name in sorted(picked)]
+
+
+def point(result: dict) -> dict:
+    """One model's landscape row from its worker result."""
+    info, mem, s = result["model_info"], result["memory"], result["setting"]
+    p, d = result["prefill"][0], result["decode"][0]
+    mb = 2**20
+    return {
+        "model": info["name"], "params": info["params"], "attention": info["attention"],
+        "n_layer": info["n_layer"], "d_model": info["d_model"], "vocab_size": info["vocab_size"],
+        "dtype": s["dtype"], "threads": s["threads"], "prefill_ms": round(p["median_ms"], 3),
+        "prefill_tok_s": round(p["tok_s"], 2), "decode_ms": round(d["median_ms"], 3),
+        "decode_tok_s": round(d["tok_s"], 2), "prefill_best_ms": round(p["min_ms"], 3),
+        "decode_best_ms": round(d["min_ms"], 3), "peak_rss_mb": round(mem["peak_rss_bytes"] / mb, 1),
+        "weights_mb": round(mem["weights_bytes"] / mb, 1), "kv_cache_mb": round(mem["kv_cache_bytes"] / mb, 2),
+        "activations_mb": round((mem["activation_bytes"] or 0) / mb, 2),
+        "other_mb": round(mem["other_bytes"] / mb, 1), "n_prompt": p["n_prompt"], "depth": d["depth"],
+    }
+
+
+def _measure(names: list[str], dtype: str, prompt: int, gen: int, depth: int, threads: int, repeat: int,
+             label: str, keep_going: bool = False, failed: list | None = None) -> list[dict]:
+    failed = failed if failed is not None else []
+    from rich.progress import Progress
+
+    grids = [Grid(model=n, prompts=[prompt], gen=gen, depths=[depth], threads=[threads], dtypes=[dtype],
+                  repeat=repeat, warmup=1) for n in names]
+    for g in grids:
+        validate(g)
+    points = []
+    with Progress() as bar:
+        task = bar.add_task(label, total=len(grids))
+        for g in grids:
+            bar.update(task, description=f"{label}: {g.model}")
+            try:
+                points.append(point(run_setting(g.settings()[0])))
+            except ProfileError as e:  # one model failing (e.g. out of memory) must not lose the rest
+                if not keep_going:
+                    raise
+                failed.append({"model": g.model, "error": str(e)[:500]})
+            bar.advance(task)
+    return points
+
+
+def landscape_figure(points: list[dict], path: Path, title: str, best: bool = True) -> Path:
+    """Prefill latency, decode latency and peak memory vs parameters; one labelled marker per model.
+
+    `best`: plot the fastest repeat (robust on a shared machine, where other jobs only add time)
+    instead of the median.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"MHA": "tab:blue", "GQA": "tab:orange", "MQA": "tab:green", "MLA": "tab:red"}
+    which = "best of repeats" if best else "median"
+    panels = [("prefill_best_ms" if best else "prefill_ms", f"prefill latency (ms, {which})"),
+              ("decode_best_ms" if best else "decode_ms", f"decode latency (ms / token, {which})"),
+              ("peak_rss_mb", "peak memory (MB RSS)")]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    for ax, (key, ylabel) in zip(axes, panels):
+        for p in points:
+            ax.scatter(p["params"] / 1e9, p[key], color=colors.get(p["attention"], "gray"), s=36, zorder=3)
+            ax.annotate(p["model"], (p["params"] / 1e9, p[key]), fontsize=6.5, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xlabel("parameters (billions)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    for kind, c in colors.items():
+        if any(p["attention"] == kind for p in points):
+            axes[0].scatter([], [], color=c, label=kind)
+    axes[0].legend(title="attention", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _system_line(threads: int, dtype: str) -> str:
+    from pocketlm.profile.system import cpu_model
+
+    import os
+
+    return f"{cpu_model()} ({os.cpu_count()} cores), {threads} threads, {dtype}, random weights"
+
+
+def landscape(max_params: float = 2e9, min_params: float = 0, dtype: str = "bf16", prompt: int = 64,
+              gen: int = 8, depth: int = 64, threads: int = 2, repeat: int = 3, names: list[str] | None = None,
+              out_dir: str | Path = "docs/profile_landscape") -> dict:
+    """Profile every catalog architecture in range (each in a fresh process); write CSV + figure."""
+    names = names or catalog_models(max_params, min_params)
+    if not names:
+        raise ProfileError(f"no buildable catalog model has between {min_params:.3g} and {max_params:.3g} "
+                           "parameters; raise --max-params")
+    failed: list[dict] = []
+    points = _measure(names, dtype, prompt, gen, depth, threads, repeat, "landscape", keep_going=True,
+                      failed=failed)
+    if not points:
+        raise ProfileError(f"every model failed: {failed[:3]}")
+    out = Path(out_dir)
+    csv_path = write_csv([{k: p[k] for k in POINT_FIELDS} for p in points], out / "landscape.csv")
+    fig = landscape_figure(points, out / "landscape.png",
+                           f"Latency and memory vs parameters: prompt {prompt}, decode at depth {depth} — "
+                           + _system_line(threads, dtype))
+    return {"models": len(points), "csv": str(csv_path), "figure": str(fig), "failed": failed, "points": points}
+
+
+def compare(models: list[str], dtype: str = "bf16", prompt: int = 128, gen: int = 16, depth: int = 128,
+            threads: int = 2, repeat: int = 3, out_dir: str | Path = "profile_compare") -> dict:
+    """The same measurements for a few chosen models, as a CSV, a bar figure and ratios to the first."""
+    if len(models) < 2:
+        raise ProfileError("compare needs two or more models, e.g. `pocketlm profile compare A.json B.json`")
+    points = _measure(models, dtype, prompt, gen, depth, threads, repeat, "compare")
+    base = points[0]
+    for p in points:
+        for key in ("prefill_ms", "decode_ms", "peak_rss_mb", "kv_cache_mb"):
+            p[f"{key}_vs_first"] = round(p[key] / base[key], 3) if base[key] else None
+    out = Path(out_dir)
+    csv_path = write_csv(points, out / "compare.csv")
+    fig = compare_figure(points, out / "compare.png",
+                         f"prompt {prompt}, decode at depth {depth} — " + _system_line(threads, dtype))
+    return {"csv": str(csv_path), "figure": str(fig), "points": points}
+
+
+def compare_figure(points: list[dict], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("prefill_ms", "prefill (ms)"), ("decode_ms", "decode (ms / token)"),
+              ("kv_cache_mb", "KV cache (MB)"), ("peak_rss_mb", "peak RSS (MB)")]
+    fig, axes = plt.subplots(1, 4, figsize=(4 * 4, 4.2))
+    labels = [f"{p['model']}\n{p['params'] / 1e6:.0f}M {p['attention']}\n{p['n_layer']}L x {p['d_model']}"
+              for p in points]
+    for ax, (key, ylabel) in zip(axes, panels):
+        ax.bar(range(len(points)), [p[key] for p in points], color="tab:blue")
+        ax.set_xticks(range(len(points)))
+        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_title(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def merge_landscapes(csv_paths: list[str | Path], out_dir: str | Path, title: str) -> dict:
+    """Combine landscape CSVs (e.g. a run and a re-run of the models that failed) into one CSV + figure."""
+    import csv
+
+    points: dict[str, dict] = {}
+    for path in csv_paths:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                p = {k: (v if k in ("model", "attention", "dtype") else
+                         int(float(v)) if k in INT_FIELDS else float(v)) for k, v in row.items()}
+                points[p["model"]] = p
+    ordered = sorted(points.values(), key=lambda p: p["params"])
+    out = Path(out_dir)
+    csv_path = write_csv([{k: p.get(k) for k in POINT_FIELDS} for p in ordered], out / "landscape.csv")
+    fig = landscape_figure(ordered, out / "landscape.png", title)
+    return {"models": len(ordered), "csv": str(csv_path), "figure": str(fig)}
