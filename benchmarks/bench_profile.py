@@ -29,11 +29,14 @@ from pocketlm.profile.system import cpu_model, memory_bandwidth_gbs, system_info
 def linear_bytes(model: torch.nn.Module) -> int:
     """Bytes a decode step streams: every linear / quantized-linear weight (unique storages) and norms."""
     from pocketlm.compress.quantized import QUANT_LINEARS
+    from pocketlm.model.packing import PackedLinear
 
     seen, total = set(), 0
     for m in model.modules():
         tensors = []
-        if isinstance(m, torch.nn.Linear):
+        if isinstance(m, PackedLinear):
+            total += m.nbytes
+        elif isinstance(m, torch.nn.Linear):
             tensors = [m.weight] + ([m.bias] if m.bias is not None else [])
         elif isinstance(m, QUANT_LINEARS):
             tensors = list(m.buffers())

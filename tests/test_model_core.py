@@ -128,3 +128,30 @@ def test_cache_overflow_is_clear():
     cache = model.new_cache(1, 4)
     with pytest.raises(ValueError, match="KV cache holds 4 tokens"):
         model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
+
+
+@pytest.mark.parametrize("name", ["gqa", "mla", "moe", "learned_std", "shared_ffn"])
+def test_packed_for_cpu_matches_unpacked(name, tmp_path):
+    """oneDNN-packed inference (fused q/k/v, gate/up) computes the same function."""
+    from pocketlm.interop import save_native
+    from pocketlm.model.packing import pack_for_cpu
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**TINY, **VARIANTS[name]})
+    model = Transformer(cfg).eval()
+    packed = pack_for_cpu(_copy(model))
+    ids = torch.randint(0, 97, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    with torch.no_grad():
+        assert (model(ids, mask) - packed(ids, mask)).abs().max() < 1e-5
+    assert torch.equal(model.generate(ids, mask, max_new_tokens=8), packed.generate(ids, mask, max_new_tokens=8))
+    assert not any(isinstance(m, torch.nn.Linear) for m in packed.modules())
+    with pytest.raises(ValueError, match="packed for CPU inference"):
+        save_native(packed, tmp_path)
+
+
+def _copy(model: Transformer) -> Transformer:
+    import copy
+
+    return copy.deepcopy(model)

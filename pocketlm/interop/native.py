@@ -22,6 +22,8 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 def save_native(model: Transformer, out_dir: str | Path, tokenizer=None) -> Path:
+    if model.packed:
+        raise ValueError("this model is packed for CPU inference (pack_for_cpu); save the unpacked model")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -359,6 +359,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(C, self.n_kv * self.hd, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(C, self.n_kv * self.hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.n_head * self.hd, C, bias=cfg.attn_out_bias)
+        self.qkv: nn.Module | None = None  # q/k/v fused into one matmul by packing.pack_for_cpu
         if cfg.qk_norm == "head":
             self.q_norm, self.k_norm = Norm(cfg, self.hd), Norm(cfg, self.hd)
         elif cfg.qk_norm == "full":
@@ -377,7 +378,10 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, inp: AttentionInputs, cache: LayerCache | None) -> Tensor:
         B, T, _ = x.shape
         cfg = self.cfg
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).split(self.qkv.splits, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if cfg.clip_qkv is not None:
             q, k, v = (t.clamp(-cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
         if cfg.qk_norm == "full":
@@ -478,8 +482,12 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(C, width, bias=bias)
         self.down_proj = nn.Linear(width, C, bias=bias)
         self.act = ACTIVATION_FNS[cfg.activation]
+        self.gate_up: nn.Module | None = None  # gate/up fused into one matmul by packing.pack_for_cpu
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.gate_up is not None:
+            gate, up = self.gate_up(x).split(self.gate_up.splits, dim=-1)
+            return self.down_proj(self.act(gate) * up)
         h = self.act(self.gate_proj(x)) * self.up_proj(x) if self.gated else self.act(self.up_proj(x))
         return self.down_proj(h)
 
@@ -588,6 +596,7 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
+        self.packed = False  # set by packing.pack_for_cpu (inference only)
         C = cfg.d_model
         emb_dim = cfg.embed_proj_dim or C
         self.embed = nn.Embedding(cfg.vocab_size, emb_dim)

@@ -55,6 +55,7 @@ def run_cmd(
     group_size: int = typer.Option(32, help="int4 group size (32, 64, 128, 256)"),
     breakdown: bool = typer.Option(False, help="also time attention / FFN / norms / embedding / LM head"),
     skip_unsupported: bool = typer.Option(False, help="int8/int4: keep layers the kernels cannot take in float"),
+    pack: bool = typer.Option(True, help="fp32/bf16 on CPU: oneDNN-packed weights, fused q/k/v and gate/up"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     out: Path = typer.Option(Path("profile_out"), help="folder for profile.csv and profile.json"),
 ) -> None:
@@ -67,7 +68,8 @@ def run_cmd(
     grid = Grid(model=model, prompts=_ints(prompt, "--prompt"), gen=gen, depths=_ints(depth, "--depth"),
                 threads=_ints(threads, "--threads") if threads else [torch.get_num_threads()],
                 dtypes=_words(dtype), backends=_words(backend), repeat=repeat, warmup=warmup,
-                device=device, group_size=group_size, breakdown=breakdown, skip_unsupported=skip_unsupported)
+                device=device, group_size=group_size, breakdown=breakdown, skip_unsupported=skip_unsupported,
+                pack=pack)
     try:
         results = run_grid(grid)
     except ProfileError as e:

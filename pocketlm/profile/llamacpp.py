@@ -64,7 +64,7 @@ def run_llamacpp(setting: dict) -> dict:
     threads = int(setting["threads"])
     with tempfile.TemporaryDirectory(prefix="pocketlm-gguf-") as tmp:
         path = Path(tmp) / f"model-{qtype}.gguf"
-        model = build_model(spec, "fp32" if qtype == "F32" else "bf16", seed=setting.get("seed", 0))
+        model = build_model(spec, "fp32" if qtype == "F32" else "bf16", seed=setting.get("seed", 0), pack=False)
         t0 = time.perf_counter()
         export_gguf(model, path, qtype, threads=threads)
         export_s = time.perf_counter() - t0

@@ -21,7 +21,9 @@ from pocketlm.profile.system import peak_rss_bytes, reset_peak_rss, rss_bytes
 
 
 def tensor_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the model's parameters and buffers, counting shared (tied) storage once."""
+    """Bytes of the model's parameters and buffers (shared storage once) plus oneDNN-packed weights."""
+    from pocketlm.model.packing import packed_bytes
+
     seen: set[int] = set()
     total = 0
     for t in list(model.parameters()) + list(model.buffers()):
@@ -30,7 +32,7 @@ def tensor_bytes(model: torch.nn.Module) -> int:
             continue
         seen.add(storage.data_ptr())
         total += storage.nbytes()
-    return total
+    return total + packed_bytes(model)
 
 
 def allocator_peak_bytes(fn: Callable[[], object]) -> int:

@@ -36,6 +36,7 @@ class Grid:
     breakdown: bool = False
     seed: int = 0
     skip_unsupported: bool = False  # int8/int4: keep layers the kernels cannot take in float
+    pack: bool = True  # fp32/bf16 on CPU: oneDNN-packed weights (pocketlm.model.packing)
 
     def settings(self) -> list[dict]:
         base = {k: v for k, v in asdict(self).items() if k not in ("threads", "dtypes", "backends")}

@@ -91,8 +91,11 @@ def malloc_trim() -> None:
 
 
 def build_model(spec: ModelSpec, dtype: str, device: str = "cpu", seed: int = 0, group_size: int = 32,
-                skip_unsupported: bool = False):
-    """The model at `dtype` (fp32 | bf16 | fp16 | int8 | int4 weight-only), in eval mode, on `device`."""
+                skip_unsupported: bool = False, pack: bool = True):
+    """The model at `dtype` (fp32 | bf16 | fp16 | int8 | int4 weight-only), in eval mode, on `device`.
+
+    fp32/bf16 models on the CPU are packed for inference (oneDNN weights, fused q/k/v and gate/up)
+    unless `pack` is False."""
     from pocketlm.model.transformer import Transformer
 
     if dtype not in DTYPES:
@@ -113,6 +116,11 @@ def build_model(spec: ModelSpec, dtype: str, device: str = "cpu", seed: int = 0,
     model = model.to(base).eval()
     if dtype in ("int8", "int4"):
         model = apply_quantization(model, dtype, group_size, skip_unsupported)
+    elif pack and device == "cpu":
+        from pocketlm.model.packing import can_pack, pack_for_cpu
+
+        if can_pack(model) is None:
+            pack_for_cpu(model)
     malloc_trim()
     return model.to(device) if device != "cpu" else model
 

@@ -43,7 +43,8 @@ def warm_runtime(spec, setting: dict) -> None:
     device = setting.get("device", "cpu")
     small = dataclasses.replace(spec, config=one_layer(spec.config), kind="config")
     model = build_model(small, setting["dtype"] if setting["backend"] == "torch" else "bf16", device,
-                        group_size=setting.get("group_size", 32), skip_unsupported=True)
+                        group_size=setting.get("group_size", 32), skip_unsupported=True,
+                        pack=setting.get("pack", True))
     n = max(setting["prompts"])
     with torch.inference_mode():
         cache = model.new_cache(1, n + 2)
@@ -99,14 +100,14 @@ def run_torch(setting: dict) -> dict:
     t0 = time.perf_counter()
     model = build_model(spec, setting["dtype"], device, seed=setting.get("seed", 0),
                         group_size=setting.get("group_size", 32),
-                        skip_unsupported=setting.get("skip_unsupported", False))
+                        skip_unsupported=setting.get("skip_unsupported", False), pack=setting.get("pack", True))
     load_s = time.perf_counter() - t0
     load_peak = peak_rss_bytes()
     info = model_info(spec.config)
     if "params" not in info:
         info["params"] = sum(p.numel() for p in model.parameters())
     result = {"model_info": info, "load_s": load_s, "load_peak_rss_bytes": load_peak,
-              "float_layers": getattr(model, "quantization_skipped", [])}
+              "float_layers": getattr(model, "quantization_skipped", []), "packed": model.packed}
     longest = max(setting["prompts"] + [d + setting["gen"] for d in setting["depths"]])
     result["memory"] = account_memory(model, rss_base, longest, max(setting["prompts"]), device)
     weights = tensor_bytes(model)
