@@ -56,7 +56,7 @@ def demo_section(model_dir: Path, out_dir: Path) -> dict:
         f"Speed-up over fp32 — int8: prefill {metrics['int8_prefill_speedup']:.2f}x, decode "
         f"{metrics['int8_decode_speedup']:.2f}x; int4: prefill {metrics['int4_prefill_speedup']:.2f}x, decode "
         f"{metrics['int4_decode_speedup']:.2f}x. On tiny models per-call overhead dominates, so these ratios "
-        "say little about large models (see docs/benchmarks_profile.md).",
+        "say little about large models (see docs/benchmarks.md).",
         "",
         f"fp32 memory at a {mem['kv_len']}-token cache: weights {mem['weights_bytes'] / mb:.2f} MB, KV cache "
         f"{mem['kv_cache_bytes'] / mb:.2f} MB, activations {mem['activation_bytes'] / mb:.2f} MB, other "
