@@ -17,6 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pocketlm.model.packing import fuse_projections
+from pocketlm.model.transformer import Transformer
+
 SCHEMES = ("int8", "int4")
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 
@@ -105,6 +108,7 @@ class Int8Linear(_QuantLinearBase):
         super().__init__()
         check_int8(name, linear)
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.splits = getattr(linear, "splits", [linear.out_features])  # fused q/k/v or gate/up
         self.compute_dtype = compute_dtype
         q, s = quantize_int8(linear.weight)
         self.register_buffer("qweight", q.contiguous())
@@ -128,6 +132,7 @@ class Int4Linear(_QuantLinearBase):
         super().__init__()
         check_int4(name, linear, group_size)
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.splits = getattr(linear, "splits", [linear.out_features])  # fused q/k/v or gate/up
         self.group_size, self.compute_dtype = group_size, compute_dtype
         q, scales, zeros = quantize_int4(linear.weight, group_size)
         packed = torch._convert_weight_to_int4pack_for_cpu(q.contiguous(), 2)  # [N, K/2] uint8
@@ -152,8 +157,11 @@ QUANT_LINEARS = (Int8Linear, Int4Linear)
 
 def quantize_model(model: nn.Module, scheme: str, group_size: int = 32, *,
                    skip: tuple[str, ...] | list[str] = (), compute_dtype: torch.dtype = torch.bfloat16,
-                   skip_unsupported: bool = False) -> nn.Module:
+                   skip_unsupported: bool = False, fuse: bool = True) -> nn.Module:
     """Swap every nn.Linear in `model` (in place) for an Int8Linear / Int4Linear; returns `model`.
+
+    With `fuse`, a pocketlm Transformer's q/k/v and gate/up are first fused into one layer each
+    (`pocketlm.model.packing.fuse_projections`): each row is quantized as before, in fewer matmuls.
 
     `skip`: module names (or name prefixes / suffixes such as "lm_head") left in float. Every layer
     is checked before any is swapped, so a QuantizationError leaves the model untouched; with
@@ -164,6 +172,8 @@ def quantize_model(model: nn.Module, scheme: str, group_size: int = 32, *,
     if scheme not in SCHEMES:
         raise QuantizationError(f"unknown quantization {scheme!r}; choose one of {SCHEMES}.")
     skip = tuple(skip)
+    if fuse and isinstance(model, Transformer):
+        fuse_projections(model)
 
     def skipped(name: str) -> bool:
         return any(name == s or name.startswith(s + ".") or name.endswith("." + s) or name.endswith(s)

@@ -32,7 +32,7 @@ class PackedLinear(nn.Module):
         else:
             bias = None
         self.in_features = weight.shape[1]
-        self.splits = [lin.out_features for lin in linears]
+        self.splits = [s for lin in linears for s in getattr(lin, "splits", [lin.out_features])]
         self.out_features = sum(self.splits)
         self.dtype = weight.dtype
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
@@ -58,6 +58,35 @@ def can_pack(model: Transformer) -> str | None:
     return None
 
 
+def _fused_linear(linears: list[nn.Linear]) -> nn.Linear:
+    """One nn.Linear computing several of one input, outputs side by side; `.splits` gives their widths."""
+    weight = torch.cat([lin.weight.detach() for lin in linears], dim=0)
+    has_bias = any(lin.bias is not None for lin in linears)
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, device=weight.device, dtype=weight.dtype)
+    fused.weight.data.copy_(weight)
+    if has_bias:
+        fused.bias.data.copy_(torch.cat([lin.bias.detach() if lin.bias is not None else
+                                         torch.zeros(lin.out_features, dtype=weight.dtype) for lin in linears]))
+    fused.splits = [lin.out_features for lin in linears]
+    return fused
+
+
+@torch.no_grad()
+def fuse_projections(model: Transformer) -> Transformer:
+    """q/k/v of standard attention -> `qkv`, gate/up of dense gated FFNs -> `gate_up` (in place).
+
+    Each output row is unchanged, so the model computes the same function with fewer, wider
+    matmuls; both CPU packing and weight-only quantization start from here."""
+    for module in list(model.modules()):
+        if type(module) is Attention and module.qkv is None:
+            module.qkv = _fused_linear([module.q_proj, module.k_proj, module.v_proj])
+            del module.q_proj, module.k_proj, module.v_proj
+        elif isinstance(module, MLP) and module.gated and module.gate_up is None:
+            module.gate_up = _fused_linear([module.gate_proj, module.up_proj])
+            del module.gate_proj, module.up_proj
+    return model
+
+
 @torch.no_grad()
 def pack_for_cpu(model: Transformer) -> Transformer:
     """Replace every nn.Linear of `model` (in place) by oneDNN-packed layers; returns the model.
@@ -68,13 +97,7 @@ def pack_for_cpu(model: Transformer) -> Transformer:
     if reason:
         raise ValueError(f"cannot pack this model: {reason}")
     model.eval()
-    for module in list(model.modules()):
-        if isinstance(module, Attention) and type(module) is Attention:
-            module.qkv = PackedLinear([module.q_proj, module.k_proj, module.v_proj])
-            del module.q_proj, module.k_proj, module.v_proj
-        elif isinstance(module, MLP) and module.gated:
-            module.gate_up = PackedLinear([module.gate_proj, module.up_proj])
-            del module.gate_proj, module.up_proj
+    fuse_projections(model)
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
