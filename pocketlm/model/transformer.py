@@ -205,13 +205,13 @@ class LayerCache:
 
     def __init__(self, k_shape: tuple[int, ...], v_shape: tuple[int, ...], size: int, ring: bool,
                  dtype: torch.dtype, device: torch.device):
-        self.k = torch.zeros(k_shape, dtype=dtype, device=device)
-        self.v = torch.zeros(v_shape, dtype=dtype, device=device) if v_shape else None
+        self.k = torch.zeros(k_shape, dtype=dtype, device=device)  # keys, or the MLA latent
+        self.v = torch.zeros(v_shape, dtype=dtype, device=device)  # values, or MLA's rotary key
         self.size, self.ring = size, ring
         self.slot_pos = torch.full((size,), -1, dtype=torch.long, device=device)
 
     def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() + (0 if self.v is None else self.v.numel() * self.v.element_size())
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
 
 
 class KVCache:
@@ -244,7 +244,7 @@ class KVCache:
         for layer in self.layers:
             row = copy.copy(layer)
             row.k = layer.k.index_select(0, index)
-            row.v = None if layer.v is None else layer.v.index_select(0, index)
+            row.v = layer.v.index_select(0, index)
             row.slot_pos = layer.slot_pos.clone()
             new.layers.append(row)
         return new
