@@ -27,7 +27,7 @@ def _cfg(**kw) -> ModelConfig:
 def test_kv_cache_memory_equals_analytic_bytes(dtype, nbytes) -> None:
     cfg = _cfg()
     model = Transformer(cfg).to(dtype)
-    ctx = 4096
+    ctx = 16384  # large enough that allocator noise (~0.3 MB seen) stays well inside 3%
     analytic = costs.kv_cache_bytes(cfg, ctx, dtype_bytes=nbytes)
     malloc_trim()  # hand freed heap back to the OS so the new cache must fault in fresh pages
     before = rss_bytes()

@@ -92,6 +92,7 @@ def landscape_cmd(
     threads: int = typer.Option(0, help="threads (default: all cores)"), repeat: int = typer.Option(3),
     models: str = typer.Option("", help="comma-separated catalog names instead of the whole catalog"),
     out: Path = typer.Option(Path("docs/profile_landscape"), help="folder for landscape.csv and figures"),
+    pack: bool = typer.Option(True, help="oneDNN-packed fp32/bf16 weights (a tied LM head then holds a 2nd copy)"),
 ) -> None:
     """Latency and memory vs parameters over the catalog's architectures (random weights)."""
     import torch
@@ -101,7 +102,7 @@ def landscape_cmd(
     try:
         summary = landscape(max_params=max_params, min_params=min_params, dtype=dtype, prompt=prompt, gen=gen,
                             depth=depth, threads=threads or torch.get_num_threads(), repeat=repeat,
-                            names=_words(models) or None, out_dir=out)
+                            names=_words(models) or None, out_dir=out, pack=pack)
     except ProfileError as e:
         _fail(e)
     print(json.dumps(summary))
@@ -113,6 +114,7 @@ def compare_cmd(
     dtype: str = typer.Option("bf16"), prompt: int = typer.Option(128), gen: int = typer.Option(16),
     depth: int = typer.Option(128), threads: int = typer.Option(0), repeat: int = typer.Option(3),
     out: Path = typer.Option(Path("profile_compare")),
+    pack: bool = typer.Option(True, help="oneDNN-packed fp32/bf16 weights"),
 ) -> None:
     """Side by side: e.g. MHA vs GQA at equal size, deep-thin vs wide-shallow."""
     import torch
@@ -121,7 +123,7 @@ def compare_cmd(
 
     try:
         summary = compare(models, dtype=dtype, prompt=prompt, gen=gen, depth=depth,
-                          threads=threads or torch.get_num_threads(), repeat=repeat, out_dir=out)
+                          threads=threads or torch.get_num_threads(), repeat=repeat, out_dir=out, pack=pack)
     except ProfileError as e:
         _fail(e)
     print(json.dumps(summary))

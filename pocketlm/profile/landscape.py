@@ -52,12 +52,12 @@ def point(result: dict) -> dict:
 
 
 def _measure(names: list[str], dtype: str, prompt: int, gen: int, depth: int, threads: int, repeat: int,
-             label: str, keep_going: bool = False, failed: list | None = None) -> list[dict]:
+             label: str, keep_going: bool = False, failed: list | None = None, pack: bool = True) -> list[dict]:
     failed = failed if failed is not None else []
     from rich.progress import Progress
 
     grids = [Grid(model=n, prompts=[prompt], gen=gen, depths=[depth], threads=[threads], dtypes=[dtype],
-                  repeat=repeat, warmup=1) for n in names]
+                  repeat=repeat, warmup=1, pack=pack) for n in names]
     for g in grids:
         validate(g)
     points = []
@@ -119,7 +119,7 @@ def _system_line(threads: int, dtype: str) -> str:
 
 def landscape(max_params: float = 2e9, min_params: float = 0, dtype: str = "bf16", prompt: int = 64,
               gen: int = 8, depth: int = 64, threads: int = 2, repeat: int = 3, names: list[str] | None = None,
-              out_dir: str | Path = "docs/profile_landscape") -> dict:
+              out_dir: str | Path = "docs/profile_landscape", pack: bool = True) -> dict:
     """Profile every catalog architecture in range (each in a fresh process); write CSV + figure."""
     names = names or catalog_models(max_params, min_params)
     if not names:
@@ -127,7 +127,7 @@ def landscape(max_params: float = 2e9, min_params: float = 0, dtype: str = "bf16
                            "parameters; raise --max-params")
     failed: list[dict] = []
     points = _measure(names, dtype, prompt, gen, depth, threads, repeat, "landscape", keep_going=True,
-                      failed=failed)
+                      failed=failed, pack=pack)
     if not points:
         raise ProfileError(f"every model failed: {failed[:3]}")
     out = Path(out_dir)
@@ -139,11 +139,11 @@ def landscape(max_params: float = 2e9, min_params: float = 0, dtype: str = "bf16
 
 
 def compare(models: list[str], dtype: str = "bf16", prompt: int = 128, gen: int = 16, depth: int = 128,
-            threads: int = 2, repeat: int = 3, out_dir: str | Path = "profile_compare") -> dict:
+            threads: int = 2, repeat: int = 3, out_dir: str | Path = "profile_compare", pack: bool = True) -> dict:
     """The same measurements for a few chosen models, as a CSV, a bar figure and ratios to the first."""
     if len(models) < 2:
         raise ProfileError("compare needs two or more models, e.g. `pocketlm profile compare A.json B.json`")
-    points = _measure(models, dtype, prompt, gen, depth, threads, repeat, "compare")
+    points = _measure(models, dtype, prompt, gen, depth, threads, repeat, "compare", pack=pack)
     base = points[0]
     for p in points:
         for key in ("prefill_ms", "decode_ms", "peak_rss_mb", "kv_cache_mb"):
