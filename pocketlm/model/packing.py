@@ -20,24 +20,17 @@ from pocketlm.model.transformer import MLP, Attention, Transformer
 
 
 class PackedLinear(nn.Module):
-    """y = x W^T + b with W prepacked by oneDNN; several linears of one input can be fused."""
+    """y = x W^T + b with W prepacked by oneDNN; keeps a fused layer's `splits`."""
 
-    def __init__(self, linears: list[nn.Linear]):
+    def __init__(self, linear: nn.Linear):
         super().__init__()
-        weight = torch.cat([lin.weight.detach() for lin in linears], dim=0)
-        biases = [lin.bias for lin in linears]
-        if any(b is not None for b in biases):
-            bias = torch.cat([b.detach() if b is not None else torch.zeros(lin.out_features, dtype=weight.dtype)
-                              for b, lin in zip(biases, linears)])
-        else:
-            bias = None
-        self.in_features = weight.shape[1]
-        self.splits = [s for lin in linears for s in getattr(lin, "splits", [lin.out_features])]
-        self.out_features = sum(self.splits)
+        weight = linear.weight.detach()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.splits = getattr(linear, "splits", [linear.out_features])  # set by fuse_projections
         self.dtype = weight.dtype
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
-        self.bias = bias
-        self.nbytes = weight.numel() * weight.element_size() + (0 if bias is None else bias.numel() * bias.element_size())
+        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.nbytes = sum(t.numel() * t.element_size() for t in (weight, linear.bias) if t is not None)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -101,7 +94,7 @@ def pack_for_cpu(model: Transformer) -> Transformer:
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(module, name, PackedLinear([child]))
+                setattr(module, name, PackedLinear(child))
     model.packed = True
     return model
 
