@@ -2,9 +2,9 @@
 
 At batch 1, torch's default CPU linear runs a single-threaded matrix-vector product; oneDNN's
 prepacked linear (`torch.ops.mkldnn._linear_pointwise`) uses every thread on a cache-blocked
-weight layout. Measured on the 2-core dev VM with a SmolLM-135M-shaped model (see
-docs/benchmarks.md): fp32 decode 36.6 -> 19.7 ms/token and prefill of 128 tokens 206 -> 102 ms;
-bf16 decode 20.7 -> 16.2 ms/token.
+weight layout. SmolLM-135M shape, 2 threads (`python benchmarks/bench_decode_dtypes.py`): fp32
+decode 39.1 -> 19.7 ms/token, bf16 packed 13.8 ms/token; all linears of one decode step with
+cache-hot weights (`python benchmarks/bench_kernels.py`): fp32 12.6 -> 8.1 ms, bf16 8.2 -> 5.3 ms.
 
 Packing is an inference transform, like quantization: the packed weights are opaque oneDNN
 tensors (not parameters), so a packed model cannot be trained or saved. A tied LM head gets its

@@ -326,9 +326,10 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float,
            softcap: float | None, causal: bool) -> Tensor:
     """Scaled dot-product attention over q [B,H,T,D], k/v [B,K,S,D]; GQA by repeating kv heads.
 
-    On CPU, SDPA's own `enable_gqa` path is 100-1000x slower than repeating kv heads first
-    (torch 2.13: 8 ms vs 13 us for one decode step of a SmolLM-135M layer). One query on the CPU
-    (a decode step) takes `_attend_one_query`.
+    Repeating kv heads costs a copy, but on a quiet machine it matches SDPA's `enable_gqa` at
+    prefill (benchmarks/bench_kernels.py: 329 vs 320 us, 128 tokens), and once, with the two cores
+    shared, `enable_gqa` took 8-15 ms where repeat + SDPA took 13 us. One query on the CPU (a decode
+    step) takes `_attend_one_query`.
     """
     H, K = q.shape[1], k.shape[1]
     if q.shape[2] == 1 and q.device.type == "cpu":
@@ -352,8 +353,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float,
 def _attend_one_query(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float,
                       softcap: float | None) -> Tensor:
     """Decode step on CPU: query heads grouped by their kv head (the cache is never repeated),
-    scores in fp32. Measured on the dev VM (9 q / 3 kv heads, bf16): 29 vs 57 us at 128 keys and
-    52 vs 84 us at 512 against repeat + bf16 matmuls; SDPA's flash kernel took 108 us at 256."""
+    scores in fp32. benchmarks/bench_kernels.py, one bf16 query, 9 q / 3 kv heads: 30 vs 75 us
+    (128 keys), 51 vs 251 us (512), 88 vs 1071 us (1024) against repeat + SDPA."""
     B, H, _, D = q.shape
     K, S = k.shape[1], k.shape[2]
     scores = torch.matmul(q.reshape(B, K, H // K, D).float(), k.float().transpose(-1, -2)) * scale  # [B,K,G,S]
