@@ -1,9 +1,11 @@
 """Decode latency per token of one SmolLM-135M-shaped model at each weight format, in one process.
 
 fp32 (nn.Linear), fp32 and bf16 packed for CPU (oneDNN, fused q/k/v and gate/up), int8 and int4
-(group 32) weight-only; variants alternate every round, median ms/token at depth 128.
+(group 32) weight-only; variants alternate every round, median ms/token at depth 128. With
+--compile, each packed / quantized variant is also timed under torch.compile (compiled once, up
+front; about a minute per variant).
 
-    python benchmarks/bench_decode_dtypes.py [--threads 2] [--rounds 3] [--steps 30]
+    python benchmarks/bench_decode_dtypes.py [--threads 2] [--rounds 3] [--steps 30] [--compile]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pocketlm.compress.quantized import quantize_model
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.packing import pack_for_cpu
 from pocketlm.model.transformer import Transformer
+from pocketlm.profile.worker import compile_model
 
 SMOLLM_135M = ModelConfig(vocab_size=49152, d_model=576, n_layer=30, n_head=9, n_kv_head=3, intermediate_size=1536,
                           max_seq_len=2048, name="SmolLM-135M-shaped")
@@ -31,6 +34,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--depth", type=int, default=128)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd variants")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -42,13 +46,20 @@ def main() -> None:
         "int8": quantize_model(copy.deepcopy(base), "int8", 32),
         "int4": quantize_model(copy.deepcopy(base).to(torch.bfloat16), "int4", 32),
     }
+    if args.compile:
+        torch._dynamo.config.recompile_limit = 64  # four compiled models share Transformer.forward's cache
+        for name in ("fp32 packed", "bf16 packed", "int8", "int4"):
+            t0 = time.perf_counter()
+            variants[f"{name} compiled"], _ = compile_model(variants[name], args.depth, args.depth + args.steps + 8,
+                                                            "cpu")
+            print(f"compiled {name} in {time.perf_counter() - t0:.0f} s", flush=True)
     ids = torch.randint(0, SMOLLM_135M.vocab_size, (1, args.depth))
     times: dict[str, list[float]] = {k: [] for k in variants}
     with torch.inference_mode():
         for _ in range(args.rounds):
             for name, model in variants.items():
-                cache = model.new_cache(1, args.depth + args.steps + 8)
-                model(ids, cache=cache)
+                cache = model.new_cache(1, args.depth + args.steps + 8)  # a compiled model forwards new_cache
+                model(ids, cache=cache, last_only=True)
                 x = torch.tensor([[5]])
                 for _ in range(3):
                     model(x, cache=cache, last_only=True)
@@ -58,7 +69,7 @@ def main() -> None:
                 times[name].append((time.perf_counter() - t0) / args.steps * 1e3)
     ms = {k: statistics.median(v) for k, v in times.items()}
     for name, t in ms.items():
-        print(f"{name:12s} {t:7.2f} ms/token   {ms['fp32'] / t:5.2f}x fp32   {ms['fp32 packed'] / t:5.2f}x fp32 packed")
+        print(f"{name:20s} {t:7.2f} ms/token   {ms['fp32'] / t:5.2f}x fp32   {ms['fp32 packed'] / t:5.2f}x fp32 packed")
     print(json.dumps({"bench": "decode_dtypes", "threads": args.threads, "depth": args.depth, "ms_per_token": ms}))
 
 

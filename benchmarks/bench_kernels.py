@@ -3,7 +3,9 @@
 SmolLM-135M shapes (d 576, 9 query / 3 kv heads of 64, FFN 1536, vocab 49152), 2 threads:
 1. GQA attention for one decode step: SDPA with `enable_gqa=True` vs repeating kv heads + SDPA;
 2. one bf16 query: SDPA (flash kernel) vs `_attend_one_query` (heads grouped by kv head, fp32);
-3. the linears of one decode step: `F.linear` vs pre-transposed `x @ W` vs oneDNN-packed.
+3. the linears of one decode step: `F.linear` vs pre-transposed `x @ W` vs oneDNN-packed;
+4. the int4 matmuls of one decode step (fused q/k/v and gate/up, group 32), every layer its own
+   weights, so they stream from memory as in a real step: the kernel's share of an int4 token.
 
     python benchmarks/bench_kernels.py [--threads 2]
 """
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pocketlm.compress.quantized import Int4Linear
 from pocketlm.model.packing import PackedLinear
 from pocketlm.model.transformer import _attend_one_query
 
@@ -83,6 +86,16 @@ def main() -> None:
         print(f"3. all linears of one decode step, {str(dtype)[6:]}: "
               + "   ".join(f"{k} {t:5.1f} ms" for k, t in ms.items())
               + "   (weights cache-hot: a lower bound on the real step)")
+    layers = [Int4Linear(nn.Linear(n_in, n_out, bias=False)) for n_in, n_out in
+              [(576, 960), (576, 576), (576, 3072), (1536, 576)] * 30 + [(576, 49152)]]
+    xs = {n: torch.randn(1, n, dtype=torch.bfloat16) for n in (576, 1536)}
+    kernel_ms = us(lambda: [torch._weight_int4pack_mm_for_cpu(xs[m.in_features], m.qweight, m.group_size,
+                                                              m.scales_and_zeros) for m in layers], 20) / 1e3
+    module_ms = us(lambda: [m(xs[m.in_features]) for m in layers], 20) / 1e3
+    nbytes = sum(b.numel() * b.element_size() for m in layers for b in m.buffers())
+    out["decode_int4_matmuls_ms"] = {"kernel": kernel_ms, "Int4Linear": module_ms}
+    print(f"4. the 121 int4 matmuls of one decode step, weights streamed ({nbytes / 1e6:.0f} MB): kernel alone "
+          f"{kernel_ms:5.2f} ms ({nbytes / kernel_ms / 1e6:.1f} GB/s)   through Int4Linear {module_ms:5.2f} ms")
     print(json.dumps({"bench": "kernels", "threads": args.threads, **out}))
 
 

@@ -92,3 +92,20 @@ def test_bad_settings_name_the_problem(data_dir, tmp_path):
     with pytest.raises(TrainConfigError, match="max_seq_len"):
         train(TrainConfig(data_dir=str(data_dir), out_dir=str(tmp_path), steps=2, warmup_steps=0,
                           seq_len=1024), cfg)
+
+
+def test_temporaries_left_by_a_killed_writer_are_removed(tmp_path):
+    import torch
+
+    from pocketlm.train.checkpoint import latest_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / ".tmp_step_0000016_99999").mkdir()  # as a SIGKILL during the folder write leaves it
+    (ckpts / ".tmp_step_0000016_99999" / "model.safetensors").write_bytes(b"half")
+    (ckpts / ".latest.abc123.tmp").write_text("step_00")  # as a SIGKILL during the pointer write leaves it
+    save_checkpoint(tmp_path, 24, model, optimizer, {"next_step": 24})
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_0000024"]
+    assert latest_checkpoint(tmp_path).name == "step_0000024"

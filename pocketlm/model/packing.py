@@ -6,6 +6,10 @@ weight layout. SmolLM-135M shape, 2 threads (`python benchmarks/bench_decode_dty
 decode 39.1 -> 19.7 ms/token, bf16 packed 13.8 ms/token; all linears of one decode step with
 cache-hot weights (`python benchmarks/bench_kernels.py`): fp32 12.6 -> 8.1 ms, bf16 8.2 -> 5.3 ms.
 
+`torch.compile` sees the packed matmul as one opaque op (`pocketlm::packed_linear`), so a packed
+model compiles: the small ops between the matmuls fuse, and fp32 decode reaches the memory-bandwidth
+ceiling (docs/benchmarks.md).
+
 Packing is an inference transform, like quantization: the packed weights are opaque oneDNN
 tensors (not parameters), so a packed model cannot be trained or saved. A tied LM head gets its
 own packed copy (the embedding keeps the original), which `packed_bytes` reports.
@@ -17,6 +21,17 @@ import torch
 from torch import Tensor, nn
 
 from pocketlm.model.transformer import MLP, Attention, Transformer
+
+
+@torch.library.custom_op("pocketlm::packed_linear", mutates_args=())
+def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None, out_features: int) -> Tensor:
+    """oneDNN linear on a prepacked weight; an op of its own so torch.compile calls it as is."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+@packed_linear.register_fake
+def _packed_linear_shape(x: Tensor, packed: Tensor, bias: Tensor | None, out_features: int) -> Tensor:
+    return x.new_empty(*x.shape[:-1], out_features)
 
 
 class PackedLinear(nn.Module):
@@ -33,7 +48,7 @@ class PackedLinear(nn.Module):
         self.nbytes = sum(t.numel() * t.element_size() for t in (weight, linear.bias) if t is not None)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return packed_linear(x, self.packed, self.bias, self.out_features)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.splits}, dtype={self.dtype}, oneDNN-packed"

@@ -56,6 +56,8 @@ def run_cmd(
     breakdown: bool = typer.Option(False, help="also time attention / FFN / norms / embedding / LM head"),
     skip_unsupported: bool = typer.Option(False, help="int8/int4: keep layers the kernels cannot take in float"),
     pack: bool = typer.Option(True, help="fp32/bf16 on CPU: oneDNN-packed weights, fused q/k/v and gate/up"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (first call 20-60 s, reported "
+                                 "as compile_s); fuses the small ops between matmuls"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     out: Path = typer.Option(Path("profile_out"), help="folder for profile.csv and profile.json"),
 ) -> None:
@@ -69,7 +71,7 @@ def run_cmd(
                 threads=_ints(threads, "--threads") if threads else [torch.get_num_threads()],
                 dtypes=_words(dtype), backends=_words(backend), repeat=repeat, warmup=warmup,
                 device=device, group_size=group_size, breakdown=breakdown, skip_unsupported=skip_unsupported,
-                pack=pack)
+                pack=pack, compile=compile)
     try:
         results = run_grid(grid)
     except ProfileError as e:

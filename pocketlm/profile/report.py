@@ -10,7 +10,7 @@ from pathlib import Path
 from pocketlm.utils import atomic_write_text
 
 MB = 2**20
-ROW_FIELDS = ("model", "params", "backend", "dtype", "threads", "test", "n_prompt", "depth", "n_gen",
+ROW_FIELDS = ("model", "params", "backend", "dtype", "threads", "compile_s", "test", "n_prompt", "depth", "n_gen",
               "median_ms", "iqr_ms", "min_ms", "max_ms", "tok_s", "peak_rss_mb", "weights_mb", "kv_cache_mb",
               "activations_mb", "other_mb", "disk_mb", "device", "cpu")
 
@@ -27,6 +27,7 @@ def rows(results: list[dict]) -> list[dict]:
             "model": r["model_info"]["name"] or s["model"], "params": r["model_info"].get("params"),
             "backend": s["backend"], "dtype": r.get("gguf_type", s["dtype"]) if s["backend"] == "llamacpp"
             else s["dtype"], "threads": s["threads"],
+            "compile_s": None if r.get("compile_s") is None else round(r["compile_s"], 1),
             "peak_rss_mb": _mb(mem["peak_rss_bytes"]), "weights_mb": _mb(mem["weights_bytes"]),
             "kv_cache_mb": _mb(mem["kv_cache_bytes"]), "activations_mb": _mb(mem["activation_bytes"]),
             "other_mb": _mb(mem["other_bytes"]), "disk_mb": _mb(r["disk_bytes"]),
@@ -69,6 +70,7 @@ def rich_table(table: list[dict], title: str = "pocketlm profile"):
     for c in cols:
         t.add_column(c, justify="left" if c in ("model", "backend", "dtype", "test") else "right")
     for row in table:
+        row = dict(row, backend=row["backend"] + (" compiled" if row.get("compile_s") is not None else ""))
         t.add_row(*["" if row.get(c) is None else (f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]))
                     for c in cols])
     return t

@@ -37,6 +37,7 @@ class Grid:
     seed: int = 0
     skip_unsupported: bool = False  # int8/int4: keep layers the kernels cannot take in float
     pack: bool = True  # fp32/bf16 on CPU: oneDNN-packed weights (pocketlm.model.packing)
+    compile: bool = False  # torch backend: time a torch.compile'd model (compile time reported apart)
 
     def settings(self) -> list[dict]:
         base = {k: v for k, v in asdict(self).items() if k not in ("threads", "dtypes", "backends")}
@@ -57,6 +58,8 @@ def validate(grid: Grid) -> None:
     for b in grid.backends:
         if b not in BACKENDS:
             raise ProfileError(f"unknown backend {b!r}; choose from {BACKENDS}")
+    if grid.compile and "torch" not in grid.backends:
+        raise ProfileError("--compile applies to the torch backend; add --backend torch or drop --compile")
     if grid.device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ProfileError(f"--device {grid.device}: torch sees no CUDA device here; use --device cpu")

@@ -3,7 +3,8 @@
 Layout: <run>/checkpoints/step_XXXXXXX/{model.safetensors, optimizer.pt, state.json} and
 <run>/checkpoints/latest naming the newest complete one. A checkpoint folder is written under a
 temporary name and renamed into place; `latest` is replaced atomically afterwards, so a crash at any
-moment leaves the previous checkpoint usable.
+moment leaves the previous checkpoint usable. A run directory has one writer: temporaries that a
+killed writer left behind are removed before the next checkpoint is written.
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
                     state: dict, keep: int = 2, extra_modules: dict[str, torch.nn.Module] | None = None) -> Path:
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(root)
     name = f"step_{step:07d}"
     tmp = root / f".tmp_{name}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))
     for key, module in (extra_modules or {}).items():
@@ -49,6 +49,17 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete half-written checkpoint folders and `latest` pointers left by a killed writer."""
+    stale = [p for p in Path(root).glob(".tmp_step_*")] + [p for p in Path(root).glob(".latest.*.tmp")]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

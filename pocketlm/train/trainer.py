@@ -19,7 +19,8 @@ from pocketlm.data.shards import TokenSplit, read_manifest
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import Transformer
 from pocketlm.train.batches import BatchSampler, eval_windows
-from pocketlm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from pocketlm.train.checkpoint import (latest_checkpoint, load_checkpoint, remove_stale_temporaries,
+                                       save_checkpoint)
 from pocketlm.train.config import TrainConfig, TrainConfigError
 from pocketlm.train.metrics import measured_matmul_flops, plot_loss_curve, read_log, train_flops_per_token
 from pocketlm.train.mup import mup_config, mup_init_, param_groups
@@ -133,6 +134,7 @@ def _train(tcfg: TrainConfig, model_cfg: ModelConfig, resume: bool) -> TrainResu
         start_step, tokens_seen = state["next_step"], state["tokens_seen"]
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir / "checkpoints")
         kept = [r for r in read_log(log_path) if r["step"] < start_step]
         atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
         atomic_write_text(run_dir / "train_config.json", json.dumps(tcfg.to_dict(), indent=2))

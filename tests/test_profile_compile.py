@@ -1,0 +1,55 @@
+"""`pocketlm profile --compile`: a torch.compile'd model computes what the eager one does, and the
+grid reports its compile time apart from the timings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pocketlm.compress.quantized import quantize_model
+from pocketlm.model.config import ModelConfig
+from pocketlm.model.packing import pack_for_cpu
+from pocketlm.model.transformer import Transformer
+from pocketlm.profile.runner import Grid, run_grid, validate
+from pocketlm.profile.source import ProfileError
+from pocketlm.profile.worker import compile_model
+
+CFG = ModelConfig(vocab_size=512, d_model=128, n_layer=2, n_head=4, n_kv_head=2, intermediate_size=256,
+                  max_seq_len=128, name="tiny-llama")
+
+
+def _logits(model, tokens: torch.Tensor, prompt: int) -> torch.Tensor:
+    """Prefill `prompt` tokens, then feed the rest one at a time; logits of every step."""
+    cache = model.new_cache(1, tokens.shape[1])
+    out = [model(tokens[:, :prompt], cache=cache, last_only=True)]
+    for i in range(prompt, tokens.shape[1] - 1):
+        out.append(model(tokens[:, i:i + 1], cache=cache, last_only=True))
+    return torch.cat(out, dim=1).float()
+
+
+@pytest.mark.parametrize("weights, atol", [("fp32 packed", 1e-4), ("int4", 3e-2)])
+def test_compiled_model_matches_eager(weights, atol) -> None:
+    torch.manual_seed(0)
+    model = Transformer(CFG).eval()
+    model = pack_for_cpu(model) if weights == "fp32 packed" else quantize_model(model.to(torch.bfloat16), "int4")
+    tokens = torch.randint(0, CFG.vocab_size, (1, 24))
+    with torch.inference_mode():
+        compiled, seconds = compile_model(model, n_prompt=12, longest=24, device="cpu")
+        eager, fused = _logits(model, tokens, 12), _logits(compiled, tokens, 12)
+    assert seconds > 0
+    assert eager.shape == fused.shape == (1, 12, CFG.vocab_size)
+    torch.testing.assert_close(fused, eager, atol=atol, rtol=0)
+
+
+def test_grid_reports_compile_time_apart(tmp_path) -> None:
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(CFG.to_dict()))
+    (result,) = run_grid(Grid(model=str(path), prompts=[8], gen=4, depths=[0, 8], threads=[1], repeat=2,
+                              compile=True), progress=False)
+    assert result["compile_s"] > 0
+    assert [d["depth"] for d in result["decode"]] == [0, 8]
+    assert all(d["median_ms"] * 1e-3 < result["compile_s"] for d in result["decode"])  # warm-up excluded
+    with pytest.raises(ProfileError, match="--compile applies to the torch backend"):
+        validate(Grid(model=str(path), prompts=[8], gen=4, depths=[0], backends=["llamacpp"], compile=True))
