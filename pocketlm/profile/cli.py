@@ -56,8 +56,8 @@ def run_cmd(
     breakdown: bool = typer.Option(False, help="also time attention / FFN / norms / embedding / LM head"),
     skip_unsupported: bool = typer.Option(False, help="int8/int4: keep layers the kernels cannot take in float"),
     pack: bool = typer.Option(True, help="fp32/bf16 on CPU: oneDNN-packed weights, fused q/k/v and gate/up"),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (first call 20-60 s, reported "
-                                 "as compile_s); fuses the small ops between matmuls"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model: fuses the small ops between "
+                                 "matmuls; compiling (1-3 min for 30 layers) is reported as compile_s"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     out: Path = typer.Option(Path("profile_out"), help="folder for profile.csv and profile.json"),
 ) -> None:

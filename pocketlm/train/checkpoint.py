@@ -53,7 +53,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
 
 def remove_stale_temporaries(root: Path) -> list[Path]:
     """Delete half-written checkpoint folders and `latest` pointers left by a killed writer."""
-    stale = [p for p in Path(root).glob(".tmp_step_*")] + [p for p in Path(root).glob(".latest.*.tmp")]
+    stale = list(Path(root).glob(".tmp_step_*")) + list(Path(root).glob(".latest.*.tmp"))
     for path in stale:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
