@@ -22,7 +22,7 @@ from pocketlm.compress.quantized import quantize_model
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.packing import pack_for_cpu
 from pocketlm.model.transformer import Transformer
-from pocketlm.profile.worker import compile_model
+from pocketlm.profile.timing import compile_model
 
 SMOLLM_135M = ModelConfig(vocab_size=49152, d_model=576, n_layer=30, n_head=9, n_kv_head=3, intermediate_size=1536,
                           max_seq_len=2048, name="SmolLM-135M-shaped")

@@ -14,7 +14,7 @@ from pocketlm.model.packing import pack_for_cpu
 from pocketlm.model.transformer import Transformer
 from pocketlm.profile.runner import Grid, run_grid, validate
 from pocketlm.profile.source import ProfileError
-from pocketlm.profile.worker import compile_model
+from pocketlm.profile.timing import compile_model
 
 CFG = ModelConfig(vocab_size=512, d_model=128, n_layer=2, n_head=4, n_kv_head=2, intermediate_size=256,
                   max_seq_len=128, name="tiny-llama")
@@ -50,6 +50,8 @@ def test_grid_reports_compile_time_apart(tmp_path) -> None:
                               compile=True), progress=False)
     assert result["compile_s"] > 0
     assert [d["depth"] for d in result["decode"]] == [0, 8]
-    assert all(d["median_ms"] * 1e-3 < result["compile_s"] for d in result["decode"])  # warm-up excluded
+    # a (re)compile costs about a third of compile_s (three graphs); a step that hid one would show it
+    slowest = max(t["max_ms"] for t in result["prefill"] + result["decode"]) * 1e-3
+    assert slowest < result["compile_s"] / 10, (slowest, result["compile_s"])
     with pytest.raises(ProfileError, match="--compile applies to the torch backend"):
         validate(Grid(model=str(path), prompts=[8], gen=4, depths=[0], backends=["llamacpp"], compile=True))

@@ -85,32 +85,12 @@ def model_info(cfg) -> dict:
     return info
 
 
-def compile_model(model, n_prompt: int, longest: int, device: str):
-    """torch.compile (dynamic shapes) and its first calls; returns the compiled model and their seconds.
-
-    An eager pass over `longest` positions first builds the lazy tables (RoPE) at full size, so
-    compiled code never sees them grow. The first calls then compile the three shapes a profile
-    meets: a prefill, a decode step after it, and a decode step into an empty cache; any later
-    specialization lands in the timing warm-up, not in the timings. The eager `model` is kept for
-    the breakdown, whose hooks need module boundaries."""
-    vocab = model.config.vocab_size
-    with torch.inference_mode():
-        model(torch.zeros(1, longest, dtype=torch.long, device=device), last_only=True)
-        compiled = torch.compile(model, dynamic=True)
-        t0 = time.perf_counter()
-        cache = model.new_cache(1, n_prompt + 2)
-        tok = compiled(torch.randint(0, vocab, (1, n_prompt), device=device), cache=cache, last_only=True).argmax(-1)
-        compiled(tok, cache=cache, last_only=True)
-        compiled(tok, cache=model.new_cache(1, 2), last_only=True)
-    return compiled, time.perf_counter() - t0
-
-
 def run_torch(setting: dict) -> dict:
     from pocketlm.profile.breakdown import time_breakdown
     from pocketlm.profile.memory import account_memory, tensor_bytes
     from pocketlm.profile.source import build_model, disk_bytes, resolve
     from pocketlm.profile.system import peak_rss_bytes, reset_peak_rss, rss_bytes
-    from pocketlm.profile.timing import time_decode, time_prefill
+    from pocketlm.profile.timing import compile_model, time_decode, time_prefill
 
     device = setting.get("device", "cpu")
     spec = resolve(setting["model"])
