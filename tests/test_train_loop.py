@@ -50,20 +50,23 @@ def test_finetune_matches_a_textbook_pytorch_loop():
     assert res.log_path is None and res.tokens == steps * batch * 24
 
 
-def _magnitude_prune_(model: torch.nn.Module, fraction: float) -> None:
-    """Zero the smallest-magnitude `fraction` of every block matrix (a stand-in for pocketlm.compress)."""
+def _magnitude_prune_(model: torch.nn.Module, fraction: float) -> dict[str, torch.Tensor]:
+    """Zero the smallest-magnitude `fraction` of every block matrix (a stand-in for pocketlm.compress);
+    return the masks of the kept weights."""
+    masks = {}
     with torch.no_grad():
-        for p in model.blocks.parameters():
+        for name, p in model.blocks.named_parameters():
             if p.ndim == 2:
-                cut = p.abs().flatten().kthvalue(int(fraction * p.numel())).values
-                p[p.abs() <= cut] = 0.0
+                masks[name] = p.abs() > p.abs().flatten().kthvalue(int(fraction * p.numel())).values
+                p.mul_(masks[name])
+    return masks
 
 
 def test_finetune_with_distillation_recovers_a_pruned_model():
     teacher_dir, _ = trained_preset("micro")
     teacher = load_model(teacher_dir).eval()
     pruned = copy.deepcopy(teacher)
-    _magnitude_prune_(pruned, 0.8)
+    masks = _magnitude_prune_(pruned, 0.8)
     data = bundled_data_dir()
     tcfg = TrainConfig(data_dir=str(data), seq_len=64, batch_size=8, steps=30)
     windows = torch.cat([distill_batches(tcfg)(s)[0] for s in range(8)])
@@ -73,10 +76,19 @@ def test_finetune_with_distillation_recovers_a_pruned_model():
     def kl(m):
         return {"kl": mean_forward_kl(teacher, m, held_out)}
 
+    def keep_sparsity(m):
+        for name, p in m.blocks.named_parameters():
+            if name in masks:
+                p.mul_(masks[name])
+
     res = finetune(pruned, windows, steps=30, lr=3e-3, batch_size=8, evaluate=kl, threads=1,
-                   objective=Distillation(teacher, pruned, DistillConfig(temperature=1.0, alpha=1.0)))
+                   objective=Distillation(teacher, pruned, DistillConfig(temperature=1.0, alpha=1.0)),
+                   after_update=keep_sparsity)
     assert res.start_metrics["kl"] > 0.2  # pruning 80 % of the block matrices hurt (0.40 measured)
     assert res.metrics["kl"] < 0.25 * res.start_metrics["kl"]  # distilling from the dense model recovered it
+    for name, p in pruned.blocks.named_parameters():  # ... without filling the pruned weights back in
+        if name in masks:
+            assert (p[~masks[name]] == 0).all()
 
 
 def test_resume_refuses_a_checkpoint_of_another_objective(tmp_path):
@@ -86,7 +98,8 @@ def test_resume_refuses_a_checkpoint_of_another_objective(tmp_path):
     assert (tmp_path / "checkpoints" / "latest").is_file() and (tmp_path / "train_log.jsonl").is_file()
     teacher = Transformer(family_config(48, 1, 2, vocab_size=64, max_seq_len=32))
     with pytest.raises(TrainConfigError, match="objective.*--no-resume"):
-        finetune(model, _windows(), steps=4, lr=1e-3, out_dir=tmp_path, objective=Distillation(teacher, model))
+        finetune(model, _windows(), steps=4, lr=1e-3, out_dir=tmp_path,  # with a projection: refused before loading
+                 objective=Distillation(teacher, model, DistillConfig(hidden_weight=1.0)))
     with pytest.raises(ValueError, match=r"\[N, T \+ 1\]"):
         finetune(model, torch.zeros(5, dtype=torch.long), steps=2, lr=1e-3)
 

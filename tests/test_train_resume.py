@@ -87,7 +87,7 @@ def test_distillation_resumes_bit_identically_after_sigkill(data_dir, tmp_path):
     assert len(resumed) == 120 and resumed == uninterrupted  # student, projection, optimizer, schedule restored
     summary = [r for r in _rows(killed / "distill_log.jsonl") if r["kind"] == "summary"]
     assert len(summary) == 1 and summary == [r for r in _rows(full / "distill_log.jsonl") if r["kind"] == "summary"]
-    assert summary[0]["kl_after"] < summary[0]["kl_before"]  # kl_before is the untrained student's, kept across the kill
+    assert summary[0]["kl_after"] < summary[0]["kl_before"]  # kl_before: the untrained student's, kept across the kill
     assert (killed / "model" / "pocketlm.json").is_file()
 
 

@@ -21,8 +21,8 @@ from pocketlm.data.tokenizer import TextTokenizer
 from pocketlm.model.transformer import Transformer
 from pocketlm.train.batches import BatchSampler, eval_windows, schedule_batches
 from pocketlm.train.config import PRESETS, TrainConfig, preset
-from pocketlm.train.loop import (Batch, BatchFn, Objective, barrier, distributed, evaluate_loss, next_token_loss, tokens_of,
-                                 torch_threads, train_loop)
+from pocketlm.train.loop import (Batch, BatchFn, Objective, barrier, distributed, evaluate_loss, next_token_loss,
+                                 tokens_of, torch_threads, train_loop)
 from pocketlm.train.trainer import build_model, check_model_fits_data
 from pocketlm.utils import atomic_path
 
@@ -235,8 +235,6 @@ class DistillResult:
                 "model_dir": str(self.model_dir)}
 
 
-
-
 def distill(teacher: Transformer, student: Transformer, tcfg: TrainConfig, dcfg: DistillConfig,
             resume: bool = True) -> DistillResult:
     """Train `student` towards `teacher` on tcfg.data_dir with the shared training loop (accumulation,
@@ -285,14 +283,17 @@ def distill_models(teacher_dir: str | Path, student: str | Path, out_dir: str | 
     check_tokenizers_match(teacher_tok, student_tok, teacher.config.vocab_size, student_model.config.vocab_size)
     check_tokenizers_match(teacher_tok, data_tok, teacher.config.vocab_size, teacher.config.vocab_size)
     if cache_teacher is not None:
-        dcfg = dataclasses.replace(dcfg, teacher_cache=str(_teacher_cache(teacher, tcfg, dcfg.top_k, Path(cache_teacher))))
+        cache = _teacher_cache(teacher, tcfg, dcfg.top_k, Path(cache_teacher))
+        dcfg = dataclasses.replace(dcfg, teacher_cache=str(cache))
     result = distill(teacher, student_model, tcfg, dcfg, resume=resume)
     if distributed()[1] == 0:
         result.model_dir = export_model_dir(result.student, data_dir, Path(out_dir) / "model")
     return result
 
 
-def _student(student: str | Path, tcfg: TrainConfig, data_tok: TextTokenizer) -> tuple[Transformer, TextTokenizer | None]:
+def _student(student: str | Path, tcfg: TrainConfig,
+             data_tok: TextTokenizer) -> tuple[Transformer, TextTokenizer | None]:
+    """A preset's fresh model (seeded, with the data's tokenizer) or a model folder and its tokenizer."""
     from pocketlm.interop import load_model
 
     if str(student) in PRESETS:

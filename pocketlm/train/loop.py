@@ -45,6 +45,8 @@ so a resumed run and every DDP rank read exactly the rows an uninterrupted singl
 Evaluate = Callable[[nn.Module], dict[str, float]]
 """model -> named metrics (e.g. validation loss); called with the bare model, which is put back in
 train mode afterwards."""
+AfterUpdate = Callable[[nn.Module], None]
+"""Called with the model under torch.no_grad() after every optimizer step, e.g. to re-apply a sparsity mask."""
 
 
 class Objective:
@@ -184,8 +186,8 @@ class LoopResult:
 
 def train_loop(model: nn.Module, objective: Objective, batches: BatchFn, tcfg: TrainConfig,
                out_dir: str | Path | None = None, *, evaluate: Evaluate | None = None,
-               evaluate_before: Evaluate | None = None, resume: bool = True, label: str = "train",
-               log_name: str = "train_log.jsonl") -> LoopResult:
+               evaluate_before: Evaluate | None = None, after_update: AfterUpdate | None = None,
+               resume: bool = True, label: str = "train", log_name: str = "train_log.jsonl") -> LoopResult:
     """Train `model` (a pocketlm Transformer) in place for tcfg.steps optimizer steps of tcfg.batch_size
     sequences, minimising `objective` on `batches`.
 
@@ -193,9 +195,10 @@ def train_loop(model: nn.Module, objective: Objective, batches: BatchFn, tcfg: T
     tcfg.ckpt_every steps go there, and (with `resume`) the run continues from the newest checkpoint,
     reproducing an uninterrupted run bit for bit. Without it nothing is written. `evaluate` runs every
     tcfg.eval_every steps and at the last (logged as "eval" rows); `evaluate_before` runs once before
-    the first step of a fresh run. Under torchrun every process calls this; rank 0 writes."""
+    the first step of a fresh run; `after_update` after every optimizer step. Under torchrun every
+    process calls this; rank 0 writes."""
     with torch_threads(tcfg.threads):
-        loop = _Loop(model, objective, tcfg, out_dir, log_name, evaluate)
+        loop = _Loop(model, objective, tcfg, out_dir, log_name, evaluate, after_update)
         loop.restore(resume)
         if evaluate_before is not None and loop.start_step == 0:
             loop.start_metrics = evaluate_before(model)
@@ -207,10 +210,11 @@ class _Loop:
     """One session of a run: the state the steps share (optimizer, counters, log)."""
 
     def __init__(self, model: nn.Module, objective: Objective, tcfg: TrainConfig, out_dir: str | Path | None,
-                 log_name: str, evaluate: Evaluate | None) -> None:
+                 log_name: str, evaluate: Evaluate | None, after_update: AfterUpdate | None) -> None:
         self.world, self.rank = distributed()
         tcfg.validate(self.world)
         self.model, self.objective, self.tcfg, self.evaluate = model, objective, tcfg, evaluate
+        self.after_update = after_update
         self.run_dir = Path(out_dir) if out_dir is not None else None
         self.log_path = self.run_dir / log_name if self.run_dir is not None else None
         self.extra = objective.modules()
@@ -226,20 +230,19 @@ class _Loop:
         ckpt = latest_checkpoint(self.run_dir) if (resume and self.run_dir is not None) else None
         if ckpt is None:
             return
+        self._check_same_run(ckpt, json.loads((ckpt / "state.json").read_text()))
         state = load_checkpoint(ckpt, self.model, self.optimizer, self.extra)
+        self.start_step, self.tokens_seen = state["next_step"], state["tokens_seen"]
+        self.start_metrics = state.get("start_metrics", {})
+
+    def _check_same_run(self, ckpt: Path, state: dict) -> None:
         if state["train_config"]["seed"] != self.tcfg.seed or state["model_config"] != self.model.config.to_dict():
             raise TrainConfigError(f"{ckpt}: written by a different model or seed; use a new --out folder "
                                    "or --no-resume")
         written_under = state.get("objective", LanguageModeling().describe())
-        if written_under != self._json(self.objective.describe()):
+        if written_under != json.loads(json.dumps(self.objective.describe())):
             raise TrainConfigError(f"{ckpt}: written under objective {written_under}, this run uses "
                                    f"{self.objective.describe()}; use a new --out folder or --no-resume")
-        self.start_step, self.tokens_seen = state["next_step"], state["tokens_seen"]
-        self.start_metrics = state.get("start_metrics", {})
-
-    @staticmethod
-    def _json(value: Any) -> Any:
-        return json.loads(json.dumps(value))
 
     def prepare_run_dir(self) -> None:
         """Rank 0: create the folder, drop a killed writer's temporaries and the log rows past the resume
@@ -267,32 +270,40 @@ class _Loop:
         tcfg = self.tcfg
         net = self._network()
         self.params = [p for p in net.parameters() if p.requires_grad]
-        flops_per_token = train_flops_per_token(self.model, tcfg.seq_len)
-        peak = measured_matmul_flops(torch.bfloat16 if tcfg.autocast_bf16 else torch.float32) * self.world
-        tokens_per_step = tcfg.batch_size * tcfg.seq_len
-        train_time = 0.0
+        self.flops_per_token = train_flops_per_token(self.model, tcfg.seq_len)
+        self.peak = measured_matmul_flops(torch.bfloat16 if tcfg.autocast_bf16 else torch.float32) * self.world
         self.model.train()
         try:
-            with _progress(label, tcfg.progress and self.rank == 0) as bar:
-                task = bar.add_task(label, total=tcfg.steps, completed=self.start_step, loss=float("nan"),
-                                    tps=0.0, mfu=0.0)
-                for step in range(self.start_step, tcfg.steps):
-                    t0 = time.perf_counter()
-                    row = self._step(net, step, batches)
-                    dt = time.perf_counter() - t0
-                    train_time += dt
-                    self.tokens_seen += tokens_per_step
-                    tps = tokens_per_step / dt
-                    self._after_step(step, row, tps, tps * flops_per_token / peak)
-                    bar.update(task, advance=1, loss=row["loss"], tps=tps, mfu=tps * flops_per_token / peak)
+            train_time = self._run_steps(net, batches, label)
         finally:
             if self.log is not None:
                 self.log.close()
         if self.evaluate is not None and not self.metrics:  # resumed a finished run: nothing trained here
             self.metrics = self._evaluate()
-        avg_tps = (tcfg.steps - self.start_step) * tokens_per_step / train_time if train_time else 0.0
-        return LoopResult(tcfg.steps, self.tokens_seen, avg_tps, avg_tps * flops_per_token / peak,
+        tokens = (tcfg.steps - self.start_step) * tcfg.batch_size * tcfg.seq_len
+        avg_tps = tokens / train_time if train_time else 0.0
+        return LoopResult(tcfg.steps, self.tokens_seen, avg_tps, avg_tps * self.flops_per_token / self.peak,
                           self.metrics, self.start_metrics, self.log_path, self.rows)
+
+    def _run_steps(self, net: nn.Module, batches: BatchFn, label: str) -> float:
+        """The steps from start_step to the end under a progress bar; returns their seconds."""
+        tcfg = self.tcfg
+        tokens_per_step = tcfg.batch_size * tcfg.seq_len
+        train_time = 0.0
+        with _progress(label, tcfg.progress and self.rank == 0) as bar:
+            task = bar.add_task(label, total=tcfg.steps, completed=self.start_step, loss=float("nan"), tps=0.0,
+                                mfu=0.0)
+            for step in range(self.start_step, tcfg.steps):
+                t0 = time.perf_counter()
+                row = self._step(net, step, batches)
+                dt = time.perf_counter() - t0
+                train_time += dt
+                self.tokens_seen += tokens_per_step
+                tps = tokens_per_step / dt
+                mfu = tps * self.flops_per_token / self.peak
+                self._after_step(step, row, tps, mfu)
+                bar.update(task, advance=1, loss=row["loss"], tps=tps, mfu=mfu)
+        return train_time
 
     def _step(self, net: nn.Module, step: int, batches: BatchFn) -> dict[str, Any]:
         """One optimizer step: schedule, accumulated forward/backward over this rank's rows, clip, update."""
@@ -307,6 +318,9 @@ class _Loop:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, tcfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.after_update is not None:
+            with torch.no_grad():
+                self.after_update(self.model)
         if not math.isfinite(loss):
             raise FloatingPointError(f"step {step}: loss is {loss}; lower --lr or enable clipping")
         return {"loss": loss, "lr": tcfg.lr * mult, "grad_norm": float(grad_norm), **info, **terms}
@@ -374,7 +388,8 @@ class _Loop:
 
 def finetune(model: nn.Module, batches: torch.Tensor | BatchFn, steps: int, lr: float, *,
              objective: Objective | None = None, batch_size: int = 8, out_dir: str | Path | None = None,
-             evaluate: Evaluate | None = None, **settings: Any) -> LoopResult:
+             evaluate: Evaluate | None = None, after_update: AfterUpdate | None = None,
+             **settings: Any) -> LoopResult:
     """Fine-tune `model` in place, e.g. to recover quality after pruning: `steps` AdamW steps at peak
     learning rate `lr` (cosine schedule, 10 % warmup) of `objective` (default next-token cross-entropy;
     `Distillation(teacher, model)` from pocketlm.train.distill for prune-then-distill).
@@ -383,7 +398,8 @@ def finetune(model: nn.Module, batches: torch.Tensor | BatchFn, steps: int, lr: 
     or a BatchFn (its first batch sets batch_size and seq_len). `settings` override TrainConfig fields
     (micro_batch, weight_decay, grad_clip, autocast_bf16, threads, progress, ...). With `out_dir` the run
     is logged, checkpointed and resumable like training; without it nothing is written. `evaluate`
-    (model -> metrics) runs before the first step and at the end: LoopResult.start_metrics, .metrics."""
+    (model -> metrics) runs before the first step and at the end: LoopResult.start_metrics, .metrics.
+    `after_update(model)` runs after every step (e.g. re-zero pruned weights to keep a sparsity pattern)."""
     batch_fn = batches if callable(batches) else window_batches(batches, batch_size)
     first = tokens_of(batch_fn(0)[0])
     defaults = {"warmup_steps": steps // 10, "schedule": "cosine", "eval_every": steps, "ckpt_every": steps,
@@ -391,7 +407,7 @@ def finetune(model: nn.Module, batches: torch.Tensor | BatchFn, steps: int, lr: 
     tcfg = TrainConfig(steps=steps, lr=lr, batch_size=first.shape[0], seq_len=first.shape[1] - 1,
                        out_dir=str(out_dir or ""), **{**defaults, **settings})
     return train_loop(model, objective or LanguageModeling(), batch_fn, tcfg, out_dir, evaluate=evaluate,
-                      evaluate_before=evaluate, label="finetune")
+                      evaluate_before=evaluate, after_update=after_update, label="finetune")
 
 
 def window_batches(windows: torch.Tensor, batch_size: int) -> BatchFn:
