@@ -5,7 +5,9 @@
 Both loops run in this process, interleaved (plain, pocketlm, plain, pocketlm, ...), so machine drift
 hits both; each round reports tokens/s over its timed optimizer steps (the first `--warmup` steps of
 each round are not timed). Prints the ratio pocketlm / plain (target >= 1.0), the same for bf16
-autocast, and MFU against this process's measured matmul throughput.
+autocast, the median of the per-round ratios (steadier on a loaded machine), and MFU against this
+process's measured matmul throughput. `pocketlm train` runs the shared loop (pocketlm/train/loop.py)
+that distillation and recovery fine-tuning also use.
 """
 
 from __future__ import annotations
@@ -95,6 +97,11 @@ def main() -> None:
         "tokens_per_s": {k: round(v) for k, v in med.items()},
         "ratio_pocketlm_over_plain_fp32": round(med["pocketlm_fp32"] / med["plain_fp32"], 3),
         "ratio_pocketlm_over_plain_bf16": round(med["pocketlm_bf16"] / med["plain_bf16"], 3),
+        # each round runs plain then pocketlm back to back: the median of the per-round ratios is the
+        # statistic least moved by load that changes between rounds on a shared machine
+        "median_round_ratio": {tag: round(statistics.median(p / q for p, q in zip(res[f"pocketlm_{tag}"],
+                                                                                  res[f"plain_{tag}"])), 3)
+                               for tag in ("fp32", "bf16")},
         "speedup_bf16_over_fp32_pocketlm": round(med["pocketlm_bf16"] / med["pocketlm_fp32"], 3),
         "train_flops_per_token": round(flops_tok),
         "matmul_peak_gflops": {"fp32": round(peak32 / 1e9, 1), "bf16": round(peak16 / 1e9, 1)},

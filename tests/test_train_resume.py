@@ -29,36 +29,66 @@ def _cmd(data: Path, out: Path, steps: int = 150) -> list[str]:
             "--steps", str(steps), "--ckpt-every", "8", "--eval-every", "50", "--threads", "1", "--no-progress"]
 
 
-def _losses(run: Path) -> list[tuple[int, float]]:
-    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
+def _distill_cmd(teacher: Path, data: Path, out: Path, steps: int = 120) -> list[str]:
+    return [sys.executable, "-m", "pocketlm.cli", "distill", "--teacher", str(teacher), "--student", "micro",
+            "--data", str(data), "--out", str(out), "--steps", str(steps), "--batch-size", "8", "--seq-len", "64",
+            "--hidden-weight", "0.5", "--ckpt-every", "8", "--threads", "1", "--no-progress"]
+
+
+def _rows(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+
+
+def _losses(run: Path, log_name: str = "train_log.jsonl", keys: tuple[str, ...] = ("loss",)) -> list[tuple]:
+    return [(r["step"], *(r[k] for k in keys)) for r in _rows(run / log_name) if r["kind"] == "train"]
 
 
 def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
-def test_sigkill_then_resume_reproduces_the_uninterrupted_loss_curve(data_dir, tmp_path):
-    full = tmp_path / "full"
-    subprocess.run(_cmd(data_dir, full), check=True, env=_env(), cwd=ROOT, capture_output=True)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(data_dir, killed), env=_env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = killed / "train_log.jsonl"
+def _kill_mid_run_then_resume(cmd: list[str], out: Path, log_name: str, steps: int) -> int:
+    """Start `cmd`, SIGKILL it once a checkpoint exists and training went past it, re-run it to the end;
+    return how many steps the killed process had logged."""
+    proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline:  # wait until at least one checkpoint exists and training went past it
-        if log.is_file() and (killed / "checkpoints" / "latest").is_file() and len(_losses(killed)) >= 13:
+    while time.time() < deadline:
+        if (out / "checkpoints" / "latest").is_file() and len(_losses(out, log_name)) >= 13:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    interrupted_at = len(_losses(killed))
-    assert 8 <= interrupted_at < 150, "the run must be killed mid-way"
-    subprocess.run(_cmd(data_dir, killed), check=True, env=_env(), cwd=ROOT, capture_output=True)
+    interrupted_at = len(_losses(out, log_name))
+    assert 8 <= interrupted_at < steps, "the run must be killed mid-way"
+    subprocess.run(cmd, check=True, env=_env(), cwd=ROOT, capture_output=True)
+    assert not list((out / "checkpoints").glob(".tmp*"))
+    return interrupted_at
+
+
+def test_sigkill_then_resume_reproduces_the_uninterrupted_loss_curve(data_dir, tmp_path):
+    full = tmp_path / "full"
+    subprocess.run(_cmd(data_dir, full), check=True, env=_env(), cwd=ROOT, capture_output=True)
+    killed = tmp_path / "killed"
+    _kill_mid_run_then_resume(_cmd(data_dir, killed), killed, "train_log.jsonl", 150)
     assert _losses(killed) == _losses(full)  # bit-identical: data order, optimizer, schedule restored
     assert (killed / "loss_curve.png").is_file() and (killed / "model" / "pocketlm.json").is_file()
-    assert not list((killed / "checkpoints").glob(".tmp*"))
+
+
+def test_distillation_resumes_bit_identically_after_sigkill(data_dir, tmp_path):
+    from pocketlm.train.fixtures import trained_preset
+
+    teacher, _ = trained_preset("micro")
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_distill_cmd(teacher, data_dir, full), check=True, env=_env(), cwd=ROOT, capture_output=True)
+    _kill_mid_run_then_resume(_distill_cmd(teacher, data_dir, killed), killed, "distill_log.jsonl", 120)
+    terms = ("loss", "kd", "ce", "hidden", "grad_norm", "lr")
+    resumed, uninterrupted = _losses(killed, "distill_log.jsonl", terms), _losses(full, "distill_log.jsonl", terms)
+    assert len(resumed) == 120 and resumed == uninterrupted  # student, projection, optimizer, schedule restored
+    summary = [r for r in _rows(killed / "distill_log.jsonl") if r["kind"] == "summary"]
+    assert len(summary) == 1 and summary == [r for r in _rows(full / "distill_log.jsonl") if r["kind"] == "summary"]
+    assert summary[0]["kl_after"] < summary[0]["kl_before"]  # kl_before: the untrained student's, kept across the kill
+    assert (killed / "model" / "pocketlm.json").is_file()
 
 
 def test_schedules_match_their_definitions():

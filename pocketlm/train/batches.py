@@ -3,10 +3,14 @@ exactly the data an uninterrupted run would, and DDP ranks take disjoint rows of
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
 from pocketlm.data.shards import TokenSplit
+from pocketlm.train.config import TrainConfig
+from pocketlm.train.schedule import decay_start_step
 
 
 class BatchSampler:
@@ -40,3 +44,17 @@ def eval_windows(split: TokenSplit, seq_len: int, max_windows: int) -> torch.Ten
     arr = np.stack([np.asarray(split.tokens[i * seq_len:i * seq_len + seq_len + 1], dtype=np.int64)
                     for i in range(n)])
     return torch.from_numpy(arr)
+
+
+def schedule_batches(sampler: BatchSampler, tcfg: TrainConfig) -> Callable[[int], tuple[torch.Tensor, dict]]:
+    """The BatchFn of a run with `tcfg` (pocketlm.train.loop.BatchFn): rows from the sampler's hq split
+    with probability tcfg.hq_weight in the WSD decay phase (the two-stage mixture), else the main split;
+    logs `hq_rows`."""
+    decay_start = decay_start_step(tcfg.steps, tcfg.warmup_steps, tcfg.schedule, tcfg.decay_fraction)
+
+    def batch(step: int) -> tuple[torch.Tensor, dict]:
+        second_stage = sampler.hq is not None and step >= decay_start and tcfg.schedule == "wsd"
+        tokens, hq_rows = sampler.global_batch(step, tcfg.batch_size, tcfg.hq_weight if second_stage else 0.0)
+        return tokens, {"hq_rows": hq_rows}
+
+    return batch

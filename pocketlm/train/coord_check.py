@@ -9,7 +9,8 @@ import math
 import torch
 
 from pocketlm.train.config import TrainConfig, family_config
-from pocketlm.train.trainer import build_model, lm_loss, make_optimizer
+from pocketlm.train.loop import lm_loss, make_optimizer
+from pocketlm.train.trainer import build_model
 
 
 def coord_check(tokens: torch.Tensor, widths: list[int], mup: bool, steps: int = 5, lr: float = 1e-2,

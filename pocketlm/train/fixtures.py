@@ -26,8 +26,8 @@ PKG = Path(pocketlm.__file__).resolve().parent
 # the code whose changes alter prepared data or trained weights (not CLIs, demos, reports)
 CODE_FILES = [PKG / "data" / f"{m}.py" for m in ("readers", "normalize", "dedup", "quality", "decontaminate",
                                                  "tokenizer", "shards", "prepare")] + \
-             [PKG / "train" / f"{m}.py" for m in ("batches", "checkpoint", "config", "metrics", "mup", "schedule",
-                                                  "trainer")] + \
+             [PKG / "train" / f"{m}.py" for m in ("batches", "checkpoint", "config", "loop", "metrics", "mup",
+                                                  "schedule", "trainer")] + \
              [PKG / "model" / "transformer.py", PKG / "model" / "config.py"]
 # the bundled corpus is short stories: Gopher's 50-word minimum would drop a sixth of them
 BUNDLED_MIN_WORDS = 20

@@ -1,31 +1,26 @@
-"""The pretraining loop: AdamW, accumulation, clipping, schedules, two-stage mixture, DDP, resume."""
+"""Pretraining: a Transformer on token shards with the shared loop (`loop.py`): two-stage mixture
+sampling, validation loss, loss curve; `train_preset` is what `pocketlm train` runs."""
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from pocketlm.data.shards import TokenSplit, read_manifest
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import Transformer
-from pocketlm.train.batches import BatchSampler, eval_windows
-from pocketlm.train.checkpoint import (latest_checkpoint, load_checkpoint, remove_stale_temporaries,
-                                       save_checkpoint)
-from pocketlm.train.config import TrainConfig, TrainConfigError
-from pocketlm.train.metrics import measured_matmul_flops, plot_loss_curve, read_log, train_flops_per_token
-from pocketlm.train.mup import mup_config, mup_init_, param_groups
-from pocketlm.train.schedule import decay_start_step, lr_multiplier
-from pocketlm.utils import atomic_write_text
+from pocketlm.train.batches import BatchSampler, eval_windows, schedule_batches
+from pocketlm.train.checkpoint import latest_checkpoint
+from pocketlm.train.config import TrainConfig, TrainConfigError, preset
+from pocketlm.train.loop import (LanguageModeling, distributed, evaluate_loss, lm_loss,  # noqa: F401 (re-exported)
+                                 make_optimizer, torch_threads, train_loop)
+from pocketlm.train.metrics import plot_loss_curve
+from pocketlm.train.mup import mup_config, mup_init_
+from pocketlm.train.schedule import decay_start_step
 
 
 @dataclass
@@ -39,6 +34,13 @@ class TrainResult:
     log_path: Path
     plot_path: Path | None
     model: Transformer
+    model_dir: Path | None = None  # the exported model folder (train_preset, rank 0)
+
+    def summary(self) -> dict[str, Any]:
+        """What `pocketlm train` prints."""
+        return {"val_loss": self.final_val_loss, "tokens": self.tokens, "tokens_per_s": round(self.tokens_per_s),
+                "mfu": round(self.mfu, 4), "model_dir": str(self.model_dir), "log": str(self.log_path),
+                "loss_curve": str(self.plot_path)}
 
 
 def build_model(model_cfg: ModelConfig, tcfg: TrainConfig) -> Transformer:
@@ -51,61 +53,8 @@ def build_model(model_cfg: ModelConfig, tcfg: TrainConfig) -> Transformer:
     return Transformer(model_cfg)
 
 
-def make_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.AdamW:
-    groups = param_groups(model, tcfg.lr, tcfg.weight_decay, tcfg.mup, tcfg.mup_base_width)
-    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps,
-                             weight_decay=tcfg.weight_decay)
-
-
-def lm_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of `batch` [B, T + 1]."""
-    logits = model(batch[:, :-1])
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-
-
-@torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, windows: torch.Tensor, batch: int = 16) -> float:
-    was_training = model.training
-    model.eval()
-    total, n = 0.0, 0
-    for i in range(0, windows.shape[0], batch):
-        chunk = windows[i:i + batch]
-        total += float(lm_loss(model, chunk)) * chunk.shape[0]
-        n += chunk.shape[0]
-    model.train(was_training)
-    return total / n
-
-
-def _distributed() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return world, rank
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
-                    TextColumn("MFU {task.fields[mfu]:.1%}"), TimeRemainingColumn(), disable=not enabled)
-
-
-def train(tcfg: TrainConfig, model_cfg: ModelConfig, resume: bool = True) -> TrainResult:
-    """Pretrain a Transformer on tcfg.data_dir's shards; resumes from the newest checkpoint in
-    tcfg.out_dir if there is one (and `resume`). Works unchanged under torchrun (DDP, gloo).
-    tcfg.threads applies only while training; the caller's torch thread count is restored."""
-    previous_threads = torch.get_num_threads()
-    if tcfg.threads:
-        torch.set_num_threads(tcfg.threads)
-    try:
-        return _train(tcfg, model_cfg, resume)
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _train(tcfg: TrainConfig, model_cfg: ModelConfig, resume: bool) -> TrainResult:
-    world, rank = _distributed()
-    tcfg.validate(world)
+def check_model_fits_data(model_cfg: ModelConfig, tcfg: TrainConfig) -> dict:
+    """tcfg.data_dir's manifest, after checking the model covers its vocabulary and tcfg.seq_len."""
     manifest = read_manifest(tcfg.data_dir)
     vocab = manifest["tokenizer"]["vocab_size"]
     if model_cfg.vocab_size < vocab:
@@ -113,117 +62,51 @@ def _train(tcfg: TrainConfig, model_cfg: ModelConfig, resume: bool) -> TrainResu
                                f"tokenizer ({vocab}); set vocab_size >= {vocab}")
     if tcfg.seq_len > model_cfg.max_seq_len:
         raise TrainConfigError(f"seq_len {tcfg.seq_len} exceeds ModelConfig.max_seq_len {model_cfg.max_seq_len}")
+    return manifest
+
+
+def train(tcfg: TrainConfig, model_cfg: ModelConfig, resume: bool = True) -> TrainResult:
+    """Pretrain a Transformer on tcfg.data_dir's shards; resumes from the newest checkpoint in
+    tcfg.out_dir if there is one (and `resume`). Works unchanged under torchrun (DDP, gloo).
+    tcfg.threads applies only while training; the caller's torch thread count is restored."""
+    with torch_threads(tcfg.threads):
+        tcfg.validate(distributed()[0])
+        manifest = check_model_fits_data(model_cfg, tcfg)
+        splits = manifest["splits"]
+        hq = TokenSplit.open(tcfg.data_dir, "hq") if "hq" in splits and tcfg.hq_weight > 0 else None
+        sampler = BatchSampler(TokenSplit.open(tcfg.data_dir, "train"), tcfg.seq_len, tcfg.seed, hq)
+        windows = eval_windows(TokenSplit.open(tcfg.data_dir, "val"), tcfg.seq_len, tcfg.eval_windows) \
+            if "val" in splits else None
+        evaluate = (lambda m: {"val_loss": evaluate_loss(m, windows)}) if windows is not None else None
+        model = build_model(model_cfg, tcfg)
+        run = train_loop(model, LanguageModeling(), schedule_batches(sampler, tcfg), tcfg, tcfg.out_dir,
+                         evaluate=evaluate, resume=resume)
     run_dir = Path(tcfg.out_dir)
-    log_path, plot_path = run_dir / "train_log.jsonl", run_dir / "loss_curve.png"
-
-    main_split = TokenSplit.open(tcfg.data_dir, "train")
-    hq_split = TokenSplit.open(tcfg.data_dir, "hq") if "hq" in manifest["splits"] and tcfg.hq_weight > 0 else None
-    val_split = TokenSplit.open(tcfg.data_dir, "val") if "val" in manifest["splits"] else None
-    sampler = BatchSampler(main_split, tcfg.seq_len, tcfg.seed, hq_split)
-    val_windows = eval_windows(val_split, tcfg.seq_len, tcfg.eval_windows) if val_split is not None else None
-
-    model = build_model(model_cfg, tcfg)
-    optimizer = make_optimizer(model, tcfg)
-    start_step, tokens_seen = 0, 0
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    if ckpt is not None:
-        state = load_checkpoint(ckpt, model, optimizer)
-        if state["train_config"]["seed"] != tcfg.seed or state["model_config"] != model.config.to_dict():
-            raise TrainConfigError(f"{ckpt}: written by a different model or seed; use a new --out folder "
-                                   "or --no-resume")
-        start_step, tokens_seen = state["next_step"], state["tokens_seen"]
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(run_dir / "checkpoints")
-        kept = [r for r in read_log(log_path) if r["step"] < start_step]
-        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in kept))
-        atomic_write_text(run_dir / "train_config.json", json.dumps(tcfg.to_dict(), indent=2))
-        model.config.save(run_dir / "model_config.json")
-    if world > 1:
-        dist.barrier()
-
-    net: torch.nn.Module = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model)
-    if tcfg.compile:
-        net = torch.compile(net)
-    per_rank = tcfg.batch_size // world
-    micro = tcfg.micro_batch or per_rank
-    n_micro = per_rank // micro
-    decay_start = decay_start_step(tcfg.steps, tcfg.warmup_steps, tcfg.schedule, tcfg.decay_fraction)
-    flops_per_token = train_flops_per_token(model, tcfg.seq_len)
-    peak = measured_matmul_flops(torch.bfloat16 if tcfg.autocast_bf16 else torch.float32) * world
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if tcfg.autocast_bf16 else nullcontext
-    tokens_per_step = tcfg.batch_size * tcfg.seq_len
-    val_loss = float("nan")
-    tps = mfu = 0.0
-    train_time = 0.0
-    log = open(log_path, "a") if rank == 0 else None
-    model.train()
-    with _progress(tcfg.progress and rank == 0) as bar:
-        task = bar.add_task("train", total=tcfg.steps, completed=start_step, loss=float("nan"), tps=0.0, mfu=0.0)
-        for step in range(start_step, tcfg.steps):
-            t0 = time.perf_counter()
-            mult = lr_multiplier(step, tcfg.steps, tcfg.warmup_steps, tcfg.schedule, tcfg.min_lr_ratio,
-                                 tcfg.decay_fraction)
-            for g in optimizer.param_groups:
-                g["lr"] = tcfg.lr * g["lr_scale"] * mult
-            hq_w = tcfg.hq_weight if (hq_split is not None and step >= decay_start
-                                      and tcfg.schedule == "wsd") else 0.0
-            batch, hq_rows = sampler.global_batch(step, tcfg.batch_size, hq_w)
-            local = batch[rank * per_rank:(rank + 1) * per_rank]
-            loss_sum = torch.zeros(())
-            for i in range(n_micro):
-                sync = nullcontext() if (world == 1 or i == n_micro - 1) else net.no_sync()
-                with sync:
-                    with autocast():
-                        loss = lm_loss(net, local[i * micro:(i + 1) * micro]) / n_micro
-                    loss.backward()
-                loss_sum += loss.detach()
-            if world > 1:
-                dist.all_reduce(loss_sum)
-                loss_sum /= world
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            tokens_seen += tokens_per_step
-            dt = time.perf_counter() - t0
-            train_time += dt
-            tps = tokens_per_step / dt
-            mfu = tps * flops_per_token / peak
-            loss_value = float(loss_sum)
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"step {step}: loss is {loss_value}; lower --lr or enable clipping")
-            if log is not None and (step % tcfg.log_every == 0 or step == tcfg.steps - 1):
-                log.write(json.dumps({"kind": "train", "step": step, "loss": loss_value, "lr": tcfg.lr * mult,
-                                      "grad_norm": float(grad_norm), "hq_rows": hq_rows,
-                                      "tokens": tokens_seen, "tokens_per_s": round(tps, 1),
-                                      "mfu": round(mfu, 5)}) + "\n")
-                log.flush()
-            last = step == tcfg.steps - 1
-            if val_windows is not None and ((step + 1) % tcfg.eval_every == 0 or last):
-                val_loss = evaluate_loss(model, val_windows)
-                if log is not None:
-                    log.write(json.dumps({"kind": "eval", "step": step, "val_loss": val_loss}) + "\n")
-                    log.flush()
-            if (step + 1) % tcfg.ckpt_every == 0 or last:
-                if rank == 0:
-                    save_checkpoint(run_dir, step + 1, model, optimizer,
-                                    {"next_step": step + 1, "tokens_seen": tokens_seen,
-                                     "train_config": tcfg.to_dict(), "model_config": model.config.to_dict()})
-                if world > 1:
-                    dist.barrier()
-            bar.update(task, advance=1, loss=loss_value, tps=tps, mfu=mfu)
-    if val_windows is not None and math.isnan(val_loss):  # resumed a finished run: nothing trained here
-        val_loss = evaluate_loss(model, val_windows)
-    if log is not None:
-        log.close()
-        plot_loss_curve(log_path, plot_path, decay_start if tcfg.schedule == "wsd" else None,
+    plot_path = run_dir / "loss_curve.png" if distributed()[1] == 0 else None
+    if plot_path is not None:
+        decay_start = decay_start_step(tcfg.steps, tcfg.warmup_steps, tcfg.schedule, tcfg.decay_fraction)
+        plot_loss_curve(run.log_path, plot_path, decay_start if tcfg.schedule == "wsd" else None,
                         title=f"{model.config.name or 'model'}: {tcfg.schedule} schedule")
-    steps_run = tcfg.steps - start_step
-    avg_tps = steps_run * tokens_per_step / train_time if train_time else 0.0
-    return TrainResult(run_dir, tcfg.steps, tokens_seen, val_loss, avg_tps,
-                       avg_tps * flops_per_token / peak, log_path, plot_path if rank == 0 else None, model)
+    return TrainResult(run_dir, tcfg.steps, run.tokens, run.metrics.get("val_loss", float("nan")),
+                       run.tokens_per_s, run.mfu, run.log_path, plot_path, model)
+
+
+def train_preset(preset_name: str, out_dir: str | Path, data_dir: str | Path | None = None,
+                 model_config: str | Path | None = None, resume: bool = True, **settings: Any) -> TrainResult:
+    """`pocketlm train`: preset `preset_name`'s model (or the ModelConfig JSON `model_config`) and schedule,
+    `settings` overriding TrainConfig fields, on `data_dir` (default: the bundled corpus); rank 0 then
+    exports the model folder (checkpoint + tokenizer) to out_dir/model."""
+    from pocketlm.train.fixtures import bundled_data_dir, export_model_dir
+
+    data_dir = Path(data_dir) if data_dir is not None else bundled_data_dir(progress=settings.get("progress", True))
+    model_cfg, overrides = preset(preset_name, read_manifest(data_dir)["tokenizer"]["vocab_size"])
+    if model_config is not None:
+        model_cfg = ModelConfig.load(model_config)
+    tcfg = TrainConfig(data_dir=str(data_dir), out_dir=str(out_dir), **{**overrides, **settings})
+    result = train(tcfg, model_cfg, resume=resume)
+    if distributed()[1] == 0:
+        result.model_dir = export_model_dir(result.model, data_dir, Path(out_dir) / "model")
+    return result
 
 
 def load_trained(run_dir: str | Path) -> Transformer:
