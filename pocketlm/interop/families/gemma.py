@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pocketlm.interop.families.base import activation, layer_types
+from pocketlm.interop.families.base import activation, layer_types, read_sliding
 from pocketlm.interop.families.llama import llama_like, read_llama, write_llama_like
 from pocketlm.model.config import ModelConfig
 
@@ -17,18 +17,18 @@ def read_gemma(c: Any) -> dict[str, Any]:
 
 
 def read_gemma2(c: Any) -> dict[str, Any]:
-    return {**read_gemma(c), "norm_placement": "sandwich", "attn_scale": c.query_pre_attn_scalar**-0.5,
+    return {**read_gemma(c), **read_sliding(c, c.num_hidden_layers), "norm_placement": "sandwich", "attn_scale": c.query_pre_attn_scalar**-0.5,
             "attn_logit_softcap": c.attn_logit_softcapping, "final_logit_softcap": c.final_logit_softcapping}
 
 
-def write_gemma(cfg: ModelConfig, window_by_default: bool = False) -> dict[str, Any]:
-    d = {**write_llama_like(cfg, window_by_default), "attention_bias": cfg.qkv_bias}
+def write_gemma(cfg: ModelConfig) -> dict[str, Any]:
+    d = {**write_llama_like(cfg), "attention_bias": cfg.qkv_bias}
     d["hidden_activation"] = d["hidden_act"]
     return d
 
 
 def write_gemma2(cfg: ModelConfig) -> dict[str, Any]:
-    d = write_gemma(cfg, window_by_default=True)
+    d = {**write_gemma(cfg), "sliding_window": cfg.sliding_window}
     if cfg.sliding_window is not None:
         d["layer_types"] = layer_types(cfg)
     d.update(query_pre_attn_scalar=round(cfg.attn_scale**-2), attn_logit_softcapping=cfg.attn_logit_softcap,

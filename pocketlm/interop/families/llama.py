@@ -12,7 +12,7 @@ from typing import Any
 from torch import Tensor
 
 from pocketlm.interop.families.base import (ACTIVATION_OUT, Family, GGUFArch, Reader, TensorTransform, Writer, activation,
-                                            hf_common, layer_types, read_rope, read_sliding, write_rope)
+                                            hf_common, read_rope, read_sliding, write_rope)
 from pocketlm.model.config import ModelConfig
 
 # ---- weights -----------------------------------------------------------------------------------------
@@ -61,28 +61,24 @@ def read_llama(c: Any) -> dict[str, Any]:
         ffn_type="gated", intermediate_size=c.intermediate_size,
         activation=activation(getattr(c, "hidden_act", "silu"), c.model_type),
         mlp_bias=bool(getattr(c, "mlp_bias", False)), norm="rmsnorm", norm_eps=getattr(c, "rms_norm_eps", 1e-6),
-        tie_embeddings=bool(c.tie_word_embeddings), **read_rope(c), **read_sliding(c, n_layer))
+        tie_embeddings=bool(c.tie_word_embeddings), **read_rope(c))
     if out["head_dim"] == c.hidden_size // h:
         out["head_dim"] = None
     return out
 
 
-def write_llama_like(cfg: ModelConfig, window_by_default: bool = False) -> dict[str, Any]:
-    """The llama-style fields; each family adds or renames its own.
+def read_windowed(c: Any) -> dict[str, Any]:
+    """llama plus a sliding window: only families whose transformers model applies one read it."""
+    return {**read_llama(c), **read_sliding(c, c.num_hidden_layers)}
 
-    `window_by_default`: the family's config class has a sliding window unless told None (Mistral).
-    """
+
+def write_llama_like(cfg: ModelConfig) -> dict[str, Any]:
+    """The llama-style fields; each family adds or renames its own (a sliding window among them)."""
     d = dict(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.heads(0),
              num_key_value_heads=cfg.kv_heads(0), intermediate_size=cfg.ffn_dim(0),
              hidden_act=ACTIVATION_OUT[cfg.activation], rms_norm_eps=cfg.norm_eps, **write_rope(cfg), **hf_common(cfg))
     if cfg.attention == "standard":
         d["head_dim"] = cfg.dim_head
-    if cfg.sliding_window is not None:
-        d["sliding_window"] = cfg.sliding_window
-        if cfg.layer_window is not None:
-            d["layer_types"] = layer_types(cfg)
-    elif window_by_default:
-        d["sliding_window"] = None
     return d
 
 
@@ -91,7 +87,8 @@ def write_llama(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def write_mistral(cfg: ModelConfig) -> dict[str, Any]:
-    return {**write_llama_like(cfg, window_by_default=True), "attention_bias": cfg.qkv_bias}
+    # one window for every layer (MistralConfig has no per-layer kinds); None switches its default off
+    return {**write_llama_like(cfg), "sliding_window": cfg.sliding_window, "attention_bias": cfg.qkv_bias}
 
 
 # ---- GGUF: llama.cpp's `llama` -------------------------------------------------------------------------
@@ -199,5 +196,6 @@ def llama_like(model_type: str, architecture: str, read: Reader = read_llama, wr
 FAMILIES = (
     llama_like("llama", "LlamaForCausalLM", write=write_llama, picks=lambda cfg: True, pick_order=1000,
                gguf=LLAMA_GGUF),
-    llama_like("mistral", "MistralForCausalLM", write=write_mistral, gguf=LLAMA_GGUF),
+    llama_like("mistral", "MistralForCausalLM", read_windowed, write_mistral,
+               picks=lambda cfg: cfg.sliding_window is not None, pick_order=990, gguf=LLAMA_GGUF),
 )

@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from pocketlm.interop.families.base import read_moe
-from pocketlm.interop.families.llama import llama_like, read_llama, write_llama_like
+from pocketlm.interop.families.llama import llama_like, read_windowed, write_llama_like
 from pocketlm.model.config import ModelConfig
 
 
 def read_mixtral(c: Any) -> dict[str, Any]:
-    return {**read_llama(c), **read_moe(c, c.num_local_experts, True)}
+    return {**read_windowed(c), **read_moe(c, c.num_local_experts, True)}
 
 
 def write_mixtral(cfg: ModelConfig) -> dict[str, Any]:
-    return {**write_llama_like(cfg, window_by_default=True), "num_local_experts": cfg.n_experts,
+    return {**write_llama_like(cfg), "sliding_window": cfg.sliding_window, "num_local_experts": cfg.n_experts,
             "num_experts_per_tok": cfg.top_k}
 
 

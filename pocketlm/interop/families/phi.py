@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pocketlm.interop.families.base import CAT, QKV, UnsupportedModelError, activation, gelu_new
-from pocketlm.interop.families.llama import LLAMA_BLOCK, LLAMA_IGNORE, LLAMA_TOP, read_llama, write_llama_like
-from pocketlm.interop.families.base import Family
+from pocketlm.interop.families.base import CAT, QKV, Family, UnsupportedModelError, activation, gelu_new
+from pocketlm.interop.families.llama import (LLAMA_BLOCK, LLAMA_IGNORE, LLAMA_TOP, read_llama, read_windowed,
+                                             write_llama_like)
 from pocketlm.model.config import ModelConfig
 
 
@@ -26,7 +26,7 @@ def write_phi(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def read_phi3(c: Any) -> dict[str, Any]:
-    out = read_llama(c)
+    out = read_windowed(c)
     orig = getattr(c, "original_max_position_embeddings", None)
     if orig:
         out["extra"] = {"original_max_position_embeddings": orig}
@@ -34,7 +34,7 @@ def read_phi3(c: Any) -> dict[str, Any]:
 
 
 def write_phi3(cfg: ModelConfig) -> dict[str, Any]:
-    d = write_llama_like(cfg, window_by_default=True)
+    d = {**write_llama_like(cfg), "sliding_window": cfg.sliding_window}  # one window for every layer
     if "original_max_position_embeddings" in cfg.extra:
         d["original_max_position_embeddings"] = cfg.extra["original_max_position_embeddings"]
     return d

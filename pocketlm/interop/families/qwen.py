@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from pocketlm.interop.families.base import UnsupportedModelError, layer_types, read_moe
-from pocketlm.interop.families.llama import MLP_EXPERTS, llama_like, read_llama, write_llama_like
+from pocketlm.interop.families.llama import MLP_EXPERTS, llama_like, read_windowed, write_llama_like
 from pocketlm.model.config import ModelConfig
 
 
 def read_qwen2(c: Any) -> dict[str, Any]:
-    return {**read_llama(c), "qkv_bias": True, "attn_out_bias": False}
+    return {**read_windowed(c), "qkv_bias": True, "attn_out_bias": False}
 
 
 def read_qwen3(c: Any) -> dict[str, Any]:
-    return {**read_llama(c), "qk_norm": "head"}
+    return {**read_windowed(c), "qk_norm": "head"}
 
 
 def read_qwen2_moe(c: Any) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def read_qwen2_moe(c: Any) -> dict[str, Any]:
 def write_qwen2(cfg: ModelConfig) -> dict[str, Any]:
     d = write_llama_like(cfg)
     if cfg.sliding_window is not None:  # Qwen configs switch the window on and list the layer kinds
-        d.update(use_sliding_window=True, layer_types=layer_types(cfg))
+        d.update(sliding_window=cfg.sliding_window, use_sliding_window=True, layer_types=layer_types(cfg))
     return d
 
 
