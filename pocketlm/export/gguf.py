@@ -47,10 +47,9 @@ def _placements(cfg, arch: GGUFArch, state: dict[str, torch.Tensor]) -> list[tup
     keys = list(arch.tensors)
     blocks = [k for k in keys if "{i}" in k]
     first = keys.index(blocks[0]) if blocks else len(keys)
-    head, tail = [k for k in keys[:first] if k not in blocks], [k for k in keys[first:] if k not in blocks]
-    rows = [(k, k, -1) for k in head]
+    rows = [(k, k, -1) for k in keys[:first]]
     rows += [(k.format(i=i), k, i) for i in range(cfg.n_stored_layers) for k in blocks]
-    rows += [(k, k, -1) for k in tail]
+    rows += [(k, k, -1) for k in keys[first:] if k not in blocks]
     skip = {"lm_head.weight"} if cfg.tie_embeddings else set()
     placed = [(name, key, i) for name, key, i in rows if name in state and name not in skip]
     unplaced = sorted(set(state) - {name for name, _, _ in placed} - skip)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pocketlm.interop.families.base import HEADS3, QKV, QKV_BIAS, Family, UnsupportedModelError, hf_common
+from pocketlm.interop.families.base import (HEADS3, QKV, QKV_BIAS, Family, UnsupportedModelError, hf_common,
+                                            weight_and_bias)
+from pocketlm.interop.families.gpt_neox import NEOX_BLOCK
 from pocketlm.model.config import ModelConfig
 
 
@@ -29,16 +31,9 @@ def write_bloom(cfg: ModelConfig) -> dict[str, Any]:
 FAMILIES = (
     Family(
         "bloom", "BloomForCausalLM", read_bloom, write_bloom, "transformer.h.{i}.",
-        {"embed.weight": "transformer.word_embeddings.weight",
-         "embed_norm.weight": "transformer.word_embeddings_layernorm.weight",
-         "embed_norm.bias": "transformer.word_embeddings_layernorm.bias",
-         "final_norm.weight": "transformer.ln_f.weight", "final_norm.bias": "transformer.ln_f.bias",
-         "lm_head.weight": "lm_head.weight"},
-        {"attn.o_proj.weight": "self_attention.dense.weight", "attn.o_proj.bias": "self_attention.dense.bias",
-         "mlp.up_proj.weight": "mlp.dense_h_to_4h.weight", "mlp.up_proj.bias": "mlp.dense_h_to_4h.bias",
-         "mlp.down_proj.weight": "mlp.dense_4h_to_h.weight", "mlp.down_proj.bias": "mlp.dense_4h_to_h.bias",
-         "attn_norm.weight": "input_layernorm.weight", "attn_norm.bias": "input_layernorm.bias",
-         "mlp_norm.weight": "post_attention_layernorm.weight", "mlp_norm.bias": "post_attention_layernorm.bias"},
+        {"embed.weight": "transformer.word_embeddings.weight", "lm_head.weight": "lm_head.weight",
+         **weight_and_bias({"embed_norm": "transformer.word_embeddings_layernorm", "final_norm": "transformer.ln_f"})},
+        {**NEOX_BLOCK, **weight_and_bias({"attn.o_proj": "self_attention.dense"})},
         packed=(("self_attention.query_key_value.weight", QKV, HEADS3),
                 ("self_attention.query_key_value.bias", QKV_BIAS, HEADS3)),
         picks=lambda cfg: cfg.positions == "alibi", pick_order=60),

@@ -17,7 +17,8 @@ def read_gemma(c: Any) -> dict[str, Any]:
 
 
 def read_gemma2(c: Any) -> dict[str, Any]:
-    return {**read_gemma(c), **read_sliding(c, c.num_hidden_layers), "norm_placement": "sandwich", "attn_scale": c.query_pre_attn_scalar**-0.5,
+    return {**read_gemma(c), **read_sliding(c, c.num_hidden_layers), "norm_placement": "sandwich",
+            "attn_scale": c.query_pre_attn_scalar**-0.5,
             "attn_logit_softcap": c.attn_logit_softcapping, "final_logit_softcap": c.final_logit_softcapping}
 
 

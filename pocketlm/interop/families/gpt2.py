@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pocketlm.interop.families.base import (CAT, CONV1D, CONV1D_CAT, COPY, QKV, QKV_BIAS, Family,
-                                            UnsupportedModelError, activation, gelu_new, hf_common)
+                                            UnsupportedModelError, activation, gelu_new, hf_common, weight_and_bias)
 from pocketlm.model.config import ModelConfig
 
 
@@ -31,10 +31,8 @@ FAMILIES = (
     Family(
         "gpt2", "GPT2LMHeadModel", read_gpt2, write_gpt2, "transformer.h.{i}.",
         {"embed.weight": "transformer.wte.weight", "pos_embed.weight": "transformer.wpe.weight",
-         "final_norm.weight": "transformer.ln_f.weight", "final_norm.bias": "transformer.ln_f.bias",
-         "lm_head.weight": "lm_head.weight"},
-        {"attn_norm.weight": "ln_1.weight", "attn_norm.bias": "ln_1.bias",
-         "mlp_norm.weight": "ln_2.weight", "mlp_norm.bias": "ln_2.bias"},
+         "lm_head.weight": "lm_head.weight", **weight_and_bias({"final_norm": "transformer.ln_f"})},
+        weight_and_bias({"attn_norm": "ln_1", "mlp_norm": "ln_2"}),
         packed=(("attn.c_attn.weight", QKV, CONV1D_CAT),
                 ("attn.c_attn.bias", QKV_BIAS, CAT),
                 ("attn.c_proj.weight", ("attn.o_proj.weight",), CONV1D),

@@ -5,8 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from pocketlm.interop.families.base import (HEADS3, QKV, QKV_BIAS, Family, activation, gelu_new, hf_common,
-                                            read_rope, write_rope)
+                                            read_rope, weight_and_bias, write_rope)
 from pocketlm.model.config import ModelConfig
+
+# block tensors NeoX and BLOOM name alike
+NEOX_BLOCK = weight_and_bias({"mlp.up_proj": "mlp.dense_h_to_4h", "mlp.down_proj": "mlp.dense_4h_to_h",
+                              "attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"})
 
 
 def read_gpt_neox(c: Any) -> dict[str, Any]:
@@ -31,11 +35,7 @@ FAMILIES = (
         "gpt_neox", "GPTNeoXForCausalLM", read_gpt_neox, write_gpt_neox, "gpt_neox.layers.{i}.",
         {"embed.weight": "gpt_neox.embed_in.weight", "final_norm.weight": "gpt_neox.final_layer_norm.weight",
          "final_norm.bias": "gpt_neox.final_layer_norm.bias", "lm_head.weight": "embed_out.weight"},
-        {"attn.o_proj.weight": "attention.dense.weight", "attn.o_proj.bias": "attention.dense.bias",
-         "mlp.up_proj.weight": "mlp.dense_h_to_4h.weight", "mlp.up_proj.bias": "mlp.dense_h_to_4h.bias",
-         "mlp.down_proj.weight": "mlp.dense_4h_to_h.weight", "mlp.down_proj.bias": "mlp.dense_4h_to_h.bias",
-         "attn_norm.weight": "input_layernorm.weight", "attn_norm.bias": "input_layernorm.bias",
-         "mlp_norm.weight": "post_attention_layernorm.weight", "mlp_norm.bias": "post_attention_layernorm.bias"},
+        {**NEOX_BLOCK, **weight_and_bias({"attn.o_proj": "attention.dense"})},
         packed=(("attention.query_key_value.weight", QKV, HEADS3),
                 ("attention.query_key_value.bias", QKV_BIAS, HEADS3)),
         ignore=("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq"),

@@ -11,24 +11,21 @@ from typing import Any
 
 from torch import Tensor
 
-from pocketlm.interop.families.base import (ACTIVATION_OUT, Family, GGUFArch, Reader, TensorTransform, Writer, activation,
-                                            hf_common, read_rope, read_sliding, write_rope)
+from pocketlm.interop.families.base import (ACTIVATION_OUT, Family, GGUFArch, Reader, TensorTransform, Writer,
+                                            activation, hf_common, read_rope, read_sliding, weight_and_bias,
+                                            write_rope)
 from pocketlm.model.config import ModelConfig
 
 # ---- weights -----------------------------------------------------------------------------------------
 LLAMA_TOP = {"embed.weight": "model.embed_tokens.weight", "final_norm.weight": "model.norm.weight",
              "lm_head.weight": "lm_head.weight"}
+LLAMA_ATTN = weight_and_bias({"attn.q_proj": "self_attn.q_proj", "attn.k_proj": "self_attn.k_proj",
+                              "attn.v_proj": "self_attn.v_proj", "attn.o_proj": "self_attn.o_proj"})
 LLAMA_BLOCK = {
-    "attn.q_proj.weight": "self_attn.q_proj.weight", "attn.q_proj.bias": "self_attn.q_proj.bias",
-    "attn.k_proj.weight": "self_attn.k_proj.weight", "attn.k_proj.bias": "self_attn.k_proj.bias",
-    "attn.v_proj.weight": "self_attn.v_proj.weight", "attn.v_proj.bias": "self_attn.v_proj.bias",
-    "attn.o_proj.weight": "self_attn.o_proj.weight", "attn.o_proj.bias": "self_attn.o_proj.bias",
+    **LLAMA_ATTN,
+    **weight_and_bias({"mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.up_proj", "mlp.down_proj": "mlp.down_proj",
+                       "attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}),
     "attn.q_norm.weight": "self_attn.q_norm.weight", "attn.k_norm.weight": "self_attn.k_norm.weight",
-    "mlp.gate_proj.weight": "mlp.gate_proj.weight", "mlp.gate_proj.bias": "mlp.gate_proj.bias",
-    "mlp.up_proj.weight": "mlp.up_proj.weight", "mlp.up_proj.bias": "mlp.up_proj.bias",
-    "mlp.down_proj.weight": "mlp.down_proj.weight", "mlp.down_proj.bias": "mlp.down_proj.bias",
-    "attn_norm.weight": "input_layernorm.weight", "attn_norm.bias": "input_layernorm.bias",
-    "mlp_norm.weight": "post_attention_layernorm.weight", "mlp_norm.bias": "post_attention_layernorm.bias",
     # mixture of experts (transformers >= 5 stacks experts)
     "mlp.router.weight": "mlp.gate.weight",
     "mlp.experts.gate_up_proj": "mlp.experts.gate_up_proj", "mlp.experts.down_proj": "mlp.experts.down_proj",

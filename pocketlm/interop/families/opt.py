@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pocketlm.interop.families.base import Family, activation, hf_common
+from pocketlm.interop.families.base import Family, activation, hf_common, weight_and_bias
+from pocketlm.interop.families.llama import LLAMA_ATTN
 from pocketlm.model.config import ModelConfig
 
 
@@ -33,18 +34,13 @@ def write_opt(cfg: ModelConfig) -> dict[str, Any]:
 FAMILIES = (
     Family(
         "opt", "OPTForCausalLM", read_opt, write_opt, "model.decoder.layers.{i}.",
-        {"embed.weight": "model.decoder.embed_tokens.weight", "pos_embed.weight": "model.decoder.embed_positions.weight",
-         "final_norm.weight": "model.decoder.final_layer_norm.weight",
-         "final_norm.bias": "model.decoder.final_layer_norm.bias",
-         "project_in.weight": "model.decoder.project_in.weight", "project_out.weight": "model.decoder.project_out.weight",
-         "lm_head.weight": "lm_head.weight"},
-        {"attn.q_proj.weight": "self_attn.q_proj.weight", "attn.q_proj.bias": "self_attn.q_proj.bias",
-         "attn.k_proj.weight": "self_attn.k_proj.weight", "attn.k_proj.bias": "self_attn.k_proj.bias",
-         "attn.v_proj.weight": "self_attn.v_proj.weight", "attn.v_proj.bias": "self_attn.v_proj.bias",
-         "attn.o_proj.weight": "self_attn.out_proj.weight", "attn.o_proj.bias": "self_attn.out_proj.bias",
-         "mlp.up_proj.weight": "fc1.weight", "mlp.up_proj.bias": "fc1.bias",
-         "mlp.down_proj.weight": "fc2.weight", "mlp.down_proj.bias": "fc2.bias",
-         "attn_norm.weight": "self_attn_layer_norm.weight", "attn_norm.bias": "self_attn_layer_norm.bias",
-         "mlp_norm.weight": "final_layer_norm.weight", "mlp_norm.bias": "final_layer_norm.bias"},
+        {"embed.weight": "model.decoder.embed_tokens.weight",
+         "pos_embed.weight": "model.decoder.embed_positions.weight",
+         **weight_and_bias({"final_norm": "model.decoder.final_layer_norm"}),
+         "project_in.weight": "model.decoder.project_in.weight",
+         "project_out.weight": "model.decoder.project_out.weight", "lm_head.weight": "lm_head.weight"},
+        {**LLAMA_ATTN, **weight_and_bias({"attn.o_proj": "self_attn.out_proj", "mlp.up_proj": "fc1",
+                                          "mlp.down_proj": "fc2", "attn_norm": "self_attn_layer_norm",
+                                          "mlp_norm": "final_layer_norm"})},
         picks=lambda cfg: cfg.positions == "learned" and cfg.activation == "relu", pick_order=70),
 )

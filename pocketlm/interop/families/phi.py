@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pocketlm.interop.families.base import CAT, QKV, Family, UnsupportedModelError, activation, gelu_new
-from pocketlm.interop.families.llama import (LLAMA_BLOCK, LLAMA_IGNORE, LLAMA_TOP, read_llama, read_windowed,
-                                             write_llama_like)
+from pocketlm.interop.families.base import (CAT, QKV, Family, UnsupportedModelError, activation, gelu_new,
+                                            weight_and_bias)
+from pocketlm.interop.families.llama import (LLAMA_ATTN, LLAMA_BLOCK, LLAMA_IGNORE, LLAMA_TOP, read_llama,
+                                             read_windowed, write_llama_like)
 from pocketlm.model.config import ModelConfig
 
 
@@ -43,14 +44,10 @@ def write_phi3(cfg: ModelConfig) -> dict[str, Any]:
 FAMILIES = (
     Family(
         "phi", "PhiForCausalLM", read_phi, write_phi, "model.layers.{i}.",
-        {"embed.weight": "model.embed_tokens.weight", "final_norm.weight": "model.final_layernorm.weight",
-         "final_norm.bias": "model.final_layernorm.bias", "lm_head.weight": "lm_head.weight",
-         "lm_head.bias": "lm_head.bias"},
-        {**{k: v for k, v in LLAMA_BLOCK.items() if k.startswith("attn.") and "proj" in k},
-         "attn.o_proj.weight": "self_attn.dense.weight", "attn.o_proj.bias": "self_attn.dense.bias",
-         "mlp.up_proj.weight": "mlp.fc1.weight", "mlp.up_proj.bias": "mlp.fc1.bias",
-         "mlp.down_proj.weight": "mlp.fc2.weight", "mlp.down_proj.bias": "mlp.fc2.bias",
-         "attn_norm.weight": "input_layernorm.weight", "attn_norm.bias": "input_layernorm.bias"},
+        {"embed.weight": "model.embed_tokens.weight",
+         **weight_and_bias({"final_norm": "model.final_layernorm", "lm_head": "lm_head"})},
+        {**LLAMA_ATTN, **weight_and_bias({"attn.o_proj": "self_attn.dense", "mlp.up_proj": "mlp.fc1",
+                                          "mlp.down_proj": "mlp.fc2", "attn_norm": "input_layernorm"})},
         ignore=LLAMA_IGNORE, picks=lambda cfg: cfg.parallel_residual and cfg.parallel_shared_norm, pick_order=80),
     Family(
         "phi3", "Phi3ForCausalLM", read_phi3, write_phi3, "model.layers.{i}.", LLAMA_TOP,
