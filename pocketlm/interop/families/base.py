@@ -57,6 +57,7 @@ CONV1D_CAT = Codec("conv1d_cat", lambda ts, h: torch.cat(ts, dim=0).t().contiguo
 # q, k, v interleaved per head: [H * 3 * D, ...] laid out as [H, 3, D, ...] (GPT-NeoX, BLOOM)
 HEADS3 = Codec("heads3", _pack_heads3, _unpack_heads3)
 
+
 def weight_and_bias(modules: dict[str, str]) -> dict[str, str]:
     """Tensor names of modules renamed one to one: {"mlp.up_proj": "mlp.fc1"} maps .weight and .bias."""
     return {f"{ours}.{kind}": f"{theirs}.{kind}" for ours, theirs in modules.items() for kind in ("weight", "bias")}
