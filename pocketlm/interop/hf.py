@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from pocketlm.interop.families import FAMILIES, LEGACY_EXPERTS, Family
+from pocketlm.interop.families import FAMILIES, Family, export_family, get_family
 from pocketlm.interop.hf_config import UnsupportedModelError, config_from_hf, hf_config_from
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import Transformer
@@ -53,39 +53,6 @@ def read_hf_tensors(path: Path) -> dict[str, Tensor]:
     return tensors
 
 
-# ---- packing codecs ----------------------------------------------------------------------------------
-
-def _unpack(t: Tensor, codec: str, parts: list[int], n_head: int) -> list[Tensor]:
-    if codec == "copy":
-        return [t]
-    if codec == "conv1d":
-        return [t.t().contiguous()]
-    if codec == "cat":
-        return list(t.split(parts, dim=0))
-    if codec == "conv1d_cat":
-        return [p.contiguous() for p in t.t().split(parts, dim=0)]
-    if codec == "heads3":  # [H * 3 * D, ...] laid out as [H, 3, D, ...]
-        rest = t.shape[1:]
-        v = t.view(n_head, 3, -1, *rest)
-        return [v[:, j].reshape(-1, *rest).contiguous() for j in range(3)]
-    raise ValueError(codec)
-
-
-def _pack(ts: list[Tensor], codec: str, n_head: int) -> Tensor:
-    if codec == "copy":
-        return ts[0]
-    if codec == "conv1d":
-        return ts[0].t().contiguous()
-    if codec == "cat":
-        return torch.cat(ts, dim=0)
-    if codec == "conv1d_cat":
-        return torch.cat(ts, dim=0).t().contiguous()
-    if codec == "heads3":
-        rest = ts[0].shape[1:]
-        return torch.stack([t.view(n_head, -1, *rest) for t in ts], dim=1).reshape(-1, *rest).contiguous()
-    raise ValueError(codec)
-
-
 # ---- name mapping --------------------------------------------------------------------------------------
 
 def _layer_of(name: str) -> tuple[int, str] | None:
@@ -117,7 +84,7 @@ def _hf_state(model: Transformer, family: Family) -> dict[str, Tensor]:
         for hf_rel, names, codec in family.packed:
             full = [f"blocks.{i}.{n}" for n in names]
             if all(n in own for n in full):
-                out[prefix + hf_rel] = _pack([own[n] for n in full], codec, cfg.heads(i))
+                out[prefix + hf_rel] = codec.pack([own[n] for n in full], cfg.heads(i))
                 used.update(full)
     missing = sorted(set(own) - used)
     if missing:
@@ -125,9 +92,9 @@ def _hf_state(model: Transformer, family: Family) -> dict[str, Tensor]:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def _legacy_experts(hf: dict[str, Tensor], prefix: str, n_experts: int) -> dict[str, Tensor] | None:
+def _legacy_experts(hf: dict[str, Tensor], prefix: str, n_experts: int, family: Family) -> dict[str, Tensor] | None:
     """Stack per-expert tensors of transformers<5 checkpoints into gate_up / down / router."""
-    for gate, up, down, router in LEGACY_EXPERTS:
+    for gate, up, down, router in family.legacy_experts:
         first = prefix + gate.format(e=0)
         if first in hf:
             gates = [hf.pop(prefix + gate.format(e=e)) for e in range(n_experts)]
@@ -146,11 +113,10 @@ def _own_state(hf: dict[str, Tensor], model: Transformer, family: Family, where:
         expected.pop("lm_head.weight", None)
     hf = dict(hf)
     out: dict[str, Tensor] = {}
-    lm_aliases = family.extra.get("lm_head_aliases", ())
     for name, hf_name in family.top.items():
         if name in expected:
             if hf_name not in hf:
-                for alias in lm_aliases if name == "lm_head.weight" else ():
+                for alias in family.lm_head_aliases if name == "lm_head.weight" else ():
                     if alias in hf:
                         hf_name = alias
             if hf_name in hf:
@@ -158,7 +124,7 @@ def _own_state(hf: dict[str, Tensor], model: Transformer, family: Family, where:
     for i in range(cfg.n_stored_layers):
         prefix = family.layer_prefix.format(i=i)
         if cfg.is_moe(i):
-            legacy = _legacy_experts(hf, prefix, cfg.n_experts)
+            legacy = _legacy_experts(hf, prefix, cfg.n_experts, family)
             if legacy:
                 out.update({f"blocks.{i}.{k}": v for k, v in legacy.items()})
         for rel, hf_rel in family.block.items():
@@ -169,7 +135,7 @@ def _own_state(hf: dict[str, Tensor], model: Transformer, family: Family, where:
             full = [f"blocks.{i}.{n}" for n in names]
             if prefix + hf_rel in hf and all(n in expected for n in full):
                 parts = [expected[n].shape[0] for n in full]
-                for n, t in zip(full, _unpack(hf.pop(prefix + hf_rel), codec, parts, cfg.heads(i))):
+                for n, t in zip(full, codec.unpack(hf.pop(prefix + hf_rel), parts, cfg.heads(i))):
                     out[n] = t
     missing = [n for n in expected if n not in out]
     if missing:
@@ -205,7 +171,7 @@ def load_hf(path: str | Path, dtype: torch.dtype = torch.float32) -> Transformer
     """A Transformer with the weights of a local HF directory, numerically identical."""
     path = Path(path)
     cfg = config_from_hf(read_hf_config(path))
-    family = FAMILIES[cfg.extra["hf_model_type"]]
+    family = get_family(cfg.extra["hf_model_type"])
     with torch.device("meta"):
         model = Transformer(cfg)
     state = _own_state(read_hf_tensors(path), model, family, path)
@@ -214,33 +180,6 @@ def load_hf(path: str | Path, dtype: torch.dtype = torch.float32) -> Transformer
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     return model.to(dtype).eval()
-
-
-def export_family(cfg: ModelConfig) -> str:
-    """The HF model_type a config is saved as: where it came from, else the closest family."""
-    if "hf_model_type" in cfg.extra:
-        return cfg.extra["hf_model_type"]
-    if cfg.attention == "mla":
-        return "deepseek_v2" if cfg.rope_interleaved else "minicpm3"
-    if cfg.n_experts:
-        return "qwen2_moe" if cfg.n_shared_experts else "mixtral"
-    if cfg.qk_norm == "head":
-        return "qwen3"
-    if cfg.norm_placement == "sandwich":
-        return "gemma2"
-    if cfg.norm_unit_offset:
-        return "gemma"
-    if cfg.positions == "alibi":
-        return "bloom"
-    if cfg.positions == "learned":
-        return "opt" if cfg.activation == "relu" else "gpt2"
-    if cfg.parallel_residual:
-        return "phi" if cfg.parallel_shared_norm else "gpt_neox"
-    if cfg.norm == "layernorm":
-        return "olmo" if not cfg.norm_affine else "stablelm"
-    if cfg.qkv_bias and not cfg.attn_out_bias:
-        return "qwen2"
-    return "llama"
 
 
 def _comparable(cfg: ModelConfig) -> dict[str, Any]:
@@ -264,6 +203,7 @@ def save_hf(model: Transformer, out_dir: str | Path, tokenizer: Any = None, mode
     model_type = model_type or export_family(cfg)
     if model_type not in FAMILIES:
         raise UnsupportedModelError(f"cannot save as {model_type!r}; families: {', '.join(sorted(FAMILIES))}")
+    family = FAMILIES[model_type]
     hf_cfg = hf_config_from(cfg, model_type)
     back = config_from_hf(hf_cfg)
     mine, theirs = _comparable(cfg), _comparable(back)
@@ -274,8 +214,8 @@ def save_hf(model: Transformer, out_dir: str | Path, tokenizer: Any = None, mode
                                     "Save it with save_native() instead.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu") for k, v in _hf_state(model, FAMILIES[model_type]).items()}
-    hf_cfg["architectures"] = [FAMILIES[model_type].architecture]
+    state = {k: v.detach().to("cpu") for k, v in _hf_state(model, family).items()}
+    hf_cfg["architectures"] = [family.architecture]
     hf_cfg["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     with atomic_path(out_dir / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})

@@ -1,0 +1,31 @@
+"""StableLM: llama's layout with LayerNorm (and its biases), partial RoPE, optional parallel residual."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pocketlm.interop.families.base import UnsupportedModelError
+from pocketlm.interop.families.llama import LLAMA_TOP, llama_like, read_llama, write_llama_like
+from pocketlm.model.config import ModelConfig
+
+
+def read_stablelm(c: Any) -> dict[str, Any]:
+    if c.qk_layernorm:
+        raise UnsupportedModelError("stablelm: per-head qk LayerNorm (qk_layernorm=true) is not supported")
+    out = {**read_llama(c), "norm": "layernorm", "norm_bias": True, "norm_eps": c.layer_norm_eps,
+           "qkv_bias": bool(c.use_qkv_bias), "attn_out_bias": False}
+    if c.use_parallel_residual:
+        out.update(parallel_residual=True, parallel_shared_norm=True)
+    return out
+
+
+def write_stablelm(cfg: ModelConfig) -> dict[str, Any]:
+    return {**write_llama_like(cfg), "layer_norm_eps": cfg.norm_eps, "use_qkv_bias": cfg.qkv_bias,
+            "use_parallel_residual": cfg.parallel_residual}
+
+
+FAMILIES = (
+    llama_like("stablelm", "StableLmForCausalLM", read_stablelm, write_stablelm,
+               top={**LLAMA_TOP, "final_norm.bias": "model.norm.bias"},
+               picks=lambda cfg: cfg.norm == "layernorm", pick_order=91),
+)
