@@ -70,11 +70,7 @@ def _permute_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
 def llama_tensors(model) -> dict[str, torch.Tensor]:
     """GGUF tensor name -> float tensor for a pocketlm Transformer of the llama family."""
     cfg = model.config
-    from pocketlm.compress.quantized import QUANT_LINEARS
-
-    if any(isinstance(m, QUANT_LINEARS) for m in model.modules()):
-        raise GGUFExportError("export the float model: GGUF quantizes on export (e.g. qtype='Q4_0'); "
-                              "pocketlm's packed int4/int8 layers are not a GGUF format.")
+    model.check_savable("gguf")  # float, unfused, unpacked: GGUF quantizes on export
     out = {"token_embd.weight": model.embed.weight}
     for i, blk in enumerate(model.blocks):
         a, m = blk.attn, blk.mlp
