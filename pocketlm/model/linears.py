@@ -24,6 +24,7 @@ converted to and from that portable form when saving and loading.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -190,7 +191,7 @@ class _IntLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
-        y = self._matmul(x.reshape(-1, self.in_features).to(self.compute_dtype)).to(x.dtype)
+        y = self._matmul(x.reshape(-1, self.in_features).to(self.compute_dtype).contiguous()).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y.reshape(*lead, self.out_features)
@@ -221,6 +222,12 @@ class Int8Linear(_IntLinear):
 
     def _matmul(self, x2: Tensor) -> Tensor:
         return torch._weight_int8pack_mm(x2, self.qweight, self.scales)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        # fresh allocations: the kernel reads with aligned vector loads, and tensors read from a
+        # safetensors file are only 8-byte aligned (a segfault, seen on AVX-512)
+        self.qweight, self.scales = self.qweight.clone(), self.scales.clone()
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.splits}, int8 per-channel, compute={self.compute_dtype}"
@@ -304,13 +311,10 @@ def unpack_int4_kernel_layout(packed: Tensor, n: int, k: int) -> Tensor:
     probes (the base-16 digits of each element's position) shows where every element lands; the
     result is checked by packing it again."""
     codes = torch.empty(n, k, dtype=torch.int32)
-    where: dict[int, Tensor] = {}
     for r0 in range(0, n, _PROBE_ROWS):
         rows = min(_PROBE_ROWS, n - r0)
-        if rows not in where:
-            where[rows] = _int4_positions(rows, k)
         flat = torch.empty(rows * k, dtype=torch.uint8)
-        flat[where[rows]] = _nibbles(packed[r0:r0 + rows])
+        flat[_int4_positions(rows, k)] = _nibbles(packed[r0:r0 + rows])
         codes[r0:r0 + rows] = flat.reshape(rows, k)
     if not torch.equal(torch._convert_weight_to_int4pack_for_cpu(codes, 2), packed):
         raise RuntimeError("could not read back torch's int4 weight layout on this CPU")
@@ -322,6 +326,7 @@ def _nibbles(packed: Tensor) -> Tensor:
     return torch.stack([flat & 15, flat >> 4], dim=-1).reshape(-1)
 
 
+@functools.lru_cache(maxsize=8)
 def _int4_positions(rows: int, k: int) -> Tensor:
     """For each nibble of the packed layout of a [rows, k] matrix, the flat index it came from."""
     index = torch.arange(rows * k, dtype=torch.int64)
