@@ -2,7 +2,9 @@
 
 Read top to bottom: activations and norms, rotary/ALiBi positions, attention (MHA/MQA/GQA and
 MLA), feed-forward (standard, gated, mixture of experts), the block (pre-, post-, sandwich- and
-parallel residuals), the KV cache, then the Transformer with forward and generate.
+parallel residuals), the KV cache, then the Transformer with forward and generate, and last the
+layouts inference transforms give it (fused projections, other linear kernels; `model.transforms`
+records them, and says what a checkpoint format can hold).
 
 Shape letters: B batch, T new tokens, S keys (cache + new), H query heads, K kv heads,
 D head dim, C d_model.
@@ -731,86 +733,6 @@ class Transformer(nn.Module):
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
-    # -----------------------------------------------------------------------------------------
-    # layouts: fused projections, other linear kernels, what a checkpoint format can hold
-    @property
-    def packed(self) -> bool:
-        return self.transforms.packed
-
-    def fuse(self) -> "Transformer":
-        """q/k/v of standard attention and gate/up of gated FFNs as one matmul each (in place, exact)."""
-        for module in self.modules():
-            if isinstance(module, (Attention, MLP)):
-                module.fuse()
-        self.transforms = dataclasses.replace(self.transforms, fused=True)
-        return self
-
-    def unfuse(self) -> "Transformer":
-        """Undo `fuse` (float layers only): separate q/k/v and gate/up again."""
-        if self.transforms.packed or self.transforms.quantization:
-            raise UnsavableModelError("only a float model unfuses; its kernels hold the fused matrices")
-        for module in self.modules():
-            if isinstance(module, (Attention, MLP)):
-                module.unfuse()
-        self.transforms = dataclasses.replace(self.transforms, fused=False)
-        return self
-
-    def named_linears(self, experts: bool = False) -> dict[str, nn.Module]:
-        """Every nn.Linear by name; with `experts`, each routed expert's matrices too (as `swap_linears` names them)."""
-        out = {name: m for name, m in self.named_modules() if isinstance(m, nn.Linear)}
-        if experts:
-            for name, module in self.named_modules():
-                if isinstance(module, Experts) and module.gate_up is None:
-                    out.update({f"{name}.{k}": lin for k, lin in module.as_linears().items()})
-        return out
-
-    def swap_linears(self, convert: Callable[[str, nn.Module], nn.Module], experts: bool = False) -> None:
-        """Set each nn.Linear to `convert(name, linear)` (in place); with `experts`, also each routed
-        expert's matrices (named `<moe>.experts.gate_up.<e>` / `.down.<e>`, as `Experts.as_linears`)."""
-        replace_linears(self, convert)
-        if experts:
-            for name, module in list(self.named_modules()):
-                if isinstance(module, Experts) and module.gate_up is None:
-                    module.use_layers({k: convert(f"{name}.{k}", lin) for k, lin in module.as_linears().items()})
-
-    def adopt_layout(self, transforms: Transforms) -> "Transformer":
-        """Give this freshly built model the structure `transforms` describe, with placeholder weights,
-        so that a checkpoint saved from such a model loads into it (in place; meta device welcome)."""
-        if transforms.packed:
-            raise UnsavableModelError("a packed layout is never saved; save the model before packing")
-        if transforms.fused:
-            self.fuse()
-        q = transforms.quantization
-        if q is not None:
-            def placeholder(name: str, linear: nn.Module) -> nn.Module:
-                if name in q.float_layers:
-                    return linear
-                if q.scheme == "int8":
-                    return Int8Linear.placeholder(linear, q.torch_compute_dtype)
-                return Int4Linear.placeholder(linear, q.group_size, q.torch_compute_dtype)
-
-            self.swap_linears(placeholder, experts=True)
-        self.transforms = transforms
-        return self
-
-    def check_savable(self, fmt: str) -> None:
-        """Raise UnsavableModelError if checkpoint format `fmt` (native | hf | gguf) cannot hold this model."""
-        t = self.transforms
-        if t.packed:
-            raise UnsavableModelError(
-                "this model is packed for CPU inference (pack_for_cpu): oneDNN's layout is specific to this "
-                "machine and is never saved; save the model before packing (and pack after loading).")
-        if fmt == "native":
-            return
-        if t.quantization:
-            raise UnsavableModelError(
-                f"this model holds {t.quantization.scheme} weight-only layers, which the {fmt} format does not "
-                "hold here: save it with save_native() (pocketlm's format keeps the integers), or export the "
-                "float model" + (" (GGUF quantizes on export, e.g. qtype='Q4_0')." if fmt == "gguf" else "."))
-        if t.fused:
-            raise UnsavableModelError(f"this model's q/k/v and gate/up are fused; call model.unfuse() before "
-                                      f"saving it as {fmt} (fusing is exact, unfusing restores the projections).")
-
     def layer_schedule(self) -> list[int]:
         """Stored-block index of each application (block-wise sharing repeats a block in a row)."""
         r = self.config.block_repeat
@@ -942,6 +864,87 @@ class Transformer(nn.Module):
             else:
                 logits = self(tokens.clamp(0, self.config.vocab_size - 1), mask, last_only=True)[:, -1]
         return tokens
+
+
+    # -----------------------------------------------------------------------------------------
+    # layouts: fused projections, other linear kernels, what a checkpoint format can hold
+    @property
+    def packed(self) -> bool:
+        return self.transforms.packed
+
+    def fuse(self) -> "Transformer":
+        """q/k/v of standard attention and gate/up of gated FFNs as one matmul each (in place, exact)."""
+        for module in list(self.modules()):
+            if isinstance(module, (Attention, MLP)):
+                module.fuse()
+        self.transforms = dataclasses.replace(self.transforms, fused=True)
+        return self
+
+    def unfuse(self) -> "Transformer":
+        """Undo `fuse` (float layers only): separate q/k/v and gate/up again."""
+        if self.transforms.packed or self.transforms.quantization:
+            raise UnsavableModelError("only a float model unfuses; its kernels hold the fused matrices")
+        for module in list(self.modules()):
+            if isinstance(module, (Attention, MLP)):
+                module.unfuse()
+        self.transforms = dataclasses.replace(self.transforms, fused=False)
+        return self
+
+    def named_linears(self, experts: bool = False) -> dict[str, nn.Module]:
+        """Every nn.Linear by name; with `experts`, each routed expert's matrices too (as `swap_linears` names them)."""
+        out = {name: m for name, m in self.named_modules() if isinstance(m, nn.Linear)}
+        if experts:
+            for name, module in self.named_modules():
+                if isinstance(module, Experts) and module.gate_up is None:
+                    out.update({f"{name}.{k}": lin for k, lin in module.as_linears().items()})
+        return out
+
+    def swap_linears(self, convert: Callable[[str, nn.Module], nn.Module], experts: bool = False) -> None:
+        """Set each nn.Linear to `convert(name, linear)` (in place); with `experts`, also each routed
+        expert's matrices (named `<moe>.experts.gate_up.<e>` / `.down.<e>`, as `Experts.as_linears`)."""
+        replace_linears(self, convert)
+        if experts:
+            for name, module in list(self.named_modules()):
+                if isinstance(module, Experts) and module.gate_up is None:
+                    module.use_layers({k: convert(f"{name}.{k}", lin) for k, lin in module.as_linears().items()})
+
+    def adopt_layout(self, transforms: Transforms) -> "Transformer":
+        """Give this freshly built model the structure `transforms` describe, with placeholder weights,
+        so that a checkpoint saved from such a model loads into it (in place; meta device welcome)."""
+        if transforms.packed:
+            raise UnsavableModelError("a packed layout is never saved; save the model before packing")
+        if transforms.fused:
+            self.fuse()
+        q = transforms.quantization
+        if q is not None:
+            def placeholder(name: str, linear: nn.Module) -> nn.Module:
+                if name in q.float_layers:
+                    return linear
+                if q.scheme == "int8":
+                    return Int8Linear.placeholder(linear, q.torch_compute_dtype)
+                return Int4Linear.placeholder(linear, q.group_size, q.torch_compute_dtype)
+
+            self.swap_linears(placeholder, experts=True)
+        self.transforms = transforms
+        return self
+
+    def check_savable(self, fmt: str) -> None:
+        """Raise UnsavableModelError if checkpoint format `fmt` (native | hf | gguf) cannot hold this model."""
+        t = self.transforms
+        if t.packed:
+            raise UnsavableModelError(
+                "this model is packed for CPU inference (pack_for_cpu): oneDNN's layout is specific to this "
+                "machine and is never saved; save the model before packing (and pack after loading).")
+        if fmt == "native":
+            return
+        if t.quantization:
+            raise UnsavableModelError(
+                f"this model holds {t.quantization.scheme} weight-only layers, which the {fmt} format does not "
+                "hold here: save it with save_native() (pocketlm's format keeps the integers), or export the "
+                "float model" + (" (GGUF quantizes on export, e.g. qtype='Q4_0')." if fmt == "gguf" else "."))
+        if t.fused:
+            raise UnsavableModelError(f"this model's q/k/v and gate/up are fused; call model.unfuse() before "
+                                      f"saving it as {fmt} (fusing is exact, unfusing restores the projections).")
 
 
 def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,

@@ -150,7 +150,7 @@ def open_model(ref: str | Path | ModelRef, precision: str | None = None, device:
     if precision is not None and precision not in PRECISIONS:
         raise ModelOpenError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
     spec = resolve(ref)
-    if spec.quantization is not None:
+    if spec.quantization is not None and spec.kind == "checkpoint":
         model = _open_quantized(spec, precision, group_size)
     else:
         precision = precision or "fp32"
