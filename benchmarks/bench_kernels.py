@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pocketlm.compress.quantized import Int4Linear
+from pocketlm.compress.quantize import rtn_linear
 from pocketlm.model.packing import PackedLinear
 from pocketlm.model.transformer import _attend_one_query
 
@@ -86,7 +86,7 @@ def main() -> None:
         print(f"3. all linears of one decode step, {str(dtype)[6:]}: "
               + "   ".join(f"{k} {t:5.1f} ms" for k, t in ms.items())
               + "   (weights cache-hot: a lower bound on the real step)")
-    layers = [Int4Linear(nn.Linear(n_in, n_out, bias=False)) for n_in, n_out in
+    layers = [rtn_linear(nn.Linear(n_in, n_out, bias=False), "int4") for n_in, n_out in
               [(576, 960), (576, 576), (576, 3072), (1536, 576)] * 30 + [(576, 49152)]]
     xs = {n: torch.randn(1, n, dtype=torch.bfloat16) for n in (576, 1536)}
     kernel_ms = us(lambda: [torch._weight_int4pack_mm_for_cpu(xs[m.in_features], m.qweight, m.group_size,

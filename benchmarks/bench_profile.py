@@ -28,7 +28,7 @@ from pocketlm.profile.system import cpu_model, memory_bandwidth_gbs, system_info
 
 def linear_bytes(model: torch.nn.Module) -> int:
     """Bytes a decode step streams: every linear / quantized-linear weight (unique storages) and norms."""
-    from pocketlm.compress.quantized import QUANT_LINEARS
+    from pocketlm.compress.quantize import QUANT_LINEARS
     from pocketlm.model.packing import PackedLinear
 
     seen, total = set(), 0

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pocketlm.compress.quantized import Int4Linear, Int8Linear  # noqa: E402
+from pocketlm.compress.quantize import rtn_linear  # noqa: E402
 from pocketlm.profile.system import cpu_model, memory_bandwidth_gbs  # noqa: E402
 
 
@@ -48,12 +48,12 @@ def variants(weights: list[torch.Tensor]) -> dict[str, tuple[list, int, torch.dt
     wb = [w.bfloat16() for w in weights]
     out["bf16 F.linear"] = ([lambda x, w=w: F.linear(x, w) for w in wb], sum(w.numel() * 2 for w in wb),
                             torch.bfloat16)
-    q8 = [Int8Linear(lin(w)) for w in weights]
+    q8 = [rtn_linear(lin(w), "int8") for w in weights]
     out["int8 weight-only"] = ([m.forward for m in q8], sum(m.weight_bytes() for m in q8), torch.bfloat16)
     for g in (32, 64):
-        q4 = [Int4Linear(lin(w), group_size=g) for w in weights]
+        q4 = [rtn_linear(lin(w), "int4", g) for w in weights]
         out[f"int4 g{g}"] = ([m.forward for m in q4], sum(m.weight_bytes() for m in q4), torch.bfloat16)
-    q4f = [Int4Linear(lin(w), group_size=32, compute_dtype=torch.float32) for w in weights]
+    q4f = [rtn_linear(lin(w), "int4", 32, compute_dtype=torch.float32) for w in weights]
     out["int4 g32, fp32 activations"] = ([m.forward for m in q4f], sum(m.weight_bytes() for m in q4f),
                                          torch.float32)
     return out

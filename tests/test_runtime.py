@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers as T
 
-from pocketlm.compress.quantized import quantize_model
+from pocketlm.compress.quantize import quantize_model
 from pocketlm.interop import load_model, save_native
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.packing import pack_for_cpu
@@ -94,3 +94,50 @@ def test_bad_references_give_one_clear_error(tmp_path) -> None:
 def test_tokenizer_comes_from_the_checkpoint_or_the_flag(hf_dir) -> None:
     assert open_tokenizer(hf_dir) is None  # the tiny model saved none
     assert open_tokenizer("SmolLM-135M") is None
+
+
+# ------------------------------------------------------------------ quantized models in eval
+@pytest.fixture(scope="module")
+def tiny_with_tokenizer(tmp_path_factory):
+    from pocketlm.evaluate.tiny import SHARED, save_tiny_llama
+
+    if not (SHARED / "tokenizers/minimind/tokenizer.json").is_file():
+        pytest.skip("shared/data/tokenizers/minimind is absent")
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+def _eval_cli(model_dir, out, *extra) -> dict:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pocketlm.cli", "eval", str(model_dir), "--tasks", "arc_easy",
+                           "--limit", "5", "-o", str(out), *extra], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def _scores(res: dict) -> dict:
+    return {task: {shot: (entry["metrics"], [r["loglikelihoods"] for r in entry["records"]])
+                   for shot, entry in by_shot.items()} for task, by_shot in res["results"].items()}
+
+
+def test_eval_cli_scores_int4_as_the_in_process_int4_model(tiny_with_tokenizer, tmp_path) -> None:
+    """`pocketlm eval --precision int4` scores exactly the model open_model(..., "int4") gives, and so does a
+    saved int4 checkpoint evaluated as it is."""
+    from pocketlm.evaluate.runner import evaluate
+
+    model, tok = open_model(tiny_with_tokenizer, "int4"), open_tokenizer(tiny_with_tokenizer)
+    assert model.transforms.quantization.scheme == "int4"
+    here = evaluate(model, tok, ["arc_easy"], limit=5, show_progress=False)
+    cli = _eval_cli(tiny_with_tokenizer, tmp_path / "cli.json", "--precision", "int4")
+    assert _scores(cli) == _scores(here)
+    float_res = evaluate(open_model(tiny_with_tokenizer), tok, ["arc_easy"], limit=5, show_progress=False)
+    assert _scores(float_res) != _scores(here)  # the precision reached the model
+    saved = save_native(model, tmp_path / "int4", tokenizer=tok)
+    assert _scores(_eval_cli(saved, tmp_path / "saved.json")) == _scores(here)

@@ -4,6 +4,7 @@
     pocketlm eval icl MODEL [MODEL...]      0/1/5-shot study -> table + figure
     pocketlm eval compare A.json B.json     paired bootstrap CI of B - A
     pocketlm eval kl BASE OTHER --text F    KL divergence + top-1 agreement of next-token distributions
+    --precision int4 (run, icl; OTHER of kl) scores the model at that precision, as `profile` times it
     pocketlm eval tasks                     list the built-in task specs
 """
 
@@ -37,6 +38,10 @@ def _ints(text: str) -> list[int]:
         raise typer.BadParameter(f"--shots takes comma-separated integers like 0,1,5, got {text!r}")
 
 
+PRECISION_HELP = ("fp32 | bf16 | fp16 | int8 | int4 (weight-only, RTN, group 32); default: the checkpoint's own "
+                  "(a quantized pocketlm checkpoint's stored precision, else fp32)")
+
+
 def _fail(e: Exception) -> None:
     typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
@@ -53,12 +58,13 @@ def run_cmd(model: Path = typer.Argument(..., help="model folder (pocketlm or Hu
             seed: int = typer.Option(1234, "--seed", help="few-shot sampling seed (lm-eval's default)"),
             tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="tokenizer folder if not with the model"),
             output: Optional[Path] = typer.Option(None, "--output", "-o", help="results JSON (per-example records)"),
+            precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP),
             ) -> None:
     """Evaluate MODEL on task specs at each shot count; prints a table, writes JSON with -o."""
     from .loading import load_for_eval
     from .runner import evaluate, summary_table
     try:
-        m, tok = load_for_eval(model, tokenizer)
+        m, tok = load_for_eval(model, tokenizer, precision=precision)
         res = evaluate(m, tok, [t for t in tasks.split(",") if t], shots=_ints(shots), limit=limit,
                        data_dir=data_dir, seed=seed, model_name=str(model), output=output)
     except (ValueError, FileNotFoundError, OSError) as e:
@@ -88,14 +94,15 @@ def icl_cmd(models: List[Path] = typer.Argument(..., help="one or more model fol
             shots: str = typer.Option("0,1,5", "--shots"),
             data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
             limit: Optional[int] = typer.Option(None, "--limit"),
-            out_dir: Path = typer.Option(Path("runs/icl"), "--out", help="folder for table, figure, JSON")) -> None:
+            out_dir: Path = typer.Option(Path("runs/icl"), "--out", help="folder for table, figure, JSON"),
+            precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP)) -> None:
     """In-context learning study: scores at 0/1/5 shots, gain per task and per model size."""
     from .icl import ICL_TASKS, icl_study, icl_table
     from .loading import count_parameters, load_for_eval
     try:
         loaded = []
         for p in models:
-            m, tok = load_for_eval(p)
+            m, tok = load_for_eval(p, precision=precision)
             loaded.append((p.name, m, tok, count_parameters(m)))
         study = icl_study(loaded, tasks=tasks.split(",") if tasks else ICL_TASKS, shots=_ints(shots), limit=limit,
                           data_dir=data_dir, out_dir=out_dir)
@@ -124,8 +131,9 @@ def compare_cmd(a: Path = typer.Argument(..., help="results JSON of model A (bas
 def kl_cmd(base: Path = typer.Argument(..., help="reference model folder"),
            other: Path = typer.Argument(..., help="model to compare (e.g. its quantized or pruned copy)"),
            text: Path = typer.Option(..., "--text", help="a UTF-8 text file"),
-           window: int = typer.Option(512, "--window"), max_tokens: Optional[int] = typer.Option(4096, "--max-tokens")
-           ) -> None:
+           window: int = typer.Option(512, "--window"), max_tokens: Optional[int] = typer.Option(4096, "--max-tokens"),
+           precision: Optional[str] = typer.Option(None, "--precision", help="precision of OTHER (BASE opens at "
+                                                   "its own): " + PRECISION_HELP)) -> None:
     """KL(base || other) and top-1 agreement of next-token distributions over a text."""
     from .kl import next_token_kl
     from .loading import load_for_eval
@@ -133,7 +141,7 @@ def kl_cmd(base: Path = typer.Argument(..., help="reference model folder"),
         if not text.is_file():
             raise FileNotFoundError(f"--text {text} does not exist")
         mb, tok = load_for_eval(base)
-        mo, _ = load_for_eval(other)
+        mo, _ = load_for_eval(other, precision=precision)
         res = next_token_kl(mb, mo, tok, text.read_text(encoding="utf-8"), window=window, max_tokens=max_tokens)
     except (ValueError, FileNotFoundError, OSError) as e:
         _fail(e)

@@ -10,16 +10,20 @@ from .backends import ModelInputError
 TORCH_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
-def load_for_eval(path: str | Path, tokenizer_path: str | Path | None = None, dtype: str = "float32",
+def load_for_eval(path: str | Path, tokenizer_path: str | Path | None = None, dtype: str | None = None,
                   precision: str | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) from a pocketlm or Hugging Face directory at `precision` (fp32 | bf16 | fp16 |
-    int8 | int4; `dtype` takes torch names for the float ones); a clear error if the tokenizer is missing."""
-    from pocketlm.runtime import open_model, open_tokenizer
+    int8 | int4; `dtype` takes torch names for the float ones; neither: the checkpoint's stored precision,
+    fp32 for a float one); a clear error if the tokenizer is missing."""
+    from pocketlm.runtime import ModelOpenError, open_model, open_tokenizer
 
     path = Path(path)
     if not path.exists():
         raise ModelInputError(f"model {path} does not exist")
-    model = open_model(path, precision=precision or TORCH_NAMES.get(dtype, dtype))
+    try:
+        model = open_model(path, precision=precision or (TORCH_NAMES.get(dtype, dtype) if dtype else None))
+    except ModelOpenError as e:
+        raise ModelInputError(str(e)) from e
     tok = open_tokenizer(path, tokenizer_path)
     if tok is None:
         raise ModelInputError(f"model {path} has no tokenizer: save tokenizer files (tokenizer.json, or vocab + merges) "

@@ -61,11 +61,7 @@ def _placements(cfg, arch: GGUFArch, state: dict[str, torch.Tensor]) -> list[tup
 
 def gguf_tensors(model) -> dict[str, torch.Tensor]:
     """GGUF tensor name -> float tensor (in llama.cpp's layout) for a pocketlm Transformer."""
-    from pocketlm.compress.quantized import QUANT_LINEARS
-
-    if any(isinstance(m, QUANT_LINEARS) for m in model.modules()):
-        raise GGUFExportError("export the float model: GGUF quantizes on export (e.g. qtype='Q4_0'); "
-                              "pocketlm's packed int4/int8 layers are not a GGUF format.")
+    model.check_savable("gguf")  # float, unfused, unpacked: GGUF quantizes on export
     cfg = model.config
     arch = gguf_arch(cfg)
     state = model.state_dict()

@@ -197,8 +197,7 @@ def _comparable(cfg: ModelConfig) -> dict[str, Any]:
 
 def save_hf(model: Transformer, out_dir: str | Path, tokenizer: Any = None, model_type: str | None = None) -> Path:
     """Write a directory that transformers.AutoModelForCausalLM.from_pretrained loads as the same network."""
-    if model.packed:
-        raise ValueError("this model is packed for CPU inference (pack_for_cpu); save the unpacked model")
+    model.check_savable("hf")
     cfg = model.config
     model_type = model_type or export_family(cfg)
     if model_type not in FAMILIES:

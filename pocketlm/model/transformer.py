@@ -2,7 +2,9 @@
 
 Read top to bottom: activations and norms, rotary/ALiBi positions, attention (MHA/MQA/GQA and
 MLA), feed-forward (standard, gated, mixture of experts), the block (pre-, post-, sandwich- and
-parallel residuals), the KV cache, then the Transformer with forward and generate.
+parallel residuals), the KV cache, then the Transformer with forward and generate, and last the
+layouts inference transforms give it (fused projections, other linear kernels; `model.transforms`
+records them, and says what a checkpoint format can hold).
 
 Shape letters: B batch, T new tokens, S keys (cache + new), H query heads, K kv heads,
 D head dim, C d_model.
@@ -17,14 +19,18 @@ Two notions of position are kept apart:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pocketlm.model.config import ModelConfig
+from pocketlm.model.linears import (Int4Linear, Int8Linear, QuantRecipe, fused_linear, replace_linears,
+                                    split_linear)
 
 # ---------------------------------------------------------------------------------------------
 # activations and norms
@@ -378,7 +384,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(C, self.n_kv * self.hd, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(C, self.n_kv * self.hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.n_head * self.hd, C, bias=cfg.attn_out_bias)
-        self.qkv: nn.Module | None = None  # q/k/v fused into one matmul by packing.pack_for_cpu
+        self.qkv: nn.Module | None = None  # q/k/v as one matmul once fused (`fuse`)
         if cfg.qk_norm == "head":
             self.q_norm, self.k_norm = Norm(cfg, self.hd), Norm(cfg, self.hd)
         elif cfg.qk_norm == "full":
@@ -386,6 +392,18 @@ class Attention(nn.Module):
         self.scale = cfg.attn_scale if cfg.attn_scale is not None else self.hd**-0.5
         self.use_alibi = cfg.positions == "alibi"
         self._alibi: Tensor | None = None
+
+    def fuse(self) -> None:
+        """Compute q, k and v in one matmul (`qkv`, outputs side by side): the same function, one wider matmul."""
+        if self.qkv is None:
+            self.qkv = fused_linear([self.q_proj, self.k_proj, self.v_proj])
+            self.q_proj = self.k_proj = self.v_proj = None
+
+    def unfuse(self) -> None:
+        """Back to separate float q/k/v projections (the saved and Hugging Face layout)."""
+        if self.qkv is not None:
+            self.q_proj, self.k_proj, self.v_proj = split_linear(self.qkv, [self.cfg.qkv_bias] * 3)
+            self.qkv = None
 
     def alibi(self, device: torch.device) -> Tensor | None:
         if not self.use_alibi:
@@ -460,6 +478,12 @@ class MLAttention(Attention):
         self.scale = cfg.attn_scale if cfg.attn_scale is not None else qk_dim**-0.5
         self.use_alibi, self._alibi = False, None
 
+    def fuse(self) -> None:
+        """Nothing to fuse: MLA's projections read different inputs (x, the latent, the low-rank query)."""
+
+    def unfuse(self) -> None:
+        pass
+
     def forward(self, x: Tensor, inp: AttentionInputs, cache: LayerCache | None) -> Tensor:
         B, T, _ = x.shape
         H, cfg = self.n_head, self.cfg
@@ -495,13 +519,24 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, width: int):
         super().__init__()
         C, bias = cfg.d_model, cfg.mlp_bias
-        self.gated = cfg.ffn_type == "gated"
+        self.gated, self.has_bias = cfg.ffn_type == "gated", bias
         if self.gated:
             self.gate_proj = nn.Linear(C, width, bias=bias)
         self.up_proj = nn.Linear(C, width, bias=bias)
         self.down_proj = nn.Linear(width, C, bias=bias)
         self.act = ACTIVATION_FNS[cfg.activation]
-        self.gate_up: nn.Module | None = None  # gate/up fused into one matmul by packing.pack_for_cpu
+        self.gate_up: nn.Module | None = None  # gate/up as one matmul once fused (`fuse`)
+
+    def fuse(self) -> None:
+        """A gated FFN computes gate and up in one matmul (`gate_up`); a standard FFN has nothing to fuse."""
+        if self.gated and self.gate_up is None:
+            self.gate_up = fused_linear([self.gate_proj, self.up_proj])
+            self.gate_proj = self.up_proj = None
+
+    def unfuse(self) -> None:
+        if self.gate_up is not None:
+            self.gate_proj, self.up_proj = split_linear(self.gate_up, [self.has_bias] * 2)
+            self.gate_up = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate_up is not None:
@@ -512,7 +547,10 @@ class MLP(nn.Module):
 
 
 class Experts(nn.Module):
-    """Routed experts stored as stacked tensors: gate_up [E, 2I, C], down [E, C, I]."""
+    """Routed experts stored as stacked tensors: gate_up [E, 2I, C], down [E, C, I].
+
+    For other kernels (weight-only integers) the experts hold one layer per expert and matrix
+    instead (`gate_up[e]`, `down[e]`; see `as_linears` and `use_layers`)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -522,15 +560,38 @@ class Experts(nn.Module):
         nn.init.normal_(self.gate_up_proj, std=0.02)
         nn.init.normal_(self.down_proj, std=0.02)
         self.act = ACTIVATION_FNS[cfg.activation]
+        self.gate_up: nn.ModuleList | None = None  # per-expert layers, once `use_layers` swapped them in
+        self.down: nn.ModuleList | None = None
+
+    def as_linears(self) -> dict[str, nn.Linear]:
+        """Each expert's two matrices as nn.Linear sharing the stacked storage: {'gate_up.3': ..., 'down.3': ...}."""
+        out = {}
+        for name, stacked in (("gate_up", self.gate_up_proj), ("down", self.down_proj)):
+            for e in range(stacked.shape[0]):
+                lin = nn.Linear(stacked.shape[2], stacked.shape[1], bias=False, device="meta")
+                lin.weight = nn.Parameter(stacked[e].detach(), requires_grad=False)
+                out[f"{name}.{e}"] = lin
+        return out
+
+    def use_layers(self, layers: dict[str, nn.Module]) -> None:
+        """Hold `layers` (keys as `as_linears` names them) instead of the stacked tensors."""
+        E = self.gate_up_proj.shape[0]
+        self.gate_up = nn.ModuleList(layers[f"gate_up.{e}"] for e in range(E))
+        self.down = nn.ModuleList(layers[f"down.{e}"] for e in range(E))
+        self.gate_up_proj = self.down_proj = None
 
     def forward(self, x: Tensor, top_idx: Tensor, top_w: Tensor) -> Tensor:
         """x [N, C]; top_idx / top_w [N, k] -> weighted sum of the chosen experts' outputs."""
         out = torch.zeros_like(x)
         for e in top_idx.unique().tolist():
             token, slot = torch.where(top_idx == e)
-            gate, up = F.linear(x[token], self.gate_up_proj[e]).chunk(2, dim=-1)
-            y = F.linear(self.act(gate) * up, self.down_proj[e]) * top_w[token, slot, None]
-            out.index_add_(0, token, y.to(out.dtype))
+            if self.gate_up is None:
+                gate, up = F.linear(x[token], self.gate_up_proj[e]).chunk(2, dim=-1)
+                y = F.linear(self.act(gate) * up, self.down_proj[e])
+            else:
+                gate, up = self.gate_up[e](x[token]).chunk(2, dim=-1)
+                y = self.down[e](self.act(gate) * up)
+            out.index_add_(0, token, (y * top_w[token, slot, None]).to(out.dtype))
         return out
 
 
@@ -611,11 +672,40 @@ class Block(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Transforms:
+    """The inference transforms a model carries, declared by the model itself.
+
+    fused: q/k/v and gate/up computed as one matmul each (exact; saves in pocketlm's format);
+    packed: oneDNN-prepacked float weights (machine-specific: never saved);
+    quantization: the recipe of its weight-only integer layers (saves in pocketlm's format)."""
+
+    fused: bool = False
+    packed: bool = False
+    quantization: QuantRecipe | None = None
+
+    @property
+    def float_layers(self) -> tuple[str, ...]:
+        return self.quantization.float_layers if self.quantization else ()
+
+    def to_dict(self) -> dict:
+        return {"fused": self.fused, "quantization": self.quantization and self.quantization.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Transforms":
+        q = d.get("quantization")
+        return cls(fused=bool(d.get("fused")), quantization=QuantRecipe.from_dict(q) if q else None)
+
+
+class UnsavableModelError(ValueError):
+    """A model whose layout a checkpoint format cannot hold; the message says what to save instead."""
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.packed = False  # set by packing.pack_for_cpu (inference only)
+        self.transforms = Transforms()  # what fuse / pack_for_cpu / quantization applied
         C = cfg.d_model
         emb_dim = cfg.embed_proj_dim or C
         self.embed = nn.Embedding(cfg.vocab_size, emb_dim)
@@ -774,6 +864,87 @@ class Transformer(nn.Module):
             else:
                 logits = self(tokens.clamp(0, self.config.vocab_size - 1), mask, last_only=True)[:, -1]
         return tokens
+
+
+    # -----------------------------------------------------------------------------------------
+    # layouts: fused projections, other linear kernels, what a checkpoint format can hold
+    @property
+    def packed(self) -> bool:
+        return self.transforms.packed
+
+    def fuse(self) -> "Transformer":
+        """q/k/v of standard attention and gate/up of gated FFNs as one matmul each (in place, exact)."""
+        for module in list(self.modules()):
+            if isinstance(module, (Attention, MLP)):
+                module.fuse()
+        self.transforms = dataclasses.replace(self.transforms, fused=True)
+        return self
+
+    def unfuse(self) -> "Transformer":
+        """Undo `fuse` (float layers only): separate q/k/v and gate/up again."""
+        if self.transforms.packed or self.transforms.quantization:
+            raise UnsavableModelError("only a float model unfuses; its kernels hold the fused matrices")
+        for module in list(self.modules()):
+            if isinstance(module, (Attention, MLP)):
+                module.unfuse()
+        self.transforms = dataclasses.replace(self.transforms, fused=False)
+        return self
+
+    def named_linears(self, experts: bool = False) -> dict[str, nn.Module]:
+        """Every nn.Linear by name; with `experts`, each routed expert's matrices too (as `swap_linears` names them)."""
+        out = {name: m for name, m in self.named_modules() if isinstance(m, nn.Linear)}
+        if experts:
+            for name, module in self.named_modules():
+                if isinstance(module, Experts) and module.gate_up is None:
+                    out.update({f"{name}.{k}": lin for k, lin in module.as_linears().items()})
+        return out
+
+    def swap_linears(self, convert: Callable[[str, nn.Module], nn.Module], experts: bool = False) -> None:
+        """Set each nn.Linear to `convert(name, linear)` (in place); with `experts`, also each routed
+        expert's matrices (named `<moe>.experts.gate_up.<e>` / `.down.<e>`, as `Experts.as_linears`)."""
+        replace_linears(self, convert)
+        if experts:
+            for name, module in list(self.named_modules()):
+                if isinstance(module, Experts) and module.gate_up is None:
+                    module.use_layers({k: convert(f"{name}.{k}", lin) for k, lin in module.as_linears().items()})
+
+    def adopt_layout(self, transforms: Transforms) -> "Transformer":
+        """Give this freshly built model the structure `transforms` describe, with placeholder weights,
+        so that a checkpoint saved from such a model loads into it (in place; meta device welcome)."""
+        if transforms.packed:
+            raise UnsavableModelError("a packed layout is never saved; save the model before packing")
+        if transforms.fused:
+            self.fuse()
+        q = transforms.quantization
+        if q is not None:
+            def placeholder(name: str, linear: nn.Module) -> nn.Module:
+                if name in q.float_layers:
+                    return linear
+                if q.scheme == "int8":
+                    return Int8Linear.placeholder(linear, q.torch_compute_dtype)
+                return Int4Linear.placeholder(linear, q.group_size, q.torch_compute_dtype)
+
+            self.swap_linears(placeholder, experts=True)
+        self.transforms = transforms
+        return self
+
+    def check_savable(self, fmt: str) -> None:
+        """Raise UnsavableModelError if checkpoint format `fmt` (native | hf | gguf) cannot hold this model."""
+        t = self.transforms
+        if t.packed:
+            raise UnsavableModelError(
+                "this model is packed for CPU inference (pack_for_cpu): oneDNN's layout is specific to this "
+                "machine and is never saved; save the model before packing (and pack after loading).")
+        if fmt == "native":
+            return
+        if t.quantization:
+            raise UnsavableModelError(
+                f"this model holds {t.quantization.scheme} weight-only layers, which the {fmt} format does not "
+                "hold here: save it with save_native() (pocketlm's format keeps the integers), or export the "
+                "float model" + (" (GGUF quantizes on export, e.g. qtype='Q4_0')." if fmt == "gguf" else "."))
+        if t.fused:
+            raise UnsavableModelError(f"this model's q/k/v and gate/up are fused; call model.unfuse() before "
+                                      f"saving it as {fmt} (fusing is exact, unfusing restores the projections).")
 
 
 def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,

@@ -87,7 +87,7 @@ def validate(grid: Grid) -> None:
 
 def check_quantizable(cfg, scheme: str, group_size: int) -> None:
     """Check every linear layer's shape on a weightless (meta) copy of the model."""
-    from pocketlm.compress.quantized import QuantizationError, check_int4, check_int8
+    from pocketlm.compress.quantize import QuantizationError, check_int4, check_int8
     from pocketlm.model.transformer import Transformer
 
     with torch.device("meta"):

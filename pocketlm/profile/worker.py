@@ -107,7 +107,7 @@ def run_torch(setting: dict) -> dict:
     if "params" not in info:
         info["params"] = sum(p.numel() for p in model.parameters())
     result = {"model_info": info, "load_s": load_s, "load_peak_rss_bytes": load_peak,
-              "float_layers": getattr(model, "quantization_skipped", []), "packed": model.packed}
+              "float_layers": list(model.transforms.float_layers), "packed": model.transforms.packed}
     longest = max(setting["prompts"] + [d + setting["gen"] for d in setting["depths"]])
     result["memory"] = account_memory(model, rss_base, longest, max(setting["prompts"]), device)
     weights = tensor_bytes(model)

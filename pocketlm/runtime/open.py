@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from pocketlm.model.config import ConfigError, ModelConfig
+from pocketlm.model.linears import QuantRecipe
 from pocketlm.model.transformer import Transformer
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
@@ -30,12 +31,15 @@ class ModelOpenError(ValueError):
 
 @dataclass(frozen=True)
 class ModelRef:
-    """What a MODEL argument named, before any weights exist. `kind`: catalog | config | checkpoint."""
+    """What a MODEL argument named, before any weights exist. `kind`: catalog | config | checkpoint.
+
+    `quantization`: the recipe of a quantized pocketlm checkpoint (its stored precision), else None."""
 
     text: str
     kind: str
     config: ModelConfig
     path: Path | None = None
+    quantization: QuantRecipe | None = None
 
     @property
     def name(self) -> str:
@@ -49,7 +53,8 @@ def resolve(ref: str | Path | ModelRef) -> ModelRef:
     text = str(ref)
     path = Path(text).expanduser()
     if path.is_dir():
-        return ModelRef(text, "checkpoint", _checkpoint_config(path), path)
+        cfg, quantization = _checkpoint_config(path)
+        return ModelRef(text, "checkpoint", cfg, path, quantization)
     if path.is_file() and path.suffix == ".json":
         cfg = _config_file(path)
         return ModelRef(text, "config", cfg if cfg.name else cfg.replace(name=path.stem), path)
@@ -96,18 +101,19 @@ def _config_file(path: Path) -> ModelConfig:
                              f"({e})") from e
 
 
-def _checkpoint_config(path: Path) -> ModelConfig:
-    from pocketlm.interop import config_from_hf
-    from pocketlm.interop.native import CONFIG_NAME
+def _checkpoint_config(path: Path) -> tuple[ModelConfig, QuantRecipe | None]:
+    from pocketlm.interop import CheckpointError, config_from_hf
+    from pocketlm.interop.native import CONFIG_NAME, read_native_config
 
     if (path / CONFIG_NAME).is_file():
         try:
-            return ModelConfig.from_dict(_read_json(path / CONFIG_NAME))
-        except (ConfigError, TypeError) as e:
-            raise ModelOpenError(f"{path / CONFIG_NAME}: not a valid pocketlm config ({e})") from e
+            cfg, transforms = read_native_config(path)
+        except CheckpointError as e:
+            raise ModelOpenError(str(e)) from e
+        return cfg, transforms.quantization
     if (path / "config.json").is_file():
         cfg = config_from_hf(_read_json(path / "config.json"))
-        return cfg if cfg.name else cfg.replace(name=path.name)
+        return (cfg if cfg.name else cfg.replace(name=path.name)), None
     raise ModelOpenError(f"{path}: neither a pocketlm checkpoint ({CONFIG_NAME}) nor a Hugging Face "
                          "directory (config.json)")
 
@@ -130,39 +136,61 @@ def _build_random(cfg: ModelConfig, dtype: torch.dtype, seed: int) -> Transforme
         torch.set_default_dtype(old)
 
 
-def open_model(ref: str | Path | ModelRef, precision: str = "fp32", device: str = "cpu", pack: bool = False,
-               group_size: int = 32, skip_unsupported: bool = False, seed: int = 0) -> Transformer:
+def open_model(ref: str | Path | ModelRef, precision: str | None = None, device: str = "cpu", pack: bool = False,
+               group_size: int | None = None, skip_unsupported: bool = False, seed: int = 0) -> Transformer:
     """The model `ref` names at `precision`, in eval mode, on `device`.
 
     precision: fp32 | bf16 | fp16, or int8 | int4 weight-only (bf16 activations; int4 in groups of
-    `group_size`; `skip_unsupported` keeps layers the kernels cannot take in float).
+    `group_size`, default 32; `skip_unsupported` keeps layers the kernels cannot take in float).
+    None: a quantized checkpoint's stored precision, else fp32. A quantized pocketlm checkpoint
+    loads its saved integers (never re-quantized) and opens only at its own precision and group size.
     pack: fp32/bf16 on the CPU only, oneDNN-prepacked linears with fused q/k/v and gate/up
     (machine-specific; a packed model cannot be saved). Catalog and config refs get weights seeded by `seed`.
     """
-    if precision not in PRECISIONS:
+    if precision is not None and precision not in PRECISIONS:
         raise ModelOpenError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
     spec = resolve(ref)
-    base = FLOAT_DTYPES.get(precision, torch.bfloat16)
-    if spec.kind == "checkpoint":
-        from pocketlm.interop import load_model
-
-        model = load_model(spec.path, dtype=base)
+    if spec.quantization is not None and spec.kind == "checkpoint":
+        model = _open_quantized(spec, precision, group_size)
     else:
-        model = _build_random(spec.config, base, seed)
-    model = model.to(base).eval()
-    if precision in ("int8", "int4"):
-        model = _quantize(model, precision, group_size, skip_unsupported)
-    elif pack and device == "cpu":
-        from pocketlm.model.packing import can_pack, pack_for_cpu
+        precision = precision or "fp32"
+        base = FLOAT_DTYPES.get(precision, torch.bfloat16)
+        if spec.kind == "checkpoint":
+            from pocketlm.interop import load_model
 
-        if can_pack(model) is None:
-            pack_for_cpu(model)
+            model = load_model(spec.path, dtype=base)
+        else:
+            model = _build_random(spec.config, base, seed)
+        model = model.to(base).eval()
+        if precision in ("int8", "int4"):
+            model = _quantize(model, precision, group_size or 32, skip_unsupported)
+        elif pack and device == "cpu":
+            from pocketlm.model.packing import can_pack, pack_for_cpu
+
+            if can_pack(model) is None:
+                pack_for_cpu(model)
     release_memory()
     return model.to(device) if device != "cpu" else model
 
 
+def _open_quantized(spec: ModelRef, precision: str | None, group_size: int | None) -> Transformer:
+    """A quantized pocketlm checkpoint as saved (codes, scales and zeros straight into the kernels)."""
+    from pocketlm.interop import load_model
+
+    stored = spec.quantization
+    if precision is not None and precision != stored.scheme:
+        raise ModelOpenError(
+            f"{spec.path} holds {stored.scheme} weights ({stored.method}); open it without a precision or with "
+            f"{stored.scheme!r}, or open the float model it was made from at {precision!r} (integers are not "
+            "converted to another precision).")
+    if group_size is not None and stored.scheme == "int4" and group_size != stored.group_size:
+        raise ModelOpenError(f"{spec.path} holds int4 weights in groups of {stored.group_size}, not {group_size}; "
+                             "omit the group size or re-quantize the float model.")
+    return load_model(spec.path, dtype=None).eval()
+
+
 def _quantize(model: Transformer, scheme: str, group_size: int, skip_unsupported: bool) -> Transformer:
-    from pocketlm.compress.quantized import QuantizationError, quantize_model
+    from pocketlm.compress.quantize import QuantizationError, quantize_model
 
     try:
         return quantize_model(model, scheme, group_size, skip_unsupported=skip_unsupported)

@@ -1,0 +1,349 @@
+"""The linear layers a pocketlm model can hold besides nn.Linear, and the record of how it got them.
+
+- `fused_linear`: several nn.Linear of one input as one wider nn.Linear (`splits` gives the widths);
+- `PackedLinear`: weights prepacked by oneDNN for fast CPU inference (machine-specific, never saved);
+- `Int8Linear`, `Int4Linear`: weight-only integer layers on torch's CPU kernels, built from integers
+  already on their grid (`pocketlm.compress.quantize` chooses them), saved in a portable form;
+- `QuantRecipe`: what quantized a model (scheme, group size, method, the layers kept in float).
+
+Integer grids (the kernels' conventions)
+- int8: symmetric, one scale per output channel: w ~= q * s, q in [-127, 127].
+- int4: asymmetric, one (scale, zero) per group of `group_size` input features:
+  w ~= (q - 8) * s + z with q in [0, 15] (torch's packed-int4 convention).
+
+Both kernels (`torch._weight_int8pack_mm`, `torch._weight_int4pack_mm_for_cpu`) are fast only with
+bf16 activations on this project's CPU (fp32 takes a reference path 30-60x slower), so the layers
+cast activations to `compute_dtype` around the kernel and cast the result back; scales and zeros
+are held in `compute_dtype`, exactly as the kernel reads them.
+
+Saved form (state_dict): int8 `qweight` int8 [N, K], `scales` [N]; int4 `qweight` uint8 [N, K/2]
+with column 2j in the low nibble of byte j and 2j+1 in the high nibble, `scales` [N, G], `zeros`
+[N, G]; `bias` if any. torch's in-memory int4 layout depends on the CPU's vector width, so it is
+converted to and from that portable form when saving and loading.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+SCHEMES = ("int8", "int4")
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+
+
+# ---------------------------------------------------------------------------------------------
+# fused float layers
+# ---------------------------------------------------------------------------------------------
+
+
+def fused_linear(linears: list[nn.Linear]) -> nn.Linear:
+    """One nn.Linear computing several of one input, outputs side by side; `.splits` gives their widths."""
+    weight = torch.cat([lin.weight.detach() for lin in linears], dim=0)
+    has_bias = any(lin.bias is not None for lin in linears)
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_(weight)
+        if has_bias:
+            fused.bias.copy_(torch.cat([lin.bias.detach() if lin.bias is not None else
+                                        torch.zeros(lin.out_features, dtype=weight.dtype) for lin in linears]))
+    fused.splits = [lin.out_features for lin in linears]
+    return fused
+
+
+def split_linear(fused: nn.Linear, biases: list[bool]) -> list[nn.Linear]:
+    """The inverse of `fused_linear`: one nn.Linear per entry of `fused.splits`."""
+    parts, start = [], 0
+    for width, has_bias in zip(fused.splits, biases):
+        lin = nn.Linear(fused.in_features, width, bias=has_bias, device=fused.weight.device,
+                        dtype=fused.weight.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(fused.weight[start:start + width])
+            if has_bias:
+                lin.bias.copy_(fused.bias[start:start + width])
+        parts.append(lin)
+        start += width
+    return parts
+
+
+def splits_of(layer: nn.Module) -> list[int]:
+    return list(getattr(layer, "splits", [layer.out_features]))
+
+
+# ---------------------------------------------------------------------------------------------
+# oneDNN-packed float layers (CPU inference)
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("pocketlm::packed_linear", mutates_args=())
+def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None, out_features: int) -> Tensor:
+    """oneDNN linear on a prepacked weight; an op of its own so torch.compile calls it as is."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+@packed_linear.register_fake
+def _packed_linear_shape(x: Tensor, packed: Tensor, bias: Tensor | None, out_features: int) -> Tensor:
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+class PackedLinear(nn.Module):
+    """y = x W^T + b with W prepacked by oneDNN; keeps a fused layer's `splits`."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        weight = linear.weight.detach()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.splits = splits_of(linear)
+        self.dtype = weight.dtype
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.nbytes = sum(t.numel() * t.element_size() for t in (weight, linear.bias) if t is not None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return packed_linear(x, self.packed, self.bias, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.splits}, dtype={self.dtype}, oneDNN-packed"
+
+
+# ---------------------------------------------------------------------------------------------
+# weight-only integer layers: what they need, what made them
+# ---------------------------------------------------------------------------------------------
+
+
+class QuantizationError(ValueError):
+    """A layer that the requested scheme cannot represent; the message names the layer and the fix."""
+
+
+def check_group_size(group_size: int) -> None:
+    if group_size not in INT4_GROUP_SIZES:
+        raise QuantizationError(f"int4: group_size {group_size} is not supported by torch's int4 CPU "
+                                f"kernel; choose one of {INT4_GROUP_SIZES}.")
+
+
+def check_int8(name: str, linear: nn.Module) -> None:
+    k = linear.in_features
+    if k % 16:
+        raise QuantizationError(
+            f"int8: layer {name!r} has in_features={k}, not a multiple of 16, which torch's int8 CPU "
+            "kernel requires; skip this layer (skip=[...]) or keep the model in fp32/bf16.")
+
+
+def check_int4(name: str, linear: nn.Module, group_size: int) -> None:
+    n, k = linear.out_features, linear.in_features
+    check_group_size(group_size)
+    if k % group_size:
+        ok = [g for g in INT4_GROUP_SIZES if k % g == 0]
+        fix = f"use group_size in {ok}" if ok else "use int8 instead, or skip this layer"
+        raise QuantizationError(
+            f"int4: layer {name!r} has in_features={k}, not divisible by group_size={group_size}; {fix}.")
+    if n % 16:
+        raise QuantizationError(
+            f"int4: layer {name!r} has out_features={n}, not a multiple of 16, which torch's int4 CPU "
+            "kernel requires; use int8 or skip this layer (skip=[...]).")
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """How a model's linears were put on an integer grid; saved beside the weights."""
+
+    scheme: str  # int8 | int4
+    group_size: int | None = None  # int4 only
+    method: str = "rtn"  # how the integers were chosen: rtn | gptq | awq ...
+    compute_dtype: str = "bf16"  # activations inside the kernels
+    float_layers: tuple[str, ...] = ()  # linears left in float (asked to skip, or the kernels cannot take them)
+    params: dict[str, Any] = field(default_factory=dict)  # the method's settings (damping, calibration ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "float_layers": list(self.float_layers)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "QuantRecipe":
+        return cls(**{**d, "float_layers": tuple(d.get("float_layers", ()))})
+
+    @property
+    def precision(self) -> str:
+        return self.scheme
+
+    @property
+    def torch_compute_dtype(self) -> torch.dtype:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.compute_dtype]
+
+
+# ---------------------------------------------------------------------------------------------
+# the integer layers
+# ---------------------------------------------------------------------------------------------
+
+
+class _IntLinear(nn.Module):
+    """What both integer layers share: shape, fused `splits`, float bias, casting around the kernel."""
+
+    def __init__(self, in_features: int, out_features: int, bias: Tensor | None, splits: list[int] | None,
+                 compute_dtype: torch.dtype):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.splits = list(splits or [out_features])  # fused q/k/v or gate/up
+        self.compute_dtype = compute_dtype
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        y = self._matmul(x.reshape(-1, self.in_features).to(self.compute_dtype).contiguous()).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.reshape(*lead, self.out_features)
+
+    def _matmul(self, x2: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def weight_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+
+class Int8Linear(_IntLinear):
+    """y = x @ (q * s)^T + b with q int8 per output channel; runs `torch._weight_int8pack_mm`."""
+
+    def __init__(self, q: Tensor, scales: Tensor, bias: Tensor | None = None, splits: list[int] | None = None,
+                 compute_dtype: torch.dtype = torch.bfloat16):
+        super().__init__(q.shape[1], q.shape[0], bias, splits, compute_dtype)
+        self.register_buffer("qweight", q.to(torch.int8).contiguous())
+        self.register_buffer("scales", scales.to(compute_dtype).contiguous())
+
+    @classmethod
+    def placeholder(cls, like: nn.Module, compute_dtype: torch.dtype = torch.bfloat16) -> "Int8Linear":
+        """A zero layer of `like`'s shape (on its device, meta included), to load saved integers into."""
+        n, k, device = like.out_features, like.in_features, like.weight.device
+        bias = None if like.bias is None else torch.zeros(n, device=device)
+        return cls(torch.zeros(n, k, dtype=torch.int8, device=device), torch.ones(n, device=device), bias,
+                   splits_of(like), compute_dtype)
+
+    def _matmul(self, x2: Tensor) -> Tensor:
+        return torch._weight_int8pack_mm(x2, self.qweight, self.scales)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        # fresh allocations: the kernel reads with aligned vector loads, and tensors read from a
+        # safetensors file are only 8-byte aligned (a segfault, seen on AVX-512)
+        self.qweight, self.scales = self.qweight.clone(), self.scales.clone()
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.splits}, int8 per-channel, compute={self.compute_dtype}"
+
+
+class Int4Linear(_IntLinear):
+    """Group-wise asymmetric int4; runs `torch._weight_int4pack_mm_for_cpu` on packed nibbles."""
+
+    def __init__(self, q: Tensor, scales: Tensor, zeros: Tensor, group_size: int, bias: Tensor | None = None,
+                 splits: list[int] | None = None, compute_dtype: torch.dtype = torch.bfloat16):
+        """q: codes in [0, 15] [N, K]; scales, zeros [N, K / group_size]."""
+        super().__init__(q.shape[1], q.shape[0], bias, splits, compute_dtype)
+        self.group_size = group_size
+        if q.is_meta:  # a placeholder to load into: the CPU layout is [N, K/2] bytes
+            packed = torch.empty(q.shape[0], q.shape[1] // 2, dtype=torch.uint8, device="meta")
+        else:
+            packed = torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 2)
+        self.register_buffer("qweight", packed)
+        sz = torch.stack([scales.t(), zeros.t()], dim=-1).contiguous()  # [K/gs, N, 2], as the kernel reads it
+        self.register_buffer("scales_and_zeros", sz.to(compute_dtype))
+
+    @classmethod
+    def placeholder(cls, like: nn.Module, group_size: int, compute_dtype: torch.dtype = torch.bfloat16) -> "Int4Linear":
+        """A zero layer of `like`'s shape (on its device, meta included), to load saved integers into."""
+        n, k, device = like.out_features, like.in_features, like.weight.device
+        g = torch.zeros(n, k // group_size, device=device)
+        bias = None if like.bias is None else torch.zeros(n, device=device)
+        return cls(torch.zeros(n, k, dtype=torch.int32, device=device), g + 1, g, group_size, bias,
+                   splits_of(like), compute_dtype)
+
+    def _matmul(self, x2: Tensor) -> Tensor:
+        return torch._weight_int4pack_mm_for_cpu(x2, self.qweight, self.group_size, self.scales_and_zeros)
+
+    def codes(self) -> Tensor:
+        """The int32 codes [N, K] in [0, 15] this layer holds (read back from the kernel layout)."""
+        return unpack_int4_kernel_layout(self.qweight, self.out_features, self.in_features)
+
+    # saved form: portable nibbles, scales and zeros apart (see the module docstring)
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        n, k = self.out_features, self.in_features
+        if self.qweight.is_meta:
+            destination[prefix + "qweight"] = torch.empty(n, k // 2, dtype=torch.uint8, device="meta")
+        else:
+            codes = self.codes().to(torch.uint8)
+            destination[prefix + "qweight"] = codes[:, 0::2] | (codes[:, 1::2] << 4)
+        destination[prefix + "scales"] = self.scales_and_zeros[..., 0].t().contiguous()
+        destination[prefix + "zeros"] = self.scales_and_zeros[..., 1].t().contiguous()
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        names = ["qweight", "scales", "zeros"] + (["bias"] if self.bias is not None else [])
+        missing = [prefix + s for s in names if prefix + s not in state_dict]
+        if missing:
+            missing_keys.extend(missing)
+            return
+        nibbles = state_dict[prefix + "qweight"]
+        codes = torch.stack([nibbles & 15, nibbles >> 4], dim=-1).reshape(self.out_features, self.in_features)
+        self.qweight = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 2)
+        sz = torch.stack([state_dict[prefix + "scales"].t(), state_dict[prefix + "zeros"].t()], dim=-1)
+        self.scales_and_zeros = sz.to(self.compute_dtype).contiguous()
+        if self.bias is not None:
+            self.bias = state_dict[prefix + "bias"].clone()
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.splits}, int4 group={self.group_size}, "
+                f"compute={self.compute_dtype}")
+
+
+INT_LINEARS = (Int8Linear, Int4Linear)
+KERNEL_LINEARS = (PackedLinear, Int8Linear, Int4Linear)
+
+_PROBE_ROWS = 1024  # a multiple of every CPU block width torch packs int4 rows in (32 or 64)
+
+
+def unpack_int4_kernel_layout(packed: Tensor, n: int, k: int) -> Tensor:
+    """Codes [n, k] (int32, 0..15) from torch's CPU int4 layout, whatever this CPU's block width.
+
+    The layout moves nibbles without changing them, in independent blocks of rows, so packing index
+    probes (the base-16 digits of each element's position) shows where every element lands; the
+    result is checked by packing it again."""
+    codes = torch.empty(n, k, dtype=torch.int32)
+    for r0 in range(0, n, _PROBE_ROWS):
+        rows = min(_PROBE_ROWS, n - r0)
+        flat = torch.empty(rows * k, dtype=torch.uint8)
+        flat[_int4_positions(rows, k)] = _nibbles(packed[r0:r0 + rows])
+        codes[r0:r0 + rows] = flat.reshape(rows, k)
+    if not torch.equal(torch._convert_weight_to_int4pack_for_cpu(codes, 2), packed):
+        raise RuntimeError("could not read back torch's int4 weight layout on this CPU")
+    return codes
+
+
+def _nibbles(packed: Tensor) -> Tensor:
+    flat = packed.reshape(-1)
+    return torch.stack([flat & 15, flat >> 4], dim=-1).reshape(-1)
+
+
+@functools.lru_cache(maxsize=8)
+def _int4_positions(rows: int, k: int) -> Tensor:
+    """For each nibble of the packed layout of a [rows, k] matrix, the flat index it came from."""
+    index = torch.arange(rows * k, dtype=torch.int64)
+    where = torch.zeros(rows * k, dtype=torch.int64)
+    digit = 0
+    while (1 << (4 * digit)) < rows * k:
+        probe = ((index >> (4 * digit)) & 15).to(torch.int32).reshape(rows, k)
+        where |= _nibbles(torch._convert_weight_to_int4pack_for_cpu(probe, 2)).long() << (4 * digit)
+        digit += 1
+    return where
+
+
+def replace_linears(module: nn.Module, convert) -> None:
+    """Set each nn.Linear child of `module` (any depth) to `convert(name, linear)` (in place)."""
+    for name, child in list(module.named_modules()):
+        if isinstance(child, nn.Linear) and name:
+            new = convert(name, child)
+            if new is not child:
+                parent_name, _, attr = name.rpartition(".")
+                setattr(module.get_submodule(parent_name) if parent_name else module, attr, new)
