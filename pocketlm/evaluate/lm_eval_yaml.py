@@ -28,7 +28,7 @@ import yaml
 from .processors import hellaswag as hellaswag_doc
 from .sources import DataError
 from .spec import OUTPUT_TYPES, TASKS_DIR, TaskSpec, TaskSpecError
-from .templates import render
+from .templates import TemplateError, render
 
 LM_EVAL_KEYS = {"dataset_path", "dataset_kwargs", "doc_to_text", "doc_to_target", "doc_to_choice", "include",
                 "test_split", "validation_split", "training_split", "fewshot_split", "metric_list", "filter_list",
@@ -478,7 +478,10 @@ def _first_text(split: dict, text: Callable[[dict], Any], task: str) -> Any:
     docs = _process(load_split(split, Path("."), task), split, task)
     if not docs:
         raise DataError(f"task {task}: split {split['split']!r} ({split['path']}) holds no documents")
-    return text(docs[0])
+    try:
+        return text(docs[0])
+    except (TemplateError, KeyError, TypeError, ValueError, IndexError, SyntaxError) as e:
+        raise DataError(f"task {task}: doc_to_text failed on the first document of {split['path']}: {e}") from e
 
 
 def _group(task: str) -> str:
