@@ -164,6 +164,17 @@ N_DOCS = {"gsm8k": 3, "boolq": 6}  # long prompts / 256-token generations: fewer
 DEFAULT_N = 8
 
 
+def write_local_yaml(root: Path, task: str) -> Path:
+    """The shipped YAML of `task` with only its data location swapped: an include-only file."""
+    shipped, splits = CASES[task]
+    files = {name: _write(root / "data" / task / f"{name}.jsonl", rows) for name, rows in splits().items()}
+    path = root / "tasks" / task / f"{task}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"include: {LM_EVAL_TASKS / shipped}\ndataset_path: json\ndataset_name: null\n"
+                    f"dataset_kwargs:\n  data_files: {json.dumps(files)}\n")
+    return path
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Tiny model for both harnesses; local data + the include-only YAML of every task."""
@@ -178,16 +189,13 @@ def env(tmp_path_factory):
     hflm = HFLM(pretrained=hf, tokenizer=T.AutoTokenizer.from_pretrained(d), batch_size=8)
     model, tok = load_for_eval(d)  # pocketlm's own Transformer via load_model
     yamls = root / "tasks"
-    for task, (shipped, splits) in CASES.items():
-        files = {name: _write(root / "data" / task / f"{name}.jsonl", rows) for name, rows in splits().items()}
-        text = (f"include: {LM_EVAL_TASKS / shipped}\ndataset_path: json\ndataset_name: null\n"
-                f"dataset_kwargs:\n  data_files: {json.dumps(files)}\n")
-        (yamls / task).mkdir(parents=True)
-        (yamls / task / f"{task}.yaml").write_text(text)
+    for task in CASES:
+        write_local_yaml(root, task)
     csqa = root / "pocket_data" / "eval" / "commonsense_qa"  # the built-in spec's layout
     for name in ("validation", "train"):
         _write(csqa / f"{name}.jsonl", _jsonl(root / "data" / "commonsense_qa" / f"{name}.jsonl"))
-    return {"hflm": hflm, "model": model, "tok": tok, "yamls": yamls, "pocket_data": root / "pocket_data",
+    return {"hflm": hflm, "model": model, "tok": tok, "yamls": yamls, "model_dir": d,
+            "pocket_data": root / "pocket_data",
             "manager": TaskManager(include_path=str(yamls), include_defaults=False), "lm": {}}
 
 
@@ -301,3 +309,17 @@ def test_lm_eval_aggregates_match(env):
     assert m["acc"] == pytest.approx(lm_res["acc,none"])
     assert m["acc_norm"] == pytest.approx(lm_res["acc_norm,none"])
     assert m["acc_stderr"] == pytest.approx(lm_res["acc_stderr,none"])
+
+
+def test_cli_evaluates_an_lm_eval_yaml(env, tmp_path):
+    """`pocketlm eval MODEL --tasks task.yaml` on the include-only lm-eval YAML, end to end."""
+    import subprocess
+    import sys
+    out = tmp_path / "results.json"
+    run = subprocess.run([sys.executable, "-m", "pocketlm.cli", "eval", str(env["model_dir"]), "--tasks",
+                          str(env["yamls"] / "piqa" / "piqa.yaml"), "--shots", "5", "--limit", str(DEFAULT_N),
+                          "-o", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "| piqa | commonsense | 5 |" in run.stdout
+    samples, _ = _lm_eval(env, "piqa", 5, DEFAULT_N)
+    _compare_loglikelihood("piqa", samples, json.loads(out.read_text())["results"]["piqa"]["5"]["records"])

@@ -32,19 +32,11 @@ def _payload(template: str, marker: Path) -> str:
     return template.replace("MARKER", str(marker))
 
 
-@pytest.mark.parametrize("template", PAYLOADS)
-def test_template_injection_is_refused(tmp_path, template):
+@pytest.mark.parametrize("run,source", [(render, p) for p in PAYLOADS] + [(evaluate, e) for e in EXPRESSIONS])
+def test_template_injection_is_refused(tmp_path, run, source):
     marker = tmp_path / "pwned"
-    with pytest.raises(TemplateError, match="refused.*(__init__|__globals__|__class__)"):
-        render(_payload(template, marker), {"question": "q"})
-    assert not marker.exists()
-
-
-@pytest.mark.parametrize("expression", EXPRESSIONS)
-def test_expression_injection_is_refused(tmp_path, expression):
-    marker = tmp_path / "pwned"
-    with pytest.raises(TemplateError, match="Python internals"):
-        evaluate(_payload(expression, marker), {"question": "q"})
+    with pytest.raises(TemplateError, match="refused.*(__init__|__globals__|__class__).*Python internals"):
+        run(_payload(source, marker), {"question": "q"})
     assert not marker.exists()
 
 
@@ -224,3 +216,9 @@ def test_sampling_rule_matches_lm_eval_sampler(tmp_path, exclude):
     for doc, ex in zip(eval_rows, mine):
         theirs = sampler.sample(n=3, eval_doc=doc if exclude else None)
         assert ex.requests[0][0] == "".join(f"{d['q']} a\n\n" for d in theirs) + doc["q"]
+
+
+def test_missing_data_file_names_the_split(tmp_path):
+    p = _lm_yaml(tmp_path, GOOD, {"validation": str(tmp_path / "nowhere.jsonl")})
+    with pytest.raises(DataError, match="nowhere.jsonl .dataset_kwargs.data_files, split 'validation'. does not exist"):
+        get_spec(p)

@@ -251,8 +251,8 @@ def _data_files(cfg: dict, path: Path, where: str) -> dict[str, list[str]]:
         resolved = []
         for n in names:
             p = Path(n).expanduser()
-            if not p.is_absolute() and (path.parent / p).exists():
-                p = path.parent / p
+            if not p.is_absolute():
+                p = path.parent / p if (path.parent / p).exists() else Path.cwd() / p
             resolved.append(str(p))
         out[str(split)] = resolved
     return out
@@ -271,7 +271,7 @@ def _split(files: dict[str, list[str]], name: str, key: str, field: str | None, 
 
 # ---------------------------------------------------------------- config -> TaskSpec
 
-UNSUPPORTED = ("use_prompt", "doc_to_image", "doc_to_audio", "gen_prefix", "task_list", "group", "doc_to_decontamination_query_fn")
+UNSUPPORTED = ("use_prompt", "doc_to_image", "doc_to_audio", "gen_prefix", "task_list", "group")
 METRICS = {"multiple_choice": {"acc", "acc_norm"}, "generate_until": {"exact_match"},
            "loglikelihood": {"acc", "perplexity"},
            "loglikelihood_rolling": {"word_perplexity", "byte_perplexity", "bits_per_byte"}}
@@ -329,7 +329,8 @@ def _generation(cfg: dict, where: str) -> dict:
         raise TaskSpecError(f"{where}: generation_kwargs {sorted(extra)} are not supported "
                             "(supported: until, max_gen_toks, do_sample: false, temperature: 0)")
     until = kw.get("until", [cfg.get("fewshot_delimiter", "\n\n")])
-    return {"until": [until] if isinstance(until, str) else list(until), "max_gen_toks": int(kw.get("max_gen_toks", 256))}
+    return {"until": [until] if isinstance(until, str) else list(until),
+            "max_gen_toks": int(kw.get("max_gen_toks", 256))}
 
 
 def spec_from_lm_eval(cfg: dict, path: str | Path) -> TaskSpec:

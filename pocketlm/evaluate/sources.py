@@ -117,7 +117,9 @@ READERS: dict[str, Callable[[Path, dict], list[dict]]] = {
 }
 
 
-def _files(data_dir: Path, pattern: str) -> list[Path]:
+def _files(data_dir: Path, pattern: str | list[str]) -> list[Path]:
+    if isinstance(pattern, list):
+        return [f for p in pattern for f in _files(data_dir, p)]
     if any(c in pattern for c in "*?["):
         return [Path(p) for p in sorted(glob.glob(str(data_dir / pattern)))]
     return [data_dir / pattern]
@@ -134,6 +136,9 @@ def load_split(split: dict, data_dir: Path, task: str) -> list[dict]:
         files = _files(data_dir, split["path"])
         if not files or not all(f.is_file() for f in files):
             missing = split["path"] if not files else next(str(f) for f in files if not f.is_file())
+            if fmt == "hf_json":
+                raise DataError(f"task {task}: data file {missing} (dataset_kwargs.data_files, split "
+                                f"{split.get('split')!r}) does not exist")
             raise DataError(
                 f"task {task}: data file {missing} not found under {data_dir}; pass --data-dir with the folder "
                 "holding full copies (laid out like shared/data: eval/<task>/...), or use the bundled subset")

@@ -54,7 +54,7 @@ class TaskSpec:
     target: str | None = None
     fewshot_target: str | None = None
     target_delimiter: str = " "
-    fewshot_target_delimiter: str | None = None  # between a demonstration's question and answer (default: target_delimiter)
+    fewshot_target_delimiter: str | None = None  # a demonstration's question|answer (default: target_delimiter)
     fewshot_delimiter: str = "\n\n"
     generation: dict = field(default_factory=dict)
     answer: dict = field(default_factory=dict)
