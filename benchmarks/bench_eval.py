@@ -4,8 +4,8 @@
 
 Builds a random Llama with the MiniMind tokenizer (saved with transformers). For each (task, shots)
 lm-eval 0.4.13 runs its shipped task YAML, unmodified but for the data location (an include-only
-YAML pointing ``dataset_path: json`` at the bundled documents in Hugging Face schema), through
-``simple_evaluate`` with HFLM (batch size 8); pocketlm runs its built-in spec of the task (its
+YAML pointing ``dataset_path: json`` at the bundled documents in Hugging Face schema), through its
+evaluator as ``simple_evaluate`` runs it (without the environment report) with HFLM (batch size 8); pocketlm runs its built-in spec of the task (its
 Transformer via load_model, prefix-shared scoring) and then the very same lm-eval YAML. All in one
 process, one after the other; the ratio is lm-eval's time over pocketlm's. Per-example
 log-likelihoods (max |diff|) and outcomes (acc, acc_norm disagreements) are checked so all three did
@@ -33,7 +33,7 @@ from pocketlm.evaluate.loading import count_parameters, load_for_eval  # noqa: E
 from pocketlm.evaluate.runner import evaluate  # noqa: E402
 from pocketlm.evaluate.spec import get_spec  # noqa: E402
 from pocketlm.evaluate.tiny import save_tiny_llama  # noqa: E402
-from test_eval_parity import write_local_yaml  # noqa: E402  (shipped YAML + local data location)
+from test_eval_parity import run_lm_eval, write_local_yaml  # noqa: E402  (shipped YAML, local data)
 
 CASES = [("hellaswag", 0), ("arc_easy", 5), ("hellaswag", 5), ("piqa", 5), ("commonsense_qa", 5)]
 
@@ -90,10 +90,7 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         ratios = []
         for task, shots in CASES:
-            out, t_lm = _timed(lambda: lm_eval.simple_evaluate(
-                model=hflm, tasks=[task], num_fewshot=shots, limit=args.n, log_samples=True, task_manager=manager,
-                bootstrap_iters=0))
-            samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
+            (samples, _), t_lm = _timed(lambda: run_lm_eval(manager, hflm, task, shots, args.n))
             n = len(samples)
             data_dir = root / "pocket_data" if task == "commonsense_qa" else None
             spec_res, t_spec = _timed(lambda: evaluate(pocket, ptok, [get_spec(task)], shots=[shots], limit=args.n,

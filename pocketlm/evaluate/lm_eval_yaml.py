@@ -379,7 +379,9 @@ def spec_from_lm_eval(cfg: dict, path: str | Path) -> TaskSpec:
     else:  # lm-eval's rule: train, else validation, else test
         pool_name, pool_key = next((n, k) for n, k in ((train, "training_split"), (valid, "validation_split"),
                                                        (test, "test_split")) if n is not None)
-    if pool_name is None:
+    if cfg.get("num_fewshot") == 0:  # lm-eval never overrides an explicit 0: zero-shot only
+        fewshot = None
+    elif pool_name is None:
         if not isinstance(samples, list):
             raise TaskSpecError(f"{where}: fewshot_config.samples must be a list of records")
         fewshot = {"records": samples, "process": fs_process}
