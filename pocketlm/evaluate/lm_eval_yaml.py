@@ -358,8 +358,6 @@ def spec_from_lm_eval(cfg: dict, path: str | Path) -> TaskSpec:
     for name, fn in (("process_docs", process), ("fewshot_config.process_docs", fs_process)):
         if fn is not None and not callable(fn):
             raise TaskSpecError(f"{where}: {name} must be a !function naming a built-in")
-    if isinstance(_resolved(cfg.get("process_results")), FunctionRef):
-        raise TaskSpecError(f"{where}: process_results must name a built-in")
     mc2 = _resolved(cfg.get("process_results")) == MC2
     if cfg.get("process_results") is not None and not mc2:
         raise TaskSpecError(f"{where}: process_results {cfg['process_results']!r} is not supported")
