@@ -4,6 +4,8 @@ A spec names its documents (``eval`` and optional ``fewshot`` splits: a local fi
 inline ``records``; ``fields`` map raw records to the document), how a document becomes a prompt
 (``text``/``description`` templates; ``choices``/``contexts``/``continuation``/``label``/``labels``/
 ``target`` expressions) and its ``metrics``. See docs/evaluate.md for the full reference.
+A task YAML written for lm-eval is recognised by its keys and read by ``lm_eval_yaml`` into the
+same TaskSpec.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
 
 from .processors import PROCESSORS
 from .sources import READERS
@@ -160,12 +161,16 @@ def load_spec_file(path: str | Path) -> TaskSpec:
     return spec
 
 
-def _has_function_tag(value: Any) -> bool:
+def _has_function_tag(value: Any, seen: set[int] | None = None) -> bool:
+    """Whether a parsed spec holds a ``!function`` tag (each shared YAML alias visited once)."""
     from .lm_eval_yaml import FunctionRef
-    if isinstance(value, dict):
-        return any(_has_function_tag(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_function_tag(v) for v in value)
+    seen = set() if seen is None else seen
+    if isinstance(value, (dict, list)):
+        if id(value) in seen:
+            return False
+        seen.add(id(value))
+        items = value.values() if isinstance(value, dict) else value
+        return any(_has_function_tag(v, seen) for v in items)
     return isinstance(value, FunctionRef)
 
 
