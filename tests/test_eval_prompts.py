@@ -1,6 +1,6 @@
-"""Prompt parity with lm-eval for the specs not covered by the model parity test: lm-eval's own
-task YAMLs build the requests (context, continuation) from the same documents in Hugging Face
-schema; pocketlm's must be identical. Also CommonsenseQA on hand-written records in the public
+"""Prompt parity with lm-eval: its task YAMLs as shipped (only the data location swapped) build the
+requests (context, continuation) from the same documents in Hugging Face schema; pocketlm's must
+be identical, string for string. Also CommonsenseQA on hand-written records in the public
 (HF tau/commonsense_qa) layout, and the Minerva answer normaliser on worked cases."""
 
 from __future__ import annotations
@@ -33,23 +33,18 @@ def _write(path: Path, rows) -> str:
     return str(path)
 
 
-def lm_eval_requests(yaml_rel: str, test_rows, fewshot_rows, shots: int, tmp: Path, n: int, **overrides):
+def lm_eval_requests(yaml_rel: str, splits: dict[str, list[dict]], shots: int, tmp: Path, n: int):
+    """lm-eval's requests from its shipped YAML, unmodified but for the data location (an include-only
+    YAML pointing dataset_path json at local files), at `shots` as simple_evaluate sets them."""
     from lm_eval.api.task import ConfigurableTask
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    files = {"test": _write(tmp / "test.jsonl", test_rows)}
-    if fewshot_rows is not None:
-        files["train"] = _write(tmp / "train.jsonl", fewshot_rows)
-    cfg = load_yaml(LM_EVAL_TASKS / yaml_rel)
-    for k in ("tag", "group", "task_alias"):
-        cfg.pop(k, None)
-    fs_split = "train" if fewshot_rows is not None else "test"
-    cfg.update(dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": files}, test_split="test",
-               validation_split=None, training_split="train" if fewshot_rows is not None else None,
-               fewshot_split=fs_split, num_fewshot=shots, **overrides)
-    if cfg.get("fewshot_config"):
-        cfg["fewshot_config"] = {k: v for k, v in cfg["fewshot_config"].items() if k != "samples"}
-    task = ConfigurableTask(config=cfg)
+    files = {name: _write(tmp / f"{name}.jsonl", rows) for name, rows in splits.items()}
+    local = tmp / "task.yaml"
+    local.write_text(f"include: {LM_EVAL_TASKS / yaml_rel}\ndataset_path: json\ndataset_name: null\n"
+                     f"dataset_kwargs:\n  data_files: {json.dumps(files)}\n")
+    task = ConfigurableTask(config=load_yaml(local))
+    task.set_config(key="num_fewshot", value=shots)
     task.set_fewshot_seed(1234)
     task.build_all_requests(limit=n)
     by_doc: dict[int, list] = {}
@@ -74,15 +69,16 @@ def _arc_like(path, stem_key="question"):
 def test_arc_challenge_prompts(tmp_path, shots):
     test = [{"question": r["query"][10:], "choices": {"text": r["choices"], "label": list("ABCD")},
              "answerKey": "ABCD"[r["gold"]]} for r in _jsonl(EVAL / "arc_challenge/arc_challenge.jsonl")]
-    theirs = lm_eval_requests("arc/arc_challenge.yaml", test,
-                              _arc_like(EVAL / "arc_challenge/ARC-Challenge-Train.jsonl"), shots, tmp_path, 8)
+    theirs = lm_eval_requests("arc/arc_challenge.yaml", {
+        "test": test, "train": _arc_like(EVAL / "arc_challenge/ARC-Challenge-Train.jsonl")}, shots, tmp_path, 8)
     assert pocketlm_requests("arc_challenge", shots, 8) == theirs
 
 
 @pytest.mark.parametrize("shots", [0, 2])
 def test_openbookqa_prompts(tmp_path, shots):
-    theirs = lm_eval_requests("openbookqa/openbookqa.yaml", _arc_like(EVAL / "openbookqa/test.jsonl", "question_stem"),
-                              _arc_like(EVAL / "openbookqa/train.jsonl", "question_stem"), shots, tmp_path, 8)
+    theirs = lm_eval_requests("openbookqa/openbookqa.yaml", {
+        "test": _arc_like(EVAL / "openbookqa/test.jsonl", "question_stem"),
+        "train": _arc_like(EVAL / "openbookqa/train.jsonl", "question_stem")}, shots, tmp_path, 8)
     assert pocketlm_requests("openbookqa", shots, 8) == theirs
 
 
@@ -93,8 +89,8 @@ def test_mmlu_prompts_one_subject(tmp_path):
         with open(EVAL / f"mmlu/{split}/{subject}_{split}.csv", newline="") as f:
             return [{"question": q, "subject": subject, "choices": [a, b, c, d], "answer": "ABCD".index(ans)}
                     for q, a, b, c, d, ans in csv.reader(f)]
-    theirs = lm_eval_requests(f"mmlu/default/mmlu_{subject}.yaml", rows("test"), rows("dev"), 5, tmp_path, 6,
-                              fewshot_config={"sampler": "first_n"})
+    theirs = lm_eval_requests(f"mmlu/default/mmlu_{subject}.yaml", {"test": rows("test"), "dev": rows("dev")}, 5,
+                              tmp_path, 6)
     spec = get_spec("mmlu")
     docs, fs = load_docs(spec, BUNDLED_DATA)
     docs = [d for d in docs if d["subject"] == subject]
@@ -108,13 +104,13 @@ def test_truthfulqa_mc2_prompts(tmp_path):
                                                        "labels": list(r["mc1_targets"].values())},
              "mc2_targets": {"choices": list(r["mc2_targets"]), "labels": list(r["mc2_targets"].values())}}
             for r in raw]
-    theirs = lm_eval_requests("truthfulqa/truthfulqa_mc2.yaml", rows, None, 0, tmp_path, 6)
+    theirs = lm_eval_requests("truthfulqa/truthfulqa_mc2.yaml", {"validation": rows}, 0, tmp_path, 6)
     assert pocketlm_requests("truthfulqa_mc2", 0, 6) == theirs
 
 
 def test_lambada_prompts(tmp_path):
     rows = [{"text": r["context"] + " " + r["continuation"]} for r in _jsonl(EVAL / "lambada/lambada_openai.jsonl")]
-    theirs = lm_eval_requests("lambada/lambada_openai.yaml", rows, None, 0, tmp_path, 10)
+    theirs = lm_eval_requests("lambada/lambada_openai.yaml", {"test": rows}, 0, tmp_path, 10)
     assert pocketlm_requests("lambada_openai", 0, 10) == theirs
 
 
@@ -130,13 +126,14 @@ CSQA = [  # hand-written records in the public HF tau/commonsense_qa layout
     ])]
 
 
-@pytest.mark.parametrize("shots", [0, 2])
+@pytest.mark.parametrize("shots", [0, 1])  # 2 train records: lm-eval's rule draws k+1 of them
 def test_commonsense_qa_spec_on_public_format(tmp_path, shots):
     root = tmp_path / "data"
     (root / "eval/commonsense_qa").mkdir(parents=True)
     _write(root / "eval/commonsense_qa/validation.jsonl", CSQA[:3])
     _write(root / "eval/commonsense_qa/train.jsonl", CSQA[3:])
-    theirs = lm_eval_requests("commonsense_qa/default.yaml", CSQA[:3], CSQA[3:], shots, tmp_path, 3)
+    theirs = lm_eval_requests("commonsense_qa/default.yaml", {"validation": CSQA[:3], "train": CSQA[3:]}, shots,
+                              tmp_path, 3)
     assert pocketlm_requests("commonsense_qa", shots, 3, root) == theirs
     spec = get_spec("commonsense_qa")
     docs, fs = load_docs(spec, root)
@@ -165,6 +162,19 @@ def test_minerva_math_spec_and_answers(tmp_path):
     assert minerva_equal("Final Answer: The final answer is $\\frac12$. I hope it is correct.", "\\frac{1}{2}")
     assert not minerva_equal("Final Answer: The final answer is $3$. I hope it is correct.", "2")
     assert not minerva_equal("no stated answer", "2")
+    assert minerva_equal("Final Answer: The final answer is $0.5$. I hope it is correct.", "\\frac{1}{2}")
+
+
+@pytest.mark.parametrize("a,b,same", [
+    ("\\frac{1}{2}", "0.5", True), ("(x+1)^2", "x^2+2x+1", True), ("\\sqrt{8}", "2\\sqrt{2}", True),
+    ("2", "3", False), ("x", "y", False),
+    ("[2,5)", "[2,5)", True),    # sympy cannot parse intervals: identical strings still match
+    ("[2,5)", "[2, 5)", False),  # ...and anything unparsable otherwise differs, as in lm-eval
+    ("", "", False),
+])
+def test_minerva_is_equiv_analytic(a, b, same):
+    from pocketlm.evaluate.math_answers import is_equiv
+    assert is_equiv(a, b) is same
     assert final_boxed_answer("a \\boxed{x^{2}} b \\boxed{\\{1,2\\}}") == "\\{1,2\\}"
     assert normalize_final_answer("5 \\text{ inches}") == "5"
     assert normalize_final_answer("x = \\dfrac{3}{4}") == "\\dfrac{3}{4}"

@@ -5,7 +5,10 @@
   ``#### `` and a final period, case-insensitively.
 * Minerva MATH: the final answer inside the last ``\\boxed{...}`` (gold) or after
   ``Final Answer: The final answer is`` (model), normalised by the rules listed in appendix D of
-  Lewkowycz et al. 2022 ("Solving Quantitative Reasoning Problems with Language Models").
+  Lewkowycz et al. 2022 ("Solving Quantitative Reasoning Problems with Language Models"), then
+  compared as lm-eval's ``minerva_math`` ``exact_match`` does: equal strings, or LaTeX that sympy
+  parses to expressions whose difference simplifies to 0 (5 s limit). lm-eval's second metric,
+  ``math_verify`` (the math-verify package), is not computed.
 """
 
 from __future__ import annotations
@@ -109,6 +112,46 @@ def normalize_final_answer(answer: str) -> str:
     return answer
 
 
+def is_equiv(a: str, b: str, timeout_s: int = 5) -> bool:
+    """Two normalised LaTeX answers are the same: identical, or sympy finds ``a - b`` simplifies to 0.
+
+    Anything sympy cannot parse, subtract or simplify within `timeout_s` counts as different, as in
+    lm-eval (tuples, intervals and matrices therefore only match as identical strings).
+    """
+    if a and a == b:
+        return True
+    import signal
+    import threading
+
+    import sympy
+    from sympy.parsing.latex import parse_latex
+
+    def _compare() -> bool:
+        try:
+            diff = parse_latex(a) - parse_latex(b)
+            return bool(sympy.simplify(diff) == 0)
+        except ImportError:
+            raise
+        except Exception:  # noqa: BLE001 - unparsable or unsimplifiable answers are simply not equal
+            return False
+
+    if threading.current_thread() is not threading.main_thread():
+        return _compare()
+
+    def _expired(signum, frame):
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.alarm(timeout_s)
+    try:
+        return _compare()
+    except TimeoutError:
+        return False
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def minerva_equal(generation: str, gold_answer: str) -> bool:
-    """Minerva exact match: normalised stated answer == normalised gold (string equality)."""
-    return normalize_final_answer(stated_final_answer(generation)) == gold_answer
+    """Minerva exact match: the normalised stated answer is equivalent to the normalised gold (is_equiv)."""
+    return is_equiv(normalize_final_answer(stated_final_answer(generation)), gold_answer)

@@ -45,7 +45,8 @@ def generation_scores(spec: TaskSpec, ex: Example, generation: str) -> tuple[dic
     filters = ans.get("filters") or [{"name": "none"}]
     for i, f in enumerate(filters):
         name = f.get("name", f"filter{i}")
-        pred = generation if "regex" not in f else regex_extract(generation, f["regex"], f.get("group_select", 0))
+        pred = generation if "regex" not in f else regex_extract(
+            generation, f["regex"], f.get("group_select", 0), f.get("fallback", "[invalid]"))
         extracted[name] = pred
         key = "exact_match" if i == 0 else f"exact_match,{name}"
         scores[key] = float(exact_match(pred, ex.target, **compare))

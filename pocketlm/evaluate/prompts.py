@@ -1,8 +1,12 @@
 """Documents -> prompts: few-shot demonstrations and the requests a model is asked to score.
 
 Few-shot demonstrations follow lm-eval's sampler: one ``random.Random(seed)`` walks the scored
-documents in order; when demonstrations come from the scored split itself, k+1 are drawn and the
-scored document removed, so a document is never its own demonstration.
+documents in order and draws k demonstrations for each. When the spec sets
+``fewshot_exclude_scored`` (default: when demonstrations come from the scored split itself), k+1 are
+drawn, the scored document is removed and the first k kept. lm-eval does this whenever a task's
+``fewshot_split`` equals its ``test_split`` -- both unset included, as in its hellaswag, piqa,
+winogrande, boolq and commonsense_qa configs, which draw from train -- so the extra draw shifts the
+random stream even when the scored document cannot be among the demonstrations.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ def _process(docs: list[dict], split: dict, task: str) -> list[dict]:
     if not name:
         return docs
     try:
+        if callable(name):  # a list-level built-in (an lm-eval task's process_docs)
+            return list(name(docs))
         return [PROCESSORS[name](d) for d in docs]
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"task {task}: process {name!r} failed on a record: {e!r}") from e
@@ -60,20 +66,24 @@ def load_docs(spec: TaskSpec, data_dir: Path) -> tuple[list[dict], list[dict] | 
     docs = _process(load_split(spec.eval, data_dir, spec.task), spec.eval, spec.task)
     if spec.fewshot is None or spec.fewshot == "eval":
         return docs, None
+    if "missing" in spec.fewshot:  # an lm-eval task whose few-shot split has no file: fine at 0 shots
+        return docs, []
     fs = _process(load_split(spec.fewshot, data_dir, spec.task), spec.fewshot, spec.task)
     return docs, fs
 
 
 def _value(spec: TaskSpec, key: str, doc: dict) -> Any:
+    source = getattr(spec, key)
     try:
-        return evaluate(getattr(spec, key), doc)
+        return source(doc) if callable(source) else evaluate(source, doc)
     except (TemplateError, TypeError, KeyError, IndexError, AttributeError, ValueError) as e:
         raise DataError(f"task {spec.task}: '{key}' failed on document {_short(doc)}: {e}") from e
 
 
 def _text(spec: TaskSpec, key: str, doc: dict) -> str:
+    source = getattr(spec, key)
     try:
-        return render(getattr(spec, key), doc)
+        return source(doc) if callable(source) else render(source, doc)
     except (TemplateError, TypeError, KeyError, IndexError, AttributeError, ValueError) as e:
         raise DataError(f"task {spec.task}: '{key}' failed on document {_short(doc)}: {e}") from e
 
@@ -101,7 +111,10 @@ def demo_turn(spec: TaskSpec, doc: dict) -> tuple[str, str]:
         if spec.multiple_input:
             contexts = _value(spec, "contexts", doc)
             label = _check_label(spec, _value(spec, "label", doc), len(contexts), doc)
-            return contexts[label], _value(spec, "continuation", doc)
+            answer = _text(spec, "fewshot_target", doc) if spec.fewshot_target else _value(spec, "continuation", doc)
+            return contexts[label], answer
+        if spec.fewshot_target:
+            return _text(spec, "text", doc), _text(spec, "fewshot_target", doc)
         choices = _value(spec, "choices", doc)
         label = 0 if spec.label is None else _check_label(spec, _value(spec, "label", doc), len(choices), doc)
         return _text(spec, "text", doc), choices[label]
@@ -112,10 +125,11 @@ def demo_turn(spec: TaskSpec, doc: dict) -> tuple[str, str]:
 
 def _prefix(spec: TaskSpec, doc: dict, demos: list[dict]) -> str:
     out = _text(spec, "description", doc) if spec.description else ""
+    target_delimiter = spec.target_delimiter if spec.fewshot_target_delimiter is None else spec.fewshot_target_delimiter
     for d in demos:
         q, a = demo_turn(spec, d)
         if a is not None and a != "":
-            out += q + spec.target_delimiter + a + spec.fewshot_delimiter
+            out += q + target_delimiter + a + spec.fewshot_delimiter
         else:
             out += q
     return out
@@ -161,7 +175,10 @@ def build_examples(spec: TaskSpec, docs: list[dict], fewshot_docs: list[dict] | 
         raise TaskSpecError(f"shots must be >= 0, got {shots}")
     if shots and spec.fewshot is None:
         raise TaskSpecError(f"task {spec.task} has no few-shot split (it is zero-shot only); use --shots 0")
+    if shots and isinstance(spec.fewshot, dict) and "missing" in spec.fewshot:
+        raise DataError(spec.fewshot["missing"])
     same_split = fewshot_docs is None
+    exclude = same_split if spec.fewshot_exclude_scored is None else spec.fewshot_exclude_scored
     pool_all = docs if same_split else fewshot_docs
     rnd = random.Random(seed)
     chosen = docs if limit is None else docs[:limit]
@@ -173,19 +190,30 @@ def build_examples(spec: TaskSpec, docs: list[dict], fewshot_docs: list[dict] | 
             if spec.fewshot_group_by:
                 key = doc.get(spec.fewshot_group_by)
                 pool = [d for d in pool_all if d.get(spec.fewshot_group_by) == key]
-            need = shots + 1 if same_split else shots
-            if spec.fewshot_sampler == "first_n":
-                demos = [d for d in pool if not (same_split and d == doc)][:shots]
-            else:
-                if len(pool) < need:
-                    raise DataError(f"task {spec.task}: {shots}-shot needs {need} demonstration documents, "
-                                    f"the few-shot split has {len(pool)}")
-                demos = rnd.sample(pool, need)
-                if same_split:
-                    demos = [d for d in demos if d != doc][:shots]
-                    if len(demos) < shots:
-                        demos = rnd.sample([d for d in pool if d != doc], shots)
-            if len(demos) < shots:
-                raise DataError(f"task {spec.task}: only {len(demos)} demonstrations available for {shots}-shot")
+            demos = _draw(spec, rnd, pool, doc, shots, exclude)
         out.append(build_example(spec, i, doc, demos))
     return out
+
+
+def _draw(spec: TaskSpec, rnd: random.Random, pool: list[dict], doc: dict, shots: int, exclude: bool) -> list[dict]:
+    """`shots` demonstrations for `doc` by lm-eval's rule (see the module docstring)."""
+    if spec.fewshot_sampler == "first_n":
+        demos = [d for d in pool if d != doc] if exclude else pool
+        if len(demos) < shots:
+            raise DataError(f"task {spec.task}: {shots}-shot needs {shots} demonstration documents, "
+                            f"the few-shot split has {len(demos)}")
+        return demos[:shots]
+    need = shots + 1 if exclude else shots
+    if len(pool) < need:
+        raise DataError(f"task {spec.task}: {shots}-shot needs {need} demonstration documents"
+                        f"{' (k+1: the scored one is dropped)' if exclude else ''}, the few-shot split has {len(pool)}")
+    demos = rnd.sample(pool, need)
+    if exclude:
+        demos = [d for d in demos if d != doc][:shots]
+        if len(demos) < shots:  # the pool held copies of the scored document: redraw without any of them
+            rest = [d for d in pool if d != doc]
+            if len(rest) < shots:
+                raise DataError(f"task {spec.task}: only {len(rest)} demonstrations besides the scored document "
+                                f"for {shots}-shot")
+            demos = rnd.sample(rest, shots)
+    return demos

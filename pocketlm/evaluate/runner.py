@@ -88,11 +88,12 @@ def group_scores(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, Any
     return groups
 
 
-def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str | TaskSpec], shots: Sequence[int] = (0,),
+def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str | TaskSpec], shots: Sequence[int] | None = (0,),
              limit: int | None = None, data_dir: str | Path | None = None, seed: int = 1234,
              batch_tokens: int = 1024, model_name: str = "model", output: str | Path | None = None,
              show_progress: bool = True) -> dict:
-    """Evaluate `model` on `tasks` at every shot count; returns the results dict (also written to `output`)."""
+    """Evaluate `model` on `tasks` at every shot count (None: each task's default, lm-eval's num_fewshot);
+    returns the results dict (also written to `output`)."""
     specs = [t if isinstance(t, TaskSpec) else get_spec(t) for t in tasks]
     root = resolve_data_dir(data_dir)
     scorer = Scorer(make_backend(model, tokenizer), tokenizer, batch_tokens=batch_tokens)
@@ -103,7 +104,7 @@ def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str | TaskSpec], shots:
     plan = []
     for spec in specs:
         docs, fs_docs = load_docs(spec, root)
-        for k in shots:
+        for k in (spec.num_fewshot,) if shots is None else shots:
             if k and spec.fewshot is None:
                 skipped.append(f"{spec.task}@{k}-shot (zero-shot-only task)")
                 continue
@@ -121,7 +122,8 @@ def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str | TaskSpec], shots:
                 "examples_per_s": round(len(records) / seconds, 3) if seconds > 0 else None,
                 "records": records}
     out = {"format": "pocketlm.eval/1", "model": model_name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "config": {"shots": list(shots), "limit": limit, "seed": seed, "data_dir": str(root)},
+           "config": {"shots": "task default" if shots is None else list(shots), "limit": limit, "seed": seed,
+                      "data_dir": str(root)},
            "results": results, "groups": group_scores(results), "skipped": skipped}
     if output is not None:
         write_results(out, output)

@@ -43,6 +43,25 @@ def _read_json(path: Path, spec: dict) -> list[dict]:
     return data
 
 
+def _read_hf_json(path: Path, spec: dict) -> list[dict]:
+    """JSON Lines, a JSON list, or a JSON object's ``field`` list, as Hugging Face's ``json`` loader reads
+    them for lm-eval's ``dataset_path: json``: every record gets every column (missing ones are None)."""
+    text = _open_text(path)
+    try:
+        if spec.get("field"):
+            rows = json.loads(text)[spec["field"]]
+        elif text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = _read_jsonl(path, spec)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not JSON Lines or a JSON list of records ({e})") from e
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"{path}: expected records (JSON objects), one a line or in a list")
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    return [{c: r.get(c) for c in columns} for r in rows]
+
+
 def _read_csv(path: Path, spec: dict, delimiter: str = ",") -> list[dict]:
     rows = [r for r in csv.reader(io.StringIO(_open_text(path), newline=""), delimiter=delimiter) if r]
     columns = spec.get("columns")
@@ -90,6 +109,7 @@ def _read_text_blocks(path: Path, spec: dict) -> list[dict]:
 READERS: dict[str, Callable[[Path, dict], list[dict]]] = {
     "jsonl": _read_jsonl,
     "json": _read_json,
+    "hf_json": _read_hf_json,
     "csv": _read_csv,
     "tsv": lambda p, s: _read_csv(p, s, delimiter="\t"),
     "hellaswag_txt": _read_hellaswag_txt,
@@ -97,7 +117,9 @@ READERS: dict[str, Callable[[Path, dict], list[dict]]] = {
 }
 
 
-def _files(data_dir: Path, pattern: str) -> list[Path]:
+def _files(data_dir: Path, pattern: str | list[str]) -> list[Path]:
+    if isinstance(pattern, list):
+        return [f for p in pattern for f in _files(data_dir, p)]
     if any(c in pattern for c in "*?["):
         return [Path(p) for p in sorted(glob.glob(str(data_dir / pattern)))]
     return [data_dir / pattern]
@@ -114,6 +136,9 @@ def load_split(split: dict, data_dir: Path, task: str) -> list[dict]:
         files = _files(data_dir, split["path"])
         if not files or not all(f.is_file() for f in files):
             missing = split["path"] if not files else next(str(f) for f in files if not f.is_file())
+            if fmt == "hf_json":
+                raise DataError(f"task {task}: data file {missing} (dataset_kwargs.data_files, split "
+                                f"{split.get('split')!r}) does not exist")
             raise DataError(
                 f"task {task}: data file {missing} not found under {data_dir}; pass --data-dir with the folder "
                 "holding full copies (laid out like shared/data: eval/<task>/...), or use the bundled subset")
@@ -126,8 +151,9 @@ def load_split(split: dict, data_dir: Path, task: str) -> list[dict]:
                     raise DataError(f"{f}: {len(docs)} documents but only {len(labels)} labels")
                 for d, lab in zip(docs, labels):
                     d[split.get("labels_field", "label")] = lab
-            for d in docs:
-                d["_file"] = f.stem
+            if fmt != "hf_json":  # lm-eval's documents carry their own fields only
+                for d in docs:
+                    d["_file"] = f.stem
             raw.extend(docs)
     fields = split.get("fields")
     if not fields:

@@ -4,6 +4,8 @@ A spec names its documents (``eval`` and optional ``fewshot`` splits: a local fi
 inline ``records``; ``fields`` map raw records to the document), how a document becomes a prompt
 (``text``/``description`` templates; ``choices``/``contexts``/``continuation``/``label``/``labels``/
 ``target`` expressions) and its ``metrics``. See docs/evaluate.md for the full reference.
+A task YAML written for lm-eval is recognised by its keys and read by ``lm_eval_yaml`` into the
+same TaskSpec.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from .processors import PROCESSORS
 from .sources import READERS
@@ -43,6 +43,8 @@ class TaskSpec:
     fewshot: dict | str | None = None            # a split, "eval" (the scored split), or None (0-shot only)
     fewshot_sampler: str = "random"          # random (lm-eval's seeded sampler) | first_n
     fewshot_group_by: str | None = None      # only draw demos whose field equals the scored doc's
+    fewshot_exclude_scored: bool | None = None  # draw k+1, drop the scored doc (default: fewshot is "eval")
+    num_fewshot: int = 0                     # the task's default shot count (lm-eval's num_fewshot)
     description: str = ""
     text: str | None = None
     contexts: str | None = None
@@ -53,6 +55,7 @@ class TaskSpec:
     target: str | None = None
     fewshot_target: str | None = None
     target_delimiter: str = " "
+    fewshot_target_delimiter: str | None = None  # a demonstration's question|answer (default: target_delimiter)
     fewshot_delimiter: str = "\n\n"
     generation: dict = field(default_factory=dict)
     answer: dict = field(default_factory=dict)
@@ -121,6 +124,11 @@ def spec_from_dict(raw: dict, where: str = "task spec") -> TaskSpec:
         _require(raw, ["target"], where)
     if raw.get("fewshot_sampler", "random") not in ("random", "first_n"):
         raise TaskSpecError(f"{where}: fewshot_sampler must be 'random' or 'first_n'")
+    if raw.get("fewshot_exclude_scored") not in (None, True, False):
+        raise TaskSpecError(f"{where}: fewshot_exclude_scored must be true or false")
+    k = raw.get("num_fewshot", 0)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0 or (k and raw.get("fewshot") is None):
+        raise TaskSpecError(f"{where}: num_fewshot must be an integer >= 0 (and 0 when there is no few-shot split)")
     known = set(TaskSpec.__dataclass_fields__) - {"path"}
     extra = set(raw) - known
     if extra:
@@ -129,17 +137,41 @@ def spec_from_dict(raw: dict, where: str = "task spec") -> TaskSpec:
 
 
 def load_spec_file(path: str | Path) -> TaskSpec:
+    """A pocketlm spec file, or an lm-eval task YAML (recognised by its keys; see lm_eval_yaml)."""
+    from .lm_eval_yaml import is_lm_eval_config, read_task_yaml, spec_from_lm_eval
+
     path = Path(path)
     if not path.is_file():
         raise TaskSpecError(f"task file {path} does not exist")
-    try:
-        text = path.read_text()
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise TaskSpecError(f"task file {path}: cannot parse ({e})") from e
+    if path.suffix == ".json":
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise TaskSpecError(f"task file {path}: cannot parse ({e})") from e
+    else:
+        raw = read_task_yaml(path)
+    if is_lm_eval_config(raw):
+        return spec_from_lm_eval(raw, path)
+    if _has_function_tag(raw):
+        raise TaskSpecError(f"task file {path}: '!function' runs Python code and pocketlm never runs code from a task "
+                            "file; use a template, or a named 'process:' step (known: "
+                            f"{sorted(PROCESSORS)})")
     spec = spec_from_dict(raw, where=f"task file {path}")
     spec.path = path
     return spec
+
+
+def _has_function_tag(value: Any, seen: set[int] | None = None) -> bool:
+    """Whether a parsed spec holds a ``!function`` tag (each shared YAML alias visited once)."""
+    from .lm_eval_yaml import FunctionRef
+    seen = set() if seen is None else seen
+    if isinstance(value, (dict, list)):
+        if id(value) in seen:
+            return False
+        seen.add(id(value))
+        items = value.values() if isinstance(value, dict) else value
+        return any(_has_function_tag(v, seen) for v in items)
+    return isinstance(value, FunctionRef)
 
 
 def builtin_tasks() -> list[str]:

@@ -3,6 +3,10 @@
 Keys ending in ``text``/``description``/``fewshot_target`` are templates (``"Question: {{question}}"``);
 every other document key is an expression evaluated to a Python value (``question.stem``,
 ``choices | map(attribute='text') | list``). This is the same template language lm-eval's YAMLs use.
+
+A task file is input, not code: templates run in Jinja's immutable sandbox, and any attempt to reach
+Python internals (``__class__``, ``__globals__``, ``__subclasses__``, a function's ``__init__``...) or to
+mutate a document stops with a :class:`TemplateError` instead of evaluating.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 
 class TemplateError(ValueError):
@@ -40,12 +46,29 @@ def _capitalize(value: str) -> str:
     return value.capitalize()
 
 
+def _regex_replace(value: str, pattern: str, repl: str, count: int = 0) -> str:
+    """``text | regex_replace('a+', 'b')``: re.sub, as lm-eval's template filter of the same name."""
+    return re.sub(pattern, repl, value, count=count)
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, refusing unsafe access at once instead of yielding an undefined value."""
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
+        raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is not allowed")
+
+
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = _Sandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters.update(regex=_regex, index_of=_index_of, py_capitalize=_capitalize, keys=lambda d: list(d.keys()),
-                       values=lambda d: list(d.values()))
+                       values=lambda d: list(d.values()), regex_replace=_regex_replace)
     return env
+
+
+def _refused(source: str, e: SecurityError) -> TemplateError:
+    return TemplateError(f"template {source[:120]!r} is refused: {e}. A task template may only read document fields "
+                         "(no Python internals such as __class__ or __globals__, no mutation): it is input, not code")
 
 
 @lru_cache(maxsize=4096)
@@ -68,6 +91,8 @@ def render(source: str, doc: dict) -> str:
     """Render a text template against a document."""
     try:
         return _template(source).render(**doc)
+    except SecurityError as e:
+        raise _refused(source, e) from e
     except jinja2.UndefinedError as e:
         raise TemplateError(f"template {source!r}: {e.message}; document fields are {sorted(doc)}") from e
 
@@ -78,6 +103,8 @@ def evaluate(source: Any, doc: dict) -> Any:
         return source
     try:
         value = _expression(source)(**doc)
+    except SecurityError as e:
+        raise _refused(source, e) from e
     except jinja2.UndefinedError as e:
         raise TemplateError(f"expression {source!r}: {e.message}; document fields are {sorted(doc)}") from e
     if isinstance(value, jinja2.Undefined):
