@@ -8,6 +8,7 @@ so memory figures start clean.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -36,7 +37,10 @@ def model_info(cfg: ModelConfig) -> dict:
 
 def run(setting: Setting) -> dict:
     """The setting's measurements, with model info, system and wall time."""
-    torch.set_num_threads(setting.threads)
+    if setting.threads:
+        torch.set_num_threads(setting.threads)
+    else:  # 0: torch's default, recorded as the number it is
+        setting = dataclasses.replace(setting, threads=torch.get_num_threads())
     started = time.time()
     ref = resolve(setting.model)
     setting.check_fits(ref.config)
