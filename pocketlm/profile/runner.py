@@ -40,7 +40,7 @@ def worker_command(setting: Setting) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(p)]
     env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT), *inherited])
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if setting.threads else ():
         env[var] = str(setting.threads)
     return [sys.executable, "-P", "-m", "pocketlm.profile.worker", json.dumps(setting.to_dict())], env
 

@@ -56,7 +56,7 @@ class Setting:
         if self.gen < 1 or not self.depths or any(d < 0 for d in self.depths):
             raise ProfileError("--gen must be >= 1 and --depth a list of context depths >= 0, e.g. --depth 0,256")
         if self.repeat < 1 or self.warmup < 0 or self.threads < 0:
-            raise ProfileError("--repeat and --threads must be >= 1, --warmup >= 0")
+            raise ProfileError("--repeat must be >= 1, --warmup >= 0 and --threads >= 1 (0: all cores)")
 
     def check_fits(self, cfg: ModelConfig) -> None:
         """The model's context length must hold the longest test."""
