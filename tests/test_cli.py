@@ -142,3 +142,13 @@ def test_tables_print_whole_when_not_a_terminal(capsys):
     assert "…" not in text
     assert all(c in text for c in columns) and all(f"value-{i:02d}-0123456789" in text for i in range(24))
     assert max(len(line) for line in text.splitlines()) > 80
+
+
+def test_demo_refuses_to_skip_the_step_the_others_need(tmp_path):
+    from pocketlm.demo import run_demo
+
+    with pytest.raises(ValueError, match="train always runs"):
+        run_demo(tmp_path / "out", skip=("train",))
+    with pytest.raises(ValueError, match="--skip profil: choose from model, survey, evaluate, profile"):
+        run_demo(tmp_path / "out", skip=("profil",))
+    assert not (tmp_path / "out").exists()
