@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pocketlm.profile.source import build_model, resolve  # noqa: E402
 from pocketlm.profile.system import cpu_model, memory_bandwidth_gbs, system_info  # noqa: E402
+from pocketlm.runtime import open_model, resolve  # noqa: E402
 
 
 def linear_bytes(model: torch.nn.Module) -> int:
@@ -125,11 +125,11 @@ def main() -> None:
     decoders: dict[str, object] = {}
     bytes_per_token: dict[str, int] = {}
     for dtype in ("fp32", "bf16", "int8", "int4"):
-        model = build_model(spec, dtype, seed=0)
+        model = open_model(spec, dtype, pack=True)  # as `pocketlm profile` opens it
         decoders[f"pocketlm {dtype}"] = PocketDecoder(model, args.depth)
         bytes_per_token[f"pocketlm {dtype}"] = linear_bytes(model)
     tmp = Path(tempfile.mkdtemp(prefix="bench-profile-"))
-    base = build_model(spec, "fp32", seed=0)
+    base = open_model(spec, "fp32")  # unpacked: HF and GGUF export read the plain layout
     if not args.no_hf:
         from pocketlm.interop import save_hf
 

@@ -1,39 +1,32 @@
 """The `pocketlm` command: a thin layer over the Python API.
 
-Each capability folder owns a `cli.py` with `register(app)`, which adds its commands to the root
-app; this file only wires them together.
+Each module in COMMAND_MODULES has `register(app)`, which adds its commands to the root app; this
+file only wires them together. Command modules import torch, transformers and the capability code
+inside their command bodies, so `pocketlm --help` and every `--help` answer at once.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import Sequence
 
 import typer
 
-app = typer.Typer(
-    help="pocketlm: pick, build, measure and shrink small language models, offline.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-# capability folders whose cli.register(app) adds commands, in the order `--help` lists them
-AREAS = ("runtime", "survey", "data", "train", "evaluate", "profile", "compress", "export", "demo")
+# in the order `--help` lists them; a new capability adds its cli module here
+COMMAND_MODULES = ("pocketlm.runtime.cli", "pocketlm.survey.cli", "pocketlm.data.cli", "pocketlm.train.cli",
+                   "pocketlm.evaluate.cli", "pocketlm.profile.cli", "pocketlm.demo")
 
 
-def _register_all() -> None:
-    for area in AREAS:
-        module_name = f"pocketlm.{area}.cli" if area != "demo" else "pocketlm.demo"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name == module_name:  # area not built yet
-                continue
-            raise
-        module.register(app)
+def build_app(modules: Sequence[str] = COMMAND_MODULES) -> typer.Typer:
+    """The root app with every module's commands; an import error in a module propagates (never skipped)."""
+    app = typer.Typer(help="pocketlm: pick, build, measure and shrink small language models, offline.",
+                      no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    for name in modules:
+        importlib.import_module(name).register(app)
+    return app
 
 
-_register_all()
+app = build_app()
 
 
 def main() -> None:

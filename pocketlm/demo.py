@@ -19,6 +19,7 @@ from rich.console import Console
 from pocketlm.utils import atomic_write_text
 
 console = Console()
+STEPS = ("train", "model", "survey", "evaluate", "profile")  # in order; each later step uses train's model
 
 
 def _model_section(model_dir: Path) -> dict[str, Any]:
@@ -51,30 +52,18 @@ def _model_section(model_dir: Path) -> dict[str, Any]:
     return {"title": "The model", "markdown": "\n".join(md), "metrics": {"axes": axes, "costs": c, "sample": sample}}
 
 
-def _random_model(out_dir: Path) -> dict[str, Any]:
-    """Fallback first step: a small random llama-style model (used when training is unavailable)."""
-    import torch
-
-    from pocketlm.interop import save_native
-    from pocketlm.model.config import ModelConfig
-    from pocketlm.model.transformer import Transformer
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=512, d_model=128, n_layer=4, n_head=4, n_kv_head=2, intermediate_size=344,
-                      max_seq_len=256, name="demo-random")
-    model_dir = save_native(Transformer(cfg), out_dir / "model")
-    return {"title": "Build", "markdown": f"Built a random model at `{model_dir}` (training step not installed).",
-            "metrics": {}, "model_dir": str(model_dir)}
-
-
 def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    unknown = sorted(set(skip) - set(STEPS[1:]))
+    if unknown:
+        raise ValueError(f"--skip {', '.join(unknown)}: choose from {', '.join(STEPS[1:])} (train always runs: "
+                         "the later steps use its model, cached after the first run)")
     out_dir.mkdir(parents=True, exist_ok=True)
     sections: list[dict[str, Any]] = []
     failures: list[str] = []
 
-    def step(name: str, fn: Callable[[], dict[str, Any]], folder: Path | None = None) -> dict[str, Any] | None:
+    def step(name: str, fn: Callable[[], dict[str, Any]], folder: Path | None = None) -> dict[str, Any]:
         if name in skip:
-            return None
+            return {}
         console.rule(f"[bold]{name}")
         t0 = time.perf_counter()
         try:
@@ -89,21 +78,25 @@ def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
         sections.append(section)
         return section
 
-    train_fn = _optional("pocketlm.train.demo", "demo_section")
-    first = step("train", (lambda: train_fn(out_dir / "train")) if train_fn else (lambda: _random_model(out_dir)),
-                 out_dir / "train")
-    model_dir = Path(first["model_dir"]) if first and "model_dir" in first else _random_model(out_dir)["model_dir"]
-    step("model", lambda: _model_section(Path(model_dir)))
-    for name, module in (("survey", "pocketlm.survey.demo"), ("evaluate", "pocketlm.evaluate.demo"),
-                         ("profile", "pocketlm.profile.demo")):
-        fn = _optional(module, "demo_section")
-        if fn is None:
-            continue
-        if name == "survey":
-            step(name, lambda fn=fn: fn(out_dir / name), out_dir / name)
-        else:
-            step(name, lambda fn=fn, name=name: fn(Path(model_dir), out_dir / name), out_dir / name)
-    report = {"model_dir": str(model_dir), "sections": sections, "failures": failures}
+    from pocketlm.evaluate.demo import demo_section as evaluate_section
+    from pocketlm.profile.demo import demo_section as profile_section
+    from pocketlm.survey.demo import demo_section as survey_section
+    from pocketlm.train.demo import demo_section as train_section
+
+    trained = step("train", lambda: train_section(out_dir / "train"), out_dir / "train")
+    if "model_dir" not in trained:  # training failed: nothing to describe, evaluate or profile
+        return _write_report(out_dir, None, sections, failures)
+    model_dir = Path(trained["model_dir"])
+    step("model", lambda: _model_section(model_dir))
+    step("survey", lambda: survey_section(out_dir / "survey"), out_dir / "survey")
+    step("evaluate", lambda: evaluate_section(model_dir, out_dir / "evaluate"), out_dir / "evaluate")
+    step("profile", lambda: profile_section(model_dir, out_dir / "profile"), out_dir / "profile")
+    return _write_report(out_dir, model_dir, sections, failures)
+
+
+def _write_report(out_dir: Path, model_dir: Path | None, sections: list[dict[str, Any]],
+                  failures: list[str]) -> dict[str, Any]:
+    report = {"model_dir": model_dir and str(model_dir), "sections": sections, "failures": failures}
     md = ["# pocketlm demo report", ""]
     for s in sections:
         md += [f"## {s['title']} ({s['seconds']} s)", "", s["markdown"], ""]
@@ -125,21 +118,10 @@ def _relink(markdown: str, folder: Path, out_dir: Path) -> str:
     return re.sub(r"(!?\[[^\]]*\])\(([^)\s]+)\)", fix, markdown)
 
 
-def _optional(module: str, attr: str) -> Callable | None:
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except ModuleNotFoundError as e:
-        if e.name == module:
-            return None
-        raise
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(out: Path = typer.Option(Path("demo_out"), help="folder for the report and artifacts"),
-             skip: list[str] = typer.Option([], help="steps to skip (train, model, survey, evaluate, profile)")) -> None:
+             skip: list[str] = typer.Option([], help=f"steps to skip ({', '.join(STEPS[1:])})")) -> None:
         """Run every capability on bundled data (train -> describe -> evaluate -> profile) and write a report."""
         report = run_demo(out, tuple(skip))
         console.print(f"\nreport: {out / 'report.md'}")

@@ -12,8 +12,8 @@ from pocketlm.compress.quantize import quantize_model
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.packing import pack_for_cpu
 from pocketlm.model.transformer import Transformer
-from pocketlm.profile.runner import Grid, run_grid, validate
-from pocketlm.profile.source import ProfileError
+from pocketlm.profile.runner import run_settings, validate
+from pocketlm.profile.setting import ProfileError, Setting
 from pocketlm.profile.timing import compile_model
 
 CFG = ModelConfig(vocab_size=512, d_model=128, n_layer=2, n_head=4, n_kv_head=2, intermediate_size=256,
@@ -46,12 +46,12 @@ def test_compiled_model_matches_eager(weights, atol) -> None:
 def test_grid_reports_compile_time_apart(tmp_path) -> None:
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(CFG.to_dict()))
-    (result,) = run_grid(Grid(model=str(path), prompts=[8], gen=4, depths=[0, 8], threads=[1], repeat=2,
-                              compile=True), progress=False)
+    (result,) = run_settings([Setting(str(path), threads=1, prompts=(8,), gen=4, depths=(0, 8), repeat=2,
+                                      compile=True)], progress=False)
     assert result["compile_s"] > 0
     assert [d["depth"] for d in result["decode"]] == [0, 8]
     # a (re)compile costs about a third of compile_s (three graphs); a step that hid one would show it
     slowest = max(t["max_ms"] for t in result["prefill"] + result["decode"]) * 1e-3
     assert slowest < result["compile_s"] / 10, (slowest, result["compile_s"])
     with pytest.raises(ProfileError, match="--compile applies to the torch backend"):
-        validate(Grid(model=str(path), prompts=[8], gen=4, depths=[0], backends=["llamacpp"], compile=True))
+        validate([Setting(str(path), backend="llamacpp", prompts=(8,), gen=4, depths=(0,), compile=True)])

@@ -12,8 +12,9 @@ from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import Transformer
 from pocketlm.profile.memory import allocator_peak_bytes, tensor_bytes
 from pocketlm.profile.runner import run_setting
-from pocketlm.profile.source import malloc_trim
+from pocketlm.profile.setting import Setting
 from pocketlm.profile.system import rss_bytes
+from pocketlm.runtime import release_memory
 
 
 def _cfg(**kw) -> ModelConfig:
@@ -29,7 +30,7 @@ def test_kv_cache_memory_equals_analytic_bytes(dtype, nbytes) -> None:
     model = Transformer(cfg).to(dtype)
     ctx = 16384  # large enough that allocator noise (~0.3 MB seen) stays well inside 3%
     analytic = costs.kv_cache_bytes(cfg, ctx, dtype_bytes=nbytes)
-    malloc_trim()  # hand freed heap back to the OS so the new cache must fault in fresh pages
+    release_memory()  # hand freed heap back to the OS so the new cache must fault in fresh pages
     before = rss_bytes()
     cache = model.new_cache(1, ctx)
     grown = rss_bytes() - before  # what the OS charged for it (pages are zero-filled, so touched)
@@ -59,8 +60,7 @@ def test_accounting_sums_to_rss_growth_in_a_fresh_process(tmp_path) -> None:
                max_seq_len=1024)
     path = tmp_path / "model.json"
     path.write_text(json.dumps(cfg.to_dict()))
-    setting = {"model": str(path), "backend": "torch", "dtype": "fp32", "threads": 1, "prompts": [256],
-               "gen": 4, "depths": [512], "repeat": 1, "warmup": 0}
+    setting = Setting(str(path), threads=1, prompts=(256,), gen=4, depths=(512,), repeat=1, warmup=0)
     result = run_setting(setting, timeout=240)
     mem = result["memory"]
     # packed for CPU inference: the tied LM head holds its own packed copy of the embedding

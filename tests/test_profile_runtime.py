@@ -13,9 +13,10 @@ import torch
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import Transformer
 from pocketlm.profile.breakdown import KINDS, time_breakdown
-from pocketlm.profile.runner import PACKAGE_ROOT, Grid, run_grid, validate
-from pocketlm.profile.source import ProfileError
+from pocketlm.profile.runner import PACKAGE_ROOT, run_settings, validate
+from pocketlm.profile.setting import ProfileError, Setting
 from pocketlm.profile.timing import time_decode
+from pocketlm.runtime import ModelOpenError
 
 
 def _llama(d_model: int, n_layer: int, **kw) -> ModelConfig:
@@ -88,20 +89,25 @@ def test_compare_mha_vs_gqa_kv_cache_ratio(tmp_path) -> None:
 
 
 def test_bad_inputs_give_clear_errors(tmp_path) -> None:
-    with pytest.raises(ProfileError, match="no such directory"):
-        validate(Grid(model=str(tmp_path / "missing_model_dir")))
-    with pytest.raises(ProfileError, match="no catalog model named 'SmolLM-136M'.*SmolLM-135M"):
-        validate(Grid(model="SmolLM-136M"))
+    with pytest.raises(ModelOpenError, match="no such directory"):
+        validate([Setting(str(tmp_path / "missing_model_dir"))])
+    with pytest.raises(ModelOpenError, match="no catalog model named 'SmolLM-136M'.*SmolLM-135M"):
+        validate([Setting("SmolLM-136M")])
     short = _write(_llama(128, 2, max_seq_len=64), tmp_path / "short.json")
     with pytest.raises(ProfileError, match="exceeds the model's context length 64"):
-        validate(Grid(model=short, prompts=[128], depths=[0], gen=4))
+        validate([Setting(short, prompts=(128,), depths=(0,), gen=4)])
     odd = _write(_llama(96, 2, n_head=2, n_kv_head=1, intermediate_size=256), tmp_path / "odd.json")
     with pytest.raises(ProfileError, match="in_features=96, not divisible by group_size=64.*group_size in \\[32\\]"):
-        validate(Grid(model=odd, prompts=[8], depths=[0], gen=2, dtypes=["int4"], group_size=64))
+        validate([Setting(odd, dtype="int4", prompts=(8,), depths=(0,), gen=2, group_size=64)])
+    tiny = dict(prompts=(8,), depths=(0,), gen=2)
     with pytest.raises(ProfileError, match="unknown dtype 'int3'"):
-        validate(Grid(model=short, prompts=[8], depths=[0], gen=2, dtypes=["int3"]))
+        validate([Setting(short, dtype="int3", **tiny)])
     with pytest.raises(ProfileError, match="unknown backend"):
-        validate(Grid(model=short, prompts=[8], depths=[0], gen=2, backends=["onnx"]))
+        validate([Setting(short, backend="onnx", **tiny)])
+    with pytest.raises(ProfileError, match="--prompt needs positive token counts"):
+        validate([Setting(short, prompts=(0,), depths=(0,), gen=2)])
+    with pytest.raises(ProfileError, match="unknown field\\(s\\) \\['dtypes'\\]"):
+        Setting.from_dict({"model": short, "dtypes": ["fp32"]})
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path) -> None:
@@ -114,11 +120,11 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path) -> None:
 def test_llamacpp_backend_measures_a_gguf_export(tmp_path) -> None:
     pytest.importorskip("llama_cpp", reason="llama-cpp-python (optional extra) is not installed")
     model = _write(_llama(128, 2), tmp_path / "m.json")
-    results = run_grid(Grid(model=model, prompts=[16], gen=4, depths=[8], threads=[1], dtypes=["int4"],
-                            backends=["llamacpp"], repeat=1, warmup=0), progress=False)
+    results = run_settings([Setting(model, backend="llamacpp", dtype="int4", threads=1, prompts=(16,), gen=4,
+                                    depths=(8,), repeat=1, warmup=0)], progress=False)
     r = results[0]
     assert r["gguf_type"] == "Q4_0" and r["disk_bytes"] > 0
     assert r["prefill"][0]["median_ms"] > 0 and r["decode"][0]["tok_s"] > 0
     odd = _write(_llama(128, 2, norm="layernorm"), tmp_path / "ln.json")
     with pytest.raises(ProfileError, match="cannot run in llama.cpp.*RMSNorm"):
-        validate(Grid(model=odd, prompts=[8], depths=[0], gen=2, backends=["llamacpp"]))
+        validate([Setting(odd, backend="llamacpp", prompts=(8,), depths=(0,), gen=2)])

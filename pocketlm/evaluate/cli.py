@@ -15,19 +15,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from typer.core import TyperGroup
 
+from pocketlm.cli_support import RunByDefault
 
-class _DefaultToRun(TyperGroup):
-    """`pocketlm eval MODEL ...` means `pocketlm eval run MODEL ...` unless MODEL names a subcommand."""
-
-    def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = ["run", *args]
-        return super().parse_args(ctx, args)
-
-
-eval_app = typer.Typer(cls=_DefaultToRun, no_args_is_help=True, add_completion=False,
+eval_app = typer.Typer(cls=RunByDefault, no_args_is_help=True, add_completion=False,
                        help="Measure capability: benchmark suite, few-shot ICL, paired comparison, KL.")
 
 

@@ -5,24 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import click
 import typer
-from rich.console import Console
-from typer.core import TyperGroup
 
-from pocketlm.profile.source import ProfileError
+from pocketlm.cli_support import RunByDefault, output_console
+from pocketlm.profile.setting import Setting, grid
 
-
-class _RunByDefault(TyperGroup):
-    """`pocketlm profile MODEL ...` means `pocketlm profile run MODEL ...`."""
-
-    def resolve_command(self, ctx: click.Context, args: list[str]):
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = ["run", *args]
-        return super().resolve_command(ctx, args)
-
-
-profile_app = typer.Typer(cls=_RunByDefault, no_args_is_help=True,
+profile_app = typer.Typer(cls=RunByDefault, no_args_is_help=True,
                           help="Measure latency and memory: `pocketlm profile MODEL`, `... landscape`, `... compare`.")
 
 
@@ -33,56 +21,46 @@ def _ints(text: str, what: str) -> list[int]:
         raise typer.BadParameter(f"{what}: expected comma-separated integers, got {text!r}")
 
 
+def _csv(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values))
+
+
 def _words(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def _fail(e: Exception) -> None:
-    typer.echo(f"error: {e}", err=True)
-    raise typer.Exit(2)
 
 
 @profile_app.command("run")
 def run_cmd(
     model: str = typer.Argument(..., help="catalog name (random weights), HF / pocketlm directory, or config .json"),
-    prompt: str = typer.Option("16,64,256", help="prompt lengths for prefill"),
-    gen: int = typer.Option(64, help="tokens decoded per decode test"),
-    depth: str = typer.Option("0,256", help="context depths at which decode is measured"),
+    prompt: str = typer.Option(_csv(Setting.prompts), help="prompt lengths for prefill"),
+    gen: int = typer.Option(Setting.gen, help="tokens decoded per decode test"),
+    depth: str = typer.Option(_csv(Setting.depths), help="context depths at which decode is measured"),
     threads: str = typer.Option("", help="thread counts, e.g. 1,2 (default: all cores)"),
-    dtype: str = typer.Option("fp32", help="fp32,bf16,fp16,int8,int4 (llamacpp also: F16,Q8_0,Q4_0,Q4_K_M,...)"),
-    backend: str = typer.Option("torch", help="torch,llamacpp"),
-    repeat: int = typer.Option(5), warmup: int = typer.Option(1),
-    group_size: int = typer.Option(32, help="int4 group size (32, 64, 128, 256)"),
+    dtype: str = typer.Option(Setting.dtype, help="fp32,bf16,fp16,int8,int4 (llamacpp also: F16,Q8_0,Q4_0,Q4_K_M,...)"),
+    backend: str = typer.Option(Setting.backend, help="torch,llamacpp"),
+    repeat: int = typer.Option(Setting.repeat), warmup: int = typer.Option(Setting.warmup),
+    group_size: int = typer.Option(Setting.group_size, help="int4 group size (32, 64, 128, 256)"),
     breakdown: bool = typer.Option(False, help="also time attention / FFN / norms / embedding / LM head"),
     skip_unsupported: bool = typer.Option(False, help="int8/int4: keep layers the kernels cannot take in float"),
-    pack: bool = typer.Option(True, help="fp32/bf16 on CPU: oneDNN-packed weights, fused q/k/v and gate/up"),
+    pack: bool = typer.Option(Setting.pack, help="fp32/bf16 on CPU: oneDNN-packed weights, fused q/k/v and gate/up"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model: fuses the small ops between "
                                  "matmuls; compiling (1-3 min for 30 layers) is reported as compile_s"),
-    device: str = typer.Option("cpu", help="cpu or cuda"),
+    device: str = typer.Option(Setting.device, help="cpu or cuda"),
     out: Path = typer.Option(Path("profile_out"), help="folder for profile.csv and profile.json"),
 ) -> None:
     """Prefill / decode latency, tokens/s and memory of MODEL over a grid of settings."""
-    import torch
+    from pocketlm.profile.report import breakdown_table, rich_table
+    from pocketlm.profile.runner import profile
 
-    from pocketlm.profile.report import breakdown_table, rich_table, rows, write_outputs
-    from pocketlm.profile.runner import Grid, run_grid
-
-    grid = Grid(model=model, prompts=_ints(prompt, "--prompt"), gen=gen, depths=_ints(depth, "--depth"),
-                threads=_ints(threads, "--threads") if threads else [torch.get_num_threads()],
-                dtypes=_words(dtype), backends=_words(backend), repeat=repeat, warmup=warmup,
-                device=device, group_size=group_size, breakdown=breakdown, skip_unsupported=skip_unsupported,
-                pack=pack, compile=compile)
-    try:
-        results = run_grid(grid)
-    except ProfileError as e:
-        _fail(e)
-    table = rows(results)
-    console = Console()
-    console.print(rich_table(table, title=f"pocketlm profile {model}"))
+    base = Setting(model, prompts=_ints(prompt, "--prompt"), gen=gen, depths=_ints(depth, "--depth"), repeat=repeat,
+                   warmup=warmup, device=device, group_size=group_size, breakdown=breakdown,
+                   skip_unsupported=skip_unsupported, pack=pack, compile=compile)
+    done = profile(grid(base, _words(backend), _words(dtype), _ints(threads, "--threads")), out)
+    console = output_console()
+    console.print(rich_table(done["rows"], title=f"pocketlm profile {model}"))
     if breakdown:
-        console.print(breakdown_table(results))
-    paths = write_outputs(results, out)
-    print(json.dumps({"rows": table, **paths}))
+        console.print(breakdown_table(done["results"]))
+    print(json.dumps({"rows": done["rows"], "csv": done["csv"], "json": done["json"]}))
 
 
 @profile_app.command("landscape")
@@ -94,41 +72,30 @@ def landscape_cmd(
     threads: int = typer.Option(0, help="threads (default: all cores)"), repeat: int = typer.Option(3),
     models: str = typer.Option("", help="comma-separated catalog names instead of the whole catalog"),
     out: Path = typer.Option(Path("docs/profile_landscape"), help="folder for landscape.csv and figures"),
-    pack: bool = typer.Option(True, help="oneDNN-packed fp32/bf16 weights (a tied LM head then holds a 2nd copy)"),
+    pack: bool = typer.Option(Setting.pack, help="oneDNN-packed fp32/bf16 weights (a tied LM head then holds a "
+                              "2nd copy)"),
 ) -> None:
     """Latency and memory vs parameters over the catalog's architectures (random weights)."""
-    import torch
-
     from pocketlm.profile.landscape import landscape
 
-    try:
-        summary = landscape(max_params=max_params, min_params=min_params, dtype=dtype, prompt=prompt, gen=gen,
-                            depth=depth, threads=threads or torch.get_num_threads(), repeat=repeat,
-                            names=_words(models) or None, out_dir=out, pack=pack)
-    except ProfileError as e:
-        _fail(e)
-    print(json.dumps(summary))
+    print(json.dumps(landscape(max_params=max_params, min_params=min_params, dtype=dtype, prompt=prompt, gen=gen,
+                               depth=depth, threads=threads, repeat=repeat, names=_words(models) or None,
+                               out_dir=out, pack=pack)))
 
 
 @profile_app.command("compare")
 def compare_cmd(
     models: list[str] = typer.Argument(..., help="two or more catalog names / config files / directories"),
     dtype: str = typer.Option("bf16"), prompt: int = typer.Option(128), gen: int = typer.Option(16),
-    depth: int = typer.Option(128), threads: int = typer.Option(0), repeat: int = typer.Option(3),
-    out: Path = typer.Option(Path("profile_compare")),
-    pack: bool = typer.Option(True, help="oneDNN-packed fp32/bf16 weights"),
+    depth: int = typer.Option(128), threads: int = typer.Option(0, help="threads (default: all cores)"),
+    repeat: int = typer.Option(3), out: Path = typer.Option(Path("profile_compare")),
+    pack: bool = typer.Option(Setting.pack, help="oneDNN-packed fp32/bf16 weights"),
 ) -> None:
     """Side by side: e.g. MHA vs GQA at equal size, deep-thin vs wide-shallow."""
-    import torch
-
     from pocketlm.profile.landscape import compare
 
-    try:
-        summary = compare(models, dtype=dtype, prompt=prompt, gen=gen, depth=depth,
-                          threads=threads or torch.get_num_threads(), repeat=repeat, out_dir=out, pack=pack)
-    except ProfileError as e:
-        _fail(e)
-    print(json.dumps(summary))
+    print(json.dumps(compare(models, dtype=dtype, prompt=prompt, gen=gen, depth=depth, threads=threads,
+                             repeat=repeat, out_dir=out, pack=pack)))
 
 
 def register(app: typer.Typer) -> None:

@@ -5,20 +5,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pocketlm.profile.report import rows, write_outputs
-from pocketlm.profile.runner import Grid, run_grid
+from pocketlm.profile.runner import profile
+from pocketlm.profile.setting import Setting, grid
 
 
 def demo_section(model_dir: Path, out_dir: Path) -> dict:
     """Profile `model_dir` (each precision in a fresh process); returns {"title", "markdown", "metrics"}."""
-    import torch
-
     started = time.time()
-    grid = Grid(model=str(model_dir), prompts=[16, 64], gen=16, depths=[64], threads=[torch.get_num_threads()],
-                dtypes=["fp32", "int8", "int4"], repeat=3, warmup=1, skip_unsupported=True)
-    results = run_grid(grid, progress=False)
-    paths = write_outputs(results, out_dir)
-    table = rows(results)
+    base = Setting(model=str(model_dir), prompts=(16, 64), gen=16, depths=(64,), repeat=3, skip_unsupported=True)
+    done = profile(grid(base, dtypes=("fp32", "int8", "int4")), out_dir, progress=False)
+    results, table = done["results"], done["rows"]
 
     def pick(dtype: str, test: str) -> dict:
         return next(r for r in table if r["dtype"] == dtype and r["test"] == test)
@@ -48,7 +44,7 @@ def demo_section(model_dir: Path, out_dir: Path) -> dict:
             notes.append(f"{r['setting']['dtype']}: {len(r['float_layers'])} layer(s) kept in float "
                          f"(shapes the kernel cannot take), e.g. `{r['float_layers'][0]}`.")
     md = "\n".join([
-        f"Model `{model_dir}` measured in a fresh process per precision, {grid.threads[0]} thread(s), "
+        f"Model `{model_dir}` measured in a fresh process per precision, {results[0]['setting']['threads']} thread(s), "
         "median of 3 repeats (weight-only int8 / group-wise int4 run torch's packed-integer CPU kernels).",
         "",
         *lines,
@@ -63,7 +59,7 @@ def demo_section(model_dir: Path, out_dir: Path) -> dict:
         f"{mem['other_bytes'] / mb:.2f} MB of {mem['rss_growth_bytes'] / mb:.2f} MB RSS growth.",
         *([""] + notes if notes else []),
         "",
-        f"Files: `{paths['csv']}`, `{paths['json']}` ({time.time() - started:.0f} s).",
+        f"Files: `{done['csv']}`, `{done['json']}` ({time.time() - started:.0f} s).",
     ])
     metrics["seconds"] = time.time() - started
     return {"title": "Profile: latency and memory", "markdown": md, "metrics": metrics}

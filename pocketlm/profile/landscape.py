@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pocketlm.profile.runner import Grid, run_setting, validate
-from pocketlm.profile.source import ProfileError
+import torch
+
+from pocketlm.profile.runner import run_setting, validate
+from pocketlm.profile.setting import ProfileError, Setting
+from pocketlm.runtime import ModelOpenError
 from pocketlm.survey.figures import save_figure, write_csv
 
 POINT_FIELDS = ("model", "params", "attention", "n_layer", "d_model", "vocab_size", "dtype", "threads",
@@ -56,21 +59,20 @@ def _measure(names: list[str], dtype: str, prompt: int, gen: int, depth: int, th
     failed = failed if failed is not None else []
     from rich.progress import Progress
 
-    grids = [Grid(model=n, prompts=[prompt], gen=gen, depths=[depth], threads=[threads], dtypes=[dtype],
-                  repeat=repeat, warmup=1, pack=pack) for n in names]
-    for g in grids:
-        validate(g)
+    settings = [Setting(model=n, dtype=dtype, threads=threads, prompts=(prompt,), gen=gen, depths=(depth,),
+                        repeat=repeat, warmup=1, pack=pack) for n in names]
+    validate(settings)
     points = []
     with Progress() as bar:
-        task = bar.add_task(label, total=len(grids))
-        for g in grids:
-            bar.update(task, description=f"{label}: {g.model}")
+        task = bar.add_task(label, total=len(settings))
+        for s in settings:
+            bar.update(task, description=f"{label}: {s.model}")
             try:
-                points.append(point(run_setting(g.settings()[0])))
-            except ProfileError as e:  # one model failing (e.g. out of memory) must not lose the rest
+                points.append(point(run_setting(s)))
+            except (ProfileError, ModelOpenError) as e:  # one model failing (e.g. out of memory) must not lose the rest
                 if not keep_going:
                     raise
-                failed.append({"model": g.model, "error": str(e)[:500]})
+                failed.append({"model": s.model, "error": str(e)[:500]})
             bar.advance(task)
     return points
 
@@ -118,9 +120,11 @@ def _system_line(threads: int, dtype: str) -> str:
 
 
 def landscape(max_params: float = 2e9, min_params: float = 0, dtype: str = "bf16", prompt: int = 64,
-              gen: int = 8, depth: int = 64, threads: int = 2, repeat: int = 3, names: list[str] | None = None,
+              gen: int = 8, depth: int = 64, threads: int = 0, repeat: int = 3, names: list[str] | None = None,
               out_dir: str | Path = "docs/profile_landscape", pack: bool = True) -> dict:
-    """Profile every catalog architecture in range (each in a fresh process); write CSV + figure."""
+    """Profile every catalog architecture in range (each in a fresh process); write CSV + figure.
+    `threads` 0: all cores."""
+    threads = threads or torch.get_num_threads()
     names = names or catalog_models(max_params, min_params)
     if not names:
         raise ProfileError(f"no buildable catalog model has between {min_params:.3g} and {max_params:.3g} "
@@ -139,8 +143,10 @@ def landscape(max_params: float = 2e9, min_params: float = 0, dtype: str = "bf16
 
 
 def compare(models: list[str], dtype: str = "bf16", prompt: int = 128, gen: int = 16, depth: int = 128,
-            threads: int = 2, repeat: int = 3, out_dir: str | Path = "profile_compare", pack: bool = True) -> dict:
-    """The same measurements for a few chosen models, as a CSV, a bar figure and ratios to the first."""
+            threads: int = 0, repeat: int = 3, out_dir: str | Path = "profile_compare", pack: bool = True) -> dict:
+    """The same measurements for a few chosen models, as a CSV, a bar figure and ratios to the first.
+    `threads` 0: all cores."""
+    threads = threads or torch.get_num_threads()
     if len(models) < 2:
         raise ProfileError("compare needs two or more models, e.g. `pocketlm profile compare A.json B.json`")
     points = _measure(models, dtype, prompt, gen, depth, threads, repeat, "compare", pack=pack)

@@ -16,8 +16,8 @@ from typing import Callable
 
 import torch
 
-from pocketlm.profile.source import malloc_trim
 from pocketlm.profile.system import peak_rss_bytes, reset_peak_rss, rss_bytes
+from pocketlm.runtime import release_memory
 
 
 def tensor_bytes(model: torch.nn.Module) -> int:
@@ -71,7 +71,7 @@ def account_memory(model: torch.nn.Module, rss_base: int, max_len: int, n_prompt
         return _account_cuda(model, max_len, n_prompt)
     ids = torch.randint(0, model.config.vocab_size, (1, n_prompt))
     gc.collect()
-    malloc_trim()
+    release_memory()
     rss_model = rss_bytes()
     weights = tensor_bytes(model)
     cache = model.new_cache(1, max_len)

@@ -43,6 +43,11 @@ def time_prefill(model, n_prompt: int, repeat: int, warmup: int, device: str = "
         if i >= warmup:
             times.append(time.perf_counter() - t0)
         del cache
+    return prefill_stats(times, n_prompt)
+
+
+def prefill_stats(times: list[float], n_prompt: int) -> dict:
+    """Summary of prefill runs of `n_prompt` tokens (every backend reports these keys)."""
     out = summarize(times)
     out.update({"n_prompt": n_prompt, "tok_s": n_prompt / (out["median_ms"] / 1e3), "times_s": times})
     return out
@@ -80,6 +85,11 @@ def time_decode(model, depth: int, n_gen: int, repeat: int, warmup: int, device:
         steps = decode_steps(model, depth, n_gen, device)
         per_token += steps
         rates.append(len(steps) / sum(steps))
+    return decode_stats(per_token, rates, depth, n_gen)
+
+
+def decode_stats(per_token: list[float], rates: list[float], depth: int, n_gen: int) -> dict:
+    """Summary of decode runs: per-token seconds over all runs, and each run's tokens/s."""
     out = summarize(per_token)
     out.update({
         "depth": depth, "n_gen": n_gen,

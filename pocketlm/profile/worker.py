@@ -1,11 +1,14 @@
-"""Measure one setting (model, backend, dtype, threads) in this process; run as a fresh subprocess by
-`pocketlm.profile.runner` so memory figures start clean.
+"""Measure one `Setting` in this process; started as a fresh subprocess by `pocketlm.profile.runner`
+so memory figures start clean.
 
-    python -m pocketlm.profile.worker '<setting json>'   # last stdout line: the result JSON
+    python -P -m pocketlm.profile.worker '<setting json>'   # last stdout line: the result JSON
+
+`-P` keeps the current directory off sys.path: a `json.py` where the user stands must not run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -14,149 +17,48 @@ import traceback
 
 import torch
 
-from pocketlm.profile.source import ProfileError
+from pocketlm.model import costs
+from pocketlm.model.config import ModelConfig
+from pocketlm.profile.backends import get_backend
+from pocketlm.profile.setting import ProfileError, Setting
+from pocketlm.profile.system import system_info
+from pocketlm.runtime import ModelOpenError, resolve
+
+# errors that are the user's to fix: reported as one line, without a traceback
+USER_ERRORS: dict[str, type[ValueError]] = {"ProfileError": ProfileError, "ModelOpenError": ModelOpenError}
 
 
-def one_layer(cfg):
-    """The same architecture with a single block: what warm-up runs."""
-    changes = {"n_layer": cfg.block_repeat}
-    for fld in ("n_head", "n_kv_head", "intermediate_size", "layer_window"):
-        value = getattr(cfg, fld)
-        if isinstance(value, list):
-            changes[fld] = value[:1]
-    if cfg.n_experts:
-        changes["first_dense_layers"] = 0
-    return cfg.replace(**changes)
+def model_info(cfg: ModelConfig) -> dict:
+    counts = costs.param_counts(cfg)
+    return {"name": cfg.name, "attention": cfg.attention_kind, "n_layer": cfg.n_layer, "d_model": cfg.d_model,
+            "vocab_size": cfg.vocab_size, "max_seq_len": cfg.max_seq_len, "params": counts["total"],
+            "params_non_embedding": counts["non_embedding"], "params_active": counts.get("active", counts["total"])}
 
 
-def warm_runtime(spec, setting: dict) -> None:
-    """Run a one-block copy of the model once, then free it.
-
-    The first call of each kernel maps library code and allocates runtime buffers (tens of MB of
-    RSS that do not grow with the model); doing that here keeps them out of the model's accounting.
-    """
-    import dataclasses
-    import gc
-
-    from pocketlm.profile.source import build_model, malloc_trim
-
-    device = setting.get("device", "cpu")
-    small = dataclasses.replace(spec, config=one_layer(spec.config), kind="config")
-    model = build_model(small, setting["dtype"] if setting["backend"] == "torch" else "bf16", device,
-                        group_size=setting.get("group_size", 32), skip_unsupported=True,
-                        pack=setting.get("pack", True))
-    n = max(setting["prompts"])
-    with torch.inference_mode():
-        cache = model.new_cache(1, n + 2)
-        ids = torch.randint(0, small.config.vocab_size, (1, n), device=device)
-        model(ids, cache=cache, last_only=True)
-        model(ids[:, :1], cache=cache, last_only=True).argmax(-1)
-    del model, cache
-    if spec.kind == "checkpoint":  # the loader's own one-off cost (library code, readers): load once
-        from pocketlm.interop import load_model
-
-        del_me = load_model(spec.path)
-        del del_me
-    gc.collect()
-    malloc_trim()
-
-
-def check_setting(cfg, setting: dict) -> None:
-    """Raise ProfileError for requests the model cannot serve (before any measuring)."""
-    ctx = cfg.max_seq_len
-    longest = max(setting["prompts"] + [d + setting["gen"] for d in setting["depths"]])
-    if longest > ctx:
-        raise ProfileError(
-            f"{cfg.name or 'model'}: a context of {longest} tokens (longest prompt, or depth + gen) exceeds "
-            f"the model's context length {ctx} (max_seq_len); use shorter --prompt / --depth / --gen.")
-
-
-def model_info(cfg) -> dict:
-    info = {"name": cfg.name, "attention": cfg.attention_kind, "n_layer": cfg.n_layer, "d_model": cfg.d_model,
-            "vocab_size": cfg.vocab_size, "max_seq_len": cfg.max_seq_len}
-    try:
-        from pocketlm.model import costs
-
-        counts = costs.param_counts(cfg)
-        info.update({"params": counts["total"], "params_non_embedding": counts["non_embedding"],
-                     "params_active": counts.get("active", counts["total"])})
-    except ImportError:
-        pass
-    return info
-
-
-def run_torch(setting: dict) -> dict:
-    from pocketlm.profile.breakdown import time_breakdown
-    from pocketlm.profile.memory import account_memory, tensor_bytes
-    from pocketlm.profile.source import build_model, disk_bytes, resolve
-    from pocketlm.profile.system import peak_rss_bytes, reset_peak_rss, rss_bytes
-    from pocketlm.profile.timing import compile_model, time_decode, time_prefill
-
-    device = setting.get("device", "cpu")
-    spec = resolve(setting["model"])
-    check_setting(spec.config, setting)
-    warm_runtime(spec, setting)
-    rss_base = rss_bytes()
-    t0 = time.perf_counter()
-    model = build_model(spec, setting["dtype"], device, seed=setting.get("seed", 0),
-                        group_size=setting.get("group_size", 32),
-                        skip_unsupported=setting.get("skip_unsupported", False), pack=setting.get("pack", True))
-    load_s = time.perf_counter() - t0
-    load_peak = peak_rss_bytes()
-    info = model_info(spec.config)
-    if "params" not in info:
-        info["params"] = sum(p.numel() for p in model.parameters())
-    result = {"model_info": info, "load_s": load_s, "load_peak_rss_bytes": load_peak,
-              "float_layers": list(model.transforms.float_layers), "packed": model.transforms.packed}
-    longest = max(setting["prompts"] + [d + setting["gen"] for d in setting["depths"]])
-    result["memory"] = account_memory(model, rss_base, longest, max(setting["prompts"]), device)
-    weights = tensor_bytes(model)
-    on_disk = disk_bytes(spec.path) if spec.kind == "checkpoint" else None
-    result["disk_bytes"] = on_disk if on_disk is not None else weights
-    result["disk_bytes_kind"] = "files" if on_disk is not None else "tensor bytes (random weights, not saved)"
-    reset_peak_rss()
-    r, w = setting["repeat"], setting["warmup"]
-    timed = model
-    if setting.get("compile"):
-        timed, result["compile_s"] = compile_model(model, max(setting["prompts"]), longest, device)
-        w = max(w, 1)  # a size equal to a weight's may still specialize once ("duck sizing"): warm it up
-    result["prefill"] = [time_prefill(timed, n, r, w, device) for n in setting["prompts"]]
-    result["decode"] = [time_decode(timed, d, setting["gen"], r, w, device) for d in setting["depths"]]
-    result["run_peak_rss_bytes"] = peak_rss_bytes()  # with --compile, includes the compiler's memory
-    if setting.get("breakdown"):
-        result["breakdown"] = time_breakdown(model, max(setting["prompts"]), setting["depths"][0],
-                                             min(setting["gen"], 16), repeat=2, device=device)
-    result["weight_bytes_per_token"] = weights  # a decode step reads every weight once
-    return result
-
-
-def run(setting: dict) -> dict:
-    from pocketlm.profile.system import system_info
-
-    threads = int(setting["threads"])
-    torch.set_num_threads(threads)
+def run(setting: Setting) -> dict:
+    """The setting's measurements, with model info, system and wall time."""
+    if setting.threads:
+        torch.set_num_threads(setting.threads)
+    else:  # 0: torch's default, recorded as the number it is
+        setting = dataclasses.replace(setting, threads=torch.get_num_threads())
     started = time.time()
-    if setting["backend"] == "torch":
-        result = run_torch(setting)
-    elif setting["backend"] == "llamacpp":
-        from pocketlm.profile.llamacpp import run_llamacpp
-
-        result = run_llamacpp(setting)
-    else:
-        raise ProfileError(f"unknown backend {setting['backend']!r}; choose torch or llamacpp")
-    result["setting"] = setting
-    result["system"] = system_info(setting.get("device", "cpu"))
-    result["system"]["threads"] = threads
+    ref = resolve(setting.model)
+    setting.check_fits(ref.config)
+    result = get_backend(setting.backend).measure(ref, setting)
+    result["model_info"] = model_info(ref.config)
+    result["setting"] = setting.to_dict()
+    result["system"] = dict(system_info(setting.device), threads=setting.threads)
     result["wall_s"] = time.time() - started
     return result
 
 
 def main(argv: list[str]) -> int:
-    setting = json.loads(argv[1] if len(argv) > 1 else sys.stdin.read())
     try:
+        setting = Setting.from_dict(json.loads(argv[1] if len(argv) > 1 else sys.stdin.read()))
         result = run(setting)
-    except ProfileError as e:
-        print(json.dumps({"error": str(e), "kind": "ProfileError"}))
+    except tuple(USER_ERRORS.values()) as e:
+        kind = next(name for name, cls in USER_ERRORS.items() if isinstance(e, cls))
+        print(json.dumps({"error": str(e), "kind": kind}))
         return 2
     except Exception as e:  # report, with the traceback on stderr, and let the parent decide
         traceback.print_exc()

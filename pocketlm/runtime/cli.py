@@ -8,12 +8,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pocketlm.cli_support import output_console
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.describe import cost_summary, survey_axes
 
 
 def print_info(cfg: ModelConfig, context: int, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or output_console()
     axes = Table(title=f"{cfg.name or 'model'}: architecture on the survey's axes", show_header=False)
     for k, v in survey_axes(cfg).items():
         axes.add_row(k.replace("_", " "), str(v))

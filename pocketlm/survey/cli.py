@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from pocketlm.cli_support import output_console
 from pocketlm.survey.catalog import CatalogError, filter_entries, get_entry, load_catalog, parse_count
 
-console = Console()
+console = output_console()
 
 
 def _fail(e: Exception) -> None:
