@@ -308,17 +308,19 @@ def unpack_int4_kernel_layout(packed: Tensor, n: int, k: int) -> Tensor:
     """Codes [n, k] (int32, 0..15) from torch's CPU int4 layout, whatever this CPU's block width.
 
     The layout moves nibbles without changing them, in independent blocks of rows, so packing index
-    probes (the base-16 digits of each element's position) shows where every element lands; the
-    result is checked by packing it again."""
+    probes (the base-16 digits of each element's position) shows where every element lands; each
+    probed mapping is checked once on random codes."""
     codes = torch.empty(n, k, dtype=torch.int32)
     for r0 in range(0, n, _PROBE_ROWS):
         rows = min(_PROBE_ROWS, n - r0)
-        flat = torch.empty(rows * k, dtype=torch.uint8)
-        flat[_int4_positions(rows, k)] = _nibbles(packed[r0:r0 + rows])
-        codes[r0:r0 + rows] = flat.reshape(rows, k)
-    if not torch.equal(torch._convert_weight_to_int4pack_for_cpu(codes, 2), packed):
-        raise RuntimeError("could not read back torch's int4 weight layout on this CPU")
+        codes[r0:r0 + rows] = _unpack_rows(packed[r0:r0 + rows], rows, k)
     return codes
+
+
+def _unpack_rows(packed: Tensor, rows: int, k: int) -> Tensor:
+    flat = torch.empty(rows * k, dtype=torch.uint8)
+    flat[_int4_positions(rows, k)] = _nibbles(packed)
+    return flat.reshape(rows, k).to(torch.int32)
 
 
 def _nibbles(packed: Tensor) -> Tensor:
@@ -336,6 +338,11 @@ def _int4_positions(rows: int, k: int) -> Tensor:
         probe = ((index >> (4 * digit)) & 15).to(torch.int32).reshape(rows, k)
         where |= _nibbles(torch._convert_weight_to_int4pack_for_cpu(probe, 2)).long() << (4 * digit)
         digit += 1
+    check = torch.randint(0, 16, (rows, k), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    flat = torch.empty(rows * k, dtype=torch.uint8)
+    flat[where] = _nibbles(torch._convert_weight_to_int4pack_for_cpu(check, 2))
+    if not torch.equal(flat.reshape(rows, k).to(torch.int32), check):
+        raise RuntimeError("could not read back torch's int4 weight layout on this CPU")
     return where
 
 
