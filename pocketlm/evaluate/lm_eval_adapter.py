@@ -25,7 +25,7 @@ class PocketLM(LM):
     """lm-eval ``LM`` over pocketlm's scorer (prefix-shared log-likelihoods, cached greedy generation)."""
 
     def __init__(self, pretrained: str | None = None, model: Any = None, tokenizer: Any = None,
-                 batch_tokens: int = 1024, max_length: int | None = None, dtype: str = "float32", **kwargs: Any):
+                 batch_tokens: int = 1024, max_length: int | None = None, dtype: str | None = None, **kwargs: Any):
         super().__init__()
         if model is None:
             if pretrained is None:
