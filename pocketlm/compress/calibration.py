@@ -91,7 +91,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
+def encode_text(tokenizer: Any, text: str) -> list[int]:
     try:
         return list(tokenizer.encode(text, add_special_tokens=False))
     except TypeError:  # a tokenizer without the keyword (pocketlm's TextTokenizer)
@@ -138,7 +138,7 @@ def calibration_batches(spec: CalibSpec | str, tokenizer: Any, seed: int = 0, ca
         stored = load_file(str(path))
         record["total_tokens"] = int(stored["total_tokens"])
         return stored["ids"], record
-    ids = torch.tensor(_encode(tokenizer, "\n\n".join(texts)), dtype=torch.long)
+    ids = torch.tensor(encode_text(tokenizer, "\n\n".join(texts)), dtype=torch.long)
     windows = random_windows(ids, spec.n, spec.seq_len, seed, what=f"calibration source {spec.source!r}")
     record["total_tokens"] = int(ids.numel())
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,7 @@ def calibration_from_shards(data_dir: str | Path, spec: CalibSpec, tokenizer: An
 
     shard_tok = TextTokenizer.load(Path(data_dir) / "tokenizer.json")
     probe = "Once upon a time, 42 cats met the Queen of Hearts."
-    if tokenizer is not None and _encode(tokenizer, probe) != _encode(shard_tok, probe):
+    if tokenizer is not None and encode_text(tokenizer, probe) != encode_text(shard_tok, probe):
         raise CalibrationError(f"{data_dir}: the shards were tokenized with a different tokenizer than the model's; "
                                "calibrate on text instead (e.g. --calib 'my/*.txt:128x512')")
     tokens = torch.from_numpy(TokenSplit.open(data_dir, split).tokens.astype("int64"))
