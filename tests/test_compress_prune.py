@@ -21,6 +21,15 @@ CFG = ModelConfig(vocab_size=256, d_model=64, n_layer=2, n_head=4, n_kv_head=2, 
                   max_seq_len=128, tie_embeddings=False)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one thread (two OpenMP threads spin-wait on a shared 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _model(cfg: ModelConfig = CFG) -> Transformer:
     torch.manual_seed(0)
     return Transformer(cfg).eval()

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,15 +49,6 @@ def decode_latency(model: Any, depth: int = 64, n_gen: int = 32, repeat: int = 3
     depth = min(depth, model.config.max_seq_len - n_gen - 1)
     out = time_decode(model, depth=depth, n_gen=n_gen, repeat=repeat, warmup=1)
     return {"ms_per_token": out["median_ms"], "iqr_ms": out["iqr_ms"], "depth": depth, "n_gen": n_gen}
-
-
-def saved_bytes(model: Any) -> int:
-    """Bytes of the model's weights file as pocketlm saves it (dense safetensors)."""
-    from pocketlm.interop import save_native
-
-    with tempfile.TemporaryDirectory() as tmp:
-        save_native(model, tmp)
-        return (Path(tmp) / "model.safetensors").stat().st_size
 
 
 def runtime_line(before: dict, after: dict, bytes_before: int, bytes_after: int) -> str:

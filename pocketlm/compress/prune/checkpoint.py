@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from pocketlm.compress.calibration import CalibSpec, calibration_batches, encode_text
-from pocketlm.compress.measure import compare_on_tokens, decode_latency, runtime_line, saved_bytes, threads_note
+from pocketlm.compress.measure import compare_on_tokens, decode_latency, runtime_line, threads_note
 from pocketlm.compress.prune.driver import prune
 from pocketlm.compress.recipe import PruneRecipe
 from pocketlm.compress.report import PruneReport
@@ -81,7 +82,9 @@ def prune_checkpoint(model_ref: str | Path, recipe: PruneRecipe, out_dir: str | 
         ids = torch.tensor(encode_text(tok, text_path.read_text())[:eval_tokens])
         report.evaluation = {"text": str(text_path), **compare_on_tokens(dense, model, ids, spec.seq_len)}
         before, after = decode_latency(dense), decode_latency(model)
-        bytes_before = saved_bytes(dense)
+        with tempfile.TemporaryDirectory() as tmp_dense:  # the dense model, saved the same way
+            _save(dense, None, Path(tmp_dense), [])
+            bytes_before = (Path(tmp_dense) / "model.safetensors").stat().st_size
         report.runtime = {"decode_before": before, "decode_after": after, "threads": threads_note(),
                           "file_bytes_before": bytes_before}
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
