@@ -12,7 +12,7 @@ console = Console()
 
 
 def prune_cmd(
-    model: str = typer.Argument(..., help="HF or pocketlm model directory, or a llama2.c .bin"),
+    model: str = typer.Argument(..., help="HF or pocketlm model directory, a llama2.c .bin, or a catalog name (random weights)"),
     out: Path = typer.Option(..., "--out", help="output directory (written atomically)"),
     method: str = typer.Option("wanda", help="magnitude, wanda or sparsegpt"),
     sparsity: float = typer.Option(0.5, help="fraction of each matrix set to zero, in [0, 1)"),

@@ -43,9 +43,12 @@ def _halves_from_pairs(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, out // n_heads // 2, 2, dim).transpose(1, 2).reshape(out, dim)
 
 
-def load_llama2c(path: str | Path, dtype: torch.dtype = torch.float32) -> Transformer:
-    """A pocketlm Transformer (Llama layout, halves RoPE) holding the weights of a llama2.c `.bin`."""
-    path = Path(path)
+def read_config(path: str | Path) -> ModelConfig:
+    """The ModelConfig a llama2.c `.bin` holds (header checked against the file size)."""
+    return _layout(Path(path))[0]
+
+
+def _layout(path: Path) -> tuple[ModelConfig, list[tuple[str, tuple[int, ...]]]]:
     h = read_header(path)
     shared = h["vocab_size"] > 0
     V, D, F, L = abs(h["vocab_size"]), h["dim"], h["hidden_dim"], h["n_layers"]
@@ -63,19 +66,28 @@ def load_llama2c(path: str | Path, dtype: torch.dtype = torch.float32) -> Transf
     if path.stat().st_size != expected:
         raise Llama2cError(f"{path}: {path.stat().st_size:,} bytes, but header {h} implies {expected:,}; "
                            "this is not a llama2.c legacy (version 0) checkpoint")
+    cfg = ModelConfig(vocab_size=V, d_model=D, n_layer=L, n_head=H, n_kv_head=K, intermediate_size=F,
+                      max_seq_len=T, norm_eps=1e-5, rope_theta=10000.0, tie_embeddings=shared,
+                      name=path.stem, extra={"source": "llama2.c"})
+    return cfg, shapes
+
+
+def load_llama2c(path: str | Path, dtype: torch.dtype = torch.float32) -> Transformer:
+    """A pocketlm Transformer (Llama layout, halves RoPE) holding the weights of a llama2.c `.bin`."""
+    path = Path(path)
+    cfg, shapes = _layout(path)
     flat = torch.from_numpy(np.fromfile(path, dtype="<f4", offset=4 * HEADER_INTS).copy())
     arrays, pos = {}, 0
     for name, shape in shapes:
         n = int(np.prod(shape))
         arrays[name] = flat[pos:pos + n].view(shape)
         pos += n
-    cfg = ModelConfig(vocab_size=V, d_model=D, n_layer=L, n_head=H, n_kv_head=K, intermediate_size=F,
-                      max_seq_len=T, norm_eps=1e-5, rope_theta=10000.0, tie_embeddings=shared,
-                      name=path.stem, extra={"source": "llama2.c"})
+    H, K = cfg.n_head, cfg.n_kv_head
     model = Transformer(cfg)
+    shared = cfg.tie_embeddings
     state = {"embed.weight": arrays["embed"], "final_norm.weight": arrays["final_norm"],
              "lm_head.weight": arrays["lm_head"] if not shared else arrays["embed"]}
-    for i in range(L):
+    for i in range(cfg.n_layer):
         b = f"blocks.{i}."
         state.update({
             b + "attn_norm.weight": arrays["attn_norm"][i], b + "mlp_norm.weight": arrays["mlp_norm"][i],

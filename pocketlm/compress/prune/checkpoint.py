@@ -32,13 +32,12 @@ class OutputExistsError(ValueError):
     """The output directory exists; pass overwrite=True (--overwrite) to replace it."""
 
 
-def open_model(ref: str | Path, tokenizer: str | Path | None = None) -> tuple[Any, Any]:
-    """(model, tokenizer or None) from a pocketlm / Hugging Face directory or a llama2.c `.bin`."""
-    from pocketlm.interop import load_model, load_tokenizer
+def open_model_and_tokenizer(ref: str | Path, tokenizer: str | Path | None = None) -> tuple[Any, Any]:
+    """(fp32 model, tokenizer or None) for a MODEL argument (see pocketlm.runtime; llama2.c `.bin` too)."""
+    from pocketlm.runtime import open_model, open_tokenizer
 
-    model = load_model(ref).eval()
-    tok_dir = tokenizer if tokenizer is not None else (ref if Path(ref).is_dir() else None)
-    tok = load_tokenizer(tok_dir) if tok_dir is not None else None
+    model = open_model(ref, "fp32")
+    tok = open_tokenizer(ref, tokenizer)
     if tokenizer is not None and tok is None:
         raise FileNotFoundError(f"--tokenizer {tokenizer}: no tokenizer.json / tokenizer.model / vocab.json there")
     return model, tok
@@ -65,7 +64,7 @@ def prune_checkpoint(model_ref: str | Path, recipe: PruneRecipe, out_dir: str | 
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; choose another --out or pass --overwrite")
     t0 = time.perf_counter()
-    model, tok = open_model(model_ref, tokenizer)
+    model, tok = open_model_and_tokenizer(model_ref, tokenizer)
     if tok is None:
         raise ValueError(f"{model_ref} has no tokenizer to turn calibration text into tokens: save tokenizer files "
                          "next to the model, or pass --tokenizer PATH")
