@@ -2,7 +2,7 @@
 
 Steps (each a `demo_section` of its capability folder, run in order):
 build/train a tiny model -> describe it (survey axes, analytic costs, a sample) -> survey trends
--> evaluate -> profile. The report is `report.md` + `report.json` in the output folder.
+-> evaluate -> profile -> shrink. The report is `report.md` + `report.json` in the output folder.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     model_dir = Path(first["model_dir"]) if first and "model_dir" in first else _random_model(out_dir)["model_dir"]
     step("model", lambda: _model_section(Path(model_dir)))
     for name, module in (("survey", "pocketlm.survey.demo"), ("evaluate", "pocketlm.evaluate.demo"),
-                         ("profile", "pocketlm.profile.demo")):
+                         ("profile", "pocketlm.profile.demo"), ("shrink", "pocketlm.compress.demo")):
         fn = _optional(module, "demo_section")
         if fn is None:
             continue
@@ -139,7 +139,7 @@ def _optional(module: str, attr: str) -> Callable | None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(out: Path = typer.Option(Path("demo_out"), help="folder for the report and artifacts"),
-             skip: list[str] = typer.Option([], help="steps to skip (train, model, survey, evaluate, profile)")) -> None:
+             skip: list[str] = typer.Option([], help="steps to skip (train, model, survey, evaluate, profile, shrink)")) -> None:
         """Run every capability on bundled data (train -> describe -> evaluate -> profile) and write a report."""
         report = run_demo(out, tuple(skip))
         console.print(f"\nreport: {out / 'report.md'}")

@@ -183,3 +183,14 @@ def test_cli_bad_input_is_one_line(tmp_path, micro_dir):
     r = _cli(STORIES260K, "--out", str(tmp_path / "y"))
     assert r.returncode == 2 and "--tokenizer" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_demo_section_writes_table_figure_and_a_loadable_pruned_model(micro_dir, tmp_path):
+    from pocketlm.compress.demo import demo_section
+
+    section = demo_section(micro_dir, tmp_path)
+    assert "| sparsegpt |" in section["markdown"] and (tmp_path / "prune_sweep.png").stat().st_size > 1000
+    rows = section["metrics"]["sweep"]
+    assert {(r["method"], r["setting"]) for r in rows} == {(m, s) for m in ("magnitude", "wanda", "sparsegpt")
+                                                          for s in ("0.3", "0.5", "0.7", "2:4")}
+    assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "sparsegpt_2of4") is not None

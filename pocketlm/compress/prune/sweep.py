@@ -56,6 +56,7 @@ def sweep_figure(rows: list[dict], path: str | Path, title: str = "") -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
@@ -72,6 +73,8 @@ def sweep_figure(rows: list[dict], path: str | Path, title: str = "") -> Path:
     ax.set_xlabel("sparsity of the pruned matrices (squares: N:M)")
     ax.set_ylabel("held-out perplexity")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.0f"))
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
