@@ -103,30 +103,32 @@ def small_setup(preset: str = "small", n: int = 128, length: int = 128):
 
 
 def stories_setup(n: int = 128, length: int = 256):
-    """stories260K scored on its own samples: 64 sequences of 512 tokens from BOS at temperature 1."""
+    """stories260K scored on its own samples: 128 sequences of 512 tokens from BOS at temperature 1
+    (112 for calibration windows, 16 held out)."""
     from pocketlm.interop import load_model
 
     model = load_model(STORIES260K)
-    bos = torch.ones(64, 1, dtype=torch.long)
+    bos = torch.ones(128, 1, dtype=torch.long)
     samples = model.generate(bos, max_new_tokens=511, temperature=1.0, seed=0).clone()
-    calib_stream, heldout = samples[:48].flatten(), samples[48:].flatten()
+    calib_stream, heldout = samples[:112].flatten(), samples[112:].flatten()
     return model, random_windows(calib_stream, n, length, seed=0, what="stories260K samples"), heldout, length
 
 
 def reproduce(args) -> dict:
     settings = args.settings.split(",")
-    model, _, calib, heldout, _ = small_setup(args.preset)
-    rows_small = sweep(model, calib, heldout, 128, settings)
     s_model, s_calib, s_heldout, s_len = stories_setup()
     rows_stories = sweep(s_model, s_calib, s_heldout, s_len, settings)
-    print(f"\n{args.preset} preset ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params), calibration "
+    print(f"\nstories260K, calibration 128x{s_len} of its own samples, held-out 16 other samples "
+          f"({s_heldout.numel()} tokens), window {s_len}")
+    print(sweep_table(rows_stories), flush=True)
+    model, _, calib, heldout, _ = small_setup(args.preset)
+    rows_small = sweep(model, calib, heldout, 128, settings)
+    print(f"\n{args.preset} preset ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params), calibration "
           f"bundled:128x128, held-out TinyStories validation ({heldout.numel()} tokens), window 128")
     print(sweep_table(rows_small))
-    print(f"\nstories260K, calibration 128x{s_len} of its own samples, held-out 16 other samples, window {s_len}")
-    print(sweep_table(rows_stories))
     print(f"\n{cpu_model()}, {_load()}")
     if args.figure:
-        sweep_figure(rows_small, args.figure, "small preset: perplexity vs sparsity")
+        sweep_figure(rows_small, args.figure, f"{args.preset} preset: perplexity vs sparsity")
     return {"small": rows_small, "stories260K": rows_stories}
 
 

@@ -22,16 +22,9 @@ from pocketlm.interop import load_model, load_tokenizer
 from pocketlm.interop.llama2c import Llama2cError, load_llama2c
 from pocketlm.train.fixtures import trained_preset
 from tests.hf_tiny import tiny_config
+from tests.test_compress_prune import one_thread  # noqa: F401  (autouse: one thread for tiny matrices)
 
 STORIES260K = "../shared/data/models/stories260K/stories260K.bin"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
