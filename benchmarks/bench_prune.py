@@ -46,6 +46,10 @@ def _load() -> str:
     return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def _log(line: str) -> None:
+    print("  " + line, flush=True)
+
+
 # ------------------------------------------------------------------------------------------- perf
 def smollm_model():
     from pocketlm.model.transformer import Transformer
@@ -117,12 +121,12 @@ def stories_setup(n: int = 128, length: int = 256):
 def reproduce(args) -> dict:
     settings = args.settings.split(",")
     s_model, s_calib, s_heldout, s_len = stories_setup()
-    rows_stories = sweep(s_model, s_calib, s_heldout, s_len, settings)
+    rows_stories = sweep(s_model, s_calib, s_heldout, s_len, settings, log=_log)
     print(f"\nstories260K, calibration 128x{s_len} of its own samples, held-out 16 other samples "
           f"({s_heldout.numel()} tokens), window {s_len}")
     print(sweep_table(rows_stories), flush=True)
     model, _, calib, heldout, _ = small_setup(args.preset)
-    rows_small = sweep(model, calib, heldout, 128, settings)
+    rows_small = sweep(model, calib, heldout, 128, settings, log=_log)
     print(f"\n{args.preset} preset ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params), calibration "
           f"bundled:128x128, held-out TinyStories validation ({heldout.numel()} tokens), window 128")
     print(sweep_table(rows_small))
@@ -215,7 +219,7 @@ def main() -> None:
     one.add_argument("length", type=int)
     one.add_argument("threads", type=int)
     r = sub.add_parser("reproduce")
-    r.add_argument("--settings", default="0.5,2:4")
+    r.add_argument("--settings", default="0.5,0.6,0.7,2:4")
     r.add_argument("--preset", default="small")
     r.add_argument("--figure", type=Path, default=None)
     ref = sub.add_parser("reference")

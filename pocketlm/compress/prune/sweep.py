@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from torch import Tensor
 
@@ -16,7 +16,8 @@ METHOD_ORDER = ("magnitude", "wanda", "sparsegpt")
 
 
 def sweep(model: Any, calib: Tensor, heldout: Tensor, window: int, settings: Sequence[str] = ("0.5", "2:4"),
-          methods: Sequence[str] = METHOD_ORDER, owl: bool = False) -> list[dict]:
+          methods: Sequence[str] = METHOD_ORDER, owl: bool = False, log: Callable[[str], None] | None = None,
+          ) -> list[dict]:
     """One row per (method, setting): setting is a sparsity ("0.5") or an N:M pattern ("2:4")."""
     rows = []
     dense_ppl = None
@@ -30,6 +31,8 @@ def sweep(model: Any, calib: Tensor, heldout: Tensor, window: int, settings: Seq
             dense_ppl = quality["ppl_before"]
             rows.append({"method": method, "setting": setting, "sparsity": report.sparsity,
                          "ppl": quality["ppl_after"], "kl": quality["kl_mean"], "seconds": report.wall_s})
+            if log:
+                log(f"{method} {setting}: ppl {quality['ppl_after']:.4f} (dense {quality['ppl_before']:.4f})")
     for r in rows:
         r["dense_ppl"] = dense_ppl
     return rows
