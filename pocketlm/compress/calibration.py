@@ -43,7 +43,7 @@ class CalibSpec:
     @classmethod
     def parse(cls, text: str, default_seq_len: int = DEFAULT_L) -> "CalibSpec":
         source, _, shape = text.rpartition(":")
-        if not source or "x" not in shape:  # no shape given (or a Windows-style path)
+        if not source or "x" not in shape:  # no NxL suffix: the default shape
             return cls(text, DEFAULT_N, default_seq_len)
         n, _, length = shape.partition("x")
         if not (n.isdigit() and length.isdigit()) or int(n) < 1 or int(length) < 2:
