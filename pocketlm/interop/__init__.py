@@ -18,11 +18,15 @@ __all__ = ["load_model", "load_tokenizer", "save_hf", "save_native", "config_fro
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> Transformer:
-    """A pocketlm checkpoint (pocketlm.json) or a Hugging Face directory (config.json)."""
+    """A pocketlm checkpoint (pocketlm.json), a Hugging Face directory (config.json) or a llama2.c `.bin`."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory; give a model directory "
                               "(Hugging Face config.json + safetensors, or a pocketlm checkpoint)")
+    if path.is_file() and path.suffix == ".bin":  # llama2.c legacy checkpoint
+        from pocketlm.interop.llama2c import load_llama2c
+
+        return load_llama2c(path, dtype)
     if path.is_file():
         raise CheckpointError(f"{path}: is a file; give the directory that holds it")
     if (path / CONFIG_NAME).is_file():

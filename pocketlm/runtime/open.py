@@ -58,6 +58,13 @@ def resolve(ref: str | Path | ModelRef) -> ModelRef:
     if path.is_file() and path.suffix == ".json":
         cfg = _config_file(path)
         return ModelRef(text, "config", cfg if cfg.name else cfg.replace(name=path.stem), path)
+    if path.is_file() and path.suffix == ".bin" and path.stat().st_size > 28:  # llama2.c legacy checkpoint
+        from pocketlm.interop.llama2c import Llama2cError, read_config
+
+        try:
+            return ModelRef(text, "checkpoint", read_config(path), path)
+        except Llama2cError as e:
+            raise ModelOpenError(str(e)) from e
     if path.is_file():
         raise ModelOpenError(f"{path}: is a file; give the model directory that holds it, "
                              "or a ModelConfig / config.json file")

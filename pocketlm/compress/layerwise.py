@@ -1,0 +1,153 @@
+"""The sequential block walk shared by every calibration-based method (SparseGPT, Wanda, GPTQ, AWQ, OWL).
+
+The inputs of block 0 are captured once (a pre-hook on the first block stops the forward there, as the
+reference code's `Catcher` does); then, block by block: hook the targets, run the block over the
+calibration batches while the hooks accumulate statistics, let the method compress the block, and run
+the compressed block again to produce the next block's inputs. Memory holds the calibration activations
+of one block boundary (N x L x d_model fp32) plus the statistics of one block's targets.
+
+Block sharing (MobileLLM's `block_repeat`) runs a stored block several times in a row: its statistics
+gather over every application. `groups` gives GPTQ's `true_sequential` order (q/k/v, then o, ...):
+each group is hooked, compressed and re-run before the next group's inputs are collected.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from pocketlm.compress.targets import DEFAULT_SKIP, Target, block_targets
+from pocketlm.model.transformer import AttentionInputs, Transformer
+
+Accumulator = Any  # anything with add_batch(x); see stats.py
+
+
+class _Captured(Exception):
+    """Raised by the pre-hook on block 0 once it has the block's inputs."""
+
+
+@dataclass
+class BlockStep:
+    """What a method sees for one block: its targets, their input statistics, and a way to re-run it."""
+
+    index: int
+    block: nn.Module
+    targets: list[Target]
+    stats: dict[str, Accumulator]  # input_key -> accumulator
+    run: Callable[[], list[Tensor]]  # the block's outputs on the calibration inputs (current weights)
+
+
+@torch.no_grad()
+def capture_inputs(model: Transformer, calib: Tensor, batch_size: int) -> list[tuple[Tensor, AttentionInputs]]:
+    """(hidden states entering block 0, attention inputs) for each batch of calibration sequences."""
+    captured: list[tuple[Tensor, AttentionInputs]] = []
+
+    def grab(module: nn.Module, args: tuple) -> None:
+        captured.append((args[0].detach(), args[1]))
+        raise _Captured
+
+    handle = model.blocks[0].register_forward_pre_hook(grab)
+    try:
+        for i in range(0, calib.shape[0], batch_size):
+            try:
+                model(calib[i:i + batch_size])
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _groups(targets: list[Target], groups: list[list[str]] | None) -> Iterable[list[Target]]:
+    if not groups:
+        yield targets
+        return
+    left = list(targets)
+    for patterns in groups:
+        chosen = [t for t in left if any(fnmatch.fnmatchcase(t.name, p) for p in patterns)]
+        left = [t for t in left if t not in chosen]
+        if chosen:
+            yield chosen
+    if left:
+        yield left
+
+
+def _hook(target: Target, acc: Accumulator) -> Callable:
+    def fn(module: nn.Module, args: tuple, output: Any) -> None:
+        x = target.extract(args)
+        if x is not None and x.numel():
+            acc.add_batch(x.detach())
+    return fn
+
+
+@torch.no_grad()
+def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumulator],
+         compress: Callable[[BlockStep], bool], *, skip: tuple[str, ...] = DEFAULT_SKIP,
+         groups: list[list[str]] | None = None, batch_size: int = 8, progress: bool = False,
+         description: str = "compressing") -> None:
+    """Walk the blocks in order; `compress(step)` edits the block's targets and returns whether it changed them.
+
+    `make_stat(target)` builds the accumulator for the first target of each input key."""
+    was_training = model.training
+    model.eval()
+    batches = capture_inputs(model, calib, batch_size)
+    schedule = model.layer_schedule()
+    bar = _Bar(len(model.blocks), progress, description)
+    try:
+        for b, block in enumerate(model.blocks):
+            applications = schedule.count(b)
+
+            def run(block: nn.Module = block, applications: int = applications) -> list[Tensor]:
+                outs = []
+                for x, inp in batches:
+                    for _ in range(applications):
+                        x = block(x, inp, None, model.shared_mlp)
+                    outs.append(x)
+                return outs
+
+            outputs, changed = None, False
+            for group in _groups(block_targets(model, b, skip), groups):
+                stats: dict[str, Accumulator] = {}
+                handles = []
+                for t in group:
+                    if t.input_key not in stats:
+                        stats[t.input_key] = make_stat(t)
+                        handles.append(t.module.register_forward_hook(_hook(t, stats[t.input_key])))
+                try:
+                    outputs = run()
+                finally:
+                    for h in handles:
+                        h.remove()
+                changed = bool(compress(BlockStep(b, block, group, stats, run))) or changed
+            if outputs is None or changed:
+                outputs = run()
+            batches = [(out, inp) for out, (_, inp) in zip(outputs, batches)]
+            bar.advance()
+    finally:
+        bar.close()
+        model.train(was_training)
+
+
+class _Bar:
+    """A rich progress bar over blocks (a no-op when disabled)."""
+
+    def __init__(self, total: int, enabled: bool, description: str):
+        self.bar = None
+        if enabled:
+            from rich.progress import Progress
+
+            self.bar = Progress(transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(description, total=total)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,107 @@
+"""Statistics of a matrix's inputs, accumulated batch by batch from forward hooks.
+
+Every accumulator takes `add_batch(x)` with x of shape [..., in] (a [B, T, in] activation or [N, in]
+routed tokens) and keeps fp32 state of size O(in) or O(in^2), never the activations themselves.
+Counting follows the reference code: Wanda and SparseGPT/GPTQ count *sequences* (the leading batch
+dimension; a 2-D input counts as one), which only rescales their statistics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _rows(x: Tensor) -> tuple[Tensor, int]:
+    """(x as [tokens, in] fp32, number of sequences it counts as)."""
+    samples = 1 if x.dim() == 2 else x.shape[0]
+    return x.reshape(-1, x.shape[-1]).float(), samples
+
+
+class InputNorms:
+    """Wanda's `scaler_row`: running mean over sequences of the squared L2 norm of each input column.
+
+    `norms()` is ||X_j||_2 per input channel j (up to the sequence-count scale), Wanda's activation term."""
+
+    def __init__(self, in_features: int):
+        self.sq = torch.zeros(in_features)
+        self.n = 0
+
+    def add_batch(self, x: Tensor) -> None:
+        rows, samples = _rows(x)
+        self.sq *= self.n / (self.n + samples)
+        self.n += samples
+        self.sq += rows.pow(2).sum(0) / self.n
+
+    def norms(self) -> Tensor:
+        return self.sq.sqrt()
+
+
+class Hessian:
+    """H = 2/n * X Xᵀ over the inputs seen (n = sequences), SparseGPT's and GPTQ's layer Hessian."""
+
+    def __init__(self, in_features: int):
+        self.H = torch.zeros(in_features, in_features)
+        self.n = 0
+
+    def add_batch(self, x: Tensor) -> None:
+        rows, samples = _rows(x)
+        self.H *= self.n / (self.n + samples)
+        self.n += samples
+        rows = rows * math.sqrt(2 / self.n)
+        self.H.addmm_(rows.T, rows)
+
+
+class MeanAbs:
+    """Per-channel mean |x| over tokens (AWQ's activation scale statistic)."""
+
+    def __init__(self, in_features: int):
+        self.total = torch.zeros(in_features)
+        self.tokens = 0
+
+    def add_batch(self, x: Tensor) -> None:
+        rows, _ = _rows(x)
+        self.total += rows.abs().sum(0)
+        self.tokens += rows.shape[0]
+
+    def mean(self) -> Tensor:
+        return self.total / max(self.tokens, 1)
+
+
+class Gram:
+    """X Xᵀ over the first `max_samples` sequences: measures ||W X - Ŵ X||² exactly on those inputs."""
+
+    def __init__(self, in_features: int, max_samples: int = 8):
+        self.G = torch.zeros(in_features, in_features)
+        self.n, self.max_samples = 0, max_samples
+
+    def add_batch(self, x: Tensor) -> None:
+        if self.n >= self.max_samples:
+            return
+        if x.dim() == 3:
+            x = x[: self.max_samples - self.n]
+        rows, samples = _rows(x)
+        self.n += samples
+        self.G.addmm_(rows.T, rows)
+
+    def relative_error(self, before: Tensor, after: Tensor) -> float:
+        """||(W - Ŵ) X||²_F / ||W X||²_F on the recorded inputs (0 when no input was seen)."""
+        W, D = before.float(), (before - after).float()
+        ref = float(((W @ self.G) * W).sum())
+        return float(((D @ self.G) * D).sum()) / ref if ref > 0 else 0.0
+
+
+class Several:
+    """Feed one input to several accumulators (a method's statistic plus the error probe)."""
+
+    def __init__(self, **parts):
+        self.parts = parts
+
+    def add_batch(self, x: Tensor) -> None:
+        for p in self.parts.values():
+            p.add_batch(x)
+
+    def __getitem__(self, name: str):
+        return self.parts[name]
