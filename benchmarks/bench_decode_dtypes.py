@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from pocketlm.compress.quantize import quantize_model
+from pocketlm.model.quantize import quantize_model
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.packing import pack_for_cpu
 from pocketlm.model.transformer import Transformer

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pocketlm.compress.quantize import rtn_linear
+from pocketlm.model.quantize import rtn_linear
 from pocketlm.model.packing import PackedLinear
 from pocketlm.model.transformer import _attend_one_query
 

@@ -28,7 +28,7 @@ from pocketlm.runtime import open_model, resolve  # noqa: E402
 
 def linear_bytes(model: torch.nn.Module) -> int:
     """Bytes a decode step streams: every linear / quantized-linear weight (unique storages) and norms."""
-    from pocketlm.compress.quantize import QUANT_LINEARS
+    from pocketlm.model.quantize import QUANT_LINEARS
     from pocketlm.model.packing import PackedLinear
 
     seen, total = set(), 0

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pocketlm.compress.quantize import rtn_linear  # noqa: E402
+from pocketlm.model.quantize import rtn_linear  # noqa: E402
 from pocketlm.profile.system import cpu_model, memory_bandwidth_gbs  # noqa: E402
 
 

@@ -68,7 +68,7 @@ def test_report_records_measurements_and_the_runtime_truth(pruned_dir):
 
 
 def test_gguf_of_the_pruned_model_runs_in_llama_cpp(pruned_dir):
-    from pocketlm.compress.quantize import sqnr_db
+    from pocketlm.model.quantize import sqnr_db
     from tests.test_gguf import IDS, _llama_logits
 
     out, _ = pruned_dir

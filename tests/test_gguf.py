@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pocketlm.compress.quantize import sqnr_db
+from pocketlm.model.quantize import sqnr_db
 from pocketlm.export.gguf import GGUFExportError, export_gguf, load_gguf_weights
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import Transformer

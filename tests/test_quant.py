@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pocketlm.compress.quantize import (
+from pocketlm.model.quantize import (
     Int4Linear, Int8Linear, QuantizationError, dequantize_int4, quantize_int4, quantize_int8,
     quantize_model, rtn_linear, sqnr_db,
 )

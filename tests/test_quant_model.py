@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from pocketlm.compress.quantize import (
+from pocketlm.model.quantize import (
     Int4Linear, Int8Linear, dequantize_int4, quantize_int4, quantize_int8, quantize_model, sqnr_db,
 )
 from pocketlm.model.config import ModelConfig

@@ -12,7 +12,7 @@ import torch
 import transformers as T
 from safetensors import safe_open
 
-from pocketlm.compress.quantize import QuantizationError, grids, quantize_int4, quantize_model, rtn, rtn_linear, sqnr_db
+from pocketlm.model.quantize import QuantizationError, grids, quantize_int4, quantize_model, rtn, rtn_linear, sqnr_db
 from pocketlm.export.gguf import export_gguf
 from pocketlm.interop import load_model, save_hf, save_native
 from pocketlm.model.config import ModelConfig

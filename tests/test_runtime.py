@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers as T
 
-from pocketlm.compress.quantize import quantize_model
+from pocketlm.model.quantize import quantize_model
 from pocketlm.interop import load_model, save_native
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.packing import pack_for_cpu

@@ -3,7 +3,7 @@
 - `fused_linear`: several nn.Linear of one input as one wider nn.Linear (`splits` gives the widths);
 - `PackedLinear`: weights prepacked by oneDNN for fast CPU inference (machine-specific, never saved);
 - `Int8Linear`, `Int4Linear`: weight-only integer layers on torch's CPU kernels, built from integers
-  already on their grid (`pocketlm.compress.quantize` chooses them), saved in a portable form;
+  already on their grid (`pocketlm.model.quantize` chooses them), saved in a portable form;
 - `QuantRecipe`: what quantized a model (scheme, group size, method, the layers kept in float).
 
 Integer grids (the kernels' conventions)

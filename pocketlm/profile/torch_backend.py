@@ -66,7 +66,7 @@ def _open(ref: ModelRef, setting: Setting, precision: str, skip_unsupported: boo
 
 def check_quantizable(cfg: ModelConfig, scheme: str, group_size: int) -> None:
     """Check every linear layer's shape on a weightless (meta) copy of the model."""
-    from pocketlm.compress.quantize import QuantizationError, check_int4, check_int8
+    from pocketlm.model.quantize import QuantizationError, check_int4, check_int8
     from pocketlm.model.transformer import Transformer
 
     with torch.device("meta"):

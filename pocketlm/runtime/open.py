@@ -197,7 +197,7 @@ def _open_quantized(spec: ModelRef, precision: str | None, group_size: int | Non
 
 
 def _quantize(model: Transformer, scheme: str, group_size: int, skip_unsupported: bool) -> Transformer:
-    from pocketlm.compress.quantize import QuantizationError, quantize_model
+    from pocketlm.model.quantize import QuantizationError, quantize_model
 
     try:
         return quantize_model(model, scheme, group_size, skip_unsupported=skip_unsupported)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pocketlm.compress.quantize.grids import round_to_grid
-from pocketlm.compress.quantize.kernels import DTYPE_NAMES, check_scheme, kernel_layer, select_linears, to_kernels
+from pocketlm.model.quantize.grids import round_to_grid
+from pocketlm.model.quantize.kernels import DTYPE_NAMES, check_scheme, kernel_layer, select_linears, to_kernels
 from pocketlm.model.linears import QuantRecipe
 from pocketlm.model.transformer import Transformer
 

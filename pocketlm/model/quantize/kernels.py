@@ -13,7 +13,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from pocketlm.compress.quantize.grids import GridWeight
+from pocketlm.model.quantize.grids import GridWeight
 from pocketlm.model.linears import (SCHEMES, Int4Linear, Int8Linear, QuantizationError, QuantRecipe, check_group_size,
                                     check_int4, check_int8, replace_linears, splits_of)
 from pocketlm.model.transformer import Transformer

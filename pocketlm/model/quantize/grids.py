@@ -5,7 +5,7 @@
   w ~= (q - 8) * s + z with q in [0, 15] (torch's packed-int4 convention; z = min + 8 s).
 
 A `GridWeight` is one matrix on a grid; every method (RTN here, GPTQ and AWQ beside it) produces
-them, and `pocketlm.compress.quantize.kernels.to_kernels` turns them into kernel layers.
+them, and `pocketlm.model.quantize.kernels.to_kernels` turns them into kernel layers.
 """
 
 from __future__ import annotations

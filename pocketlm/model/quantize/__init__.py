@@ -1,10 +1,11 @@
-"""Weight-only quantization: integer grids (`grids`), how codes are chosen (`rtn`; GPTQ/AWQ beside it),
+"""Weight-only quantization the model knows: integer grids (`grids`), round-to-nearest (`rtn`; calibrated
+methods such as GPTQ/AWQ live in pocketlm.compress and end in the same step),
 and the step that puts chosen codes into the model's integer kernels (`kernels.to_kernels`)."""
 
-from pocketlm.compress.quantize.grids import (GridWeight, dequantize_int4, quantize_int4, quantize_int8,
+from pocketlm.model.quantize.grids import (GridWeight, dequantize_int4, quantize_int4, quantize_int8,
                                               round_to_grid, sqnr_db)
-from pocketlm.compress.quantize.kernels import kernel_layer, select_linears, to_kernels
-from pocketlm.compress.quantize.rtn import quantize_model, rtn_linear
+from pocketlm.model.quantize.kernels import kernel_layer, select_linears, to_kernels
+from pocketlm.model.quantize.rtn import quantize_model, rtn_linear
 from pocketlm.model.linears import (INT4_GROUP_SIZES, INT_LINEARS, SCHEMES, Int4Linear, Int8Linear,
                                     QuantizationError, QuantRecipe, check_int4, check_int8)
 
