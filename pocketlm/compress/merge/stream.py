@@ -75,11 +75,45 @@ class ModelFiles:
         pre, at = self.family.layer_prefix.split("{i}")
         self._layer_re = re.compile(re.escape(pre) + r"(\d+)" + re.escape(at) + r"(.+)")
         self.layer_prefix = self.family.layer_prefix
+        self._stacked: dict[str, list[list[str]]] = {}
+        self._stack_legacy_experts()
         layers = [self.split_layer(n) for n in self.names]
         self.n_layers = 1 + max((x[0] for x in layers if x), default=-1)
         own_top = {hf: own for own, hf in self.family.top.items()}
         self.pre = [n for n in self.names if not self.split_layer(n) and own_top.get(n, "").startswith(PRE_PREFIXES)]
         self.post = [n for n in self.names if not self.split_layer(n) and n not in self.pre]
+
+    def _stack_legacy_experts(self) -> None:
+        """Show per-expert tensors (transformers < 5 layout, which transformers 5 still writes for
+        Mixtral) as the stacked experts.gate_up_proj [E, 2I, C] / experts.down_proj [E, C, I] that
+        mergekit 0.1.5 merges, each stacked tensor as one (so TIES' top-k and SLERP's angle span all
+        experts of a layer, as there)."""
+        from pocketlm.interop.families import LEGACY_EXPERTS
+
+        present = set(self.names)
+        renamed: dict[str, str | None] = {}
+        for name in self.names:
+            split = self.split_layer(name)
+            if not split:
+                continue
+            prefix = self.layer_prefix.format(i=split[0])
+            for gate, up, down, router in LEGACY_EXPERTS:
+                if split[1] != gate.format(e=0):
+                    continue
+                n = 0
+                while prefix + gate.format(e=n) in present:
+                    n += 1
+                g, u, d = ([prefix + pat.format(e=e) for e in range(n)] for pat in (gate, up, down))
+                self._stacked[prefix + "mlp.experts.gate_up_proj"] = [g, u]
+                self._stacked[prefix + "mlp.experts.down_proj"] = [d]
+                renamed.update({x: None for x in g + u + d})
+                renamed[name] = prefix + "mlp.experts.gate_up_proj"
+                renamed[d[0]] = prefix + "mlp.experts.down_proj"
+                if prefix + router in present and router != "mlp.gate.weight":
+                    self._stacked[prefix + "mlp.gate.weight"] = [[prefix + router]]
+                    renamed[prefix + router] = prefix + "mlp.gate.weight"
+        if renamed:
+            self.names = [renamed.get(n, n) for n in self.names if renamed.get(n, n) is not None]
 
     def split_layer(self, name: str) -> tuple[int, str] | None:
         m = self._layer_re.fullmatch(name)
@@ -89,13 +123,24 @@ class ModelFiles:
         return [n for n in self.names if (x := self.split_layer(n)) and x[0] == layer]
 
     def has(self, name: str) -> bool:
-        return name in self._where
+        return name in self._where or name in self._stacked
 
     def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        if name in self._stacked:
+            parts = [[self.meta(n) for n in group] for group in self._stacked[name]]
+            (rows, *rest), dtype = parts[0][0]
+            if len(parts[0]) == 1 and len(parts) == 1:  # a renamed router
+                return (rows, *rest), dtype
+            return (len(parts[0]), rows * len(parts), *rest), dtype
         s = self._where[name].get_slice(name)
         return tuple(s.get_shape()), DTYPES[s.get_dtype()]
 
     def get(self, name: str) -> Tensor:
+        if name in self._stacked:
+            groups = self._stacked[name]
+            if len(groups) == 1 and len(groups[0]) == 1:
+                return self.get(groups[0][0])
+            return torch.stack([torch.cat([self.get(g[e]) for g in groups]) for e in range(len(groups[0]))])
         return self._where[name].get_tensor(name)
 
 
@@ -228,9 +273,8 @@ def merge_tensor(method: Method, recipe: Recipe, job: Job, tensors: list[Tensor]
     if method.random:
         kwargs["generator"] = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(job.out.encode()))
     others = [t for i, t in enumerate(tensors) if i != base_i]
-    base = tensors[base_i] if base_i is not None else None
     try:
-        return method.fn(others, base, **kwargs)
+        return method.fn(others, tensors[base_i] if base_i is not None else None, **kwargs)
     except ValueError as e:
         raise MergeError(f"tensor {job.out!r}: {e}") from e
 
