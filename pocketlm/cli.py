@@ -18,7 +18,7 @@ app = typer.Typer(
 )
 
 # capability folders whose cli.register(app) adds commands, in the order `--help` lists them
-AREAS = ("model", "survey", "data", "train", "evaluate", "profile", "compress", "export", "demo")
+AREAS = ("runtime", "survey", "data", "train", "evaluate", "profile", "compress", "export", "demo")
 
 
 def _register_all() -> None:

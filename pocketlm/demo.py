@@ -26,7 +26,7 @@ def _model_section(model_dir: Path) -> dict[str, Any]:
     import torch
 
     from pocketlm.interop import load_model, load_tokenizer
-    from pocketlm.model.cli import print_info
+    from pocketlm.runtime.cli import print_info
     from pocketlm.model.describe import cost_summary, survey_axes
 
     model = load_model(model_dir)

@@ -1,4 +1,4 @@
-"""Load a model + tokenizer for evaluation: pocketlm's interop loader, else transformers."""
+"""Open a model + tokenizer for evaluation through the runtime layer (the same path profile times)."""
 
 from __future__ import annotations
 
@@ -7,33 +7,23 @@ from typing import Any
 
 from .backends import ModelInputError
 
+TORCH_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
-def load_for_eval(path: str | Path, tokenizer_path: str | Path | None = None, dtype: str = "float32") -> tuple[Any, Any]:
-    """(model, tokenizer) from a pocketlm or Hugging Face directory; a clear error if the tokenizer is missing."""
-    import torch
+
+def load_for_eval(path: str | Path, tokenizer_path: str | Path | None = None, dtype: str = "float32",
+                  precision: str | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) from a pocketlm or Hugging Face directory at `precision` (fp32 | bf16 | fp16 |
+    int8 | int4; `dtype` takes torch names for the float ones); a clear error if the tokenizer is missing."""
+    from pocketlm.runtime import open_model, open_tokenizer
 
     path = Path(path)
     if not path.exists():
         raise ModelInputError(f"model {path} does not exist")
-    torch_dtype = getattr(torch, dtype)
-    try:
-        from pocketlm.interop import load_model, load_tokenizer  # the core loader, once it exists
-    except ImportError:
-        load_model = load_tokenizer = None
-    if load_model is not None:
-        model = load_model(path, dtype=torch_dtype)
-        tok = load_tokenizer(tokenizer_path or path)
-    else:
-        import transformers as T
-        model = T.AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-        try:
-            tok = T.AutoTokenizer.from_pretrained(tokenizer_path or path)
-        except (OSError, ValueError, TypeError):
-            tok = None
+    model = open_model(path, precision=precision or TORCH_NAMES.get(dtype, dtype))
+    tok = open_tokenizer(path, tokenizer_path)
     if tok is None:
         raise ModelInputError(f"model {path} has no tokenizer: save tokenizer files (tokenizer.json, or vocab + merges) "
                               "in the model folder, or pass --tokenizer PATH")
-    model.eval()
     return model, tok
 
 

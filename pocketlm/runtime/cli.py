@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -11,29 +10,6 @@ from rich.table import Table
 
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.describe import cost_summary, survey_axes
-
-
-def resolve_config(model: str) -> ModelConfig:
-    """A ModelConfig from a model directory, a config JSON file, or a survey catalog name."""
-    from pocketlm.interop import CheckpointError, config_from_hf
-    from pocketlm.interop.native import CONFIG_NAME
-
-    path = Path(model)
-    if path.is_dir():
-        if (path / CONFIG_NAME).is_file():
-            return ModelConfig.load(path / CONFIG_NAME)
-        if (path / "config.json").is_file():
-            return config_from_hf(json.loads((path / "config.json").read_text()))
-        raise CheckpointError(f"{path}: neither {CONFIG_NAME} nor config.json found")
-    if path.is_file():
-        d = json.loads(path.read_text())
-        return config_from_hf(d) if "model_type" in d else ModelConfig.from_dict(d)
-    from pocketlm.survey.catalog import CatalogError, entry_to_config, get_entry
-
-    try:
-        return entry_to_config(get_entry(model))
-    except CatalogError as e:
-        raise CheckpointError(f"{model}: not a directory, a config file, or a survey catalog name ({e})") from e
 
 
 def print_info(cfg: ModelConfig, context: int, console: Console | None = None) -> None:
@@ -60,7 +36,9 @@ def register(app: typer.Typer) -> None:
              context: int = typer.Option(1024, help="context length for FLOPs and KV-cache figures"),
              as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables")) -> None:
         """Show a model's architecture on the survey's axes and its analytic costs."""
-        cfg = resolve_config(model)
+        from pocketlm.runtime import resolve
+
+        cfg = resolve(model).config
         if as_json:
             typer.echo(json.dumps({"axes": survey_axes(cfg), "costs": cost_summary(cfg, context)}, default=str))
         else:

@@ -1,0 +1,181 @@
+"""Open a model: resolve what a MODEL argument names, build or load it, then apply a precision.
+
+A MODEL argument is one of
+- a survey catalog name (`SmolLM-135M`): the architecture with seeded random weights;
+- a Hugging Face directory (config.json + safetensors or weights-only .bin);
+- a pocketlm checkpoint directory (pocketlm.json + model.safetensors);
+- a config file: a pocketlm ModelConfig JSON, or a bare Hugging Face config.json (random weights).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pocketlm.model.config import ConfigError, ModelConfig
+from pocketlm.model.transformer import Transformer
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
+FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ModelOpenError(ValueError):
+    """A MODEL argument or precision that cannot be opened; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a MODEL argument named, before any weights exist. `kind`: catalog | config | checkpoint."""
+
+    text: str
+    kind: str
+    config: ModelConfig
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name or (self.path.name if self.path else self.text)
+
+
+def resolve(ref: str | Path | ModelRef) -> ModelRef:
+    """Find what `ref` names and read its ModelConfig, without building weights."""
+    if isinstance(ref, ModelRef):
+        return ref
+    text = str(ref)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return ModelRef(text, "checkpoint", _checkpoint_config(path), path)
+    if path.is_file() and path.suffix == ".json":
+        cfg = _config_file(path)
+        return ModelRef(text, "config", cfg if cfg.name else cfg.replace(name=path.stem), path)
+    if path.is_file():
+        raise ModelOpenError(f"{path}: is a file; give the model directory that holds it, "
+                             "or a ModelConfig / config.json file")
+    return _catalog(text)
+
+
+def _catalog(text: str) -> ModelRef:
+    from pocketlm.survey.catalog import CatalogError, entry_to_config, get_entry
+
+    try:
+        return ModelRef(text, "catalog", entry_to_config(get_entry(text)))
+    except CatalogError as e:
+        looks_like_path = any(c in text for c in "/\\.") and not text.lower().startswith(("gpt", "phi"))
+        if looks_like_path:
+            raise ModelOpenError(f"model {text!r}: no such directory or file; give a catalog name "
+                                 "(`pocketlm survey list`), a model directory or a ModelConfig .json") from e
+        raise ModelOpenError(f"{text}: not a model directory, a config file, or a survey catalog name ({e})") from e
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelOpenError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ModelOpenError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _config_file(path: Path) -> ModelConfig:
+    """A pocketlm ModelConfig JSON, or a Hugging Face config.json (it has `model_type`)."""
+    data = _read_json(path)
+    try:
+        if "model_type" in data:
+            from pocketlm.interop import config_from_hf
+
+            return config_from_hf(data)
+        return ModelConfig.from_dict(data)
+    except (ConfigError, TypeError) as e:
+        raise ModelOpenError(f"{path}: not a pocketlm ModelConfig JSON nor a Hugging Face config.json "
+                             f"({e})") from e
+
+
+def _checkpoint_config(path: Path) -> ModelConfig:
+    from pocketlm.interop import config_from_hf
+    from pocketlm.interop.native import CONFIG_NAME
+
+    if (path / CONFIG_NAME).is_file():
+        try:
+            return ModelConfig.from_dict(_read_json(path / CONFIG_NAME))
+        except (ConfigError, TypeError) as e:
+            raise ModelOpenError(f"{path / CONFIG_NAME}: not a valid pocketlm config ({e})") from e
+    if (path / "config.json").is_file():
+        cfg = config_from_hf(_read_json(path / "config.json"))
+        return cfg if cfg.name else cfg.replace(name=path.name)
+    raise ModelOpenError(f"{path}: neither a pocketlm checkpoint ({CONFIG_NAME}) nor a Hugging Face "
+                         "directory (config.json)")
+
+
+def release_memory() -> None:
+    """Give freed heap pages back to the OS so RSS reflects live memory (glibc only; else no-op)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def _build_random(cfg: ModelConfig, dtype: torch.dtype, seed: int) -> Transformer:
+    torch.manual_seed(seed)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build big random models directly in their dtype
+    try:
+        return Transformer(cfg)
+    finally:
+        torch.set_default_dtype(old)
+
+
+def open_model(ref: str | Path | ModelRef, precision: str = "fp32", device: str = "cpu", pack: bool = False,
+               group_size: int = 32, skip_unsupported: bool = False, seed: int = 0) -> Transformer:
+    """The model `ref` names at `precision`, in eval mode, on `device`.
+
+    precision: fp32 | bf16 | fp16, or int8 | int4 weight-only (bf16 activations; int4 in groups of
+    `group_size`; `skip_unsupported` keeps layers the kernels cannot take in float).
+    pack: fp32/bf16 on the CPU only, oneDNN-prepacked linears with fused q/k/v and gate/up
+    (machine-specific; a packed model cannot be saved). Catalog and config refs get weights seeded by `seed`.
+    """
+    if precision not in PRECISIONS:
+        raise ModelOpenError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+    spec = resolve(ref)
+    base = FLOAT_DTYPES.get(precision, torch.bfloat16)
+    if spec.kind == "checkpoint":
+        from pocketlm.interop import load_model
+
+        model = load_model(spec.path, dtype=base)
+    else:
+        model = _build_random(spec.config, base, seed)
+    model = model.to(base).eval()
+    if precision in ("int8", "int4"):
+        model = _quantize(model, precision, group_size, skip_unsupported)
+    elif pack and device == "cpu":
+        from pocketlm.model.packing import can_pack, pack_for_cpu
+
+        if can_pack(model) is None:
+            pack_for_cpu(model)
+    release_memory()
+    return model.to(device) if device != "cpu" else model
+
+
+def _quantize(model: Transformer, scheme: str, group_size: int, skip_unsupported: bool) -> Transformer:
+    from pocketlm.compress.quantized import QuantizationError, quantize_model
+
+    try:
+        return quantize_model(model, scheme, group_size, skip_unsupported=skip_unsupported)
+    except QuantizationError as e:
+        raise ModelOpenError(f"{model.config.name or 'model'} cannot be quantized to {scheme}: {e} "
+                             "(--skip-unsupported keeps such layers in float)") from e
+
+
+def open_tokenizer(ref: str | Path | ModelRef, tokenizer: str | Path | None = None) -> Any | None:
+    """The tokenizer saved beside a checkpoint (or at `tokenizer`), from local files only; None if absent."""
+    from pocketlm.interop import load_tokenizer
+
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer)
+    spec = resolve(ref)
+    return load_tokenizer(spec.path) if spec.kind == "checkpoint" else None

@@ -1,0 +1,96 @@
+"""pocketlm.runtime.open_model: one way to open every kind of MODEL argument at every precision.
+
+The reference for each precision is the path each capability took before the runtime layer existed:
+the interop loader (or a seeded Transformer) followed by the transform applied by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers as T
+
+from pocketlm.compress.quantized import quantize_model
+from pocketlm.interop import load_model, save_native
+from pocketlm.model.config import ModelConfig
+from pocketlm.model.packing import pack_for_cpu
+from pocketlm.model.transformer import Transformer
+from pocketlm.runtime import ModelOpenError, open_model, open_tokenizer, resolve
+from tests.hf_tiny import tiny_config
+
+IDS = torch.arange(1, 33).reshape(2, 16) % 128
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hf")
+    torch.manual_seed(0)
+    T.AutoModelForCausalLM.from_config(tiny_config("llama")).save_pretrained(d)
+    return d
+
+
+def _by_hand(path, precision: str) -> Transformer:
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.bfloat16)
+    model = load_model(path, dtype=dtype).eval()
+    if precision in ("int8", "int4"):
+        quantize_model(model, precision, 32)
+    return model
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "int8", "int4"])
+def test_open_model_equals_the_hand_built_path(hf_dir, precision) -> None:
+    with torch.inference_mode():
+        ours = open_model(hf_dir, precision)(IDS)
+        ref = _by_hand(hf_dir, precision)(IDS)
+    assert ours.dtype == ref.dtype and torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_packed_open_equals_packing_by_hand(hf_dir, precision) -> None:
+    with torch.inference_mode():
+        ours = open_model(hf_dir, precision, pack=True)
+        ref = pack_for_cpu(_by_hand(hf_dir, precision))
+        assert ours.packed and torch.equal(ours(IDS), ref(IDS))
+
+
+def test_every_kind_of_reference_resolves(tmp_path, hf_dir) -> None:
+    cfg = resolve(hf_dir).config
+    native = save_native(load_model(hf_dir), tmp_path / "native")
+    (tmp_path / "pocket.json").write_text(json.dumps(cfg.to_dict()))
+    (tmp_path / "config.json").write_text((hf_dir / "config.json").read_text())  # a bare HF config.json
+    kinds = {str(hf_dir): "checkpoint", str(native): "checkpoint", str(tmp_path / "pocket.json"): "config",
+             str(tmp_path / "config.json"): "config", "SmolLM-135M": "catalog"}
+    for text, kind in kinds.items():
+        ref = resolve(text)
+        assert ref.kind == kind, text
+        if kind != "catalog":
+            assert ref.config.d_model == cfg.d_model and ref.config.n_layer == cfg.n_layer
+    assert resolve("SmolLM-135M").config.d_model == 576
+    torch.manual_seed(0)
+    seeded = Transformer(ModelConfig.from_dict(cfg.to_dict()))
+    with torch.inference_mode():  # random weights come from the seed, as profile's always did
+        assert torch.equal(open_model(tmp_path / "pocket.json", seed=0)(IDS), seeded.eval()(IDS))
+
+
+def test_bad_references_give_one_clear_error(tmp_path) -> None:
+    with pytest.raises(ModelOpenError, match="no such directory or file"):
+        resolve("no/such/dir")
+    with pytest.raises(ModelOpenError, match="no catalog model named 'SmolLM-136M'"):
+        resolve("SmolLM-136M")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ModelOpenError, match="broken.json: not valid JSON"):
+        resolve(tmp_path / "broken.json")
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(ModelOpenError, match="is a file; give the model directory"):
+        resolve(tmp_path / "weights.safetensors")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelOpenError, match="neither a pocketlm checkpoint"):
+        resolve(tmp_path / "empty")
+    with pytest.raises(ModelOpenError, match="unknown precision 'int3'"):
+        open_model("SmolLM-135M", "int3")
+
+
+def test_tokenizer_comes_from_the_checkpoint_or_the_flag(hf_dir) -> None:
+    assert open_tokenizer(hf_dir) is None  # the tiny model saved none
+    assert open_tokenizer("SmolLM-135M") is None
