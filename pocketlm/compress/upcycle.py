@@ -38,7 +38,7 @@ class UpcycleError(ValueError):
     """A model or recipe that cannot become an MoE as asked; names the reason and the fix."""
 
 
-def _moe_config(model: Transformer, n_experts: int, top_k: int):
+def _moe_config(model: Transformer, n_experts: int, top_k: int, shared_expert: bool = False):
     cfg = model.config
     if cfg.n_experts:
         raise UpcycleError(f"{cfg.name or 'model'} is already a mixture of experts ({cfg.n_experts} experts)")
@@ -52,8 +52,12 @@ def _moe_config(model: Transformer, n_experts: int, top_k: int):
     if not 1 <= top_k <= n_experts:
         raise UpcycleError(f"top_k must be between 1 and n_experts ({n_experts}), got {top_k}")
     extra = {k: v for k, v in cfg.extra.items() if k != "hf_model_type"}
-    return cfg.replace(n_experts=n_experts, top_k=top_k, moe_intermediate_size=None, router_norm_topk=True,
-                       first_dense_layers=0, name=f"{cfg.name or 'model'}-moe{n_experts}x{top_k}", extra=extra)
+    width = widths.pop()
+    shared = dict(n_shared_experts=1, shared_expert_intermediate_size=width, shared_expert_gate=True,
+                  moe_intermediate_size=width) if shared_expert else {}
+    return cfg.replace(**{"n_experts": n_experts, "top_k": top_k, "moe_intermediate_size": None,
+                          "router_norm_topk": True, "first_dense_layers": 0, "extra": extra,
+                          "name": f"{cfg.name or 'model'}-moe{n_experts}x{top_k}", **shared})
 
 
 def _copy_shared(dense: Transformer, moe: Transformer) -> None:
@@ -72,13 +76,19 @@ def _expert_weights(mlp: torch.nn.Module) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def upcycle(model: Transformer, n_experts: int, top_k: int = 2, *, noise: float = 0.0, router: str = "random",
-            calibration: Tensor | None = None, seed: int = 0) -> Transformer:
-    """A Transformer whose FFNs are `n_experts` copies of `model`'s (see the module docstring)."""
+            calibration: Tensor | None = None, shared_expert: bool | None = None, seed: int = 0) -> Transformer:
+    """A Transformer whose FFNs are `n_experts` copies of `model`'s (see the module docstring).
+
+    `shared_expert` (default: when the model has q/k/v biases, i.e. Qwen2, whose MoE form is
+    Qwen2-MoE) adds an always-on gated shared expert, a copy of the FFN with its down projection
+    zeroed, so it starts contributing nothing and the upcycled model still equals the dense one."""
     if router not in ROUTER_INITS:
         raise UpcycleError(f"router init {router!r}: choose one of {ROUTER_INITS}")
     if router == "hidden" and calibration is None:
         raise UpcycleError("router='hidden' needs calibration token ids [B, T] to cluster the MLP inputs of")
-    cfg = _moe_config(model, n_experts, top_k)
+    if shared_expert is None:
+        shared_expert = model.config.qkv_bias
+    cfg = _moe_config(model, n_experts, top_k, shared_expert)
     gen = torch.Generator().manual_seed(seed)
     moe = Transformer(cfg).to(next(model.parameters()).dtype)
     _copy_shared(model, moe)
@@ -88,6 +98,11 @@ def upcycle(model: Transformer, n_experts: int, top_k: int = 2, *, noise: float 
         for e in range(n_experts):
             block.mlp.experts.gate_up_proj[e] = gate_up + noise * gate_up.std() * torch.randn(gate_up.shape, generator=gen)
             block.mlp.experts.down_proj[e] = down + noise * down.std() * torch.randn(down.shape, generator=gen)
+        if shared_expert:
+            for name in ("gate_proj", "up_proj"):
+                getattr(block.mlp.shared, name).weight.copy_(getattr(dense_block.mlp, name).weight)
+            block.mlp.shared.down_proj.weight.zero_()
+            block.mlp.shared_gate.weight.zero_()
         if inputs is None:
             block.mlp.router.weight.copy_(0.02 * torch.randn(block.mlp.router.weight.shape, generator=gen))
         else:

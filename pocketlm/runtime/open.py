@@ -47,6 +47,11 @@ def resolve(ref: str | Path | ModelRef) -> ModelRef:
     if isinstance(ref, ModelRef):
         return ref
     text = str(ref)
+    if text.startswith("proxy:"):  # proxy tuning: base + α (expert − antiexpert), pocketlm.compress.proxy
+        from pocketlm.compress.proxy import parse_spec
+
+        base = parse_spec(text)[0]["base"]
+        return ModelRef(text, "proxy", _checkpoint_config(base), base)
     path = Path(text).expanduser()
     if path.is_dir():
         return ModelRef(text, "checkpoint", _checkpoint_config(path), path)
@@ -143,6 +148,10 @@ def open_model(ref: str | Path | ModelRef, precision: str = "fp32", device: str 
         raise ModelOpenError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
     spec = resolve(ref)
     base = FLOAT_DTYPES.get(precision, torch.bfloat16)
+    if spec.kind == "proxy":
+        from pocketlm.compress.proxy import open_proxy
+
+        return open_proxy(spec.text, precision)
     if spec.kind == "checkpoint":
         from pocketlm.interop import load_model
 
@@ -178,4 +187,4 @@ def open_tokenizer(ref: str | Path | ModelRef, tokenizer: str | Path | None = No
     if tokenizer is not None:
         return load_tokenizer(tokenizer)
     spec = resolve(ref)
-    return load_tokenizer(spec.path) if spec.kind == "checkpoint" else None
+    return load_tokenizer(spec.path) if spec.kind in ("checkpoint", "proxy") else None

@@ -28,14 +28,12 @@ from torch import Tensor
 from pocketlm.compress.merge.recipe import Recipe, Slice, resolve
 from pocketlm.compress.merge.registry import MergeError, Method
 from pocketlm.compress.merge.writer import DTYPES, SafetensorsStream, nbytes
+from pocketlm.compress.vocab import TOKENIZER_FILES, TokenizerMismatch, check_same_tokenizer
 
 IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache",
                        "bos_token_id", "eos_token_id", "pad_token_id"}
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 PRE_PREFIXES = ("embed", "pos_embed", "project_in")  # pocketlm names of tensors before the first block
-TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer.model", "vocab.json")  # a directory with any of these has one
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
                "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
 
@@ -326,29 +324,6 @@ def _out_config(recipe: Recipe, models: dict[str, ModelFiles], layer_sources: li
     return cfg
 
 
-def _check_tokenizers(models: dict[str, ModelFiles]) -> None:
-    """Every input that ships a tokenizer ships the same one (vocabulary and special tokens)."""
-    from pocketlm.interop import load_tokenizer
-
-    with_tok = [m for m in models.values() if any((m.path / f).is_file() for f in TOKENIZER_MARKERS)]
-    if len(with_tok) < 2:
-        return
-    ref = with_tok[0]
-    ref_bytes = {f: (ref.path / f).read_bytes() for f in TOKENIZER_FILES if (ref.path / f).is_file()}
-    ref_tok = None
-    for m in with_tok[1:]:
-        if {f: (m.path / f).read_bytes() for f in TOKENIZER_FILES if (m.path / f).is_file()} == ref_bytes:
-            continue
-        ref_tok = ref_tok or load_tokenizer(ref.path)
-        tok = load_tokenizer(m.path)
-        a, b = ref_tok.get_vocab(), tok.get_vocab()
-        if a != b or ref_tok.all_special_tokens != tok.all_special_tokens:
-            diff = len(set(a.items()) ^ set(b.items()))
-            raise MergeError(f"tokenizers differ between {ref.ref!r} and {m.ref!r} ({diff} vocabulary entries "
-                             f"differ; special tokens {ref_tok.all_special_tokens} vs {tok.all_special_tokens}); "
-                             "a weight merge needs one shared tokenizer")
-
-
 def _card(recipe: Recipe, result: MergeResult, models: dict[str, ModelFiles]) -> str:
     method = recipe.method
     lines = ["---", "library_name: transformers", "tags: [merge, pocketlm, mergekit]",
@@ -372,7 +347,10 @@ def run_merge(recipe: Recipe, out_dir: str | Path, *, seed: int = 0, shard_bytes
         raise MergeError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
     method = recipe.method
     models = open_models(recipe, root)
-    _check_tokenizers(models)
+    try:
+        check_same_tokenizer({m.ref: m.path for m in models.values()})
+    except TokenizerMismatch as e:
+        raise MergeError(f"{e}; a weight merge needs one shared tokenizer") from e
     jobs, layer_sources = plan(recipe, models)
     out_dtype = next((j.dtype for j in jobs if j.dtype.is_floating_point), torch.float32)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
