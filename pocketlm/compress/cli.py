@@ -14,6 +14,23 @@ import typer
 
 def register(app: typer.Typer) -> None:
     register_merge(app)
+    register_moe(app)
+    register_proxy(app)
+
+
+def _save(model, out: Path, tokenizer) -> str:
+    """Hugging Face directory when a family expresses the model, else a pocketlm checkpoint; the format used."""
+    from pocketlm.interop import UnsupportedModelError, save_hf, save_native
+
+    try:
+        save_hf(model, out, tokenizer)
+        return "hf"
+    except UnsupportedModelError as e:
+        typer.echo(f"note: {e}; saved as a pocketlm checkpoint", err=True)
+        save_native(model, out)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out))
+        return "pocketlm"
 
 
 def register_merge(app: typer.Typer) -> None:
@@ -39,3 +56,77 @@ def register_merge(app: typer.Typer) -> None:
             typer.echo(f"{result.method}: {result.tensors} tensors, {result.layers} layers, "
                        f"{result.bytes / 2**20:.1f} MiB in {result.seconds:.1f} s (peak RSS "
                        f"{result.peak_rss_mib:.0f} MiB) -> {result.out_dir}")
+
+
+def register_moe(app: typer.Typer) -> None:
+    @app.command("upcycle")
+    def upcycle_cmd(
+        model: str = typer.Argument(..., help="dense model directory (pocketlm or Hugging Face)"),
+        out: Path = typer.Option(..., "--out", help="directory for the MoE (Hugging Face Mixtral / Qwen2-MoE)"),
+        experts: int = typer.Option(8, help="experts per layer"),
+        top_k: int = typer.Option(2, help="experts each token is routed to"),
+        noise: float = typer.Option(0.0, help="Gaussian noise on each expert copy, in units of the weight's std"),
+        router: str = typer.Option("random", help="router init: random, or hidden (k-means of MLP inputs on --text)"),
+        text: Path = typer.Option(None, help="calibration text file for --router hidden"),
+        seed: int = typer.Option(0),
+    ) -> None:
+        """Sparse upcycling: turn every FFN of a dense model into E copies with a top-k router."""
+        import torch
+
+        from pocketlm.compress.upcycle import moe_costs, upcycle
+        from pocketlm.runtime import open_model, open_tokenizer
+
+        dense = open_model(model)
+        tok = open_tokenizer(model)
+        calib = None
+        if router == "hidden":
+            if text is None or tok is None:
+                raise typer.BadParameter("--router hidden needs --text and a model with a tokenizer")
+            calib = torch.tensor([tok.encode(text.read_text())[:dense.config.max_seq_len]])
+        moe = upcycle(dense, experts, top_k, noise=noise, router=router, calibration=calib, seed=seed)
+        fmt = _save(moe, out, tok)
+        typer.echo(json.dumps({"out": str(out), "format": fmt, "dense": moe_costs(dense.config),
+                               "moe": moe_costs(moe.config)}))
+
+    @app.command("moe")
+    def moe_cmd(
+        recipe: Path = typer.Argument(..., help="mergekit-moe YAML: base_model, gate_mode, experts (source_model, "
+                                      "positive_prompts, negative_prompts)"),
+        out: Path = typer.Option(..., "--out", help="directory for the Mixtral-style MoE"),
+        seed: int = typer.Option(0, help="gate_mode random: the router's seed"),
+    ) -> None:
+        """mergekit-moe: an MoE from several fine-tunes of one base, routed by prompts."""
+        from pocketlm.compress.upcycle import assemble_moe, moe_costs, read_moe_recipe
+        from pocketlm.runtime import open_model, open_tokenizer
+
+        r = read_moe_recipe(recipe)
+        base = open_model(r.base_model)
+        tok = open_tokenizer(r.base_model)
+        experts = [open_model(e.source_model) for e in r.experts]
+        moe = assemble_moe(base, experts, r.experts, tok, r.gate_mode, r.experts_per_token, seed)
+        fmt = _save(moe, out, tok)
+        typer.echo(json.dumps({"out": str(out), "format": fmt, "moe": moe_costs(moe.config)}))
+
+
+def register_proxy(app: typer.Typer) -> None:
+    @app.command("proxy")
+    def proxy_cmd(
+        spec: str = typer.Argument(..., help="proxy:base=DIR,expert=DIR,anti=DIR[,alpha=1.0]"),
+        prompt: str = typer.Option("Once upon a time", help="prompt to continue"),
+        max_new_tokens: int = typer.Option(48),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Decode with a proxy-tuned model next to its base alone: both texts, tokens/s and memory of each."""
+        from pocketlm.compress.proxy import decode_cost, open_proxy
+        from pocketlm.runtime import open_tokenizer
+
+        proxy = open_proxy(spec)
+        tok = open_tokenizer(spec)
+        report = decode_cost(proxy, tok, [prompt], max_new_tokens)
+        if as_json:
+            typer.echo(json.dumps(report))
+            return
+        for who in ("base", "proxy"):
+            r = report[who]
+            typer.echo(f"[{who}] {r['tokens_per_s']:.1f} tok/s, weights {r['weights_mib']:.1f} MiB, "
+                       f"KV {r['kv_mib']:.2f} MiB\n{r['texts'][0]}\n")

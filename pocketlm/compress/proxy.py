@@ -137,3 +137,34 @@ def open_proxy(spec: str, precision: str = "fp32") -> ProxyTuned:
     except TokenizerMismatch as e:
         raise ProxyError(str(e)) from e
     return ProxyTuned(*(open_model(paths[r], precision) for r in ROLES), alpha=alpha)
+
+
+# ---- cost ------------------------------------------------------------------------------------------
+
+def _weights_mib(model: nn.Module) -> float:
+    seen = {id(p): p.numel() * p.element_size() for p in model.parameters()}
+    return sum(seen.values()) / 2**20
+
+
+@torch.no_grad()
+def decode_cost(proxy: ProxyTuned, tokenizer, prompts: list[str], max_new_tokens: int = 32) -> dict:
+    """Greedy decode of `prompts` (left-padded batch) by the base alone and by the proxy: texts,
+    tokens/s, weight and KV-cache memory of each (the proxy's cost is three models' worth)."""
+    import time
+
+    enc = [tokenizer.encode(p) for p in prompts]
+    T = max(len(e) for e in enc)
+    pad = getattr(tokenizer, "pad_token_id", None) or 0
+    ids = torch.tensor([[pad] * (T - len(e)) + e for e in enc])
+    mask = torch.tensor([[0] * (T - len(e)) + [1] * len(e) for e in enc])
+    report = {}
+    for who, model in (("base", proxy.base), ("proxy", proxy)):
+        t0 = time.perf_counter()
+        out = model.generate(ids, mask, max_new_tokens=max_new_tokens)
+        dt = time.perf_counter() - t0
+        new = out[:, T:]
+        kv = model.new_cache(len(prompts), T + max_new_tokens).nbytes() / 2**20
+        report[who] = {"tokens_per_s": new.numel() / dt, "seconds": dt, "weights_mib": _weights_mib(model),
+                       "kv_mib": kv, "texts": [tokenizer.decode(r.tolist()) for r in new]}
+    report["ratio_tokens_per_s"] = report["proxy"]["tokens_per_s"] / report["base"]["tokens_per_s"]
+    return report
