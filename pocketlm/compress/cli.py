@@ -16,6 +16,7 @@ def register(app: typer.Typer) -> None:
     register_merge(app)
     register_moe(app)
     register_proxy(app)
+    register_studies(app)
 
 
 def _save(model, out: Path, tokenizer) -> str:
@@ -130,3 +131,19 @@ def register_proxy(app: typer.Typer) -> None:
             r = report[who]
             typer.echo(f"[{who}] {r['tokens_per_s']:.1f} tok/s, weights {r['weights_mib']:.1f} MiB, "
                        f"KV {r['kv_mib']:.2f} MiB\n{r['texts'][0]}\n")
+
+
+def register_studies(app: typer.Typer) -> None:
+    @app.command("merge-study")
+    def study_cmd(
+        name: str = typer.Argument(..., help="warm, proxy or upcycle"),
+        out: Path = typer.Option(Path("runs/merge-study"), "--out", help="folder for <name>.json and <name>.png"),
+        steps: int = typer.Option(0, help="training steps per model (0: the study's default)"),
+    ) -> None:
+        """Reproduce a paper's finding on this machine: WARM, proxy tuning, or sparse upcycling."""
+        from pocketlm.compress.studies import STUDIES
+
+        if name not in STUDIES:
+            raise typer.BadParameter(f"unknown study {name!r}; choose one of {sorted(STUDIES)}")
+        payload = STUDIES[name](out, **({"steps": steps} if steps else {}))
+        typer.echo(json.dumps(payload, default=str))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ class TuneResult:
     losses: list[float] = field(default_factory=list)  # training loss per step (language-modelling part)
     aux: list[float] = field(default_factory=list)  # load-balancing loss per step (MoE)
     tokens: int = 0
+    evals: list[tuple[int, float]] = field(default_factory=list)  # (tokens seen, `evaluate(model)`)
 
 
 def as_split(tokens: np.ndarray | TokenSplit, name: str = "train") -> TokenSplit:
@@ -64,9 +66,10 @@ def load_balancing_loss(router_logits: list[torch.Tensor], top_k: int) -> torch.
     return total / max(1, len(router_logits))
 
 
-def continue_training(model: Transformer, tokens: np.ndarray | TokenSplit, cfg: TuneConfig,
-                      progress: bool = False) -> TuneResult:
-    """Train `model` in place on random windows of `tokens` for cfg.steps AdamW steps."""
+def continue_training(model: Transformer, tokens: np.ndarray | TokenSplit, cfg: TuneConfig, progress: bool = False,
+                      evaluate: Callable[[Transformer], float] | None = None, eval_every: int = 0) -> TuneResult:
+    """Train `model` in place on random windows of `tokens` for cfg.steps AdamW steps; with
+    `evaluate`, record evaluate(model) before the first step, every `eval_every` steps and at the end."""
     sampler = BatchSampler(as_split(tokens), cfg.seq_len, cfg.seed)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -80,8 +83,15 @@ def continue_training(model: Transformer, tokens: np.ndarray | TokenSplit, cfg: 
     previous_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model.train()
+
+    def record() -> None:
+        if evaluate is not None:
+            result.evals.append((result.tokens, evaluate(model)))
+            model.train()
+
     try:
+        record()
+        model.train()
         for step in range(cfg.steps):
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_multiplier(step, cfg.steps, cfg.warmup_steps, cfg.schedule)
@@ -105,6 +115,9 @@ def continue_training(model: Transformer, tokens: np.ndarray | TokenSplit, cfg: 
             result.tokens += batch.shape[0] * cfg.seq_len
             if progress and step % 20 == 0:
                 print(f"step {step}: loss {value:.3f}")
+            if eval_every and (step + 1) % eval_every == 0 and step + 1 < cfg.steps:
+                record()
+        record()
     finally:
         torch.set_num_threads(previous_threads)
         for h in hooks:
