@@ -2,7 +2,7 @@
 
 Steps (each a `demo_section` of its capability folder, run in order):
 build/train a tiny model -> describe it (survey axes, analytic costs, a sample) -> survey trends
--> evaluate -> profile. The report is `report.md` + `report.json` in the output folder.
+-> evaluate -> profile -> merge (WARM). The report is `report.md` + `report.json` in the output folder.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     model_dir = Path(first["model_dir"]) if first and "model_dir" in first else _random_model(out_dir)["model_dir"]
     step("model", lambda: _model_section(Path(model_dir)))
     for name, module in (("survey", "pocketlm.survey.demo"), ("evaluate", "pocketlm.evaluate.demo"),
-                         ("profile", "pocketlm.profile.demo")):
+                         ("profile", "pocketlm.profile.demo"), ("merge", "pocketlm.compress.merge_demo")):
         fn = _optional(module, "demo_section")
         if fn is None:
             continue

@@ -64,7 +64,7 @@ def _finish(out_dir: Path, name: str, payload: dict) -> dict:
     return payload
 
 
-def warm_study(out_dir: str | Path, k: int = 3, steps: int = 60, lr: float = 2e-3, batch_size: int = 8,
+def warm_study(out_dir: str | Path, k: int = 3, steps: int = 60, lr: float = 5e-4, batch_size: int = 8,
                seq_len: int = 128, preset: str = "tiny", eval_windows: int = 48) -> dict:
     """WARM: k fine-tunes of one checkpoint (data order seeds 0..k-1) and their weight average."""
     import copy
