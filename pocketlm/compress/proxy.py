@@ -39,6 +39,11 @@ class ProxyCache:
     def length(self) -> int:
         return self.base.length
 
+    @length.setter
+    def length(self, value: int) -> None:  # rewinding (profile reuses one cache across runs)
+        for c in (self.base, self.expert, self.anti):
+            c.length = value
+
     @property
     def max_len(self) -> int:
         return self.base.max_len

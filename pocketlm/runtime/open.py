@@ -51,7 +51,8 @@ def resolve(ref: str | Path | ModelRef) -> ModelRef:
         from pocketlm.compress.proxy import parse_spec
 
         base = parse_spec(text)[0]["base"]
-        return ModelRef(text, "proxy", _checkpoint_config(base), base)
+        cfg = _checkpoint_config(base)
+        return ModelRef(text, "proxy", cfg.replace(name=f"proxy({cfg.name or base.name})"), base)
     path = Path(text).expanduser()
     if path.is_dir():
         return ModelRef(text, "checkpoint", _checkpoint_config(path), path)
