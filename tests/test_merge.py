@@ -307,3 +307,24 @@ def test_error_output_exists(root, tmp_path):
     (tmp_path / "out" / "keep.txt").write_text("x")
     _bad(root, tmp_path, "merge_method: linear\nmodels: [{{model: {a}, parameters: {{weight: 1}}}}]\n",
          "exists and is not empty")
+
+
+def test_cli_merge_and_upcycle(root, tmp_path):
+    import subprocess
+    import sys
+
+    m = _models(root)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(SELF_RECIPES["ties"].format(a=m[0], b=m[1]))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "pocketlm.cli", *a], capture_output=True, text=True,  # noqa: E731
+                                    timeout=300)
+    out = run("merge", str(recipe), "--out", str(tmp_path / "merged"), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["method"] == "ties" and (tmp_path / "merged" / "model.safetensors").is_file()
+    again = run("merge", str(recipe), "--out", str(tmp_path / "merged"))
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--overwrite" in again.stderr
+    up = run("upcycle", m[0], "--out", str(tmp_path / "moe"), "--experts", "4", "--top-k", "1")
+    assert up.returncode == 0, up.stderr
+    report = json.loads(up.stdout)
+    assert report["format"] == "hf" and report["moe"]["params_active"] < report["moe"]["params_total"]
+    assert json.loads((tmp_path / "moe" / "config.json").read_text())["model_type"] == "mixtral"

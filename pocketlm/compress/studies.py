@@ -114,7 +114,7 @@ def _domain_tokens(tokenizer_dir: Path, domain_dir: Path) -> tuple[np.ndarray, n
     return tuple(np.asarray(tok.encode((domain_dir / f).read_text()), dtype=np.int64) for f in ("valid.txt", "test.txt"))
 
 
-def proxy_study(out_dir: str | Path, base_preset: str = "small", small_preset: str = "tiny", steps: int = 150,
+def proxy_study(out_dir: str | Path, base_preset: str = "tiny", small_preset: str = "micro", steps: int = 150,
                 lr: float = 2e-3, batch_size: int = 8, seq_len: int = 128, domain: Path = WIKITEXT,
                 eval_windows: int = 48) -> dict:
     """Proxy tuning: how much of the gap between `base_preset` and its domain fine-tune a proxy closes."""
@@ -150,8 +150,8 @@ def proxy_study(out_dir: str | Path, base_preset: str = "small", small_preset: s
     return _finish(out_dir, "proxy", payload)
 
 
-def upcycle_study(out_dir: str | Path, n_experts: int = 4, steps: int = 150, lr: float = 2e-3, batch_size: int = 8,
-                  seq_len: int = 128, preset: str = "tiny", noise: float = 0.01, eval_every: int = 25,
+def upcycle_study(out_dir: str | Path, n_experts: int = 4, steps: int = 300, lr: float = 5e-4, batch_size: int = 8,
+                  seq_len: int = 128, preset: str = "tiny", noise: float = 0.01, eval_every: int = 50,
                   eval_windows: int = 32) -> dict:
     """Upcycled MoE (top-1, equal active parameters) vs the dense model, trained on the same batches."""
     import copy
