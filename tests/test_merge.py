@@ -127,12 +127,15 @@ def test_every_method_registered_with_a_reference():
 
 # ---- the driver on Hugging Face directories ----------------------------------------------------------
 
+LINEAR_AB = ("merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: 1}}}}\n"
+             "  - {{model: {b}, parameters: {{weight: 1}}}}\n")
 SELF_RECIPES = {
     "linear": "merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: 0.3}}}}\n"
               "  - {{model: {a}, parameters: {{weight: 0.7}}}}\n",
     "slerp": "merge_method: slerp\nbase_model: {a}\nparameters: {{t: 0.4}}\nslices:\n  - sources:\n"
              "      - {{model: {a}, layer_range: [0, 2]}}\n      - {{model: {b}, layer_range: [0, 2]}}\n",
-    "ties": "merge_method: ties\nbase_model: {a}\nmodels:\n  - {{model: {b}, parameters: {{weight: 1, density: 0.5}}}}\n",
+    "ties": "merge_method: ties\nbase_model: {a}\nmodels:\n"
+            "  - {{model: {b}, parameters: {{weight: 1, density: 0.5}}}}\n",
 }
 
 
@@ -170,7 +173,8 @@ def test_every_family_merges_and_loads(root, family, tmp_path):
 
 def test_dare_is_reproducible_by_seed(root, tmp_path):
     m = _models(root)
-    text = ("merge_method: dare_ties\nbase_model: {a}\nmodels:\n  - {{model: {b}, parameters: {{weight: 1, density: 0.3}}}}\n"
+    text = ("merge_method: dare_ties\nbase_model: {a}\nmodels:\n"
+            "  - {{model: {b}, parameters: {{weight: 1, density: 0.3}}}}\n"
             "  - {{model: {c}, parameters: {{weight: 1, density: 0.3}}}}\n")
     for name, seed in (("x", 1), ("y", 1), ("z", 2)):
         merge(_recipe(text, a=m[0], b=m[1], c=m[2]), tmp_path / name, seed=seed)
@@ -186,7 +190,7 @@ def test_dare_is_reproducible_by_seed(root, tmp_path):
 
 def test_output_is_sharded_indexed_and_carded(root, tmp_path):
     m = _models(root)
-    text = "merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: 1}}}}\n  - {{model: {b}, parameters: {{weight: 1}}}}\n"
+    text = LINEAR_AB
     recipe = _recipe(text, a=m[0], b=m[1])
     merge(recipe, tmp_path / "out", shard_bytes=100_000)
     files = sorted(p.name for p in (tmp_path / "out").glob("*.safetensors"))
@@ -227,7 +231,7 @@ def test_failed_merge_leaves_nothing(root, tmp_path, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(stream, "merge_tensor", boom)
-    text = "merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: 1}}}}\n  - {{model: {b}, parameters: {{weight: 1}}}}\n"
+    text = LINEAR_AB
     with pytest.raises(RuntimeError, match="disk on fire"):
         merge(_recipe(text, a=m[0], b=m[1]), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

@@ -142,7 +142,8 @@ def test_proxy_logits_are_base_plus_alpha_difference():
         want = base(IDS) + 0.7 * (expert(IDS) - anti(IDS))
         torch.testing.assert_close(proxy(IDS), want)
         # cached decoding (three KV caches) equals recomputing the whole prefix
-        assert torch.equal(proxy.generate(IDS, max_new_tokens=8), proxy.generate(IDS, max_new_tokens=8, use_cache=False))
+        cached = proxy.generate(IDS, max_new_tokens=8)
+        assert torch.equal(cached, proxy.generate(IDS, max_new_tokens=8, use_cache=False))
         # the evaluator's prefix reuse: prefill + select rows + extend equals one forward
         be = make_backend(proxy)
         mask, pos = torch.ones_like(IDS), torch.arange(8).expand(2, 8)

@@ -111,7 +111,8 @@ def _domain_tokens(tokenizer_dir: Path, domain_dir: Path) -> tuple[np.ndarray, n
         raise FileNotFoundError(f"{domain_dir}: expected valid.txt (tuning) and test.txt (evaluation), as in "
                                 "WikiText-2; pass --domain DIR")
     tok = TextTokenizer.load(tokenizer_dir / "tokenizer.json")
-    return tuple(np.asarray(tok.encode((domain_dir / f).read_text()), dtype=np.int64) for f in ("valid.txt", "test.txt"))
+    return tuple(np.asarray(tok.encode((domain_dir / f).read_text()), dtype=np.int64)
+                 for f in ("valid.txt", "test.txt"))
 
 
 def proxy_study(out_dir: str | Path, base_preset: str = "tiny", small_preset: str = "micro", steps: int = 150,
@@ -135,7 +136,8 @@ def proxy_study(out_dir: str | Path, base_preset: str = "tiny", small_preset: st
     continue_training(tuned_base, tune_tokens, cfg)
     proxy = ProxyTuned(base, expert, anti)
     losses = {name: validation_loss(m, test_tokens, seq_len, eval_windows) for name, m in (
-        (f"base ({base_preset})", base), (f"antiexpert ({small_preset})", anti), (f"expert ({small_preset}, tuned)", expert),
+        (f"base ({base_preset})", base), (f"antiexpert ({small_preset})", anti),
+        (f"expert ({small_preset}, tuned)", expert),
         ("proxy-tuned base", proxy), (f"tuned base ({base_preset})", tuned_base))}
     lb, lp, lt = losses[f"base ({base_preset})"], losses["proxy-tuned base"], losses[f"tuned base ({base_preset})"]
     cost = decode_cost(proxy, load_tokenizer(base_dir), ["Once upon a time", "The little dog"], 32)

@@ -96,8 +96,8 @@ def upcycle(model: Transformer, n_experts: int, top_k: int = 2, *, noise: float 
     for i, (dense_block, block) in enumerate(zip(model.blocks, moe.blocks)):
         gate_up, down = _expert_weights(dense_block.mlp)
         for e in range(n_experts):
-            block.mlp.experts.gate_up_proj[e] = gate_up + noise * gate_up.std() * torch.randn(gate_up.shape, generator=gen)
-            block.mlp.experts.down_proj[e] = down + noise * down.std() * torch.randn(down.shape, generator=gen)
+            for stacked, w in ((block.mlp.experts.gate_up_proj, gate_up), (block.mlp.experts.down_proj, down)):
+                stacked[e] = w + noise * w.std() * torch.randn(w.shape, generator=gen)
         if shared_expert:
             for name in ("gate_proj", "up_proj"):
                 getattr(block.mlp.shared, name).weight.copy_(getattr(dense_block.mlp, name).weight)
@@ -113,8 +113,11 @@ def upcycle(model: Transformer, n_experts: int, top_k: int = 2, *, noise: float 
 def _mlp_inputs(model: Transformer, ids: Tensor) -> list[Tensor]:
     """Per block, the inputs its FFN sees on `ids` (after the FFN norm): [B*T, C]."""
     seen: list[Tensor] = [torch.empty(0)] * len(model.blocks)
-    hooks = [b.mlp.register_forward_hook(lambda m, inp, out, i=i: seen.__setitem__(i, inp[0].reshape(-1, inp[0].shape[-1])))
-             for i, b in enumerate(model.blocks)]
+
+    def keep(i: int):
+        return lambda module, inp, out: seen.__setitem__(i, inp[0].reshape(-1, inp[0].shape[-1]))
+
+    hooks = [b.mlp.register_forward_hook(keep(i)) for i, b in enumerate(model.blocks)]
     try:
         with torch.no_grad():
             model(ids)
@@ -195,9 +198,10 @@ def read_moe_recipe(path: str | Path) -> MoeRecipe:
 
 
 def _prompt_ids(tokenizer: Any, prompt: str) -> Tensor:
+    if not callable(tokenizer):  # a pocketlm TextTokenizer
+        return torch.tensor([tokenizer.encode(prompt)])
     bos = getattr(tokenizer, "bos_token", None) or ""
-    ids = tokenizer(bos + prompt, add_special_tokens=False)["input_ids"] if callable(tokenizer) else tokenizer.encode(prompt)
-    return torch.tensor([ids])
+    return torch.tensor([tokenizer(bos + prompt, add_special_tokens=False)["input_ids"]])
 
 
 def _gate_vectors(base: Transformer, tokenizer: Any, experts: list[ExpertSpec], mode: str,

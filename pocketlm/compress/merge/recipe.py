@@ -117,9 +117,9 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
     if tok == "union":
         raise MergeError(f"{where}: tokenizer_source 'union' (vocabulary union) is not supported; the models must "
                          "share one tokenizer (use 'base' or omit it)")
+    tok_ref = None if tok in (None, "base") else _model_ref(tok, f"{where}.tokenizer_source")
     recipe = Recipe(method.name, [], base, _params(raw.get("parameters"), where), raw.get("dtype"),
-                    raw.get("out_dtype"), None if tok in (None, "base") else _model_ref(tok, f"{where}.tokenizer_source"),
-                    text, from_models="models" in raw)
+                    raw.get("out_dtype"), tok_ref, text, from_models="models" in raw)
     if "models" in raw:
         entries = raw["models"]
         if not isinstance(entries, list) or not entries:
@@ -150,9 +150,11 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
                     raise MergeError(f"{ws}: a source is a mapping with 'model' and 'layer_range'")
                 _keys(src, {"model", "layer_range", "parameters"}, ws)
                 lr = src.get("layer_range")
-                if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) for x in lr) and lr[0] < lr[1]):
+                ok = isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) for x in lr)
+                if not (ok and lr[0] < lr[1]):
                     raise MergeError(f"{ws}.layer_range must be [start, end) with start < end, got {lr!r}")
-                sources.append(Source(_model_ref(src.get("model"), ws), (lr[0], lr[1]), _params(src.get("parameters"), ws)))
+                sources.append(Source(_model_ref(src.get("model"), ws), (lr[0], lr[1]),
+                                      _params(src.get("parameters"), ws)))
             if not sources:
                 raise MergeError(f"{w}: no sources")
             lengths = {b - a for a, b in (src.layer_range for src in sources)}
