@@ -179,3 +179,17 @@ def test_proxy_opens_through_the_runtime(tmp_path):
     tok.save_pretrained(other)
     with pytest.raises(ProxyError, match="tokenizers differ"):
         open_proxy(f"proxy:base={tiny},expert={other},anti={tiny}")
+
+
+def test_warm_study_pipeline_averages_the_finetunes(tmp_path):
+    """The WARM study end to end on the micro preset: fine-tunes saved as HF, a mergekit linear recipe,
+    pocketlm merge, and the merged model equal to the mean of the fine-tunes."""
+    from pocketlm.compress.studies import warm_study
+
+    p = warm_study(tmp_path, k=2, steps=2, batch_size=2, seq_len=32, preset="micro", eval_windows=2)
+    assert set(p["val_loss"]) == {"base", "fine-tune 0", "fine-tune 1", "WARM (average)"}
+    assert (tmp_path / "warm.png").is_file() and (tmp_path / "warm.json").is_file()
+    a, b, w = (load_model(d).state_dict() for d in (tmp_path / "finetunes" / "0", tmp_path / "finetunes" / "1",
+                                                     tmp_path / "warm"))
+    for k in w:
+        torch.testing.assert_close(w[k], (a[k] + b[k]) / 2, atol=1e-6, rtol=0)

@@ -117,7 +117,7 @@ def _domain_tokens(tokenizer_dir: Path, domain_dir: Path) -> tuple[np.ndarray, n
 
 def proxy_study(out_dir: str | Path, base_preset: str = "tiny", small_preset: str = "micro", steps: int = 150,
                 lr: float = 2e-3, batch_size: int = 8, seq_len: int = 128, domain: Path = WIKITEXT,
-                eval_windows: int = 48) -> dict:
+                eval_windows: int = 48, alphas: tuple[float, ...] = (0.5, 1.5, 2.0, 3.0)) -> dict:
     """Proxy tuning: how much of the gap between `base_preset` and its domain fine-tune a proxy closes."""
     import copy
 
@@ -140,11 +140,17 @@ def proxy_study(out_dir: str | Path, base_preset: str = "tiny", small_preset: st
         (f"expert ({small_preset}, tuned)", expert),
         ("proxy-tuned base", proxy), (f"tuned base ({base_preset})", tuned_base))}
     lb, lp, lt = losses[f"base ({base_preset})"], losses["proxy-tuned base"], losses[f"tuned base ({base_preset})"]
+    sweep = {}
+    for a in alphas:  # the paper fixes alpha = 1; how the gap closed moves with it
+        proxy.alpha = a
+        sweep[a] = validation_loss(proxy, test_tokens, seq_len, eval_windows)
+    proxy.alpha = 1.0
     cost = decode_cost(proxy, load_tokenizer(base_dir), ["Once upon a time", "The little dog"], 32)
     for who in ("base", "proxy"):
         cost[who].pop("texts")
     payload = {"domain": str(domain), "steps": steps, "lr": lr, "batch_size": batch_size, "seq_len": seq_len,
                "test_loss": losses, "gap_closed": (lb - lp) / (lb - lt) if lb != lt else float("nan"),
+               "alpha_sweep": {str(a): {"test_loss": v, "gap_closed": (lb - v) / (lb - lt)} for a, v in sweep.items()},
                "decode_cost": cost}
     _bar(out_dir / "proxy.png", [k.replace(" (", "\n(") for k in losses], list(losses.values()),
          f"Proxy tuning on {Path(domain).name}: gap closed {payload['gap_closed']:.0%}",
