@@ -26,9 +26,10 @@ def trim_magnitude(delta: Tensor, density: float) -> Tensor:
     k = max(1, int(density * delta.numel()))
     # a full descending sort, not topk: equal magnitudes then break the way mergekit's do
     keep = torch.argsort(delta.abs().reshape(-1).float(), descending=True)[:k]
-    mask = torch.zeros(delta.numel(), dtype=delta.dtype)
-    mask[keep] = 1
-    return delta * mask.reshape(delta.shape)
+    flat = delta.reshape(-1)
+    out = torch.zeros_like(flat)
+    out[keep] = flat[keep]
+    return out.reshape(delta.shape)
 
 
 def drop_random(delta: Tensor, density: float, generator: torch.Generator | None) -> Tensor:

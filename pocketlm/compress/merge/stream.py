@@ -193,7 +193,7 @@ def _card(recipe: Recipe, result: MergeResult, models: dict[str, ModelFiles]) ->
     base = recipe.base_model
     lines += [f"- `{m}`{' (base)' if m == base else ''}" for m in models]
     lines += ["", f"{result.tensors} tensors, {result.layers} layers, {result.bytes / 2**20:.1f} MiB written in "
-              f"{result.seconds:.1f} s (peak RSS {result.peak_rss_mib:.0f} MiB).", "",
+              f"{result.seconds:.1f} s (peak RSS of the merging process: {result.peak_rss_mib:.0f} MiB).", "",
               "## Recipe (mergekit YAML, as given)", "", "```yaml", recipe.text.rstrip(), "```", ""]
     return "\n".join(lines)
 

@@ -29,12 +29,13 @@ from pocketlm.compress.merge.registry import Method, Param, register
 from pocketlm.compress.merge.sparsify import drop_random, rescale_l1, trim_magnitude
 
 
-def elect_sign(weighted: Tensor, consensus: str) -> Tensor:
-    """Mask [n, ...]: True where δᵢ has the elected sign of its entry (zeros never agree)."""
-    sign = weighted.sign()
-    votes = weighted.sum(dim=0) if consensus == "sum" else sign.sum(dim=0)
-    elected = torch.where(votes >= 0, 1.0, -1.0).to(sign.dtype)
-    return sign == elected
+def elect_sign(deltas: Tensor, consensus: str) -> Tensor:
+    """True where the elected sign of an entry is positive: the sign of Σᵢ wᵢδᵢ ("sum", TIES) or of
+    the majority of signs ("count"); a tie counts as positive."""
+    votes = torch.zeros(deltas.shape[1:], dtype=deltas.dtype)
+    for d in deltas:
+        votes.add_(d if consensus == "sum" else d.sign())
+    return votes >= 0
 
 
 def task_vector_merge(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequence[float],
@@ -42,12 +43,16 @@ def task_vector_merge(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequen
                       consensus: str | None = None, normalize: bool = False, rescale: bool = False,
                       scale: float = 1.0, int8_mask: bool = False,
                       generator: torch.Generator | None = None) -> Tensor:
-    """θ_base + scale · (sparsified, sign-agreeing, weighted task vectors), see the module docstring."""
+    """θ_base + scale · (sparsified, sign-agreeing, weighted task vectors), see the module docstring.
+
+    Works one input at a time, so besides the k weighted task vectors it holds only a few tensors of
+    one input's size (a 28 M-entry embedding merges in ~1 GB, not k times that)."""
     if not tensors:
         return base
     dtype = work_dtype(base)
     b = base.to(dtype)
     density = density or [1.0] * len(tensors)
+    w = [float(x) for x in weight]
     deltas = torch.empty((len(tensors), *base.shape), dtype=dtype)
     for i, t in enumerate(tensors):
         d = t.to(dtype) - b
@@ -58,22 +63,28 @@ def task_vector_merge(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequen
         else:
             kept = d
         deltas[i] = rescale_l1(kept, d) if (rescale and sparsify) else kept
-    w = torch.tensor([float(x) for x in weight], dtype=dtype).reshape(-1, *([1] * base.dim()))
-    deltas.mul_(w)
+        del d, kept
+        deltas[i].mul_(w[i])
     if consensus:
-        agree = elect_sign(deltas, consensus).to(dtype)
-        mixed = (deltas * agree).sum(dim=0)
-        divisor = (w * agree).sum(dim=0)
+        positive = elect_sign(deltas, consensus)
+        mixed = torch.zeros(base.shape, dtype=dtype)
+        divisor = torch.zeros(base.shape, dtype=dtype)
+        for wi, d in zip(w, deltas):
+            agree = torch.where(positive, d > 0, d < 0)  # zeros agree with neither sign
+            mixed.add_(torch.where(agree, d, 0))
+            divisor.add_(agree.to(dtype), alpha=wi)
+            del agree
         divisor[divisor == 0] = 1
     else:
         mixed = deltas.sum(dim=0)
-        divisor = w.sum(dim=0)
-        divisor = torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
+        total = sum(w)
+        divisor = torch.tensor(total if abs(total) >= 1e-8 else 1.0, dtype=dtype)
+    del deltas
     if normalize:
-        mixed = mixed / divisor
+        mixed.div_(divisor)
     if scale != 1:
-        mixed = mixed * scale
-    return (b + mixed).to(base.dtype)
+        mixed.mul_(scale)
+    return mixed.add_(b).to(base.dtype)
 
 
 def _params(normalize: bool, rescale: bool, density: bool) -> tuple[Param, ...]:
