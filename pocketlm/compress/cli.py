@@ -1,12 +1,156 @@
-"""`pocketlm prune MODEL ...`: a thin layer over `pocketlm.compress.prune.checkpoint.prune_checkpoint`."""
+"""`pocketlm prune`, `merge`, `upcycle`, `moe`, `proxy`, `merge-study`: thin layers over pocketlm.compress.
+
+Each command group registers from its own function, so other shrink commands (prune, quantize)
+add theirs beside these without touching them.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
+
+
+def register(app: typer.Typer) -> None:
+    register_prune(app)
+    register_merge(app)
+    register_moe(app)
+    register_proxy(app)
+    register_studies(app)
+
+
+def _save(model, out: Path, tokenizer) -> str:
+    """Hugging Face directory when a family expresses the model, else a pocketlm checkpoint; the format used."""
+    from pocketlm.interop import UnsupportedModelError, save_hf, save_native
+
+    try:
+        save_hf(model, out, tokenizer)
+        return "hf"
+    except UnsupportedModelError as e:
+        typer.echo(f"note: {e}; saved as a pocketlm checkpoint", err=True)
+        save_native(model, out)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out))
+        return "pocketlm"
+
+
+def register_merge(app: typer.Typer) -> None:
+    @app.command("merge")
+    def merge_cmd(
+        recipe: Path = typer.Argument(..., help="a mergekit YAML recipe (merge_method, base_model, models/slices, "
+                                      "parameters), used unchanged"),
+        out: Path = typer.Option(..., "--out", help="Hugging Face directory to write (atomically)"),
+        seed: int = typer.Option(0, help="DARE's random drop: each tensor draws from a generator seeded by this"),
+        overwrite: bool = typer.Option(False, help="replace --out if it exists"),
+        shard_gb: float = typer.Option(4.0, help="largest safetensors shard, GiB"),
+        as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    ) -> None:
+        """Merge models as a mergekit recipe says, streaming one tensor at a time (linear/WARM, slerp,
+        task_arithmetic, ties, dare_linear, dare_ties, model_stock, passthrough)."""
+        from pocketlm.compress.merge import merge
+
+        result = merge(recipe, out, seed=seed, overwrite=overwrite, shard_bytes=int(shard_gb * 2**30),
+                       progress=not as_json)
+        if as_json:
+            typer.echo(json.dumps(result.to_dict()))
+        else:
+            typer.echo(f"{result.method}: {result.tensors} tensors, {result.layers} layers, "
+                       f"{result.bytes / 2**20:.1f} MiB in {result.seconds:.1f} s (peak RSS "
+                       f"{result.peak_rss_mib:.0f} MiB) -> {result.out_dir}")
+
+
+def register_moe(app: typer.Typer) -> None:
+    @app.command("upcycle")
+    def upcycle_cmd(
+        model: str = typer.Argument(..., help="dense model directory (pocketlm or Hugging Face)"),
+        out: Path = typer.Option(..., "--out", help="directory for the MoE (Hugging Face Mixtral / Qwen2-MoE)"),
+        experts: int = typer.Option(8, help="experts per layer"),
+        top_k: int = typer.Option(2, help="experts each token is routed to"),
+        noise: float = typer.Option(0.0, help="Gaussian noise on each expert copy, in units of the weight's std"),
+        router: str = typer.Option("random", help="router init: random, or hidden (k-means of MLP inputs on --text)"),
+        text: Path = typer.Option(None, help="calibration text file for --router hidden"),
+        seed: int = typer.Option(0),
+    ) -> None:
+        """Sparse upcycling: turn every FFN of a dense model into E copies with a top-k router."""
+        import torch
+
+        from pocketlm.compress.upcycle import moe_costs, upcycle
+        from pocketlm.runtime import open_model, open_tokenizer
+
+        dense = open_model(model)
+        tok = open_tokenizer(model)
+        calib = None
+        if router == "hidden":
+            if text is None or tok is None:
+                raise typer.BadParameter("--router hidden needs --text and a model with a tokenizer")
+            calib = torch.tensor([tok.encode(text.read_text())[:dense.config.max_seq_len]])
+        moe = upcycle(dense, experts, top_k, noise=noise, router=router, calibration=calib, seed=seed)
+        fmt = _save(moe, out, tok)
+        typer.echo(json.dumps({"out": str(out), "format": fmt, "dense": moe_costs(dense.config),
+                               "moe": moe_costs(moe.config)}))
+
+    @app.command("moe")
+    def moe_cmd(
+        recipe: Path = typer.Argument(..., help="mergekit-moe YAML: base_model, gate_mode, experts (source_model, "
+                                      "positive_prompts, negative_prompts)"),
+        out: Path = typer.Option(..., "--out", help="directory for the Mixtral-style MoE"),
+        seed: int = typer.Option(0, help="gate_mode random: the router's seed"),
+    ) -> None:
+        """mergekit-moe: an MoE from several fine-tunes of one base, routed by prompts."""
+        from pocketlm.compress.upcycle import assemble_moe, moe_costs, read_moe_recipe
+        from pocketlm.runtime import open_model, open_tokenizer
+
+        r = read_moe_recipe(recipe)
+        base = open_model(r.base_model)
+        tok = open_tokenizer(r.base_model)
+        experts = [open_model(e.source_model) for e in r.experts]
+        moe = assemble_moe(base, experts, r.experts, tok, r.gate_mode, r.experts_per_token, seed)
+        fmt = _save(moe, out, tok)
+        typer.echo(json.dumps({"out": str(out), "format": fmt, "moe": moe_costs(moe.config)}))
+
+
+def register_proxy(app: typer.Typer) -> None:
+    @app.command("proxy")
+    def proxy_cmd(
+        spec: str = typer.Argument(..., help="proxy:base=DIR,expert=DIR,anti=DIR[,alpha=1.0]"),
+        prompt: str = typer.Option("Once upon a time", help="prompt to continue"),
+        max_new_tokens: int = typer.Option(48),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Decode with a proxy-tuned model next to its base alone: both texts, tokens/s and memory of each."""
+        from pocketlm.runtime.proxy import decode_cost, open_proxy
+        from pocketlm.runtime import open_tokenizer
+
+        proxy = open_proxy(spec)
+        tok = open_tokenizer(spec)
+        report = decode_cost(proxy, tok, [prompt], max_new_tokens)
+        if as_json:
+            typer.echo(json.dumps(report))
+            return
+        for who in ("base", "proxy"):
+            r = report[who]
+            typer.echo(f"[{who}] {r['tokens_per_s']:.1f} tok/s, weights {r['weights_mib']:.1f} MiB, "
+                       f"KV {r['kv_mib']:.2f} MiB\n{r['texts'][0]}\n")
+
+
+def register_studies(app: typer.Typer) -> None:
+    @app.command("merge-study")
+    def study_cmd(
+        name: str = typer.Argument(..., help="warm, proxy or upcycle"),
+        out: Path = typer.Option(Path("runs/merge-study"), "--out", help="folder for <name>.json and <name>.png"),
+        steps: int = typer.Option(0, help="training steps per model (0: the study's default)"),
+    ) -> None:
+        """Reproduce a paper's finding on this machine: WARM, proxy tuning, or sparse upcycling."""
+        from pocketlm.compress.studies import STUDIES
+
+        if name not in STUDIES:
+            raise typer.BadParameter(f"unknown study {name!r}; choose one of {sorted(STUDIES)}")
+        payload = STUDIES[name](out, **({"steps": steps} if steps else {}))
+        typer.echo(json.dumps(payload, default=str))
+
 
 console = Console()
 
@@ -57,5 +201,5 @@ def prune_cmd(
     console.print(f"wrote {out} (prune_report.json, recipe.yaml)")
 
 
-def register(app: typer.Typer) -> None:
+def register_prune(app: typer.Typer) -> None:
     app.command("prune")(prune_cmd)

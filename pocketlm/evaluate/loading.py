@@ -18,7 +18,7 @@ def load_for_eval(path: str | Path, tokenizer_path: str | Path | None = None, dt
     from pocketlm.runtime import ModelOpenError, open_model, open_tokenizer
 
     path = Path(path)
-    if not path.exists():
+    if not str(path).startswith("proxy:") and not path.exists():
         raise ModelInputError(f"model {path} does not exist")
     try:
         model = open_model(path, precision=precision or (TORCH_NAMES.get(dtype, dtype) if dtype else None))

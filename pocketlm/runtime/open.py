@@ -51,6 +51,12 @@ def resolve(ref: str | Path | ModelRef) -> ModelRef:
     if isinstance(ref, ModelRef):
         return ref
     text = str(ref)
+    if text.startswith("proxy:"):  # proxy tuning: base + α (expert − antiexpert), pocketlm.runtime.proxy
+        from pocketlm.runtime.proxy import parse_spec
+
+        base = parse_spec(text)[0]["base"]
+        cfg = _checkpoint_config(base)[0]
+        return ModelRef(text, "proxy", cfg.replace(name=f"proxy({cfg.name or base.name})"), base)
     path = Path(text).expanduser()
     if path.is_dir():
         cfg, quantization = _checkpoint_config(path)
@@ -157,6 +163,10 @@ def open_model(ref: str | Path | ModelRef, precision: str | None = None, device:
     if precision is not None and precision not in PRECISIONS:
         raise ModelOpenError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
     spec = resolve(ref)
+    if spec.kind == "proxy":
+        from pocketlm.runtime.proxy import open_proxy
+
+        return open_proxy(spec.text, precision)
     if spec.quantization is not None and spec.kind == "checkpoint":
         model = _open_quantized(spec, precision, group_size)
     else:
@@ -213,4 +223,4 @@ def open_tokenizer(ref: str | Path | ModelRef, tokenizer: str | Path | None = No
     if tokenizer is not None:
         return load_tokenizer(tokenizer)
     spec = resolve(ref)
-    return load_tokenizer(spec.path) if spec.kind == "checkpoint" else None
+    return load_tokenizer(spec.path) if spec.kind in ("checkpoint", "proxy") else None
