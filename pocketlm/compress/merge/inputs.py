@@ -71,8 +71,6 @@ class ModelFiles:
         Mixtral) as the stacked experts.gate_up_proj [E, 2I, C] / experts.down_proj [E, C, I] that
         mergekit 0.1.5 merges, each stacked tensor as one (so TIES' top-k and SLERP's angle span all
         experts of a layer, as there)."""
-        from pocketlm.interop.families import LEGACY_EXPERTS
-
         present = set(self.names)
         renamed: dict[str, str | None] = {}
         for name in self.names:
@@ -80,7 +78,7 @@ class ModelFiles:
             if not split:
                 continue
             prefix = self.layer_prefix.format(i=split[0])
-            for gate, up, down, router in LEGACY_EXPERTS:
+            for gate, up, down, router in self.family.legacy_experts:
                 if split[1] != gate.format(e=0):
                     continue
                 n = 0
