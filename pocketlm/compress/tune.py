@@ -53,15 +53,16 @@ def continue_training(model: Transformer, tokens: np.ndarray | TokenSplit, cfg: 
                       evaluate: Callable[[Transformer], float] | None = None, eval_every: int = 0) -> TuneResult:
     """Train `model` in place on random windows of `tokens` for cfg.steps AdamW steps of
     `pocketlm.train.loop.finetune` (MoE models with the load-balancing term); with `evaluate`, record
-    evaluate(model) before the first step, every `eval_every` steps and at the end."""
+    evaluate(model) before the first step, every `eval_every` steps and at the end. Warmup is cut to
+    steps - 1 when longer than the run."""
     sampler = BatchSampler(as_split(tokens), cfg.seq_len, cfg.seed)
     is_moe = any(isinstance(m, MoE) for m in model.modules())
     objective = MoELanguageModeling(cfg.aux_weight, model.config.top_k) if is_moe else LanguageModeling()
     metric = None if evaluate is None else (lambda m: {"eval": evaluate(m)})
     run = finetune(model, lambda step: (sampler.global_batch(step, cfg.batch_size)[0], {}), cfg.steps, cfg.lr,
-                   objective=objective, evaluate=metric, warmup_steps=cfg.warmup_steps, schedule=cfg.schedule,
-                   weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, seed=cfg.seed, threads=cfg.threads,
-                   progress=progress, log_every=1, eval_every=eval_every or cfg.steps)
+                   objective=objective, evaluate=metric, warmup_steps=min(cfg.warmup_steps, cfg.steps - 1),
+                   schedule=cfg.schedule, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, seed=cfg.seed,
+                   threads=cfg.threads, progress=progress, log_every=1, eval_every=eval_every or cfg.steps)
     model.eval()
     steps = [r for r in run.rows if r["kind"] == "train"]
     result = TuneResult(model, [r.get("lm", r["loss"]) for r in steps], [r["aux"] for r in steps if "aux" in r],
