@@ -1,6 +1,7 @@
 """MoE upcycling against the dense model and transformers (Mixtral, Qwen2-MoE), mergekit-moe's router
-rows against transformers' hidden states, the load-balancing loss's analytic values, and proxy tuning
-against separately computed logits (expert == antiexpert returns the base exactly)."""
+rows against transformers' hidden states, the load-balancing loss's analytic values and the MoE objective's
+term against it, continue_training against the one loop's finetune, and proxy tuning against separately
+computed logits (expert == antiexpert returns the base exactly)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import torch
 import transformers as T
 
 from pocketlm.runtime.proxy import ProxyError, ProxyTuned, open_proxy, parse_spec
-from pocketlm.compress.tune import TuneConfig, continue_training, load_balancing_loss
+from pocketlm.compress.tune import TuneConfig, as_split, continue_training, validation_loss
 from pocketlm.compress.upcycle import ExpertSpec, UpcycleError, assemble_moe, moe_costs, read_moe_recipe, upcycle
 from pocketlm.evaluate.backends import make_backend
 from pocketlm.interop import load_model, save_hf
 from pocketlm.model.config import ModelConfig
-from pocketlm.model.transformer import Transformer
+from pocketlm.model.transformer import MoE, Transformer
 from pocketlm.runtime import open_model
+from pocketlm.train.batches import BatchSampler
+from pocketlm.train.load_balance import MoELanguageModeling, load_balancing_loss
+from pocketlm.train.loop import LanguageModeling, finetune, lm_loss
 from tests.merge_fixtures import hf_models
 
 
@@ -123,6 +127,35 @@ def test_continue_training_lowers_loss_and_balances():
     data = torch.randint(0, 16, (4000,)).numpy()  # a 16-token subset: learnable
     res = continue_training(moe, data, TuneConfig(steps=30, lr=3e-3, batch_size=4, seq_len=32, warmup_steps=3))
     assert res.losses[-1] < res.losses[0] and len(res.aux) == 30
+
+
+def test_continue_training_is_finetune_with_language_modeling():
+    data = torch.randint(0, 16, (4000,)).numpy()
+    cfg = TuneConfig(steps=8, lr=3e-3, batch_size=4, seq_len=32, warmup_steps=2, seed=3)
+    a, b = _tiny(), _tiny()
+    res = continue_training(a, data, cfg, evaluate=lambda m: validation_loss(m, data, 32, 4), eval_every=4)
+    sampler = BatchSampler(as_split(data), cfg.seq_len, cfg.seed)
+    run = finetune(b, lambda step: (sampler.global_batch(step, cfg.batch_size)[0], {}), cfg.steps, cfg.lr,
+                   objective=LanguageModeling(), warmup_steps=2, weight_decay=0.0, threads=1)
+    assert res.losses == [r["loss"] for r in run.rows if r["kind"] == "train"] and res.aux == []
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert [t for t, _ in res.evals] == [0, 4 * 128, 8 * 128] and res.tokens == 8 * 128
+
+
+def test_moe_objective_aux_is_the_load_balancing_loss_of_the_routers():
+    moe = upcycle(_tiny(), 4, 2, noise=0.05)
+    captured = []
+    hooks = [m.router.register_forward_hook(lambda mod, inp, out: captured.append(out))
+             for m in moe.modules() if isinstance(m, MoE)]
+    batch = torch.randint(0, 64, (3, 17))
+    total, terms = MoELanguageModeling(0.1, 2).loss(moe, batch)
+    for h in hooks:
+        h.remove()
+    assert len(captured) == 2 and not any(h for m in moe.modules() for h in m._forward_hooks.values()
+                                          if isinstance(m, MoE))
+    assert terms["aux"].item() == pytest.approx(load_balancing_loss(captured, 2).item(), abs=1e-6)
+    assert terms["lm"].item() == pytest.approx(lm_loss(moe, batch).item(), abs=1e-6)
+    assert total.item() == pytest.approx(terms["lm"].item() + 0.1 * terms["aux"].item(), abs=1e-6)
 
 
 # ---- proxy tuning ---------------------------------------------------------------------------------

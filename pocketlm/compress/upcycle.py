@@ -15,7 +15,7 @@
 
 The result is a pocketlm Transformer whose config Hugging Face expresses as Mixtral (save_hf picks
 it: routed experts, renormalised top-k); training continues with `compress.tune.continue_training`,
-which adds the Switch load-balancing loss.
+whose objective adds the Switch load-balancing loss (`train.load_balance`).
 """
 
 from __future__ import annotations
