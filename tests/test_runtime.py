@@ -91,9 +91,22 @@ def test_bad_references_give_one_clear_error(tmp_path) -> None:
         open_model("SmolLM-135M", "int3")
 
 
-def test_tokenizer_comes_from_the_checkpoint_or_the_flag(hf_dir) -> None:
+def test_tokenizer_comes_from_the_checkpoint_or_the_flag(hf_dir, tmp_path) -> None:
+    from pocketlm.evaluate.tiny import SHARED
+
+    source = SHARED / "tokenizers/minimind"
+    if not (source / "tokenizer.json").is_file():
+        pytest.skip("shared/data/tokenizers/minimind is absent")
     assert open_tokenizer(hf_dir) is None  # the tiny model saved none
-    assert open_tokenizer("SmolLM-135M") is None
+    assert open_tokenizer("SmolLM-135M") is None  # catalog refs have no files
+    text = "Once upon a time, a small model ran on a phone."
+    expected = T.AutoTokenizer.from_pretrained(str(source)).encode(text)
+    assert open_tokenizer("SmolLM-135M", tokenizer=source).encode(text) == expected  # the flag wins
+    with_tok = tmp_path / "with_tok"
+    with_tok.mkdir()
+    for f in (hf_dir / "config.json", hf_dir / "model.safetensors", *source.iterdir()):
+        (with_tok / f.name).write_bytes(f.read_bytes())
+    assert open_tokenizer(with_tok).encode(text) == expected  # beside the checkpoint
 
 
 # ------------------------------------------------------------------ quantized models in eval
