@@ -1,0 +1,161 @@
+"""GPTQ / AWQ / RTN against analytic facts: with an identity Hessian GPTQ has no error to spread and equals
+RTN on the same grid; with a correlated Hessian its layer error tr((W-Q) H (W-Q)ᵀ) is below RTN's on every
+grid; AWQ's folded scales leave the float model's logits unchanged; AWQ's chosen scales never score worse
+than RTN (α = 0); the kernel model computes the dequantized weights; checkpoints reload identically."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from pocketlm.compress.quantize import CalibrationTooShortError, quantize
+from pocketlm.compress.quantize.awq import scale_groups
+from pocketlm.compress.quantize.gptq import GPTQ
+from pocketlm.compress.targets import block_targets
+from pocketlm.interop import save_native
+from pocketlm.model.config import ModelConfig
+from pocketlm.model.linears import Int4Linear, Int8Linear
+from pocketlm.model.quantize import GridError, IntGrid, quantize_int4
+from pocketlm.model.transformer import Transformer
+from pocketlm.runtime import open_model
+
+CFG = dict(vocab_size=256, d_model=64, n_layer=2, n_head=4, n_kv_head=4, intermediate_size=128, max_seq_len=64,
+           tie_embeddings=False)
+IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(2))
+GRIDS = [IntGrid(b, g, s) for b in (8, 4, 3, 2) for s in (True, False) for g in (None, 32, 128)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _model(**changes) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(**{**CFG, **changes})).eval()
+
+
+def _calib(n: int = 8, length: int = 32) -> torch.Tensor:
+    return torch.randint(0, 256, (n, length), generator=torch.Generator().manual_seed(1))
+
+
+def _layer(rows: int = 48, cols: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(rows, cols, generator=g)
+    X = torch.randn(1024, cols, generator=g) @ (torch.eye(cols) + 0.3 * torch.randn(cols, cols, generator=g))
+    return W, 2 / X.shape[0] * X.T @ X
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: g.name)
+def test_gptq_with_identity_hessian_equals_rtn(grid) -> None:
+    W, _ = _layer()
+    q, scales, offsets = grid.quantize(W)
+    for act_order in (False, True):
+        r = GPTQ(grid, act_order=act_order).quantize(W, torch.eye(W.shape[1]))
+        assert torch.equal(r.codes, q) and torch.equal(r.params[0], scales) and torch.equal(r.params[1], offsets)
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: g.name)
+def test_gptq_error_is_below_rtn_error_on_a_known_hessian(grid) -> None:
+    W, H = _layer()
+
+    def error(Q: torch.Tensor) -> float:
+        D = W - Q
+        return float(((D @ H) * D).sum())
+
+    rtn = error(grid.dequantize(*grid.quantize(W)))
+    for act_order, static in ((False, False), (True, False), (False, True)):
+        r = GPTQ(grid, act_order=act_order, static_groups=static).quantize(W, H)
+        assert torch.allclose(r.weight, grid.dequantize(r.codes, *r.params))
+        assert error(r.weight) < rtn, (act_order, static)
+
+
+def test_int_grid_rtn_is_the_int4_kernel_grid() -> None:
+    W, _ = _layer(32, 128)
+    q, s, o = IntGrid(4, 32, False, None).quantize(W)
+    q4, s4, z4 = quantize_int4(W, 32)
+    gw = IntGrid(4, 32, False, None).to_grid_weight(q, s, o)
+    assert torch.equal(gw.q, q4) and torch.allclose(gw.scales, s4) and torch.allclose(gw.zeros, z4)
+
+
+@pytest.mark.parametrize("changes", [{}, {"norm": "layernorm", "norm_bias": True, "qkv_bias": True},
+                                     {"norm_unit_offset": True, "n_kv_head": 2}, {"activation": "gelu", "ffn_type": "standard"}])
+def test_awq_folded_scales_leave_float_logits_unchanged(changes) -> None:
+    model = _model(**changes)
+    with torch.no_grad():  # give the norms non-trivial gains first
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+        ref = model(IDS)
+        folded = 0
+        for b in range(len(model.blocks)):
+            for group in scale_groups(model, b, block_targets(model, b)):
+                group.fold(torch.rand(group.targets[0].shape[1]) * 4 + 0.25)
+                folded += 1
+        assert folded >= 2 * len(model.blocks)
+        assert (model(IDS) - ref).abs().max() <= 1e-5
+
+
+def test_awq_never_scores_worse_than_rtn_and_lowers_error() -> None:
+    calib = _calib()
+    rtn = quantize(_model(), "rtn", 3, 32, calib=calib)
+    awq = quantize(_model(), "awq", 3, 32, calib=calib)
+    assert len(awq.awq) == 4 * CFG["n_layer"]  # norm->qkv, v->o, norm->gate/up, up->down in each block
+    assert all(r["loss"] <= r["rtn_loss"] for r in awq.awq)
+    mean = lambda r: sum(m.rel_error for m in r.layers) / len(r.layers)  # noqa: E731
+    assert mean(awq) < mean(rtn)
+
+
+@pytest.mark.parametrize("method,bits,group", [("gptq", 4, 32), ("gptq", 3, 64), ("awq", 4, None), ("rtn", 8, None),
+                                               ("gptq", 2, 32)])
+def test_kernel_model_computes_the_dequantized_weights_and_reloads_identically(tmp_path, method, bits, group) -> None:
+    sym = bits == 8
+    model = _model()
+    report = quantize(model, method, bits, group, sym=sym, calib=_calib())
+    float_copy = _model()  # the same architecture holding the dequantized weights
+    grid = IntGrid(bits, group, sym)
+    with torch.no_grad():
+        for name, (q, params) in report.codes.items():
+            float_copy.get_parameter(name + ".weight").copy_(grid.dequantize(q, *params))
+        if method == "awq":  # folded norm gains / v and up rows live outside the codes
+            for name, p in model.named_parameters():
+                float_copy.get_parameter(name).copy_(p)
+    kernel = Int8Linear if bits == 8 else Int4Linear
+    assert isinstance(model.blocks[0].attn.qkv, kernel) and isinstance(model.blocks[1].mlp.down_proj, kernel)
+    with torch.inference_mode():
+        out, expect = model(IDS), float_copy(IDS)
+    assert (out.float() - expect).abs().max() < 0.05 * expect.abs().max()
+    save_native(model, tmp_path)
+    back = open_model(tmp_path)
+    assert back.transforms.quantization.method == method
+    with torch.inference_mode():
+        assert torch.equal(back(IDS), out)
+
+
+def test_gptq_with_true_sequential_groups_and_moe_experts() -> None:
+    model = _model(n_experts=4, top_k=2, moe_intermediate_size=64)
+    report = quantize(model, "gptq", 4, 32, calib=_calib())
+    assert any(".experts.3.down_proj" in m.name for m in report.layers)
+    experts = model.blocks[0].mlp.experts
+    assert isinstance(experts.gate_up[0], Int4Linear) and isinstance(experts.down[3], Int4Linear)
+    assert type(model.blocks[0].mlp.router) is torch.nn.Linear  # routers stay float
+
+
+def test_bad_input_gets_one_clear_error_each() -> None:
+    with pytest.raises(GridError, match="5-bit grids are not supported"):
+        IntGrid(5, 32)
+    with pytest.raises(GridError, match="int8 kernel, which holds one symmetric scale per output channel"):
+        quantize(_model(), "rtn", 8, 32)
+    with pytest.raises(GridError, match="group_size 48 is not one of the int4 kernel's group sizes"):
+        quantize(_model(d_model=96), "rtn", 4, 48)
+    with pytest.raises(GridError, match=r"'blocks.0.attn.q_proj'.*width of 64 input columns is not divisible by"):
+        quantize(_model(), "rtn", 4, 128)
+    with pytest.raises(CalibrationTooShortError, match="fewer than the widest layer input"):
+        quantize(_model(), "gptq", 4, 32, calib=_calib(2, 16))
+    with pytest.raises(CalibrationTooShortError, match="gptq needs calibration data"):
+        quantize(_model(), "gptq", 4, 32)
