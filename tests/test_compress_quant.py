@@ -159,3 +159,38 @@ def test_bad_input_gets_one_clear_error_each() -> None:
         quantize(_model(), "gptq", 4, 32, calib=_calib(2, 16))
     with pytest.raises(CalibrationTooShortError, match="gptq needs calibration data"):
         quantize(_model(), "gptq", 4, 32)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K", "Q6_K"])
+def test_gguf_blocks_dequantize_in_the_gguf_package_bit_for_bit(qtype) -> None:
+    """The bytes GPTQ's codes are written as are read back by gguf.quants.dequantize to exactly the
+    weights pocketlm computed with; and GPTQ on the GGUF grid beats round-to-nearest on it."""
+    import gguf
+    import numpy as np
+
+    from pocketlm.compress.quantize.gguf_grids import gguf_grid
+
+    grid = gguf_grid(qtype)
+    W, H = _layer(32, 512)
+    W = W * torch.rand(1, 512, generator=torch.Generator().manual_seed(5))  # uneven column scales
+    W[0, :256] = 0  # an all-zero (super-)block
+    rtn = grid.quantize(W)
+    gptq = GPTQ(grid, act_order=True).quantize(W, H)
+    for q, params, ours in ((rtn[0], rtn[1:], grid.dequantize(*rtn)), (gptq.codes, gptq.params, gptq.weight)):
+        raw = grid.to_bytes(q, *params)
+        assert raw.dtype == np.uint8 and raw.shape == (32, 512 // grid.block * gguf.GGML_QUANT_SIZES[grid.ggml_type][1])
+        theirs = torch.from_numpy(np.asarray(gguf.quants.dequantize(raw, grid.ggml_type), dtype=np.float32))
+        assert torch.equal(theirs, ours)
+    error = lambda Q: float((((W - Q) @ H) * (W - Q)).sum())  # noqa: E731
+    assert error(gptq.weight) < error(grid.dequantize(*rtn))
+
+
+def test_gguf_grid_bad_input() -> None:
+    from pocketlm.compress.quantize.gguf_grids import gguf_grid
+
+    with pytest.raises(GridError, match="Q3_K"):
+        gguf_grid("Q3_K")
+    with pytest.raises(GridError, match="blocks of 256 values; a width of 64"):
+        quantize(_model(), "rtn", grid=gguf_grid("Q4_K"), kernels=False)
+    with pytest.raises(GridError, match="written to GGUF, not to pocketlm's int kernels"):
+        quantize(_model(), "rtn", grid=gguf_grid("Q4_0"))

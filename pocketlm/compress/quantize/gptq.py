@@ -11,8 +11,10 @@ all up front on the original weight (`static_groups`). With `act_order` and grou
 always static: the kernels (and GGUF) need each group to be a contiguous run of original columns,
 which dynamic groups in permuted order are not (the reference then stores a `g_idx` permutation).
 
-The grid is any object with `group_of(k)`, `fit(cols) -> params`, `encode(col, *params)` and
-`decode(codes, *params)` (model.quantize.IntGrid; the GGUF block grids).
+The grid is any object with `group_of(k)`, `fit(cols) -> params`, `fit_groups(W) -> params [N, G]`,
+`encode(col, *params)`, `decode(codes, *params)` and optionally `static` (its groups are always fitted
+up front: the GGUF K-quants, whose sub-block scales hang off a super-block scale):
+model.quantize.IntGrid and compress.quantize.gguf_grids.
 """
 
 from __future__ import annotations
@@ -56,9 +58,9 @@ class GPTQ:
         W = weight.detach().float()[:, perm].clone()
         Hinv = inverse_hessian_factor(H[perm][:, perm], W, self.damp)  # zeroes dead columns of W
         params: list[tuple[Tensor, ...] | None] = [None] * (k // g)
-        if self.static_groups or g == k or (self.act_order and g < k):
-            original = W[:, torch.argsort(perm)]
-            params = [self.grid.fit(original[:, c:c + g]) for c in range(0, k, g)]
+        if self.static_groups or g == k or (self.act_order and g < k) or getattr(self.grid, "static", False):
+            stacked = self.grid.fit_groups(W[:, torch.argsort(perm)])
+            params = [tuple(p[:, j] for p in stacked) for j in range(k // g)]
         codes = torch.zeros(n, k, dtype=torch.int32)
         Q = torch.zeros(n, k)
         loss = 0.0
