@@ -194,3 +194,34 @@ def test_gguf_grid_bad_input() -> None:
         quantize(_model(), "rtn", grid=gguf_grid("Q4_K"), kernels=False)
     with pytest.raises(GridError, match="written to GGUF, not to pocketlm's int kernels"):
         quantize(_model(), "rtn", grid=gguf_grid("Q4_0"))
+
+
+@pytest.mark.parametrize("qtype,method", [("Q4_0", "gptq"), ("Q8_0", "awq"), ("Q4_1", "rtn")])
+def test_llama_cpp_runs_the_written_codes_as_pocketlm_dequantized_them(tmp_path, qtype, method) -> None:
+    """llama.cpp's logits on the GGUF file equal pocketlm's on the dequantized weights (up to llama.cpp's
+    8-bit activation rounding inside quantized dot products), and the file holds exactly those weights."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (optional extra) is not installed")
+    import numpy as np
+
+    from pocketlm.compress.quantize.gguf_export import export_quantized_gguf
+    from pocketlm.export.gguf import load_gguf_weights
+    from pocketlm.model.quantize import sqnr_db
+
+    model = _model(n_kv_head=2, vocab_size=256)
+    report = export_quantized_gguf(model, tmp_path / "m.gguf", qtype, method, _calib(), rest="F32")
+    assert report.disk_bytes and len(report.layers) == 7 * CFG["n_layer"]
+    reread = _model(n_kv_head=2, vocab_size=256)
+    load_gguf_weights(reread, tmp_path / "m.gguf")
+    for name, p in model.named_parameters():
+        assert torch.equal(reread.get_parameter(name), p), name
+    ids = list(range(1, 60, 3))
+    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
+    try:
+        llm.eval(ids)
+        theirs = torch.tensor(np.array(llm.scores[: len(ids)]))
+    finally:
+        llm.close()
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0]
+    assert sqnr_db(ours, theirs) > 30
+    assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() > 0.9
