@@ -140,6 +140,9 @@ class IntGrid:
 
     def check_kernel(self, in_features: int) -> str:
         """The kernel scheme ('int8' | 'int4') that holds this grid for a matrix of this width, or GridError."""
+        if self.bits < 8 and self.group_size is not None and self.group_size not in KERNEL_GROUP_SIZES:
+            raise GridError(f"group_size {self.group_size} is not one of the int4 kernel's group sizes "
+                            f"{KERNEL_GROUP_SIZES[::-1]}; choose one of them or per channel (group_size=None).")
         self.group_of(in_features)
         if self.bits == 8:
             if self.sym and self.group_size is None:
@@ -149,9 +152,6 @@ class IntGrid:
         if self.group_size is None and not any(in_features % g == 0 for g in KERNEL_GROUP_SIZES):
             raise GridError(f"per-channel {self.bits}-bit codes live in the int4 kernel, whose groups are "
                             f"{KERNEL_GROUP_SIZES[::-1]} columns; a width of {in_features} divides none of them.")
-        if self.group_size is not None and self.group_size not in KERNEL_GROUP_SIZES:
-            raise GridError(f"group_size {self.group_size} is not one of the int4 kernel's group sizes "
-                            f"{KERNEL_GROUP_SIZES[::-1]}; choose one of them or per channel (group_size=None).")
         return "int4"
 
     def kernel_group(self, widths: list[int]) -> int | None:
