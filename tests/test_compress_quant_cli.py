@@ -68,3 +68,15 @@ def test_cli_bad_input_is_one_line(micro_dir, tmp_path) -> None:
         with pytest.raises(GridError, match=message):
             quantize_checkpoint(micro_dir, tmp_path / "x", "rtn", **options)
     assert not any(tmp_path.iterdir())
+
+
+def test_quant_demo_section_writes_table_figure_and_a_kernel_checkpoint(micro_dir, tmp_path) -> None:
+    from pocketlm.compress.quant_demo import run_quant_demo
+
+    section = run_quant_demo(tmp_path, micro_dir)
+    rows = section["metrics"]["sweep"]
+    assert {(r["method"], r["bits"]) for r in rows} == {(m, b) for m in ("rtn", "gptq", "awq") for b in (4, 3)}
+    assert "| gptq | 3 |" in section["markdown"] and (tmp_path / "quant_sweep.png").stat().st_size > 1000
+    by = {(r["method"], r["bits"]): r for r in rows}
+    assert by[("gptq", 3)]["kl"] < by[("rtn", 3)]["kl"]  # the GPTQ paper's ordering, on a trained model
+    assert isinstance(open_model(tmp_path / "gptq_int4").blocks[0].mlp.down_proj, Int4Linear)

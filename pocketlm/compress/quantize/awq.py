@@ -6,9 +6,9 @@ read one input produced by a layer we may rescale (the attention norm -> q/k/v; 
 v and o have the same width, i.e. no grouped-query sharing; the FFN norm -> gate/up; up_proj -> down_proj
 of a gated FFN): s = mean|x|^α per input channel, normalised by sqrt(max s · min s), for α in
 {0, 1/20, ..., 19/20}; each candidate quantizes W·s, divides by s, and is scored by the mean squared error
-of the *block's* output against the float block (llm-awq scores the smallest module holding the group;
-the whole block is a superset and costs one forward). α = 0 is plain RTN, so the chosen scales never
-score worse than RTN. The best s is folded: the producer's output divided by s (a norm's gain and bias,
+of the output of the module llm-awq inspects (attention for q/k/v, o_proj, the FFN for gate/up, down_proj)
+against its float output, on the calibration inputs captured when the walk ran the float block. α = 0
+is plain RTN, so the chosen scales never score worse than RTN. The best s is folded: the producer's output divided by s (a norm's gain and bias,
 Gemma's 1 + w form included, or a linear's rows), the group's columns multiplied by s, so the float
 model computes the same function. Then the clip search: for every matrix but q/k (whose errors the
 attention softmax amplifies, as llm-awq skips them) each group's range is shrunk to max|w|·(1 - i/20),
@@ -60,6 +60,7 @@ class ScaleGroup:
 
     producer: nn.Module  # Norm or nn.Linear
     targets: list[Target]
+    inspect: nn.Module  # the module whose output scores a candidate (llm-awq's module2inspect)
 
     @property
     def input_key(self) -> str:
@@ -96,16 +97,16 @@ def scale_groups(model: Transformer, b: int, targets: list[Target]) -> list[Scal
     attn, mlp = block.attn, getattr(block, "mlp", None)
     readers = [n for n in ("q_proj", "k_proj", "v_proj", "q_a_proj", "kv_a_proj") if getattr(attn, n, None) is not None]
     if pre_norm and block.attn_norm.weight is not None and (found := present(f"{prefix}.attn", readers)):
-        groups.append(ScaleGroup(block.attn_norm, found))
+        groups.append(ScaleGroup(block.attn_norm, found, attn))
     if isinstance(attn, Attention) and attn.n_kv == attn.n_head and (found := present(f"{prefix}.attn", ["o_proj"])) \
             and f"{prefix}.attn.v_proj" in by_name:
-        groups.append(ScaleGroup(attn.v_proj, found))
+        groups.append(ScaleGroup(attn.v_proj, found, attn.o_proj))
     if isinstance(mlp, MLP) and model.shared_mlp is None:
         leaves = ["gate_proj", "up_proj"] if mlp.gated else ["up_proj"]
         if pre_norm and block.mlp_norm.weight is not None and (found := present(f"{prefix}.mlp", leaves)):
-            groups.append(ScaleGroup(block.mlp_norm, found))
+            groups.append(ScaleGroup(block.mlp_norm, found, mlp))
         if mlp.gated and (found := present(f"{prefix}.mlp", ["down_proj"])) and f"{prefix}.mlp.up_proj" in by_name:
-            groups.append(ScaleGroup(mlp.up_proj, found))
+            groups.append(ScaleGroup(mlp.up_proj, found, mlp.down_proj))
     return groups
 
 
@@ -114,12 +115,21 @@ def fake_quantize(grid: Any, weight: Tensor) -> Tensor:
     return grid.dequantize(q, *params)
 
 
-def _block_mse(outputs: list[Tensor], reference: list[Tensor]) -> float:
-    return sum(float((o.float() - r.float()).pow(2).mean()) for o, r in zip(outputs, reference)) / len(reference)
+class Recorded:
+    """The (args, output) of each call of a module while the walk runs the float block once."""
+
+    def __init__(self, module: nn.Module):
+        self.module, self.calls = module, []
+        self.handle = module.register_forward_hook(lambda m, args, out: self.calls.append((args, out.detach())))
+
+    def mse(self) -> float:
+        """Mean squared error of the module's output now against the recorded output."""
+        return sum(float((self.module(*args).float() - out.float()).pow(2).mean())
+                   for args, out in self.calls) / len(self.calls)
 
 
 @torch.no_grad()
-def search_scale(group: ScaleGroup, mean_abs: Tensor, step: BlockStep, reference: list[Tensor], grid: Any,
+def search_scale(group: ScaleGroup, mean_abs: Tensor, recorded: Recorded, grid: Any,
                  n_grid: int = 20) -> tuple[Tensor, float, list[float]]:
     """(best scales, best α, loss per α) for one group; the group's weights are left as they were."""
     originals = [t.weight.clone() for t in group.targets]
@@ -130,7 +140,7 @@ def search_scale(group: ScaleGroup, mean_abs: Tensor, step: BlockStep, reference
         s = s / (s.max() * s.min()).sqrt()
         for t, w in zip(group.targets, originals):
             t.weight.copy_(fake_quantize(grid, w.float() * s) / s)
-        losses.append(_block_mse(step.run(), reference))
+        losses.append(recorded.mse())
         if losses[-1] < best[0]:
             best = (losses[-1], s, alpha)
     for t, w in zip(group.targets, originals):
@@ -169,11 +179,17 @@ def scale_and_clip(model: Transformer, step: BlockStep, grid: Any, n_grid: int =
 
     Returns (a record per scaled group, each target's weight before clipping). The sampled tokens and
     the error probe's Gram of each scaled input are rescaled to the folded inputs x / s."""
-    reference = step.run()
+    groups = scale_groups(model, step.index, step.targets)
+    recorded = {id(g.inspect): Recorded(g.inspect) for g in groups}
+    try:
+        step.run()
+    finally:
+        for r in recorded.values():
+            r.handle.remove()
     records = []
-    for group in scale_groups(model, step.index, step.targets):
+    for group in groups:
         stats = step.stats[group.input_key]
-        s, alpha, losses = search_scale(group, stats["mean"].mean(), step, reference, grid, n_grid)
+        s, alpha, losses = search_scale(group, stats["mean"].mean(), recorded[id(group.inspect)], grid, n_grid)
         group.fold(s)
         stats["tokens"].rows = [torch.cat(stats["tokens"].rows) / s]
         stats["error"].G = stats["error"].G / s[:, None] / s[None, :]

@@ -89,6 +89,11 @@ class IntGrid:
         group = "per-channel" if self.group_size is None else f"g{self.group_size}"
         return f"{'sym' if self.sym else 'asym'}{self.bits} {group}"
 
+    @property
+    def bits_per_weight(self) -> float:
+        """Code bits plus the group's fp16 scale (and offset) spread over its columns (per channel: ~bits)."""
+        return self.bits + ((16 if self.sym else 32) / self.group_size if self.group_size else 0.0)
+
     def group_of(self, in_features: int) -> int:
         """Columns per group for a matrix of this width (the whole row per channel); checks divisibility."""
         g = self.group_size or in_features
