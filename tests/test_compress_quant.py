@@ -225,3 +225,44 @@ def test_llama_cpp_runs_the_written_codes_as_pocketlm_dequantized_them(tmp_path,
         ours = model(torch.tensor([ids]))[0]
     assert sqnr_db(ours, theirs) > 30
     assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() > 0.9
+
+
+def test_w8a8_linear_is_integer_arithmetic_on_per_token_codes() -> None:
+    from pocketlm.model.linears import W8A8Linear
+
+    W, _ = _layer(48, 64)
+    q, s, _ = IntGrid(8, None, True, None).quantize(W)
+    layer = W8A8Linear(q.to(torch.int8), s[:, 0], compute_dtype=torch.float32)
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(3))
+    s_x = x.abs().amax(-1, keepdim=True) / 127
+    xq = torch.round(x / s_x).clamp(-127, 127)
+    expect = (xq.double() @ q.double().T) * s_x.double() * s[:, 0].double()[None]  # exact integer products
+    assert torch.allclose(layer(x).double(), expect, rtol=1e-6, atol=1e-6)
+
+
+def test_smoothquant_migration_keeps_float_function_and_beats_plain_w8a8_on_outliers(tmp_path) -> None:
+    from pocketlm.compress.quantize.smoothquant import smoothquant
+    from pocketlm.model.linears import W8A8Linear
+
+    base = _model(n_kv_head=2)
+    with torch.no_grad():
+        for b in base.blocks:  # a few outlier activation channels, as LLM norms produce
+            b.attn_norm.weight[:4] *= 30
+            b.mlp_norm.weight[:4] *= 30
+        ref = base(IDS)
+
+    def kl(model) -> float:
+        with torch.no_grad():
+            a, b = ref.log_softmax(-1), model(IDS).float().log_softmax(-1)
+        return float((a.exp() * (a - b)).sum(-1).mean())
+
+    smoothed, plain = copy.deepcopy(base), copy.deepcopy(base)
+    report = smoothquant(smoothed, _calib())
+    smoothquant(plain, _calib(), smooth=False)
+    assert isinstance(smoothed.blocks[0].attn.qkv, W8A8Linear) and isinstance(smoothed.blocks[1].mlp.down_proj, W8A8Linear)
+    assert len(report.awq) == 2 * CFG["n_layer"] and kl(smoothed) < 0.5 * kl(plain)
+    save_native(smoothed, tmp_path)
+    back = open_model(tmp_path)
+    assert isinstance(back.blocks[0].attn.qkv, W8A8Linear)
+    with torch.no_grad():
+        assert torch.equal(back(IDS), smoothed(IDS))
