@@ -76,13 +76,14 @@ def search_alpha(group: ScaleGroup, act_max: Tensor, recorded: Recorded, alphas=
 
 
 @torch.no_grad()
-def smoothquant(model: Transformer, calib: Tensor, alpha: float | None = None, *, smooth: bool = True,
+def smoothquant(model: Transformer, calib: Tensor | None, alpha: float | None = None, *, smooth: bool = True,
                 skip: tuple[str, ...] = DEFAULT_SKIP, batch_size: int = 8, progress: bool = False) -> QuantReport:
     """Smooth (unless `smooth=False`: plain W8A8), then turn every block matrix into a W8A8Linear (in place)."""
     t0 = time.perf_counter()
     if model.transforms.fused:
         model.unfuse()
-    check_calibration(calib, "smoothquant", select(model, tuple(skip)))
+    if smooth:
+        check_calibration(calib, "smoothquant", select(model, tuple(skip)))
     records: list[dict[str, Any]] = []
 
     def migrate(step: BlockStep) -> bool:
