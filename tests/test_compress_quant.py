@@ -20,19 +20,12 @@ from pocketlm.model.linears import Int4Linear, Int8Linear
 from pocketlm.model.quantize import GridError, IntGrid, quantize_int4
 from pocketlm.model.transformer import Transformer
 from pocketlm.runtime import open_model
+from tests.test_compress_prune import one_thread  # noqa: F401  (autouse: one thread for tiny matrices)
 
 CFG = dict(vocab_size=256, d_model=64, n_layer=2, n_head=4, n_kv_head=4, intermediate_size=128, max_seq_len=64,
            tie_embeddings=False)
 IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(2))
 GRIDS = [IntGrid(b, g, s) for b in (8, 4, 3, 2) for s in (True, False) for g in (None, 32, 128)]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _model(**changes) -> Transformer:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from pocketlm.compress.quantize.checkpoint import quantize_checkpoint
 from pocketlm.model.linears import Int4Linear

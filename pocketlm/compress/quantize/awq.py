@@ -128,6 +128,17 @@ class Recorded:
                    for args, out in self.calls) / len(self.calls)
 
 
+def record_inspected(groups: list[ScaleGroup], step: BlockStep) -> dict[int, Recorded]:
+    """Run the float block once, recording each group's inspected module: id(module) -> Recorded."""
+    recorded = {id(g.inspect): Recorded(g.inspect) for g in groups}
+    try:
+        step.run()
+    finally:
+        for r in recorded.values():
+            r.handle.remove()
+    return recorded
+
+
 @torch.no_grad()
 def search_scale(group: ScaleGroup, mean_abs: Tensor, recorded: Recorded, grid: Any,
                  n_grid: int = 20) -> tuple[Tensor, float, list[float]]:
@@ -180,12 +191,7 @@ def scale_and_clip(model: Transformer, step: BlockStep, grid: Any, n_grid: int =
     Returns (a record per scaled group, each target's weight before clipping). The sampled tokens and
     the error probe's Gram of each scaled input are rescaled to the folded inputs x / s."""
     groups = scale_groups(model, step.index, step.targets)
-    recorded = {id(g.inspect): Recorded(g.inspect) for g in groups}
-    try:
-        step.run()
-    finally:
-        for r in recorded.values():
-            r.handle.remove()
+    recorded = record_inspected(groups, step)
     records = []
     for group in groups:
         stats = step.stats[group.input_key]

@@ -10,8 +10,6 @@ codes on that GGUF type's grid; plus `quant_report.json`: per-layer error, held-
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from pocketlm.compress.prune.checkpoint import DEFAULT_EVAL_TEXT, OutputExistsEr
 from pocketlm.compress.quantize.driver import quantize
 from pocketlm.compress.quantize.gguf_export import export_quantized_gguf
 from pocketlm.compress.report import QuantReport, peak_rss_bytes
+from pocketlm.utils import atomic_dir
 
 
 def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str = "gptq", bits: int = 4,
@@ -50,10 +49,7 @@ def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str 
                              f"{model.config.max_seq_len}; use e.g. --calib {spec.source}:{spec.n}x{model.config.max_seq_len}")
         calib_ids, record = calibration_batches(spec, tok, seed=seed)
     dense = copy.deepcopy(model)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out) as tmp:
         if gguf:
             tok_json = Path(model_ref) / "tokenizer.json"
             report = export_quantized_gguf(model, tmp / "model.gguf", gguf, method, calib_ids, progress=progress,
@@ -73,9 +69,4 @@ def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str 
         report.options["total_s"] = time.perf_counter() - t0
         report.peak_rss_bytes = peak_rss_bytes()
         report.write(tmp / "quant_report.json")
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return report

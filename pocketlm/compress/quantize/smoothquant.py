@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from pocketlm.compress.layerwise import BlockStep, walk
-from pocketlm.compress.quantize.awq import Recorded, ScaleGroup, fake_quantize, scale_groups
+from pocketlm.compress.quantize.awq import Recorded, ScaleGroup, fake_quantize, record_inspected, scale_groups
 from pocketlm.compress.quantize.driver import check_calibration, quantize
 from pocketlm.compress.report import QuantReport
 from pocketlm.compress.targets import DEFAULT_SKIP, select
@@ -88,12 +88,7 @@ def smoothquant(model: Transformer, calib: Tensor | None, alpha: float | None = 
 
     def migrate(step: BlockStep) -> bool:
         groups = [g for g in scale_groups(model, step.index, step.targets) if not isinstance(g.producer, nn.Linear)]
-        recorded = {id(g.inspect): Recorded(g.inspect) for g in groups}
-        try:
-            step.run()
-        finally:
-            for r in recorded.values():
-                r.handle.remove()
+        recorded = record_inspected(groups, step)
         for g in groups:
             act_max = step.stats[g.input_key].max
             best, losses = (alpha, []) if alpha is not None else search_alpha(g, act_max, recorded[id(g.inspect)])
