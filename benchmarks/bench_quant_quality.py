@@ -42,11 +42,11 @@ def _load() -> str:
     return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs"
 
 
-def setup(preset: str, n: int, length: int, eval_tokens: int):
+def setup(preset: str, n: int, length: int, eval_tokens: int, model_dir: Path | None = None):
     from pocketlm.interop import load_model, load_tokenizer
     from pocketlm.train.fixtures import trained_preset
 
-    model_dir, _ = trained_preset(preset, progress=True)
+    model_dir = model_dir or trained_preset(preset, progress=True)[0]
     model, tok = load_model(model_dir).eval(), load_tokenizer(model_dir)
     calib, _ = calibration_batches(f"bundled:{n}x{length}", tok, seed=0)
     heldout = torch.tensor(encode_text(tok, DEFAULT_EVAL_TEXT.read_text())[:eval_tokens])
@@ -60,10 +60,11 @@ def ratios(rows: list[dict]) -> dict:
 
 
 def quality(args) -> dict:
-    model, calib, heldout = setup(args.preset, args.n, args.length, args.eval_tokens)
+    torch.set_num_threads(args.threads)
+    model, calib, heldout = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir)
     rows = quant_sweep(model, calib, heldout, args.length, (4, 3), args.group_size or None,
                        log=lambda s: print(s, flush=True))
-    print(f"\n{args.preset} preset ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params), asymmetric "
+    print(f"\n{args.model_dir or args.preset + ' preset'} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params), asymmetric "
           f"g{args.group_size}, calibration bundled:{args.n}x{args.length}, held-out {heldout.numel()} tokens")
     print(quant_table(rows))
     r = ratios(rows)
@@ -110,8 +111,8 @@ def llama_cpp_quantize(src: Path, dst: Path, qtype: str) -> None:
 def gguf_bench(args) -> dict:
     from pocketlm.export.gguf import export_gguf
 
-    torch.set_num_threads(1)
-    model, calib, heldout = setup(args.preset, args.n, args.length, args.eval_tokens)
+    torch.set_num_threads(args.threads)
+    model, calib, heldout = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -129,7 +130,7 @@ def gguf_bench(args) -> dict:
             ppl, kl, _ = score_in_llama_cpp(path, heldout, args.length, reference)
             rows.append({"file": name, "ppl": ppl, "kl": kl, "bytes": path.stat().st_size})
             print(f"{name}: ppl {ppl:.4f} (F32 {base_ppl:.4f}), KL {kl:.5f}", flush=True)
-    print(f"\n{args.preset} preset in llama.cpp, held-out {heldout.numel()} tokens in windows of {args.length}; "
+    print(f"\n{args.model_dir or args.preset + ' preset'} in llama.cpp, held-out {heldout.numel()} tokens in windows of {args.length}; "
           f"F32 perplexity {base_ppl:.4f}")
     print("| file | perplexity | KL to F32 | bytes |\n|---|---|---|---|")
     for r in rows:
@@ -145,12 +146,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["quality", "gguf"])
     ap.add_argument("--preset", default="small")
+    ap.add_argument("--model-dir", type=Path, help="an already trained model folder instead of --preset")
     ap.add_argument("--group-size", type=int, default=64, help="0: per channel (the small preset's 192 "
                     "inputs take 32 or 64; the tiny preset's 352-wide FFN only 32)")
     ap.add_argument("--n", type=int, default=128, help="calibration sequences")
     ap.add_argument("--length", type=int, default=128, help="calibration / scoring window (trained context)")
     ap.add_argument("--eval-tokens", type=int, default=16384)
     ap.add_argument("--qtypes", default="Q4_0", help="GGUF types (K-quants need rows of multiples of 256)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: small matrices on a shared machine)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     out = quality(args) if args.what == "quality" else gguf_bench(args)
