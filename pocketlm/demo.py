@@ -2,7 +2,7 @@
 
 Steps (each a `demo_section` of its capability folder, run in order):
 build/train a tiny model -> describe it (survey axes, analytic costs, a sample) -> survey trends
--> evaluate -> profile -> shrink (pruning) -> merge (WARM). The report is `report.md` + `report.json` in the output folder.
+-> evaluate -> profile -> shrink (pruning) -> merge (WARM) -> quant (RTN/GPTQ/AWQ). The report is `report.md` + `report.json` in the output folder.
 """
 
 from __future__ import annotations
