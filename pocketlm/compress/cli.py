@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
     register_moe(app)
     register_proxy(app)
     register_studies(app)
+    register_quantize(app)
 
 
 def _save(model, out: Path, tokenizer) -> str:
@@ -203,3 +204,43 @@ def prune_cmd(
 
 def register_prune(app: typer.Typer) -> None:
     app.command("prune")(prune_cmd)
+
+
+def quantize_cmd(
+    model: str = typer.Argument(..., help="HF or pocketlm model directory, a llama2.c .bin, or a catalog name"),
+    out: Path = typer.Option(..., "--out", help="output directory (written atomically)"),
+    method: str = typer.Option("gptq", help="rtn, gptq or awq"),
+    bits: int = typer.Option(4, help="2, 3, 4 (int4 kernel) or 8 (int8 kernel: symmetric, per channel)"),
+    group_size: int = typer.Option(128, help="input columns per scale: 32, 64, 128, 256; 0 = per output channel"),
+    sym: bool = typer.Option(False, "--sym", help="symmetric grid (no offset); 8 bits always is"),
+    act_order: bool = typer.Option(False, "--act-order", help="GPTQ: quantize columns by decreasing Hessian diagonal"),
+    static_groups: bool = typer.Option(False, "--static-groups", help="GPTQ: fit every group on the original weight first"),
+    calib: str = typer.Option("bundled:128x512", help="calibration SOURCE:NxL (bundled, a task, files, a data folder)"),
+    seed: int = typer.Option(0, help="calibration sampling seed"),
+    gguf: Optional[str] = typer.Option(None, help="write model.gguf with the codes on this GGUF type's grid "
+                                       "(Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K) instead of a pocketlm checkpoint"),
+    skip: List[str] = typer.Option([], help="glob of matrix names to leave float (repeatable)"),
+    eval_text: Optional[Path] = typer.Option(None, help="held-out text (default: bundled TinyStories validation)"),
+    eval_tokens: int = typer.Option(16384, help="at most this many held-out tokens"),
+    overwrite: bool = typer.Option(False, help="replace an existing --out directory"),
+) -> None:
+    """Quantize a model's block matrices (RTN, GPTQ, AWQ) into int8/int4 kernels or an exact GGUF, with a report."""
+    from pocketlm.compress.quantize.checkpoint import quantize_checkpoint
+    from pocketlm.compress.targets import DEFAULT_SKIP
+
+    sym = sym or bits == 8
+    report = quantize_checkpoint(model, out, method, bits, group_size or None, sym, calib=calib, seed=seed, gguf=gguf,
+                                 eval_text=eval_text, eval_tokens=eval_tokens, overwrite=overwrite, progress=True,
+                                 act_order=act_order, static_groups=static_groups,
+                                 skip=tuple(DEFAULT_SKIP) + tuple(skip))
+    console.print(f"{method} {report.grid}: {len(report.layers)} matrices in {report.wall_s:.1f} s, peak RSS "
+                  f"{report.peak_rss_bytes / 2**20:.0f} MiB, {report.disk_bytes / 1e6:.2f} MB on disk")
+    ev = report.evaluation
+    if ev:
+        console.print(f"held-out perplexity {ev['ppl_before']:.3f} -> {ev['ppl_after']:.3f}, KL mean {ev['kl_mean']:.4f} "
+                      f"p99 {ev['kl_p99']:.4f} nats/token, top-1 agreement {ev['top1_agreement']:.1%}")
+    console.print(f"wrote {out} (quant_report.json)")
+
+
+def register_quantize(app: typer.Typer) -> None:
+    app.command("quantize")(quantize_cmd)

@@ -21,13 +21,14 @@ class EvalTextError(ValueError):
 
 @torch.no_grad()
 def compare_on_tokens(dense: Any, compressed: Any, ids: Tensor, window: int) -> dict[str, float]:
-    """Perplexity of both models, KL(dense || compressed) and top-1 agreement on `ids` [tokens]."""
+    """Perplexity of both models, KL(dense || compressed) mean and 99th percentile over tokens (what
+    `llama-perplexity --kl-divergence` reports) and top-1 agreement on `ids` [tokens]."""
     n_windows = ids.numel() // window
     if n_windows == 0:
         raise EvalTextError(f"held-out text has {ids.numel()} tokens, fewer than one window of {window}; "
                             "give a longer --eval-text file")
     nll_a = nll_b = kl = agree = 0.0
-    count = 0
+    count, per_token = 0, []
     for w in range(n_windows):
         chunk = ids[w * window:(w + 1) * window][None]
         la = dense(chunk)[0, :-1].float().log_softmax(-1)
@@ -35,11 +36,14 @@ def compare_on_tokens(dense: Any, compressed: Any, ids: Tensor, window: int) -> 
         tgt = chunk[0, 1:, None]
         nll_a -= float(la.gather(-1, tgt).sum())
         nll_b -= float(lb.gather(-1, tgt).sum())
-        kl += float((la.exp() * (la - lb)).sum())
+        token_kl = (la.exp() * (la - lb)).sum(-1)
+        kl += float(token_kl.sum())
+        per_token.append(token_kl)
         agree += float((la.argmax(-1) == lb.argmax(-1)).sum())
         count += tgt.shape[0]
     return {"tokens": count, "window": window, "ppl_before": math.exp(nll_a / count),
-            "ppl_after": math.exp(nll_b / count), "kl_mean": kl / count, "top1_agreement": agree / count}
+            "ppl_after": math.exp(nll_b / count), "kl_mean": kl / count,
+            "kl_p99": float(torch.quantile(torch.cat(per_token).double(), 0.99)), "top1_agreement": agree / count}
 
 
 def decode_latency(model: Any, depth: int = 64, n_gen: int = 32, repeat: int = 3) -> dict[str, float]:

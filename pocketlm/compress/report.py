@@ -68,3 +68,40 @@ class PruneReport:
 
     def write(self, path: str | Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+
+
+@dataclass
+class LayerError:
+    name: str
+    shape: tuple[int, int]
+    rel_error: float | None  # ||W X - Ŵ X||² / ||W X||² on the error-probe sequences (None: no calibration)
+    seconds: float
+
+
+@dataclass
+class QuantReport:
+    """What a quantization run did (per-layer error, AWQ's chosen exponents) and what it cost."""
+
+    method: str
+    grid: str  # e.g. "asym4 g128"
+    options: dict[str, Any] = field(default_factory=dict)
+    layers: list[LayerError] = field(default_factory=list)
+    awq: list[dict[str, Any]] = field(default_factory=list)  # per scaled group: layers, best exponent, loss
+    left_float: list[str] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
+    wall_s: float = 0.0
+    peak_rss_bytes: int = 0
+    weight_bytes: int = 0  # parameter and buffer bytes of the quantized model in memory
+    disk_bytes: int | None = None  # the saved checkpoint, when one was written
+    evaluation: dict[str, Any] = field(default_factory=dict)  # held-out perplexity, KL mean / p99, top-1
+    codes: dict[str, Any] = field(default_factory=dict, repr=False)  # name -> (codes, params); not serialised
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "codes"}
+        d["layers"] = [dataclasses.asdict(m) for m in self.layers]
+        errors = [m.rel_error for m in self.layers if m.rel_error is not None]
+        d["mean_rel_error"] = sum(errors) / len(errors) if errors else None
+        return d
+
+    def write(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -122,9 +123,17 @@ def _direct_type(qtype: str, name: str, t: np.ndarray):
 
 
 def export_gguf(model, path: str | Path, qtype: str = "F16", tokenizer_json: str | Path | None = None,
-                threads: int | None = None) -> Path:
-    """Write `model` to `path` as GGUF with tensor type `qtype`; returns the path (written atomically)."""
+                threads: int | None = None, tensor_overrides: Mapping[str, tuple[np.ndarray, Any]] | None = None) -> Path:
+    """Write `model` to `path` as GGUF with tensor type `qtype`; returns the path (written atomically).
+
+    `tensor_overrides`: GGUF tensor name -> (ggml block bytes uint8 [rows, bytes], GGMLQuantizationType),
+    written as given instead of quantizing that tensor (GPTQ / AWQ codes: compress.quantize.gguf_export)."""
     import gguf
+
+    overrides = dict(tensor_overrides or {})
+    if overrides and qtype.upper() in LLAMA_CPP_TYPES:
+        raise GGUFExportError(f"tensor overrides are written directly; choose the other tensors' type from "
+                              f"{DIRECT_TYPES}, not {qtype}")
 
     qtype = qtype.upper()
     if qtype not in GGUF_TYPES:
@@ -146,9 +155,13 @@ def export_gguf(model, path: str | Path, qtype: str = "F16", tokenizer_json: str
         w = gguf.GGUFWriter(str(tmp), arch.arch)
         _add_metadata(w, cfg, arch, cfg.name, int(file_type))
         _add_tokenizer(w, cfg, Path(tokenizer_json) if tokenizer_json else None)
-        if qtype in ("Q8_0", "Q4_0"):
+        if qtype in ("Q8_0", "Q4_0") or overrides:
             w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         for name, tensor in gguf_tensors(model).items():
+            if name in overrides:
+                raw, raw_type = overrides.pop(name)
+                w.add_tensor(name, raw, raw_dtype=raw_type)
+                continue
             arr = tensor.detach().to(torch.float32).cpu().numpy()
             ttype = _direct_type(qtype, name, arr)
             if ttype == gguf.GGMLQuantizationType.F32:
@@ -157,6 +170,8 @@ def export_gguf(model, path: str | Path, qtype: str = "F16", tokenizer_json: str
                 w.add_tensor(name, arr.astype(np.float16))
             else:
                 w.add_tensor(name, gguf.quants.quantize(arr, ttype), raw_dtype=ttype)
+        if overrides:
+            raise GGUFExportError(f"tensor overrides name no tensor of this model: {sorted(overrides)[:5]}")
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()

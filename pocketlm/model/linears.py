@@ -298,6 +298,26 @@ class Int4Linear(_IntLinear):
                 f"compute={self.compute_dtype}")
 
 
+class W8A8Linear(Int8Linear):
+    """int8 weights per output channel and int8 activations per token (SmoothQuant's W8A8), multiplied by
+    `torch._int_mm` (int8 x int8 -> int32, oneDNN/VNNI on x86 CPUs), never dequantized to float first:
+    y = (round(x / s_x) @ q^T) * s_x * s_w, with s_x = max|x_token| / 127. Same saved form as Int8Linear."""
+
+    def _matmul(self, x2: Tensor) -> Tensor:
+        x = x2.float()
+        s_x = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / 127.0
+        xq = torch.round(x / s_x).clamp(-127, 127).to(torch.int8)
+        y = torch._int_mm(xq, self.qweight.t())
+        return (y.float() * s_x * self.scales.float()).to(x2.dtype)
+
+    @classmethod
+    def from_int8(cls, layer: Int8Linear) -> "W8A8Linear":
+        return cls(layer.qweight, layer.scales, layer.bias, layer.splits, layer.compute_dtype)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.splits}, W8A8 (int8 per channel x int8 per token, torch._int_mm)"
+
+
 INT_LINEARS = (Int8Linear, Int4Linear)
 KERNEL_LINEARS = (PackedLinear, Int8Linear, Int4Linear)
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pocketlm.model.config import ModelConfig
-from pocketlm.model.linears import (Int4Linear, Int8Linear, QuantRecipe, fused_linear, replace_linears,
+from pocketlm.model.linears import (Int4Linear, Int8Linear, QuantRecipe, W8A8Linear, fused_linear, replace_linears,
                                     split_linear)
 
 # ---------------------------------------------------------------------------------------------
@@ -920,8 +920,8 @@ class Transformer(nn.Module):
             def placeholder(name: str, linear: nn.Module) -> nn.Module:
                 if name in q.float_layers:
                     return linear
-                if q.scheme == "int8":
-                    return Int8Linear.placeholder(linear, q.torch_compute_dtype)
+                if q.scheme in ("int8", "w8a8"):
+                    return (W8A8Linear if q.scheme == "w8a8" else Int8Linear).placeholder(linear, q.torch_compute_dtype)
                 return Int4Linear.placeholder(linear, q.group_size, q.torch_compute_dtype)
 
             self.swap_linears(placeholder, experts=True)

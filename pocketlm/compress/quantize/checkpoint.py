@@ -1,0 +1,72 @@
+"""Quantize a saved model into a new directory with the measured report beside it (`pocketlm quantize`).
+
+Output (built in a hidden sibling folder, renamed into place at the end): pocketlm's quantized
+checkpoint (`pocketlm.json` + `model.safetensors` holding codes, scales and zeros, loaded straight
+into the int kernels by `pocketlm eval` / `profile`), or with `gguf=QTYPE` a `model.gguf` holding the
+codes on that GGUF type's grid; plus `quant_report.json`: per-layer error, held-out perplexity, KL
+(float || quantized) mean / p99, top-1 agreement, disk bytes, wall time and peak RSS.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pocketlm.compress.calibration import CalibSpec, calibration_batches, encode_text
+from pocketlm.compress.measure import compare_on_tokens
+from pocketlm.compress.prune.checkpoint import DEFAULT_EVAL_TEXT, OutputExistsError, open_model_and_tokenizer
+from pocketlm.compress.quantize.driver import quantize
+from pocketlm.compress.quantize.gguf_export import export_quantized_gguf
+from pocketlm.compress.report import QuantReport, peak_rss_bytes
+from pocketlm.utils import atomic_dir
+
+
+def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str = "gptq", bits: int = 4,
+                        group_size: int | None = 128, sym: bool = False, *, calib: str = "bundled:128x512",
+                        seed: int = 0, gguf: str | None = None, tokenizer: str | Path | None = None,
+                        eval_text: str | Path | None = None, eval_tokens: int = 16384, overwrite: bool = False,
+                        progress: bool = False, **options: Any) -> QuantReport:
+    """Load `model_ref` in fp32, quantize it, measure it against the float model and write `out_dir`.
+
+    `options` go to the driver (act_order, static_groups, damp, skip, ...)."""
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; choose another --out or pass --overwrite")
+    t0 = time.perf_counter()
+    model, tok = open_model_and_tokenizer(model_ref, tokenizer)
+    calib_ids, record = None, None
+    if method != "rtn" or calib:
+        if tok is None:
+            raise ValueError(f"{model_ref} has no tokenizer to turn calibration text into tokens: save tokenizer "
+                             "files next to the model, or pass --tokenizer PATH")
+        spec = CalibSpec.parse(calib, default_seq_len=min(512, model.config.max_seq_len))
+        if spec.seq_len > model.config.max_seq_len:
+            raise ValueError(f"calibration length {spec.seq_len} exceeds the model's context "
+                             f"{model.config.max_seq_len}; use e.g. --calib {spec.source}:{spec.n}x{model.config.max_seq_len}")
+        calib_ids, record = calibration_batches(spec, tok, seed=seed)
+    dense = copy.deepcopy(model)
+    with atomic_dir(out) as tmp:
+        if gguf:
+            tok_json = Path(model_ref) / "tokenizer.json"
+            report = export_quantized_gguf(model, tmp / "model.gguf", gguf, method, calib_ids, progress=progress,
+                                           tokenizer_json=tok_json if tok_json.is_file() else None, **options)
+        else:
+            from pocketlm.interop import save_native
+
+            report = quantize(model, method, bits, group_size, sym, calib_ids, progress=progress, **options)
+            save_native(model, tmp, tokenizer=tok)
+            report.disk_bytes = (tmp / "model.safetensors").stat().st_size
+        report.calibration = record
+        if tok is not None:
+            text_path = Path(eval_text) if eval_text else DEFAULT_EVAL_TEXT
+            ids = torch.tensor(encode_text(tok, text_path.read_text())[:eval_tokens])
+            window = calib_ids.shape[1] if calib_ids is not None else min(512, model.config.max_seq_len)
+            report.evaluation = {"text": str(text_path), **compare_on_tokens(dense, model, ids, window)}
+        report.options["total_s"] = time.perf_counter() - t0
+        report.peak_rss_bytes = peak_rss_bytes()
+        report.write(tmp / "quant_report.json")
+    return report

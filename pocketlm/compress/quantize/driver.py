@@ -1,0 +1,177 @@
+"""`quantize(model, ...)`: RTN, GPTQ and AWQ on the shared block walk, ending in the integer kernels.
+
+Every method puts each target matrix on one grid (`model.quantize.IntGrid`, or a GGUF block grid),
+writes the dequantized values back into the model as it goes (so later blocks calibrate on the
+quantized earlier ones, the reference GPTQ's sequential order), and keeps the codes. At the end the
+model is fused and `to_kernels` swaps every quantized matrix for the kernel layer holding its codes
+(q/k/v and gate/up stacked row-wise; a routed expert's gate/up as one layer). Embeddings, the LM
+head, routers and a shared FFN outside the blocks stay float, as in the reference implementations.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pocketlm.compress.layerwise import BlockStep, walk
+from pocketlm.compress.quantize import awq
+from pocketlm.compress.quantize.gptq import GPTQ
+from pocketlm.compress.report import LayerError, QuantReport, peak_rss_bytes
+from pocketlm.compress.stats import Gram, Hessian, Several
+from pocketlm.compress.targets import DEFAULT_SKIP, Target, left_dense, select
+from pocketlm.model.linears import QuantizationError, QuantRecipe
+from pocketlm.model.quantize import GridError, GridWeight, IntGrid, to_kernels
+from pocketlm.model.quantize.kernels import DTYPE_NAMES
+from pocketlm.model.transformer import Transformer
+
+METHODS = ("rtn", "gptq", "awq")
+# GPTQ's true_sequential order inside a block: each group is quantized before the next one's inputs are read
+SEQUENTIAL_GROUPS = [["*.q_proj", "*.k_proj", "*.v_proj", "*.q_a_proj", "*.kv_a_proj"], ["*.q_b_proj", "*.kv_b_proj"],
+                     ["*.o_proj"], ["*.gate_proj", "*.up_proj"], ["*.down_proj"]]
+
+
+class CalibrationTooShortError(ValueError):
+    """Too few calibration tokens for the method's statistics; the message gives the minimum."""
+
+
+def check_targets(targets: list[Target], grid: Any, kernels: bool) -> None:
+    """Every target representable on the grid (and in its kernel) before any weight changes."""
+    for t in targets:
+        n, k = t.shape
+        try:
+            scheme = grid.check_kernel(k) if kernels else grid.group_of(k)
+        except GridError as e:
+            raise GridError(f"layer {t.name!r} ({n}x{k}): {e}") from None
+        if scheme == "int8" and k % 16 or scheme == "int4" and n % 16:
+            raise QuantizationError(f"layer {t.name!r} ({n}x{k}): torch's {scheme} CPU kernel needs "
+                                    f"{'in' if scheme == 'int8' else 'out'}_features divisible by 16; skip "
+                                    "it (skip=[...]) or quantize without kernels.")
+
+
+def check_calibration(calib: Tensor | None, method: str, targets: list[Target]) -> None:
+    if method == "rtn" and calib is None:
+        return
+    if calib is None:
+        raise CalibrationTooShortError(f"{method} needs calibration data: pass calib=LongTensor[N, L] "
+                                       "(pocketlm.compress.calibration.calibration_batches), e.g. --calib bundled:128x512")
+    widest = max(t.shape[1] for t in targets)
+    if calib.numel() < widest:
+        raise CalibrationTooShortError(
+            f"calibration has {calib.numel()} tokens ({calib.shape[0]}x{calib.shape[1]}), fewer than the widest "
+            f"layer input ({widest} features): its input statistics would be rank-deficient. Use at least "
+            f"{widest} tokens (e.g. --calib bundled:128x512).")
+
+
+def kernel_grids(model: Transformer, grids: dict[str, GridWeight]) -> dict[str, GridWeight]:
+    """The codes of each kernel layer of the fused model, stacked from its targets' codes."""
+    out = {}
+    for name in model.named_linears(experts=True):
+        prefix, _, leaf = name.rpartition(".")
+        parts = [name]
+        if leaf == "qkv":
+            parts = [f"{prefix}.{p}" for p in ("q_proj", "k_proj", "v_proj")]
+        elif leaf == "gate_up":
+            parts = [f"{prefix}.gate_proj", f"{prefix}.up_proj"]
+        elif prefix.endswith(".experts.gate_up") or prefix.endswith(".experts.down"):
+            experts, kind = prefix.rsplit(".", 1)
+            parts = [f"{experts}.{leaf}.{p}" for p in (("gate_proj", "up_proj") if kind == "gate_up" else ("down_proj",))]
+        if all(p in grids for p in parts):
+            out[name] = GridWeight.cat([grids[p] for p in parts])
+    return out
+
+
+@torch.no_grad()
+def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size: int | None = 128,
+             sym: bool = False, calib: Tensor | None = None, *, grid: Any = None, act_order: bool = False,
+             static_groups: bool = False, true_sequential: bool = True, damp: float = 0.01, blocksize: int = 128,
+             awq_grid: int = 20, awq_clip: bool = True, skip: tuple[str, ...] = DEFAULT_SKIP, batch_size: int = 8,
+             error_samples: int = 8, compute_dtype: torch.dtype = torch.bfloat16, kernels: bool = True,
+             progress: bool = False) -> QuantReport:
+    """Quantize `model`'s block matrices in place (ending in int8/int4 kernel layers when `kernels`).
+
+    `grid` replaces bits / group_size / sym (e.g. a GGUF block grid; then pass kernels=False and
+    read `report.grids`). Returns the report; `report.grids` holds each target's codes."""
+    t_start = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"unknown quantization method {method!r}; choose one of {', '.join(METHODS)}")
+    if model.transforms.quantization or model.packed:
+        raise QuantizationError("the model is already quantized or packed; quantize the float model")
+    grid = grid or IntGrid(bits, group_size, sym, compute_dtype)
+    if model.transforms.fused:
+        model.unfuse()
+    targets = select(model, tuple(skip))
+    check_targets(targets, grid, kernels)
+    if kernels:
+        grid.kernel_group([t.shape[1] for t in targets])  # one kernel group size must fit every layer
+    check_calibration(calib, method, targets)
+    report = QuantReport(method=method, grid=getattr(grid, "name", str(grid)),
+                         options={"act_order": act_order, "static_groups": static_groups, "damp": damp,
+                                  "blocksize": blocksize, "true_sequential": true_sequential, "awq_grid": awq_grid,
+                                  "awq_clip": awq_clip, "calibration_tokens": 0 if calib is None else calib.numel()},
+                         left_float=left_dense(model) + ["embed", "lm_head"])
+    codes: dict[str, Any] = {}
+    solver = GPTQ(grid, blocksize, damp, act_order, static_groups)
+
+    unclipped: dict[str, Tensor] = {}  # AWQ: the weights before clipping, so clipping counts as error
+
+    def finish(t: Target, result_codes: Tensor, params: tuple, error: Gram | None, t0: float) -> None:
+        before = unclipped.pop(t.name) if t.name in unclipped else t.weight.float().clone()
+        t.weight.copy_(grid.dequantize(result_codes, *params))
+        codes[t.name] = (result_codes, params)
+        report.layers.append(LayerError(t.name, t.shape, error.relative_error(before, t.weight.float())
+                                        if error is not None and error.n else None, time.perf_counter() - t0))
+
+    def rtn(t: Target, error: Gram | None) -> None:
+        t0 = time.perf_counter()
+        q, *params = grid.quantize(t.weight.float())
+        finish(t, q, tuple(params), error, t0)
+
+    if calib is None:
+        for t in targets:
+            rtn(t, None)
+    else:
+        def make_stat(t: Target) -> Several:
+            parts = {"error": Gram(t.shape[1], error_samples)}
+            if method == "gptq":
+                parts["hessian"] = Hessian(t.shape[1])
+            elif method == "awq":
+                parts.update(mean=awq.MeanAbs(t.shape[1]), tokens=awq.TokenSample(t.shape[1]))
+            return Several(**parts)
+
+        def compress(step: BlockStep) -> bool:
+            if method == "awq":
+                records, weights = awq.scale_and_clip(model, step, grid, awq_grid, awq_clip)
+                report.awq.extend(records)
+                unclipped.update(weights)
+            for t in step.targets:
+                acc = step.stats[t.input_key]
+                if method == "gptq":
+                    t0 = time.perf_counter()
+                    r = solver.quantize(t.weight, acc["hessian"].H)
+                    finish(t, r.codes, r.params, acc["error"], t0)
+                else:
+                    rtn(t, acc["error"])
+            return True
+
+        walk(model, calib, make_stat, compress, skip=tuple(skip), batch_size=batch_size, progress=progress,
+             groups=SEQUENTIAL_GROUPS if method == "gptq" and true_sequential else None,
+             description=f"{method} {report.grid}")
+    report.codes = codes
+    if kernels:
+        group = grid.kernel_group([t.shape[1] for t in targets])
+        grids = {name: grid.to_grid_weight(q, *params, kernel_group=group) for name, (q, params) in codes.items()}
+        model.fuse()
+        by_kernel = kernel_grids(model, grids)
+        scheme = next(iter(by_kernel.values())).scheme
+        recipe = QuantRecipe(scheme, next(iter(by_kernel.values())).group_size, method, DTYPE_NAMES[compute_dtype],
+                             tuple(n for n in model.named_linears(experts=True) if n not in by_kernel),
+                             {"bits": getattr(grid, "bits", None), "group_size": getattr(grid, "group_size", None),
+                              "sym": getattr(grid, "sym", None), **report.options})
+        to_kernels(model, by_kernel, recipe)
+    report.wall_s = time.perf_counter() - t_start
+    report.peak_rss_bytes = peak_rss_bytes()
+    report.weight_bytes = sum(b.numel() * b.element_size() for b in list(model.parameters()) + list(model.buffers()))
+    return report

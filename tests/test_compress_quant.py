@@ -1,0 +1,261 @@
+"""GPTQ / AWQ / RTN against analytic facts: with an identity Hessian GPTQ has no error to spread and equals
+RTN on the same grid; with a correlated Hessian its layer error tr((W-Q) H (W-Q)ᵀ) is below RTN's on every
+grid; AWQ's folded scales leave the float model's logits unchanged; AWQ's chosen scales never score worse
+than RTN (α = 0); the kernel model computes the dequantized weights; checkpoints reload identically."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from pocketlm.compress.quantize import CalibrationTooShortError, quantize
+from pocketlm.compress.quantize.awq import scale_groups
+from pocketlm.compress.quantize.gptq import GPTQ
+from pocketlm.compress.targets import block_targets
+from pocketlm.interop import save_native
+from pocketlm.model.config import ModelConfig
+from pocketlm.model.linears import Int4Linear, Int8Linear
+from pocketlm.model.quantize import GridError, IntGrid, quantize_int4
+from pocketlm.model.transformer import Transformer
+from pocketlm.runtime import open_model
+from tests.test_compress_prune import one_thread  # noqa: F401  (autouse: one thread for tiny matrices)
+
+CFG = dict(vocab_size=256, d_model=64, n_layer=2, n_head=4, n_kv_head=4, intermediate_size=128, max_seq_len=64,
+           tie_embeddings=False)
+IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(2))
+GRIDS = [IntGrid(b, g, s) for b in (8, 4, 3, 2) for s in (True, False) for g in (None, 32, 128)]
+
+
+def _model(**changes) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(**{**CFG, **changes})).eval()
+
+
+def _calib(n: int = 8, length: int = 32) -> torch.Tensor:
+    return torch.randint(0, 256, (n, length), generator=torch.Generator().manual_seed(1))
+
+
+def _layer(rows: int = 48, cols: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(rows, cols, generator=g)
+    X = torch.randn(1024, cols, generator=g) @ (torch.eye(cols) + 0.3 * torch.randn(cols, cols, generator=g))
+    return W, 2 / X.shape[0] * X.T @ X
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: g.name)
+def test_gptq_with_identity_hessian_equals_rtn(grid) -> None:
+    W, _ = _layer()
+    q, scales, offsets = grid.quantize(W)
+    for act_order in (False, True):
+        r = GPTQ(grid, act_order=act_order).quantize(W, torch.eye(W.shape[1]))
+        assert torch.equal(r.codes, q) and torch.equal(r.params[0], scales) and torch.equal(r.params[1], offsets)
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: g.name)
+def test_gptq_error_is_below_rtn_error_on_a_known_hessian(grid) -> None:
+    W, H = _layer()
+
+    def error(Q: torch.Tensor) -> float:
+        D = W - Q
+        return float(((D @ H) * D).sum())
+
+    rtn = error(grid.dequantize(*grid.quantize(W)))
+    for act_order, static in ((False, False), (True, False), (False, True)):
+        r = GPTQ(grid, act_order=act_order, static_groups=static).quantize(W, H)
+        assert torch.allclose(r.weight, grid.dequantize(r.codes, *r.params))
+        assert error(r.weight) < rtn, (act_order, static)
+
+
+def test_int_grid_rtn_is_the_int4_kernel_grid() -> None:
+    W, _ = _layer(32, 128)
+    q, s, o = IntGrid(4, 32, False, None).quantize(W)
+    q4, s4, z4 = quantize_int4(W, 32)
+    gw = IntGrid(4, 32, False, None).to_grid_weight(q, s, o)
+    assert torch.equal(gw.q, q4) and torch.allclose(gw.scales, s4) and torch.allclose(gw.zeros, z4)
+
+
+@pytest.mark.parametrize("changes", [{}, {"norm": "layernorm", "norm_bias": True, "qkv_bias": True},
+                                     {"norm_unit_offset": True, "n_kv_head": 2}, {"activation": "gelu", "ffn_type": "standard"}])
+def test_awq_folded_scales_leave_float_logits_unchanged(changes) -> None:
+    model = _model(**changes)
+    with torch.no_grad():  # give the norms non-trivial gains first
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+        ref = model(IDS)
+        folded = 0
+        for b in range(len(model.blocks)):
+            for group in scale_groups(model, b, block_targets(model, b)):
+                group.fold(torch.rand(group.targets[0].shape[1]) * 4 + 0.25)
+                folded += 1
+        assert folded >= 2 * len(model.blocks)
+        assert (model(IDS) - ref).abs().max() <= 1e-5
+
+
+def test_awq_never_scores_worse_than_rtn_and_lowers_error() -> None:
+    calib = _calib()
+    rtn = quantize(_model(), "rtn", 3, 32, calib=calib)
+    awq = quantize(_model(), "awq", 3, 32, calib=calib)
+    assert len(awq.awq) == 4 * CFG["n_layer"]  # norm->qkv, v->o, norm->gate/up, up->down in each block
+    assert all(r["loss"] <= r["rtn_loss"] for r in awq.awq)
+    mean = lambda r: sum(m.rel_error for m in r.layers) / len(r.layers)  # noqa: E731
+    assert mean(awq) < mean(rtn)
+
+
+@pytest.mark.parametrize("method,bits,group", [("gptq", 4, 32), ("gptq", 3, 64), ("awq", 4, None), ("rtn", 8, None),
+                                               ("gptq", 2, 32)])
+def test_kernel_model_computes_the_dequantized_weights_and_reloads_identically(tmp_path, method, bits, group) -> None:
+    sym = bits == 8
+    model = _model()
+    report = quantize(model, method, bits, group, sym=sym, calib=_calib())
+    float_copy = _model()  # the same architecture holding the dequantized weights
+    grid = IntGrid(bits, group, sym)
+    with torch.no_grad():
+        for name, (q, params) in report.codes.items():
+            float_copy.get_parameter(name + ".weight").copy_(grid.dequantize(q, *params))
+        if method == "awq":  # folded norm gains / v and up rows live outside the codes
+            for name, p in model.named_parameters():
+                float_copy.get_parameter(name).copy_(p)
+    kernel = Int8Linear if bits == 8 else Int4Linear
+    assert isinstance(model.blocks[0].attn.qkv, kernel) and isinstance(model.blocks[1].mlp.down_proj, kernel)
+    with torch.inference_mode():
+        out, expect = model(IDS), float_copy(IDS)
+    assert (out.float() - expect).abs().max() < 0.05 * expect.abs().max()
+    save_native(model, tmp_path)
+    back = open_model(tmp_path)
+    assert back.transforms.quantization.method == method
+    with torch.inference_mode():
+        assert torch.equal(back(IDS), out)
+
+
+def test_gptq_with_true_sequential_groups_and_moe_experts() -> None:
+    model = _model(n_experts=4, top_k=2, moe_intermediate_size=64)
+    report = quantize(model, "gptq", 4, 32, calib=_calib())
+    assert any(".experts.3.down_proj" in m.name for m in report.layers)
+    experts = model.blocks[0].mlp.experts
+    assert isinstance(experts.gate_up[0], Int4Linear) and isinstance(experts.down[3], Int4Linear)
+    assert type(model.blocks[0].mlp.router) is torch.nn.Linear  # routers stay float
+
+
+def test_bad_input_gets_one_clear_error_each() -> None:
+    with pytest.raises(GridError, match="5-bit grids are not supported"):
+        IntGrid(5, 32)
+    with pytest.raises(GridError, match="int8 kernel, which holds one symmetric scale per output channel"):
+        quantize(_model(), "rtn", 8, 32)
+    with pytest.raises(GridError, match="group_size 48 is not one of the int4 kernel's group sizes"):
+        quantize(_model(d_model=96), "rtn", 4, 48)
+    with pytest.raises(GridError, match=r"'blocks.0.attn.q_proj'.*width of 64 input columns is not divisible by"):
+        quantize(_model(), "rtn", 4, 128)
+    with pytest.raises(CalibrationTooShortError, match="fewer than the widest layer input"):
+        quantize(_model(), "gptq", 4, 32, calib=_calib(2, 16))
+    with pytest.raises(CalibrationTooShortError, match="gptq needs calibration data"):
+        quantize(_model(), "gptq", 4, 32)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q4_K", "Q6_K"])
+def test_gguf_blocks_dequantize_in_the_gguf_package_bit_for_bit(qtype) -> None:
+    """The bytes GPTQ's codes are written as are read back by gguf.quants.dequantize to exactly the
+    weights pocketlm computed with; and GPTQ on the GGUF grid beats round-to-nearest on it."""
+    import gguf
+    import numpy as np
+
+    from pocketlm.compress.quantize.gguf_grids import gguf_grid
+
+    grid = gguf_grid(qtype)
+    W, H = _layer(32, 512)
+    W = W * torch.rand(1, 512, generator=torch.Generator().manual_seed(5))  # uneven column scales
+    W[0, :256] = 0  # an all-zero (super-)block
+    rtn = grid.quantize(W)
+    gptq = GPTQ(grid, act_order=True).quantize(W, H)
+    for q, params, ours in ((rtn[0], rtn[1:], grid.dequantize(*rtn)), (gptq.codes, gptq.params, gptq.weight)):
+        raw = grid.to_bytes(q, *params)
+        assert raw.dtype == np.uint8 and raw.shape == (32, 512 // grid.block * gguf.GGML_QUANT_SIZES[grid.ggml_type][1])
+        theirs = torch.from_numpy(np.asarray(gguf.quants.dequantize(raw, grid.ggml_type), dtype=np.float32))
+        assert torch.equal(theirs, ours)
+    error = lambda Q: float((((W - Q) @ H) * (W - Q)).sum())  # noqa: E731
+    assert error(gptq.weight) < error(grid.dequantize(*rtn))
+
+
+def test_gguf_grid_bad_input() -> None:
+    from pocketlm.compress.quantize.gguf_grids import gguf_grid
+
+    with pytest.raises(GridError, match="Q3_K"):
+        gguf_grid("Q3_K")
+    with pytest.raises(GridError, match="blocks of 256 values; a width of 64"):
+        quantize(_model(), "rtn", grid=gguf_grid("Q4_K"), kernels=False)
+    with pytest.raises(GridError, match="written to GGUF, not to pocketlm's int kernels"):
+        quantize(_model(), "rtn", grid=gguf_grid("Q4_0"))
+
+
+@pytest.mark.parametrize("qtype,method", [("Q4_0", "gptq"), ("Q8_0", "awq"), ("Q4_1", "rtn")])
+def test_llama_cpp_runs_the_written_codes_as_pocketlm_dequantized_them(tmp_path, qtype, method) -> None:
+    """llama.cpp's logits on the GGUF file equal pocketlm's on the dequantized weights (up to llama.cpp's
+    8-bit activation rounding inside quantized dot products), and the file holds exactly those weights."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (optional extra) is not installed")
+    import numpy as np
+
+    from pocketlm.compress.quantize.gguf_export import export_quantized_gguf
+    from pocketlm.export.gguf import load_gguf_weights
+    from pocketlm.model.quantize import sqnr_db
+
+    model = _model(n_kv_head=2, vocab_size=256)
+    report = export_quantized_gguf(model, tmp_path / "m.gguf", qtype, method, _calib(), rest="F32")
+    assert report.disk_bytes and len(report.layers) == 7 * CFG["n_layer"]
+    reread = _model(n_kv_head=2, vocab_size=256)
+    load_gguf_weights(reread, tmp_path / "m.gguf")
+    for name, p in model.named_parameters():
+        assert torch.equal(reread.get_parameter(name), p), name
+    ids = list(range(1, 60, 3))
+    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
+    try:
+        llm.eval(ids)
+        theirs = torch.tensor(np.array(llm.scores[: len(ids)]))
+    finally:
+        llm.close()
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0]
+    assert sqnr_db(ours, theirs) > 30
+    assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() > 0.9
+
+
+def test_w8a8_linear_is_integer_arithmetic_on_per_token_codes() -> None:
+    from pocketlm.model.linears import W8A8Linear
+
+    W, _ = _layer(48, 64)
+    q, s, _ = IntGrid(8, None, True, None).quantize(W)
+    layer = W8A8Linear(q.to(torch.int8), s[:, 0], compute_dtype=torch.float32)
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(3))
+    s_x = x.abs().amax(-1, keepdim=True) / 127
+    xq = torch.round(x / s_x).clamp(-127, 127)
+    expect = (xq.double() @ q.double().T) * s_x.double() * s[:, 0].double()[None]  # exact integer products
+    assert torch.allclose(layer(x).double(), expect, rtol=1e-6, atol=1e-6)
+
+
+def test_smoothquant_migration_keeps_float_function_and_beats_plain_w8a8_on_outliers(tmp_path) -> None:
+    from pocketlm.compress.quantize.smoothquant import smoothquant
+    from pocketlm.model.linears import W8A8Linear
+
+    base = _model(n_kv_head=2)
+    with torch.no_grad():
+        for b in base.blocks:  # a few outlier activation channels, as LLM norms produce
+            b.attn_norm.weight[:4] *= 30
+            b.mlp_norm.weight[:4] *= 30
+        ref = base(IDS)
+
+    def kl(model) -> float:
+        with torch.no_grad():
+            a, b = ref.log_softmax(-1), model(IDS).float().log_softmax(-1)
+        return float((a.exp() * (a - b)).sum(-1).mean())
+
+    smoothed, plain = copy.deepcopy(base), copy.deepcopy(base)
+    report = smoothquant(smoothed, _calib())
+    smoothquant(plain, _calib(), smooth=False)
+    assert isinstance(smoothed.blocks[0].attn.qkv, W8A8Linear) and isinstance(smoothed.blocks[1].mlp.down_proj, W8A8Linear)
+    assert len(report.awq) == 2 * CFG["n_layer"] and kl(smoothed) < 0.5 * kl(plain)
+    save_native(smoothed, tmp_path)
+    back = open_model(tmp_path)
+    assert isinstance(back.blocks[0].attn.qkv, W8A8Linear)
+    with torch.no_grad():
+        assert torch.equal(back(IDS), smoothed(IDS))

@@ -1,0 +1,81 @@
+"""`pocketlm quantize` on the trained micro preset: the quantized checkpoint opens through the runtime into
+the int kernels with the logits the report scored, the GGUF variant holds the GGUF type, every run writes
+its measured report, and bad input is one line with nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pocketlm.compress.quantize.checkpoint import quantize_checkpoint
+from pocketlm.model.linears import Int4Linear
+from pocketlm.runtime import open_model
+from pocketlm.train.fixtures import trained_preset
+from tests.test_compress_prune import one_thread  # noqa: F401  (autouse: one thread for tiny matrices)
+
+CALIB = "bundled:16x64"
+
+
+@pytest.fixture(scope="module")
+def micro_dir():
+    return trained_preset("micro")[0]
+
+
+def test_quantized_checkpoint_opens_in_the_kernels_and_reports(micro_dir, tmp_path) -> None:
+    out = tmp_path / "gptq"
+    report = quantize_checkpoint(micro_dir, out, "gptq", 4, 32, calib=CALIB, eval_tokens=2048, act_order=True)
+    saved = json.loads((out / "quant_report.json").read_text())
+    ev = saved["evaluation"]
+    assert saved["method"] == "gptq" and saved["grid"] == "asym4 g32" and saved["options"]["act_order"]
+    assert len(saved["layers"]) == 7 * 2 and all(m["rel_error"] > 0 for m in saved["layers"])
+    assert ev["ppl_after"] >= ev["ppl_before"] * 0.98 and 0 < ev["kl_mean"] <= ev["kl_p99"]
+    assert 0.5 < ev["top1_agreement"] <= 1 and saved["disk_bytes"] == (out / "model.safetensors").stat().st_size
+    assert saved["wall_s"] > 0 and saved["peak_rss_bytes"] > 0 and report.calibration["spec"] == CALIB
+    model = open_model(out)
+    assert isinstance(model.blocks[0].attn.qkv, Int4Linear) and model.transforms.quantization.method == "gptq"
+    assert json.loads((out / "pocketlm.json").read_text())["transforms"]["quantization"]["params"]["bits"] == 4
+
+
+def test_gguf_output_holds_the_gguf_type(micro_dir, tmp_path) -> None:
+    import gguf
+
+    out = tmp_path / "q4"
+    quantize_checkpoint(micro_dir, out, "awq", gguf="Q4_1", calib=CALIB, eval_tokens=2048)
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(out / "model.gguf")).tensors}
+    assert types["blk.0.attn_q.weight"] == "Q4_1" and types["blk.1.ffn_down.weight"] == "Q4_1"
+    assert types["token_embd.weight"] == "F16"
+    assert json.loads((out / "quant_report.json").read_text())["awq"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pocketlm.cli", "quantize", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_bad_input_is_one_line(micro_dir, tmp_path) -> None:
+    for args, message in ((["--bits", "5"], "5-bit grids are not supported"),
+                          (["--calib", "bundled:1x8", "--group-size", "32"], "fewer than the widest layer input")):
+        r = _cli(str(micro_dir), "--out", str(tmp_path / "x"), *args)
+        assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    from pocketlm.model.quantize import GridError
+
+    for options, message in (({"group_size": 48}, "group_size 48 is not one of the int4 kernel's group sizes"),
+                             ({"gguf": "Q4_K"}, "blocks of 256 values")):
+        with pytest.raises(GridError, match=message):
+            quantize_checkpoint(micro_dir, tmp_path / "x", "rtn", **options)
+    assert not any(tmp_path.iterdir())
+
+
+def test_quant_demo_section_writes_table_figure_and_a_kernel_checkpoint(micro_dir, tmp_path) -> None:
+    from pocketlm.compress.quant_demo import run_quant_demo
+
+    section = run_quant_demo(tmp_path, micro_dir)
+    rows = section["metrics"]["sweep"]
+    assert {(r["method"], r["bits"]) for r in rows} == {(m, b) for m in ("rtn", "gptq", "awq") for b in (4, 3)}
+    assert "| gptq | 3 |" in section["markdown"] and (tmp_path / "quant_sweep.png").stat().st_size > 1000
+    by = {(r["method"], r["bits"]): r for r in rows}
+    assert by[("gptq", 3)]["kl"] < by[("rtn", 3)]["kl"]  # the GPTQ paper's ordering, on a trained model
+    assert isinstance(open_model(tmp_path / "gptq_int4").blocks[0].mlp.down_proj, Int4Linear)
