@@ -262,3 +262,21 @@ def test_fit_report_html_renders_in_chromium(two_fits: dict, tmp_path: Path) -> 
     seen = browser_check(two_fits["out"] / "tight" / "report.html", tmp_path)
     assert seen["images"] >= 1 and seen["broken"] == 0 and seen["missing"] == 0
     assert seen["sections"] == 6 and seen["empty"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian package `chromium`)")
+def test_demo_report_html_renders_in_chromium(two_fits: dict, tmp_path: Path) -> None:
+    """The demo's writer: its sections (one of them the fit's, figure relinked into its folder) in order."""
+    from pocketlm.demo import _relink, _write_report
+
+    out = tmp_path / "demo"
+    shutil.copytree(two_fits["out"] / "tight", out / "fit")
+    fit_md = "\n\n".join(s["markdown"] for s in two_fits["tight"]["sections"][:2])
+    sections = [{"title": "The model", "markdown": "| axis | value |\n|---|---|\n| d_model | 128 |", "seconds": 0.1},
+                {"title": "Fit", "markdown": _relink(fit_md, out / "fit", out), "seconds": 2.0}]
+    _write_report(out, None, sections, [])
+    page = (out / "report.html").read_text()
+    assert page.index("The model") < page.index("Fit")
+    seen = browser_check(out / "report.html", tmp_path)
+    assert seen == {"images": 1, "broken": 0, "empty": 0, "sections": 2, "missing": 0}

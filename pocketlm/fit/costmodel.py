@@ -6,9 +6,11 @@ Features, from the architecture and the stored bits per weight alone:
 - KV-cache bytes for the measured context (fp32 cache for an fp32 torch model, else 16-bit);
 - FLOPs of the prompt (`costs.flops_per_token`).
 
-Calibration (least squares over the anchor measurements): decode ms = t0 + (weights + KV read) / BW (a
-decode step streams every weight once); prefill ms = p0 + prompt FLOPs / F; memory = weights + KV + R
-(R the runtime's own buffers, the median residual). Disk = weight bytes.
+Calibration on the anchor measurements: decode ms = t0 + (weights + KV read) / BW (a decode step streams
+every weight once; least squares over the anchors); prefill ms = prompt FLOPs / F + weights / BW; memory =
+weights + KV + R (R the runtime's own buffers, the median residual); disk = weight bytes. Each format
+runs its own kernels, so a format that has an anchor is predicted from that anchor, scaled by the
+ratio of bytes read (decode) and of FLOPs (prefill); the line serves the formats without one.
 """
 
 from __future__ import annotations
@@ -58,10 +60,12 @@ class CostModel:
     prefill_ms_per_flop: float = 0.0
     runtime_bytes: float = 0.0
     anchors: list[str] = field(default_factory=list)
+    by_format: dict = field(default_factory=dict)  # format -> (features, measured cost) of its anchor
 
     @classmethod
-    def fit(cls, points: list[tuple[str, dict, dict]]) -> "CostModel":
-        """`points`: (candidate key, features, measured cost) for each anchor (at least one)."""
+    def fit(cls, points: list[tuple[str, dict, dict]], formats: list[str] | None = None) -> "CostModel":
+        """`points`: (candidate key, features, measured cost) for each anchor (at least one); `formats`:
+        each anchor's format value."""
         if not points:
             raise ValueError("the cost model needs at least one measured anchor")
         read = [f["weight_bytes"] + f["kv_read_bytes"] for _, f, _ in points]
@@ -73,12 +77,18 @@ class CostModel:
         flops = [f["prefill_flops"] for _, f, _ in points]
         p0, per_flop = 0.0, max(statistics.fmean(r / x for r, x in zip(rest, flops)), 0.0)
         runtime = statistics.median(c["memory_bytes"] - f["weight_bytes"] - f["kv_bytes"] for _, f, c in points)
-        return cls(max(t0, 0.0), per_byte, p0, per_flop, max(runtime, 0.0), [k for k, _, _ in points])
+        by_format = {fmt: (f, c) for fmt, (_, f, c) in zip(formats or [], points)}
+        return cls(max(t0, 0.0), per_byte, p0, per_flop, max(runtime, 0.0), [k for k, _, _ in points], by_format)
 
-    def predict(self, f: dict) -> dict:
-        decode_ms = self.decode_t0_ms + self.decode_ms_per_byte * (f["weight_bytes"] + f["kv_read_bytes"])
-        prefill_ms = (self.prefill_t0_ms + self.prefill_ms_per_flop * f["prefill_flops"]
-                      + self.decode_ms_per_byte * f["weight_bytes"])
+    def predict(self, f: dict, fmt: str | None = None) -> dict:
+        if fmt in self.by_format:  # this format's own kernels, measured: scale the anchor
+            af, ac = self.by_format[fmt]
+            decode_ms = ac["decode_ms"] * (f["weight_bytes"] + f["kv_read_bytes"]) / (af["weight_bytes"] + af["kv_read_bytes"])
+            prefill_ms = ac["prefill_ms"] * f["prefill_flops"] / af["prefill_flops"]
+        else:
+            decode_ms = self.decode_t0_ms + self.decode_ms_per_byte * (f["weight_bytes"] + f["kv_read_bytes"])
+            prefill_ms = (self.prefill_t0_ms + self.prefill_ms_per_flop * f["prefill_flops"]
+                          + self.decode_ms_per_byte * f["weight_bytes"])
         return {"decode_ms": decode_ms, "decode_tok_s": 1e3 / decode_ms if decode_ms > 0 else float("inf"),
                 "prefill_ms": prefill_ms, "memory_bytes": f["weight_bytes"] + f["kv_bytes"] + self.runtime_bytes,
                 "disk_bytes": f["weight_bytes"]}

@@ -121,6 +121,14 @@ def sections(report: dict, figure: str | None) -> list[dict]:
              f"{cm['runtime_buffers_MB']:.1f} MB.", "",
              "| cost | median abs. error | max abs. error | candidates |", "|---|---:|---:|---:|"]
     cm_md += [f"| {k} | {v['median_abs']:.1%} | {v['max_abs']:.1%} | {v['n']} |" for k, v in err.items()]
+    if not err:
+        cm_md += ["| (every measured candidate was an anchor) | | | 0 |"]
+    if report.get("verify_prediction_error"):
+        cm_md += ["", "The written artifact, re-measured in a fresh process, against its prediction: " + ", ".join(
+            f"{k} {v:+.1%}" for k, v in report["verify_prediction_error"].items()) + "."]
+    cm_md += ["", "Errors are over measured candidates the model was not fitted to (anchors excluded). A format "
+              "with its own anchor is predicted by scaling that anchor; the others by the bandwidth / FLOP "
+              "line, which is where the error comes from."]
     all_rows = [row(r, r["measured"] or r["predicted"]) for r in report["candidates"]]
     all_md = ["Costs are measured where measured, else predicted (status says which).", "", head, rule] + all_rows
     notes = report["notes"] or ["Memory is the model's RSS growth in the runtime (weights, KV cache for the "

@@ -303,12 +303,15 @@ def _search(run: Fit) -> dict:
     _say(run.progress, f"fit: {len(recs)} candidates; calibrating the cost model on {len(anchors)} anchors")
     for r in anchors.values():
         run.measure(r)
-    model = CostModel.fit([(r.key, feats(r), r.measured) for r in anchors.values()])
+    model = CostModel.fit([(r.key, feats(r), r.measured) for r in anchors.values()],
+                          [r.candidate.format[1] for r in anchors.values()])
+
+    anchor_groups = {run._cost_group(r.candidate) for r in anchors.values()}
 
     # 2. predict every candidate; discard clear misses
     relaxed = _relaxed(budget, cfg.margin)
     for r in recs.values():
-        r.predicted = model.predict(feats(r))
+        r.predicted = model.predict(feats(r), r.candidate.format[1])
         if relaxed.misses(r.predicted) and r.key not in anchors:
             r.status, r.misses = "discarded by the cost model", budget.misses(r.predicted)
     alive = [r for r in recs.values() if r.status != "discarded by the cost model"]
@@ -382,7 +385,9 @@ def _search(run: Fit) -> dict:
                    "scored": len(alive), "promoted": len(promoted), "with_measured_cost": n_cost_measured,
                    "measurement_processes": run.store.count("measure"), "measured_this_run": run.measurements_run,
                    "store_hits": run.store.hits},
-        "prediction_error": _error_summary(recs.values()),
+        "prediction_error": _error_summary(r for r in recs.values()
+                                           if run._cost_group(r.candidate) not in anchor_groups),
+        "verify_prediction_error": relative_error(chosen.predicted, verify["measured"]) if verify else None,
         "format_values": list(fmt_values),
     }
 
