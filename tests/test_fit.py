@@ -83,6 +83,33 @@ def test_front_is_the_brute_force_non_dominated_set() -> None:
     assert front(pts) == ["a", "b", "d", "e"]  # c is dominated by b; equal points both stay
 
 
+def test_cost_model_recovers_a_linear_device_and_scales_anchored_formats() -> None:
+    """A device with 2 GB/s, 0.5 ms per step and 10 GFLOP/s: the fitted model predicts unseen sizes exactly."""
+    from pocketlm.fit.costmodel import CostModel, features
+    from pocketlm.model import costs
+    from pocketlm.runtime import resolve
+
+    cfg = resolve("SmolLM-135M").config
+
+    def device(f: dict) -> dict:
+        read = f["weight_bytes"] + f["kv_read_bytes"]
+        return {"decode_ms": 0.5 + read / 2e6, "prefill_ms": f["prefill_flops"] / 1e7 + f["weight_bytes"] / 2e6,
+                "memory_bytes": f["weight_bytes"] + f["kv_bytes"] + 30e6}
+
+    feats = {b: features(cfg, b, "llamacpp", "x", 256, 240, 64) for b in (16.0, 8.5, 4.5, 3.35)}
+    assert feats[16.0]["weight_bytes"] == costs.param_counts(cfg)["total"] * 2
+    assert feats[16.0]["kv_bytes"] == costs.kv_cache_bytes(cfg, 256, 2)
+    model = CostModel.fit([(str(b), feats[b], device(feats[b])) for b in (16.0, 3.35)], ["F16", "Q2_K"])
+    for b in (8.5, 4.5):
+        got, want = model.predict(feats[b]), device(feats[b])
+        assert got["decode_ms"] == pytest.approx(want["decode_ms"], rel=1e-9)
+        assert got["prefill_ms"] == pytest.approx(want["prefill_ms"], rel=1e-9)
+        assert got["memory_bytes"] == pytest.approx(want["memory_bytes"], rel=1e-9)
+    assert model.describe()["effective_bandwidth_GBps"] == pytest.approx(2.0)
+    half = dict(feats[16.0], weight_bytes=feats[16.0]["weight_bytes"] / 2, kv_read_bytes=feats[16.0]["kv_read_bytes"] / 2)
+    assert model.predict(half, "F16")["decode_ms"] == pytest.approx(device(feats[16.0])["decode_ms"] / 2)
+
+
 # ---- real fits on the tiny trained model -------------------------------------------------------------
 
 @pytest.fixture(scope="module")

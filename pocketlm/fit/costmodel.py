@@ -56,7 +56,6 @@ class CostModel:
 
     decode_t0_ms: float = 0.0
     decode_ms_per_byte: float = 0.0
-    prefill_t0_ms: float = 0.0
     prefill_ms_per_flop: float = 0.0
     runtime_bytes: float = 0.0
     anchors: list[str] = field(default_factory=list)
@@ -75,10 +74,10 @@ class CostModel:
         # prefill: FLOPs with the weight streaming it also pays (same bandwidth as decode)
         rest = [c["prefill_ms"] - per_byte * f["weight_bytes"] for _, f, c in points]
         flops = [f["prefill_flops"] for _, f, _ in points]
-        p0, per_flop = 0.0, max(statistics.fmean(r / x for r, x in zip(rest, flops)), 0.0)
+        per_flop = max(statistics.fmean(r / x for r, x in zip(rest, flops)), 0.0)
         runtime = statistics.median(c["memory_bytes"] - f["weight_bytes"] - f["kv_bytes"] for _, f, c in points)
         by_format = {fmt: (f, c) for fmt, (_, f, c) in zip(formats or [], points)}
-        return cls(max(t0, 0.0), per_byte, p0, per_flop, max(runtime, 0.0), [k for k, _, _ in points], by_format)
+        return cls(max(t0, 0.0), per_byte, per_flop, max(runtime, 0.0), [k for k, _, _ in points], by_format)
 
     def predict(self, f: dict, fmt: str | None = None) -> dict:
         if fmt in self.by_format:  # this format's own kernels, measured: scale the anchor
@@ -87,8 +86,7 @@ class CostModel:
             prefill_ms = ac["prefill_ms"] * f["prefill_flops"] / af["prefill_flops"]
         else:
             decode_ms = self.decode_t0_ms + self.decode_ms_per_byte * (f["weight_bytes"] + f["kv_read_bytes"])
-            prefill_ms = (self.prefill_t0_ms + self.prefill_ms_per_flop * f["prefill_flops"]
-                          + self.decode_ms_per_byte * f["weight_bytes"])
+            prefill_ms = self.prefill_ms_per_flop * f["prefill_flops"] + self.decode_ms_per_byte * f["weight_bytes"]
         return {"decode_ms": decode_ms, "decode_tok_s": 1e3 / decode_ms if decode_ms > 0 else float("inf"),
                 "prefill_ms": prefill_ms, "memory_bytes": f["weight_bytes"] + f["kv_bytes"] + self.runtime_bytes,
                 "disk_bytes": f["weight_bytes"]}

@@ -85,6 +85,8 @@ class Fit:
         from pocketlm.runtime import open_model, open_tokenizer, resolve
 
         self.cfg, self.out, self.progress = cfg, out_dir, progress
+        if cfg.threads:  # the in-process scoring too: oversubscribed OpenMP threads spin on a busy machine
+            torch.set_num_threads(cfg.threads)
         self.ref = resolve(cfg.model)
         self.base_cfg = self.ref.config
         if cfg.context > self.base_cfg.max_seq_len or cfg.prompt > self.base_cfg.max_seq_len:
