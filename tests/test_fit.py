@@ -200,7 +200,7 @@ def test_infeasible_budget_names_the_nearest_candidates(two_fits: dict, tiny_mod
 def test_kill_minus_nine_then_rerun_continues_without_remeasuring(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "fit"
     argv = [sys.executable, "-m", "pocketlm.cli", "fit", str(tiny_model), "--min-decode-tok-s", "1",
-            "--out", str(out), *SMALL_FLAGS]
+            "--out", str(out), *SMALL_FLAGS, "--candidates", "precision=int8,int4;prune_nm=none"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

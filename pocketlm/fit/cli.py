@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
         gen: int = typer.Option(FitConfig.gen, help="tokens per decode test"),
         repeat: int = typer.Option(FitConfig.repeat), threads: int = typer.Option(FitConfig.threads),
         margin: float = typer.Option(FitConfig.margin, help="cost-model margin before a candidate goes unmeasured"),
+        task_limit: int = typer.Option(FitConfig.task_limit, help="examples per task in --quality"),
         out: Path = typer.Option(Path("fit_out"), help="folder: model/, fit.sqlite, fit_report.*, report.html"),
     ) -> None:
         """Find the best model that fits a device budget: predict, measure, and write the Pareto front."""
@@ -42,7 +43,7 @@ def register(app: typer.Typer) -> None:
         cfg = FitConfig(model=model, budget=budget, runtime=runtime, candidates=candidates,
                         quality=tuple(q.strip() for q in quality.split(",") if q.strip()), calib=calib,
                         tokens=tokens, prompt=prompt, context=context, gen=gen, repeat=repeat, threads=threads,
-                        margin=margin)
+                        margin=margin, task_limit=task_limit)
         report = fit(cfg, out)
         console = output_console()
         console.print(report["sections"][0]["markdown"])
