@@ -79,7 +79,9 @@ def sections(report: dict, figure: str | None) -> list[dict]:
         d, p, m, disk = _fmt_cost(v["measured"])
         result = [f"**Chosen: `{chosen['candidate']}`** — KL {chosen['quality']['kl_mean']:.4f} nats/token, "
                   f"perplexity {chosen['quality']['ppl_after']:.3f} (original "
-                  f"{chosen['quality']['ppl_before']:.3f}).", "",
+                  f"{chosen['quality']['ppl_before']:.3f})"
+                  + (f"; chosen on the front by its task mean ({_tasks(chosen)}; {report['config']['task_limit']} "
+                     "examples per task, so small differences are noise)." if chosen.get("tasks") else "."), "",
                   f"Written to `{report['artifact']['model_dir']}` ({report['artifact']['format']}, "
                   f"{report['artifact']['bytes'] / MB:.2f} MB"
                   + (f"; GGUF `{Path(report['artifact']['gguf']).name}`" if report["artifact"].get("gguf") else "")
