@@ -10,7 +10,8 @@ Calibration on the anchor measurements: decode ms = t0 + (weights + KV read) / B
 every weight once; least squares over the anchors); prefill ms = prompt FLOPs / F + weights / BW; memory =
 weights + KV + R (R the runtime's own buffers, the median residual); disk = weight bytes. Each format
 runs its own kernels, so a format that has an anchor is predicted from that anchor, scaled by the
-ratio of bytes read (decode) and of FLOPs (prefill); the line serves the formats without one.
+ratio of bytes read (decode) and of FLOPs (prefill), its memory moved by the change in weight and KV
+bytes; the line serves the formats without one.
 """
 
 from __future__ import annotations
@@ -87,9 +88,12 @@ class CostModel:
         else:
             decode_ms = self.decode_t0_ms + self.decode_ms_per_byte * (f["weight_bytes"] + f["kv_read_bytes"])
             prefill_ms = self.prefill_ms_per_flop * f["prefill_flops"] + self.decode_ms_per_byte * f["weight_bytes"]
+        memory = f["weight_bytes"] + f["kv_bytes"] + self.runtime_bytes
+        if fmt in self.by_format:  # the anchor's measured memory, moved by what changed
+            af, ac = self.by_format[fmt]
+            memory = ac["memory_bytes"] + (f["weight_bytes"] - af["weight_bytes"]) + (f["kv_bytes"] - af["kv_bytes"])
         return {"decode_ms": decode_ms, "decode_tok_s": 1e3 / decode_ms if decode_ms > 0 else float("inf"),
-                "prefill_ms": prefill_ms, "memory_bytes": f["weight_bytes"] + f["kv_bytes"] + self.runtime_bytes,
-                "disk_bytes": f["weight_bytes"]}
+                "prefill_ms": prefill_ms, "memory_bytes": memory, "disk_bytes": f["weight_bytes"]}
 
     def describe(self) -> dict:
         per_byte = self.decode_ms_per_byte
