@@ -307,3 +307,22 @@ def test_demo_report_html_renders_in_chromium(two_fits: dict, tmp_path: Path) ->
     assert page.index("The model") < page.index("Fit")
     seen = browser_check(out / "report.html", tmp_path)
     assert seen == {"images": 1, "broken": 0, "empty": 0, "sections": 2, "missing": 0}
+
+
+@pytest.mark.parametrize("d_model", [128, 256])  # rows of 128 fall back from the K-quants; 256 do not
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K_M", "Q2_K"])
+def test_gguf_bits_predict_llama_cpp_file_sizes(tmp_path: Path, d_model: int, qtype: str) -> None:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (optional extra) not installed")
+    import torch
+
+    from pocketlm.export.gguf import export_gguf
+    from pocketlm.fit.candidates import gguf_bits
+    from pocketlm.model import costs
+    from pocketlm.model.config import ModelConfig
+    from pocketlm.model.transformer import Transformer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=1024, d_model=d_model, n_layer=2, n_head=4, intermediate_size=512, max_seq_len=128)
+    path = export_gguf(Transformer(cfg).eval(), tmp_path / "m.gguf", qtype)
+    predicted = costs.param_counts(cfg)["total"] * gguf_bits(qtype, cfg) / 8
+    assert predicted == pytest.approx(path.stat().st_size, rel=0.10)  # measured: within 8.4%

@@ -51,7 +51,7 @@ class Builder:
     apply: Callable[[Any, str, BuildContext], Any] | None = None  # weights: float model -> float model
     config: Callable[[Any, str], Any] | None = None  # weights: cfg -> cfg after the change
     dtype: Callable[[str], str] | None = None  # format: the profile Setting's dtype
-    bits: Callable[[str], float] | None = None  # format: stored bits per weight (scales included)
+    bits: Callable[..., float] | None = None  # format: (value, cfg=None) -> stored bits per weight, scales included
     emulate: Callable[[Any, str, BuildContext], Any] | None = None  # format: what the runtime computes
     write: Callable[[Any, str, Path, BuildContext], dict] | None = None  # format: the deployable files
     doc: str = ""
@@ -210,8 +210,35 @@ def _torch_write(model: Any, value: str, out: Path, ctx: BuildContext) -> dict:
 
 register(Builder(
     "precision", "format", ("torch",), ("fp32", "bf16", "int8", "int4"), dtype=lambda v: v,
-    bits=lambda v: TORCH_BITS[v], emulate=_torch_emulate, write=_torch_write,
+    bits=lambda v, cfg=None: TORCH_BITS[v], emulate=_torch_emulate, write=_torch_write,
     doc="pocketlm's torch runtime: float precisions and RTN weight-only int8 / int4 (group 32)."))
+
+
+# llama.cpp's quantizer needs rows of 256 for the K-quants and IQ4_XS; other rows fall back to these
+K_FALLBACK = {"Q2_K": "Q4_0", "Q3_K_S": "Q4_0", "Q3_K_M": "Q4_0", "Q3_K_L": "Q4_0", "Q4_K_S": "Q5_0",
+              "Q4_K_M": "Q5_0", "Q5_K_S": "Q5_1", "Q5_K_M": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL"}
+
+
+def gguf_bits(value: str, cfg: Any = None) -> float:
+    """Bits per weight of a GGUF type, with llama.cpp's fallback for matrices whose rows are not a multiple
+    of 256 (dense, standard-attention configs; the table value otherwise)."""
+    q = value.upper()
+    if cfg is None or q not in K_FALLBACK or cfg.attention == "mla" or cfg.n_experts:
+        return GGUF_BITS[q]
+    from pocketlm.model import costs
+
+    C, I, L = cfg.d_model, cfg.ffn_dim(0), cfg.n_layer
+    qd, kvd = cfg.heads(0) * cfg.dim_head, cfg.kv_heads(0) * cfg.dim_head
+    by_row = {C: L * C * (qd + 2 * kvd + 2 * I)}  # q/k/v, gate/up
+    by_row[qd] = by_row.get(qd, 0) + L * qd * C  # attention output
+    by_row[I] = by_row.get(I, 0) + L * I * C  # FFN down
+    total = costs.param_counts(cfg)["total"]
+    vocab = cfg.vocab_size * C * (1 if cfg.tie_embeddings else 2)
+    bad = sum(n for row, n in by_row.items() if row % 256)
+    # the output matrix (the tied embedding too) is written as Q6_K by the K-quant mixes, Q8_0 on fallback
+    head_bits = GGUF_BITS["Q8_0" if C % 256 else "Q6_K"]
+    rest = total - bad - vocab
+    return (GGUF_BITS[q] * rest + GGUF_BITS[K_FALLBACK[q]] * bad + head_bits * vocab) / total
 
 
 def _gguf_file(model: Any, value: str, path: Path, ctx: BuildContext) -> Path:
@@ -247,5 +274,5 @@ def _gguf_write(model: Any, value: str, out: Path, ctx: BuildContext) -> dict:
 register(Builder(
     "gguf_qtype", "format", ("llamacpp",),
     ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "IQ4_XS", "Q3_K_M", "Q3_K_S", "Q2_K"),
-    dtype=lambda v: v.upper(), bits=lambda v: GGUF_BITS[v.upper()], emulate=_gguf_emulate, write=_gguf_write,
+    dtype=lambda v: v.upper(), bits=gguf_bits, emulate=_gguf_emulate, write=_gguf_write,
     doc="llama.cpp's tensor types, written by pocketlm's exporter and llama.cpp's own quantizer."))

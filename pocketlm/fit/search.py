@@ -295,8 +295,8 @@ def _search(run: Fit) -> dict:
 
     def feats(rec: Record) -> dict:
         v = rec.candidate.format[1]
-        return features(rec.candidate.config(run.base_cfg), run.fmt.bits(v), cfg.runtime, v, cfg.context,
-                        cfg.context - cfg.gen, cfg.prompt)
+        arch = rec.candidate.config(run.base_cfg)
+        return features(arch, run.fmt.bits(v, arch), cfg.runtime, v, cfg.context, cfg.context - cfg.gen, cfg.prompt)
 
     # 1. anchors: the dense model at the widest and narrowest formats and the baselines
     dense = [r for r in recs.values() if r.candidate.weights_key == "dense"]
