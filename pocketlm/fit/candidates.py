@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import itertools
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 

@@ -31,7 +31,7 @@ from pocketlm.fit.budget import Budget
 from pocketlm.fit.config import FitConfig
 from pocketlm.fit.candidates import BUILDERS, BuildContext, Candidate, build_weights, format_axis, parse_axes, space
 from pocketlm.fit.costmodel import CostModel, features, relative_error
-from pocketlm.fit.pareto import dominates, front
+from pocketlm.fit.pareto import front
 from pocketlm.fit.store import Store, fingerprint
 
 BASELINES = {"torch": ("int8", "int4"), "llamacpp": ("Q8_0", "Q4_K_M")}
@@ -466,9 +466,3 @@ def run_verify(run: Fit, rec: Record, artifact: dict) -> dict:
     measured["disk_bytes"] = sum(f.stat().st_size for f in weights)
     return {"measured": measured, "misses": run.cfg.budget.misses(measured)}
 
-
-def dominated_by(a: dict, b: dict) -> bool:
-    """Cost-and-quality dominance between two record dicts (for reports and tests)."""
-    pa = (a["quality"]["kl_mean"], a["measured"]["decode_ms"], a["measured"]["memory_bytes"])
-    pb = (b["quality"]["kl_mean"], b["measured"]["decode_ms"], b["measured"]["memory_bytes"])
-    return dominates(pb, pa)
