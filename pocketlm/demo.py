@@ -2,7 +2,8 @@
 
 Steps (each a `demo_section` of its capability folder, run in order):
 build/train a tiny model -> describe it (survey axes, analytic costs, a sample) -> survey trends
--> evaluate -> profile -> shrink (pruning) -> merge (WARM) -> quant (RTN/GPTQ/AWQ). The report is `report.md` + `report.json` in the output folder.
+-> evaluate -> profile -> shrink (pruning) -> merge (WARM) -> quant (RTN/GPTQ/AWQ) -> fit (a device budget).
+The report is `report.md` + `report.json` + `report.html` (one self-contained page) in the output folder.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any, Callable
 import typer
 from rich.console import Console
 
+from pocketlm.htmlreport import write_report_html
 from pocketlm.utils import atomic_write_text
 
 console = Console()
-STEPS = ("train", "model", "survey", "evaluate", "profile", "shrink", "merge", "quant")  # in order; each later step uses train's model
+STEPS = ("train", "model", "survey", "evaluate", "profile", "shrink", "merge", "quant", "fit")  # in order; each later step uses train's model
 
 
 def _model_section(model_dir: Path) -> dict[str, Any]:
@@ -82,6 +84,7 @@ def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     from pocketlm.compress.merge_demo import demo_section as merge_section
     from pocketlm.compress.quant_demo import run_quant_demo
     from pocketlm.evaluate.demo import demo_section as evaluate_section
+    from pocketlm.fit.demo import demo_section as fit_section
     from pocketlm.profile.demo import demo_section as profile_section
     from pocketlm.survey.demo import demo_section as survey_section
     from pocketlm.train.demo import demo_section as train_section
@@ -97,6 +100,7 @@ def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     step("shrink", lambda: shrink_section(model_dir, out_dir / "shrink"), out_dir / "shrink")
     step("merge", lambda: merge_section(model_dir, out_dir / "merge"), out_dir / "merge")
     step("quant", lambda: run_quant_demo(out_dir / "quant", model_dir), out_dir / "quant")
+    step("fit", lambda: fit_section(model_dir, out_dir / "fit"), out_dir / "fit")
     return _write_report(out_dir, model_dir, sections, failures)
 
 
@@ -108,6 +112,7 @@ def _write_report(out_dir: Path, model_dir: Path | None, sections: list[dict[str
         md += [f"## {s['title']} ({s['seconds']} s)", "", s["markdown"], ""]
     atomic_write_text(out_dir / "report.md", "\n".join(md))
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, default=str))
+    write_report_html(out_dir / "report.html", "pocketlm demo report", sections)
     return report
 
 

@@ -1,0 +1,278 @@
+"""The candidate space as data: a small registry of *builders*, each one compression choice with its values.
+
+A candidate is one value per axis, e.g. `prune_nm=2:4 + gguf_qtype=Q4_K_M`. Two kinds of builder:
+
+- a *weights* builder changes the float weights (or the architecture) before export: `prune_nm` today;
+  structured width/depth pruning and distillation register here when they land. `apply(model, value, ctx)`
+  returns the changed float model; `config(cfg, value)` the architecture it has afterwards (the cost
+  model's input); `"none"` is always a value and leaves the model as it is.
+- a *format* builder is what the runtime runs: `precision` (torch: fp32/bf16/int8/int4) and
+  `gguf_qtype` (llama.cpp). `dtype(value)` is the profile Setting's dtype; `bits(value)` the stored bits
+  per weight (scales included) the cost model reads; `emulate(model, value, ctx)` a model that computes
+  what the runtime computes (for quality), and `write(model, value, out, ctx)` the deployable files.
+  GPTQ / AWQ register as format builders (values such as `gptq-int4`) whose emulate/write run the solver.
+
+Only builders that work today are registered; see docs/fit.md for adding one.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+class CandidateError(ValueError):
+    """An unknown axis or value in --candidates; the message lists what exists."""
+
+
+@dataclass
+class BuildContext:
+    """What builders may need: calibration tokens, the tokenizer, threads, a scratch folder."""
+
+    calib: torch.Tensor | None = None
+    tokenizer: Any = None
+    threads: int | None = None
+    scratch: Path | None = None
+    group_size: int = 32
+
+
+@dataclass(frozen=True)
+class Builder:
+    name: str
+    kind: str  # "weights" | "format"
+    runtimes: tuple[str, ...]
+    values: tuple[str, ...]  # the default axis; "none" first for weights builders
+    apply: Callable[[Any, str, BuildContext], Any] | None = None  # weights: float model -> float model
+    config: Callable[[Any, str], Any] | None = None  # weights: cfg -> cfg after the change
+    dtype: Callable[[str], str] | None = None  # format: the profile Setting's dtype
+    bits: Callable[..., float] | None = None  # format: (value, cfg=None) -> stored bits per weight, scales included
+    emulate: Callable[[Any, str, BuildContext], Any] | None = None  # format: what the runtime computes
+    write: Callable[[Any, str, Path, BuildContext], dict] | None = None  # format: the deployable files
+    doc: str = ""
+
+
+BUILDERS: dict[str, Builder] = {}
+
+
+def register(builder: Builder) -> Builder:
+    if builder.kind not in ("weights", "format"):
+        raise ValueError(f"builder {builder.name}: kind must be 'weights' or 'format'")
+    BUILDERS[builder.name] = builder
+    return builder
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the space: (axis, value) pairs, weights axes first, the format axis last."""
+
+    steps: tuple[tuple[str, str], ...]
+
+    @property
+    def key(self) -> str:
+        return " + ".join(f"{a}={v}" for a, v in self.steps if v != "none")
+
+    @property
+    def weights(self) -> tuple[tuple[str, str], ...]:
+        return tuple((a, v) for a, v in self.steps if BUILDERS[a].kind == "weights")
+
+    @property
+    def format(self) -> tuple[str, str]:
+        return next((a, v) for a, v in self.steps if BUILDERS[a].kind == "format")
+
+    @property
+    def weights_key(self) -> str:
+        return " + ".join(f"{a}={v}" for a, v in self.weights if v != "none") or "dense"
+
+    def config(self, cfg: Any) -> Any:
+        for axis, value in self.weights:
+            if value != "none":
+                cfg = BUILDERS[axis].config(cfg, value)
+        return cfg
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "steps": [list(s) for s in self.steps]}
+
+
+def format_axis(runtime: str) -> Builder:
+    found = [b for b in BUILDERS.values() if b.kind == "format" and runtime in b.runtimes]
+    if len(found) != 1:
+        raise CandidateError(f"runtime {runtime!r}: no single format builder ({[b.name for b in found]}); "
+                             f"choose --runtime from {sorted({r for b in BUILDERS.values() for r in b.runtimes})}")
+    return found[0]
+
+
+def parse_axes(spec: str | None, runtime: str) -> dict[str, tuple[str, ...]]:
+    """'precision=int8,int4;prune_nm=none,2:4' -> axes; None: every registered builder's default values.
+
+    An axis left out keeps its default (weights axes: all defaults; give `prune_nm=none` to drop one)."""
+    fmt = format_axis(runtime)
+    axes = {b.name: b.values for b in BUILDERS.values() if b.kind == "weights" and runtime in b.runtimes}
+    axes[fmt.name] = fmt.values
+    for part in filter(None, (p.strip() for p in (spec or "").split(";"))):
+        name, _, values = part.partition("=")
+        name = name.strip()
+        if name not in axes:
+            raise CandidateError(f"--candidates: unknown axis {name!r} for runtime {runtime}; axes are "
+                                 f"{sorted(axes)}")
+        vals = tuple(v.strip() for v in values.split(",") if v.strip())
+        if not vals:
+            raise CandidateError(f"--candidates {part!r}: give values, e.g. {name}={','.join(axes[name][:2])}")
+        allowed = BUILDERS[name].values + (("none",) if BUILDERS[name].kind == "weights" else ())
+        bad = [v for v in vals if v not in allowed and not _open_value(name, v)]
+        if bad:
+            raise CandidateError(f"--candidates: {name} has no value {bad[0]!r}; choose from {allowed}")
+        axes[name] = vals
+    return axes
+
+
+def _open_value(axis: str, value: str) -> bool:
+    """Values outside the default list that a builder still accepts (N:M patterns, GGUF types)."""
+    if axis == "prune_nm":
+        n, _, m = value.partition(":")
+        return n.isdigit() and m.isdigit() and 0 < int(n) < int(m)
+    if axis == "gguf_qtype":
+        from pocketlm.export.gguf import GGUF_TYPES
+
+        return value.upper() in GGUF_TYPES
+    return False
+
+
+def space(axes: dict[str, tuple[str, ...]]) -> list[Candidate]:
+    """Every combination of the axes' values (weights axes in registry order, the format axis last)."""
+    names = [n for n in axes if BUILDERS[n].kind == "weights"] + [n for n in axes if BUILDERS[n].kind == "format"]
+    return [Candidate(tuple(zip(names, combo))) for combo in itertools.product(*(axes[n] for n in names))]
+
+
+def build_weights(base: Any, cand: Candidate, ctx: BuildContext) -> Any:
+    """A float copy of `base` with the candidate's weights steps applied (`base` is untouched)."""
+    model = base
+    for axis, value in cand.weights:
+        if value != "none":
+            model = BUILDERS[axis].apply(copy.deepcopy(model) if model is base else model, value, ctx)
+    return model
+
+
+# ---- weights builders -------------------------------------------------------------------------------
+
+def _prune_nm(model: Any, value: str, ctx: BuildContext) -> Any:
+    from pocketlm.compress.prune.driver import prune
+
+    prune(model, "wanda", pattern=value, calib=ctx.calib)
+    return model
+
+
+register(Builder(
+    "prune_nm", "weights", ("torch", "llamacpp"), ("none", "2:4"), apply=_prune_nm, config=lambda cfg, v: cfg,
+    doc="N:M semi-structured sparsity by Wanda (compress/prune); zeros are stored densely, so no runtime "
+        "here gains speed or memory from it: its cost is the dense model's."))
+
+
+# ---- format builders ---------------------------------------------------------------------------------
+
+# stored bits per weight of each format, scales included (int4: a bf16 scale and zero per group of 32)
+TORCH_BITS = {"fp32": 32.0, "bf16": 16.0, "fp16": 16.0, "int8": 8.0 + 32 / 4096, "int4": 4.0 + 32 / 32}
+# llama.cpp's averages (ggml block layouts; K-quant mixes as llama.cpp's quantize tool lists them for 7B)
+GGUF_BITS = {"F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.5625, "Q5_K_M": 5.69,
+             "Q5_K_S": 5.54, "Q5_1": 6.0, "Q5_0": 5.5, "Q4_K_M": 4.85, "Q4_K_S": 4.58, "Q4_1": 5.0,
+             "Q4_0": 4.5, "IQ4_NL": 4.5, "IQ4_XS": 4.25, "Q3_K_L": 4.27, "Q3_K_M": 3.91, "Q3_K_S": 3.5,
+             "Q2_K": 3.35}
+
+
+def _torch_emulate(model: Any, value: str, ctx: BuildContext) -> Any:
+    from pocketlm.model.quantize import quantize_model
+    from pocketlm.runtime.open import FLOAT_DTYPES
+
+    model = copy.deepcopy(model)
+    if value in FLOAT_DTYPES:
+        return model.to(FLOAT_DTYPES[value]).eval()
+    return quantize_model(model.to(torch.bfloat16), value, ctx.group_size, skip_unsupported=True).eval()
+
+
+def _torch_write(model: Any, value: str, out: Path, ctx: BuildContext) -> dict:
+    from pocketlm.interop import UnsupportedModelError, save_hf, save_native
+
+    if value in ("int8", "int4"):  # integers: pocketlm's format keeps codes, scales and zeros
+        save_native(_torch_emulate(model, value, ctx), out, tokenizer=ctx.tokenizer)
+        return {"format": "pocketlm (quantized)", "model_dir": str(out)}
+    try:
+        save_hf(_torch_emulate(model, value, ctx), out, tokenizer=ctx.tokenizer)
+        return {"format": "huggingface", "model_dir": str(out)}
+    except UnsupportedModelError:
+        save_native(_torch_emulate(model, value, ctx), out, tokenizer=ctx.tokenizer)
+        return {"format": "pocketlm", "model_dir": str(out)}
+
+
+register(Builder(
+    "precision", "format", ("torch",), ("fp32", "bf16", "int8", "int4"), dtype=lambda v: v,
+    bits=lambda v, cfg=None: TORCH_BITS[v], emulate=_torch_emulate, write=_torch_write,
+    doc="pocketlm's torch runtime: float precisions and RTN weight-only int8 / int4 (group 32)."))
+
+
+# llama.cpp's quantizer needs rows of 256 for the K-quants and IQ4_XS; other rows fall back to these
+K_FALLBACK = {"Q2_K": "Q4_0", "Q3_K_S": "Q4_0", "Q3_K_M": "Q4_0", "Q3_K_L": "Q4_0", "Q4_K_S": "Q5_0",
+              "Q4_K_M": "Q5_0", "Q5_K_S": "Q5_1", "Q5_K_M": "Q5_1", "Q6_K": "Q8_0", "IQ4_XS": "IQ4_NL"}
+
+
+def gguf_bits(value: str, cfg: Any = None) -> float:
+    """Bits per weight of a GGUF type, with llama.cpp's fallback for matrices whose rows are not a multiple
+    of 256 (dense, standard-attention configs; the table value otherwise)."""
+    q = value.upper()
+    if cfg is None or q not in K_FALLBACK or cfg.attention == "mla" or cfg.n_experts:
+        return GGUF_BITS[q]
+    from pocketlm.model import costs
+
+    C, I, L = cfg.d_model, cfg.ffn_dim(0), cfg.n_layer
+    qd, kvd = cfg.heads(0) * cfg.dim_head, cfg.kv_heads(0) * cfg.dim_head
+    by_row = {C: L * C * (qd + 2 * kvd + 2 * I)}  # q/k/v, gate/up
+    by_row[qd] = by_row.get(qd, 0) + L * qd * C  # attention output
+    by_row[I] = by_row.get(I, 0) + L * I * C  # FFN down
+    total = costs.param_counts(cfg)["total"]
+    vocab = cfg.vocab_size * C * (1 if cfg.tie_embeddings else 2)
+    bad = sum(n for row, n in by_row.items() if row % 256)
+    # the output matrix (the tied embedding too) is written as Q6_K by the K-quant mixes, Q8_0 on fallback
+    head_bits = GGUF_BITS["Q8_0" if C % 256 else "Q6_K"]
+    rest = total - bad - vocab
+    return (GGUF_BITS[q] * rest + GGUF_BITS[K_FALLBACK[q]] * bad + head_bits * vocab) / total
+
+
+def _gguf_file(model: Any, value: str, path: Path, ctx: BuildContext) -> Path:
+    from pocketlm.export.gguf import export_gguf
+
+    return export_gguf(model, path, value.upper(), threads=ctx.threads)
+
+
+def _gguf_emulate(model: Any, value: str, ctx: BuildContext) -> Any:
+    """The float model with the GGUF file's dequantized weights: what llama.cpp multiplies by."""
+    from pocketlm.export.gguf import load_gguf_weights
+
+    with tempfile.TemporaryDirectory(prefix="pocketlm-fit-", dir=ctx.scratch) as tmp:
+        path = _gguf_file(model, value, Path(tmp) / "m.gguf", ctx)
+        emulated = copy.deepcopy(model)
+        load_gguf_weights(emulated, path)
+    return emulated.eval()
+
+
+def _gguf_write(model: Any, value: str, out: Path, ctx: BuildContext) -> dict:
+    from pocketlm.interop import UnsupportedModelError, save_hf, save_native
+
+    try:
+        save_hf(model, out, tokenizer=ctx.tokenizer)
+        fmt = "huggingface + GGUF"
+    except UnsupportedModelError:
+        save_native(model, out, tokenizer=ctx.tokenizer)
+        fmt = "pocketlm + GGUF"
+    path = _gguf_file(model, value, out / f"model-{value.upper()}.gguf", ctx)
+    return {"format": fmt, "model_dir": str(out), "gguf": str(path)}
+
+
+register(Builder(
+    "gguf_qtype", "format", ("llamacpp",),
+    ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "IQ4_XS", "Q3_K_M", "Q3_K_S", "Q2_K"),
+    dtype=lambda v: v.upper(), bits=gguf_bits, emulate=_gguf_emulate, write=_gguf_write,
+    doc="llama.cpp's tensor types, written by pocketlm's exporter and llama.cpp's own quantizer."))

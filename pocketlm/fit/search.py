@@ -1,0 +1,468 @@
+"""The fit driver: enumerate, predict, score, measure, choose, write.
+
+1. every candidate of the space is *predicted* by the cost model, calibrated on anchor measurements
+   (the largest and smallest formats and the two "everything in one type" baselines);
+2. predicted misses beyond `margin` are discarded unmeasured;
+3. quality (KL to the original, perplexity) is scored in this process on a quarter of the held-out tokens,
+   then on all of them for the candidates that survive a halving by dominance (not dominated on
+   rung-0 quality x predicted cost); tasks (`quality=("arc_easy", ...)`) run only on the measured front;
+4. the survivors are *measured* in a fresh process each (`profile.runner.run_setting`); candidates whose
+   runtime cost cannot differ (same architecture and format: zeros are stored densely) share one
+   measurement;
+5. the front is taken on measured records; the best that fits is written as an artifact and re-measured.
+
+Every measurement and score is a SQLite row committed as it completes (`store.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pocketlm.fit.budget import Budget
+from pocketlm.fit.config import FitConfig
+from pocketlm.fit.candidates import BUILDERS, BuildContext, Candidate, build_weights, format_axis, parse_axes, space
+from pocketlm.fit.costmodel import CostModel, features, relative_error
+from pocketlm.fit.pareto import front
+from pocketlm.fit.store import Store, fingerprint
+
+BASELINES = {"torch": ("int8", "int4"), "llamacpp": ("Q8_0", "Q4_K_M")}
+STORE_NAME = "fit.sqlite"
+
+
+@dataclass
+class Record:
+    """Everything known about one candidate."""
+
+    candidate: Candidate
+    predicted: dict = field(default_factory=dict)
+    measured: dict | None = None
+    quality: dict | None = None
+    rung: int = -1  # last quality rung reached
+    tasks: dict | None = None
+    status: str = "considered"
+    misses: list[str] = field(default_factory=list)
+    baseline: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.candidate.key
+
+    def cost(self) -> dict:
+        return self.measured or self.predicted
+
+    def point(self) -> tuple[float, float, float]:
+        c = self.cost()
+        return (self.quality["kl_mean"], c["decode_ms"], c["memory_bytes"])
+
+    def to_dict(self) -> dict:
+        return {"candidate": self.key or "(original)", "steps": self.candidate.to_dict()["steps"],
+                "status": self.status, "baseline": self.baseline, "predicted": self.predicted,
+                "measured": self.measured, "quality": self.quality, "rung": self.rung, "tasks": self.tasks,
+                "misses": self.misses,
+                "prediction_error": relative_error(self.predicted, self.measured) if self.measured else None}
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        from rich.console import Console
+
+        Console(stderr=True).print(text)
+
+
+class Fit:
+    """One run of `fit()`; holds the reference model, the store and the records."""
+
+    def __init__(self, cfg: FitConfig, out_dir: Path, progress: bool):
+        from pocketlm.runtime import open_model, open_tokenizer, resolve
+
+        self.cfg, self.out, self.progress = cfg, out_dir, progress
+        if cfg.threads:  # the in-process scoring too: oversubscribed OpenMP threads spin on a busy machine
+            torch.set_num_threads(cfg.threads)
+        self.ref = resolve(cfg.model)
+        self.base_cfg = self.ref.config
+        if cfg.context > self.base_cfg.max_seq_len or cfg.prompt > self.base_cfg.max_seq_len:
+            raise ValueError(f"--context {cfg.context} / --prompt {cfg.prompt} exceed the model's context length "
+                             f"{self.base_cfg.max_seq_len}; lower them")
+        if cfg.gen >= cfg.context:
+            raise ValueError(f"--gen {cfg.gen} must be below --context {cfg.context}")
+        from pocketlm.model import costs
+
+        cfg.budget.check_model(costs.kv_cache_bytes(self.base_cfg, cfg.context, 2), cfg.context)
+        self.axes = parse_axes(cfg.candidates, cfg.runtime)
+        self.fmt = format_axis(cfg.runtime)
+        for b in BASELINES[cfg.runtime]:  # the by-hand baselines are always in the space
+            if b not in self.axes[self.fmt.name]:
+                self.axes[self.fmt.name] = self.axes[self.fmt.name] + (b,)
+        self.records = {c.key: Record(c) for c in space(self.axes)}
+        for r in self.records.values():
+            r.baseline = r.candidate.weights_key == "dense" and r.candidate.format[1] in BASELINES[cfg.runtime]
+        self.store = Store(out_dir / STORE_NAME)
+        self.model_fp = fingerprint(self._model_identity(), cfg.seed)
+        self.ref_model = open_model(self.ref, "fp32", seed=cfg.seed)
+        self.tokenizer = open_tokenizer(self.ref)
+        self.scratch = out_dir / ".scratch"
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        self.ctx = BuildContext(calib=None, tokenizer=self.tokenizer, threads=cfg.threads or None,
+                                scratch=self.scratch)
+        self.heldout = self._heldout()
+        self.notes: list[str] = []
+        self.measurements_run = 0
+        self._weights_cache: dict[str, Any] = {}
+        self._check_settings()
+
+    # ---- inputs --------------------------------------------------------------------------------------
+
+    def _model_identity(self) -> dict:
+        ident = {"ref": self.ref.text, "kind": self.ref.kind, "config": self.base_cfg.to_dict()}
+        if self.ref.path is not None and self.ref.path.is_dir():
+            ident["files"] = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime))
+                                    for f in self.ref.path.iterdir() if f.is_file())
+        return ident
+
+    def _heldout(self) -> torch.Tensor:
+        from pocketlm.compress.calibration import encode_text
+        from pocketlm.compress.prune.checkpoint import DEFAULT_EVAL_TEXT
+
+        need = self.cfg.tokens + self.cfg.window
+        if self.tokenizer is not None:
+            ids = torch.tensor(encode_text(self.tokenizer, DEFAULT_EVAL_TEXT.read_text()))
+            if ids.numel() >= need:
+                return ids[:self.cfg.tokens]
+        g = torch.Generator().manual_seed(self.cfg.seed + 1)
+        self.random_tokens = True
+        return torch.randint(0, self.base_cfg.vocab_size, (self.cfg.tokens,), generator=g)
+
+    def _calib(self) -> torch.Tensor:
+        if self.ctx.calib is None:
+            from pocketlm.compress.calibration import CalibSpec, calibration_batches
+
+            spec = CalibSpec.parse(self.cfg.calib, default_seq_len=min(128, self.base_cfg.max_seq_len))
+            if self.tokenizer is not None:
+                self.ctx.calib = calibration_batches(spec, self.tokenizer, seed=self.cfg.seed)[0]
+            else:  # random-weight architecture: random tokens are as good as any text
+                g = torch.Generator().manual_seed(self.cfg.seed + 2)
+                self.ctx.calib = torch.randint(0, self.base_cfg.vocab_size, (spec.n, spec.seq_len), generator=g)
+        return self.ctx.calib
+
+    def setting(self, fmt_value: str, model: str | None = None):
+        from pocketlm.profile.setting import Setting
+
+        c = self.cfg
+        target = model or (str(self.ref.path) if self.ref.kind in ("checkpoint", "config") else self.ref.text)
+        return Setting(model=target, backend=c.runtime, dtype=self.fmt.dtype(fmt_value), threads=c.threads,
+                       prompts=(c.prompt,), gen=c.gen, depths=(c.context - c.gen,), repeat=c.repeat, warmup=1,
+                       skip_unsupported=True, pack=True, seed=c.seed)
+
+    def _check_settings(self) -> None:
+        from pocketlm.profile.runner import validate
+
+        validate([self.setting(v) for v in self.axes[self.fmt.name]])
+
+    # ---- measuring -----------------------------------------------------------------------------------
+
+    def _cost_group(self, cand: Candidate) -> str:
+        """Candidates with the same architecture and format cost the same to run (zeros are stored densely)."""
+        return fingerprint(cand.config(self.base_cfg).to_dict(), cand.format)
+
+    def measure(self, rec: Record) -> dict:
+        """The candidate's measured cost, from the store or a fresh worker process."""
+        from pocketlm.profile.runner import run_setting
+
+        cand = rec.candidate
+        fmt_value = cand.format[1]
+        changed = cand.config(self.base_cfg) != self.base_cfg
+        target = None
+        if changed:  # a new architecture: save the built float model and measure that folder
+            target = self.scratch / f"arch-{fingerprint(cand.weights_key)}"
+            if not (target / "pocketlm.json").exists():
+                from pocketlm.interop import save_native
+
+                save_native(self._weights(cand), target)
+        setting = self.setting(fmt_value, str(target) if target else None)
+        key = fingerprint(self.model_fp, self._cost_group(cand), dataclasses.replace(setting, model="").to_dict())
+        hit = self.store.get("measure", key)
+        if hit is None:
+            _say(self.progress, f"  measuring [bold]{cand.key}[/] in a fresh process")
+            hit = self.store.put("measure", key, summarize_measurement(run_setting(setting), self.cfg))
+            self.measurements_run += 1
+        rec.measured = dict(hit)
+        if "weights_bytes" in (rec.quality or {}):  # torch: the saved tensors of this very candidate
+            rec.measured["disk_bytes"] = rec.quality["weights_bytes"]
+        return rec.measured
+
+    # ---- building and scoring ------------------------------------------------------------------------
+
+    def _weights(self, cand: Candidate):
+        wk = cand.weights_key
+        if wk not in self._weights_cache:
+            if wk != "dense":
+                self._calib()
+            self._weights_cache[wk] = build_weights(self.ref_model, cand, self.ctx)
+        return self._weights_cache[wk]
+
+    def emulated(self, cand: Candidate):
+        axis, value = cand.format
+        return BUILDERS[axis].emulate(self._weights(cand), value, self.ctx)
+
+    def score(self, rec: Record, rung: int) -> dict:
+        from pocketlm.compress.measure import compare_on_tokens
+
+        n = self.cfg.tokens if rung else max(self.cfg.tokens // 4, self.cfg.window)
+        key = fingerprint(self.model_fp, rec.key, n, self.cfg.window, self.cfg.calib, self.cfg.seed)
+        hit = self.store.get("quality", key)
+        if hit is None:
+            model = self.emulated(rec.candidate)
+            with torch.inference_mode():
+                hit = compare_on_tokens(self.ref_model, model, self.heldout[:n], self.cfg.window)
+            if self.cfg.runtime == "torch":
+                from pocketlm.profile.memory import tensor_bytes
+
+                hit["weights_bytes"] = tensor_bytes(model)
+            del model
+            hit = self.store.put("quality", key, hit)
+        rec.quality, rec.rung = hit, rung
+        return hit
+
+    def score_tasks(self, rec: Record, tasks: tuple[str, ...]) -> dict:
+        from pocketlm.evaluate.runner import evaluate, primary_metric
+
+        key = fingerprint(self.model_fp, rec.key, tasks, self.cfg.task_limit)
+        hit = self.store.get("tasks", key)
+        if hit is None:
+            if self.tokenizer is None:
+                raise ValueError(f"--quality {','.join(tasks)}: {self.ref.name} has no tokenizer; score by kl/ppl")
+            out = evaluate(self.emulated(rec.candidate), self.tokenizer, list(tasks), limit=self.cfg.task_limit,
+                           show_progress=False)
+            hit = {}
+            for task, by_shot in out["results"].items():
+                metrics = next(iter(by_shot.values()))["metrics"]
+                name = primary_metric(metrics)
+                hit[task] = {"metric": name, "value": metrics.get(name)}
+            hit = self.store.put("tasks", key, hit)
+        rec.tasks = hit
+        return hit
+
+
+def summarize_measurement(result: dict, cfg: FitConfig) -> dict:
+    """The costs fit compares, from one profile worker result."""
+    pre = result["prefill"][0]
+    dec = result["decode"][0]
+    return {"decode_ms": dec["median_ms"], "decode_tok_s": dec["tok_s"], "decode_iqr_ms": dec["iqr_ms"],
+            "prefill_ms": pre["median_ms"], "memory_bytes": result["memory"]["rss_growth_bytes"],
+            "peak_rss_bytes": result["run_peak_rss_bytes"], "disk_bytes": result["memory"]["weights_bytes"],
+            "weights_bytes": result["memory"]["weights_bytes"], "threads": result["setting"]["threads"],
+            "wall_s": result.get("wall_s")}
+
+
+def _relaxed(budget: Budget, margin: float) -> Budget:
+    """The budget loosened by `margin`: what the cost model must miss before a candidate goes unmeasured."""
+    scale = lambda v, up: None if v is None else (v * (1 + margin) if up else v / (1 + margin))  # noqa: E731
+    return Budget(max_memory_bytes=scale(budget.max_memory_bytes, True),
+                  min_decode_tok_s=scale(budget.min_decode_tok_s, False),
+                  max_disk_bytes=scale(budget.max_disk_bytes, True), max_prefill_ms=scale(budget.max_prefill_ms, True))
+
+
+def fit(cfg: FitConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """Run the fit; write the artifact and reports into `out_dir`; return the report dict."""
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run = Fit(cfg, out, progress)
+    try:
+        report = _search(run)
+    finally:
+        run.store.close()
+    report["seconds"] = round(time.perf_counter() - t_start, 1)
+    from pocketlm.fit.report import write_reports
+
+    write_reports(report, out)
+    return report
+
+
+def _search(run: Fit) -> dict:
+    cfg, budget = run.cfg, run.cfg.budget
+    recs = run.records
+    fmt_values = run.axes[run.fmt.name]
+
+    def feats(rec: Record) -> dict:
+        v = rec.candidate.format[1]
+        arch = rec.candidate.config(run.base_cfg)
+        return features(arch, run.fmt.bits(v, arch), cfg.runtime, v, cfg.context, cfg.context - cfg.gen, cfg.prompt)
+
+    # 1. anchors: the dense model at the widest and narrowest formats and the baselines
+    dense = [r for r in recs.values() if r.candidate.weights_key == "dense"]
+    by_bits = sorted(dense, key=lambda r: run.fmt.bits(r.candidate.format[1]))
+    anchors = {r.key: r for r in [by_bits[-1], by_bits[0]] + [r for r in dense if r.baseline]}
+    _say(run.progress, f"fit: {len(recs)} candidates; calibrating the cost model on {len(anchors)} anchors")
+    for r in anchors.values():
+        run.measure(r)
+    model = CostModel.fit([(r.key, feats(r), r.measured) for r in anchors.values()],
+                          [r.candidate.format[1] for r in anchors.values()])
+
+    anchor_groups = {run._cost_group(r.candidate) for r in anchors.values()}
+
+    # 2. predict every candidate; discard clear misses
+    relaxed = _relaxed(budget, cfg.margin)
+    for r in recs.values():
+        r.predicted = model.predict(feats(r), r.candidate.format[1])
+        if relaxed.misses(r.predicted) and r.key not in anchors:
+            r.status, r.misses = "discarded by the cost model", budget.misses(r.predicted)
+    alive = [r for r in recs.values() if r.status != "discarded by the cost model"]
+    _say(run.progress, f"fit: {len(recs) - len(alive)} discarded by the cost model; scoring {len(alive)}")
+
+    # 3. quality, rung 0 on everything alive; rung 1 on the rung-0 front (predicted cost) and the baselines
+    for r in alive:
+        run.score(r, 0)
+    feasible0 = {r.key: r.point() for r in alive if not budget.misses(r.cost())} or {r.key: r.point() for r in alive}
+    promoted = set(front(feasible0)) | {r.key for r in alive if r.baseline}
+    for r in alive:
+        if r.key in promoted:
+            run.score(r, 1)
+        else:
+            r.status = "dominated at rung 0"
+
+    # 4. measure the promoted best quality first until one fits: every later one has worse quality, so
+    #    the choice is decided; when none fits, the rest of the alive ones by least predicted miss (capped)
+    def settle(r: Record) -> bool:
+        run.measure(r)
+        r.misses = budget.misses(r.measured)
+        r.status = "measured: fits" if not r.misses else "measured: misses the budget"
+        return not r.misses
+
+    for r in recs.values():
+        if r.measured is not None:
+            settle(r)
+    metric = "ppl_after" if cfg.quality[:1] == ("ppl",) else "kl_mean"
+    ranked = sorted((recs[k] for k in promoted), key=lambda r: r.quality[metric])
+    best_fit = next((r for r in ranked if r.measured is not None and not r.misses), None)
+    for r in ranked:
+        if best_fit is not None and r.quality[metric] >= best_fit.quality[metric]:
+            break
+        if r.measured is None and settle(r):
+            break
+    if not any(r.status == "measured: fits" for r in recs.values()):
+        waiting = sorted((r for r in alive if r.measured is None), key=lambda r: len(budget.misses(r.predicted)))
+        for r in waiting[:cfg.max_extra_measurements]:
+            run.score(r, 1)
+            if settle(r):
+                break
+
+    # 5. the front on measured records (rung 1 only: the same held-out tokens) and the choice
+    measured = {r.key: r for r in recs.values() if r.measured is not None and r.rung == 1}
+    fits = {k: r for k, r in measured.items() if not r.misses}
+    front_keys = front({k: r.point() for k, r in fits.items()})
+    tasks = tuple(q for q in cfg.quality if q not in ("kl", "ppl"))
+    if tasks:
+        for k in front_keys + [r.key for r in measured.values() if r.baseline]:
+            run.score_tasks(recs[k], tasks)
+    chosen = _choose([fits[k] for k in front_keys], cfg.quality)
+    for k in front_keys:
+        recs[k].status += " (front)"
+    artifact = verify = None
+    if chosen is not None:
+        artifact = write_artifact(run, chosen)
+        verify = run_verify(run, chosen, artifact)
+    nearest = [] if chosen is not None else _nearest(recs.values())
+    n_cost_measured = sum(r.measured is not None for r in recs.values())
+    return {
+        "format": "pocketlm.fit/1", "config": cfg.to_dict(), "model": run.ref.name,
+        "budget": budget.describe(), "runtime": cfg.runtime, "axes": {k: list(v) for k, v in run.axes.items()},
+        "cost_model": model.describe(), "candidates": [r.to_dict() for r in recs.values()],
+        "front": front_keys, "chosen": chosen.key if chosen else None,
+        "chosen_record": chosen.to_dict() if chosen else None, "artifact": artifact, "verify": verify,
+        "baselines": [r.to_dict() for r in recs.values() if r.baseline],
+        "nearest": nearest, "notes": run.notes + ([
+            "The model has no tokenizer: quality is scored on seeded random token ids."]
+            if getattr(run, "random_tokens", False) else []),
+        "counts": {"considered": len(recs), "discarded_by_cost_model": len(recs) - len(alive),
+                   "scored": len(alive), "promoted": len(promoted), "with_measured_cost": n_cost_measured,
+                   "measurement_processes": run.store.count("measure"), "measured_this_run": run.measurements_run,
+                   "store_hits": run.store.hits},
+        "prediction_error": _error_summary(r for r in recs.values()
+                                           if run._cost_group(r.candidate) not in anchor_groups),
+        "verify_prediction_error": relative_error(chosen.predicted, verify["measured"]) if verify else None,
+        "format_values": list(fmt_values),
+    }
+
+
+def _choose(front_recs: list[Record], quality: tuple[str, ...]) -> Record | None:
+    """The best quality on the front: task mean when tasks were scored, else lowest KL; ties -> faster."""
+    if not front_recs:
+        return None
+
+    def rank(r: Record):
+        task_mean = None
+        if r.tasks:
+            vals = [t["value"] for t in r.tasks.values() if t["value"] is not None]
+            task_mean = sum(vals) / len(vals) if vals else None
+        metric = r.quality["ppl_after"] if quality[:1] == ("ppl",) else r.quality["kl_mean"]
+        return (-(task_mean or 0.0), metric, r.cost()["decode_ms"])
+
+    return min(front_recs, key=rank)
+
+
+def _nearest(recs) -> list[dict]:
+    """When nothing fits: the candidates that miss the fewest limits by the least, and what each misses."""
+    def miss_amount(r: Record) -> float:
+        return len(r.misses) * 10 + r.cost()["memory_bytes"] / 1e9
+
+    pool = [r for r in recs if r.misses and r.quality is not None] or [r for r in recs if r.misses]
+    return [{"candidate": r.key, "measured": r.measured is not None, "misses": r.misses}
+            for r in sorted(pool, key=miss_amount)[:3]]
+
+
+def _error_summary(recs) -> dict:
+    errs = [relative_error(r.predicted, r.measured) for r in recs if r.measured]
+    out = {}
+    for k in ("decode_ms", "prefill_ms", "memory_bytes", "disk_bytes"):
+        vals = sorted(abs(e[k]) for e in errs if k in e)
+        if vals:
+            out[k] = {"median_abs": vals[len(vals) // 2], "max_abs": vals[-1], "n": len(vals)}
+    return out
+
+
+def write_artifact(run: Fit, rec: Record) -> dict:
+    """The chosen candidate's deployable files in out/model, built in a hidden folder and renamed into
+    place (a killed run never leaves a `model/` that looks complete)."""
+    final = run.out / "model"
+    axis, value = rec.candidate.format
+    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=run.out))
+    try:
+        info = BUILDERS[axis].write(run._weights(rec.candidate), value, tmp / "model", run.ctx)
+        old = None
+        if final.exists():
+            old = run.out / f".model-old-{os.getpid()}"
+            os.replace(final, old)
+        os.replace(tmp / "model", final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    info = {k: v.replace(str(tmp / "model"), str(final)) if isinstance(v, str) else v for k, v in info.items()}
+    files = [f for f in final.rglob("*") if f.is_file()]
+    info["bytes"] = sum(f.stat().st_size for f in files)
+    info["candidate"] = rec.key
+    return info
+
+
+def run_verify(run: Fit, rec: Record, artifact: dict) -> dict:
+    """Re-measure the written artifact in a fresh process; does it still meet the budget?"""
+    from pocketlm.profile.runner import run_setting
+
+    setting = run.setting(rec.candidate.format[1], artifact["model_dir"])
+    if run.cfg.runtime == "torch" and rec.candidate.format[1] in ("int8", "int4"):
+        setting = dataclasses.replace(setting, dtype=rec.candidate.format[1])
+    measured = summarize_measurement(run_setting(setting), run.cfg)
+    weights = [Path(artifact["gguf"])] if "gguf" in artifact else list(Path(artifact["model_dir"]).glob("*.safetensors"))
+    measured["disk_bytes"] = sum(f.stat().st_size for f in weights)
+    return {"measured": measured, "misses": run.cfg.budget.misses(measured)}
+
