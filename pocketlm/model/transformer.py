@@ -677,12 +677,14 @@ class Transforms:
     """The inference transforms a model carries, declared by the model itself.
 
     fused: q/k/v and gate/up computed as one matmul each (exact; saves in pocketlm's format);
-    packed: oneDNN-prepacked float weights (machine-specific: never saved);
-    quantization: the recipe of its weight-only integer layers (saves in pocketlm's format)."""
+    packed: oneDNN-prepacked or otherwise machine-specific float weights (never saved);
+    quantization: the recipe of its weight-only integer layers (saves in pocketlm's format);
+    kernels: the per-device kernel choice, (shape key, path) pairs (runtime.kernel_choice; never saved)."""
 
     fused: bool = False
     packed: bool = False
     quantization: QuantRecipe | None = None
+    kernels: tuple[tuple[str, str], ...] = ()
 
     @property
     def float_layers(self) -> tuple[str, ...]:
@@ -831,11 +833,22 @@ class Transformer(nn.Module):
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, max_new_tokens: int = 32,
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  stop_tokens: tuple[int, ...] | list[int] = (), pad_token_id: int = 0,
-                 seed: int | None = None, use_cache: bool = True) -> Tensor:
+                 seed: int | None = None, use_cache: bool = True, draft: "Transformer | None" = None,
+                 k: int = 4) -> Tensor:
         """Greedy (temperature 0) or sampled continuation of (left-padded) prompts [B, T].
 
         Returns prompt + new tokens [B, T + n]; a row that emitted a stop token is padded after it.
+        draft: a small model of the same vocabulary proposing `k` tokens per target forward
+        (speculative decoding, `model/speculative.py`: the same greedy output, the same sampling
+        distribution; one unpadded prompt).
         """
+        if draft is not None:
+            from pocketlm.model.speculative import SpeculativeError, speculative_generate
+
+            if attention_mask is not None and not bool(attention_mask.all()):
+                raise SpeculativeError("speculative decoding takes one unpadded prompt; drop the padding")
+            return speculative_generate(self, draft, input_ids, max_new_tokens, k, temperature, top_k, top_p,
+                                        stop_tokens, seed)[0]
         B, T = input_ids.shape
         if T + max_new_tokens > self.config.max_seq_len and self.config.positions == "learned":
             raise ValueError(f"prompt ({T}) + new tokens ({max_new_tokens}) exceed the model's "
@@ -952,6 +965,12 @@ def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: fl
     """One token per row: argmax at temperature 0, else top-k / nucleus sampling."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
+    probs = next_token_probs(logits, temperature, top_k, top_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def next_token_probs(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None) -> Tensor:
+    """The distribution `sample_next` draws from (temperature > 0): softmax(logits / T), top-k, then nucleus."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
@@ -962,5 +981,4 @@ def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: fl
         drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return logits.softmax(-1)

@@ -37,7 +37,8 @@ class TorchBackend:
         t0 = time.perf_counter()
         model = _open(ref, setting, setting.dtype, skip_unsupported=setting.skip_unsupported)
         result = {"load_s": time.perf_counter() - t0, "load_peak_rss_bytes": peak_rss_bytes(),
-                  "float_layers": list(model.transforms.float_layers), "packed": model.transforms.packed}
+                  "float_layers": list(model.transforms.float_layers), "packed": model.transforms.packed,
+                  "kernels": kernel_paths(model, setting)}
         result["memory"] = account_memory(model, rss_base, longest, max(setting.prompts), device)
         weights = tensor_bytes(model)
         on_disk = disk_bytes(ref)
@@ -57,6 +58,17 @@ class TorchBackend:
                                                  min(setting.gen, 16), repeat=2, device=device)
         result["weight_bytes_per_token"] = weights  # a decode step reads every weight once
         return result
+
+
+def kernel_paths(model, setting: Setting) -> dict[str, str]:
+    """{shape key: path} each linear ran on: the per-device choice, or what --pack / --no-pack forced."""
+    from pocketlm.runtime.kernel_choice import kernel_shapes, kernel_summary
+
+    chosen = kernel_summary(model)
+    if chosen:
+        return chosen
+    forced = "mkldnn" if model.transforms.packed else None
+    return {s.key: forced or ("linear" if s.kind in ("fp32", "bf16") else "bf16") for s in kernel_shapes(model).values()}
 
 
 def _open(ref: ModelRef, setting: Setting, precision: str, skip_unsupported: bool):
