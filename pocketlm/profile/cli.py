@@ -49,6 +49,9 @@ def run_cmd(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model: fuses the small ops between "
                                  "matmuls; compiling (1-3 min for 30 layers) is reported as compile_s"),
     device: str = typer.Option(Setting.device, help="cpu or cuda"),
+    draft: Optional[str] = typer.Option(None, help="a small MODEL of the same tokenizer: also time speculative "
+                                        "decoding (acceptance rate, speedup over the target alone)"),
+    k: int = typer.Option(Setting.k, help="tokens the --draft model proposes per target forward"),
     out: Path = typer.Option(Path("profile_out"), help="folder for profile.csv and profile.json"),
 ) -> None:
     """Prefill / decode latency, tokens/s and memory of MODEL over a grid of settings."""
@@ -57,10 +60,16 @@ def run_cmd(
 
     base = Setting(model, prompts=_ints(prompt, "--prompt"), gen=gen, depths=_ints(depth, "--depth"), repeat=repeat,
                    warmup=warmup, device=device, group_size=group_size, breakdown=breakdown,
-                   skip_unsupported=skip_unsupported, pack=pack, compile=compile)
+                   skip_unsupported=skip_unsupported, pack=pack, compile=compile, draft=draft, k=k)
     done = profile(grid(base, _words(backend), _words(dtype), _ints(threads, "--threads")), out)
     console = output_console()
     console.print(rich_table(done["rows"], title=f"pocketlm profile {model}"))
+    if draft:
+        from pocketlm.profile.speculative import speculative_line
+
+        for result in done["results"]:
+            if "speculative" in result:
+                console.print(speculative_line(result))
     if breakdown:
         console.print(breakdown_table(done["results"]))
     print(json.dumps({"rows": done["rows"], "csv": done["csv"], "json": done["json"]}))

@@ -40,6 +40,8 @@ class Setting:
     compile: bool = False  # torch backend: time a torch.compile'd model (compile time reported apart)
     breakdown: bool = False  # torch backend: also time each kind of module (hooked runs)
     seed: int = 0  # random weights of catalog / config models
+    draft: str | None = None  # torch backend: also time speculative decoding with this draft MODEL
+    k: int = 4  # tokens the draft proposes per target forward
 
     def __post_init__(self) -> None:  # JSON and the CLI give lists; keep the setting hashable
         object.__setattr__(self, "prompts", tuple(self.prompts))

@@ -24,6 +24,11 @@ class TorchBackend:
             raise ProfileError(f"unknown dtype {setting.dtype!r} for the torch backend; choose from {PRECISIONS}")
         if setting.dtype in ("int8", "int4") and not setting.skip_unsupported:
             check_quantizable(ref.config, setting.dtype, setting.group_size)
+        if setting.draft:
+            from pocketlm.profile.speculative import check_draft
+            from pocketlm.runtime import resolve
+
+            check_draft(ref, resolve(setting.draft), setting.longest, setting.k)
 
     def measure(self, ref: ModelRef, setting: Setting) -> dict:
         from pocketlm.profile.breakdown import time_breakdown
@@ -57,6 +62,13 @@ class TorchBackend:
             result["breakdown"] = time_breakdown(model, max(setting.prompts), setting.depths[0],
                                                  min(setting.gen, 16), repeat=2, device=device)
         result["weight_bytes_per_token"] = weights  # a decode step reads every weight once
+        if setting.draft:
+            from pocketlm.profile.speculative import time_speculative
+            from pocketlm.runtime import resolve
+
+            draft = _open(resolve(setting.draft), setting, setting.dtype, skip_unsupported=True)
+            result["speculative"] = time_speculative(model, draft, setting.depths[0], setting.gen, setting.k,
+                                                     repeat, warmup)
         return result
 
 
