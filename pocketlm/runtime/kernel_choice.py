@@ -21,6 +21,7 @@ whatever was chosen.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -42,6 +43,7 @@ INT_PATHS = ("bf16", "fp32")
 COLD_BYTES = 64 << 20  # cycle weight copies until this much is read per pass: out of cache, as in decode
 MAX_COPIES = 16
 ROUNDS = 7  # candidates interleaved round by round; each keeps its fastest round (load only adds time)
+HOPELESS = 5.0  # a candidate this many times slower than the fastest on its first call is not timed further
 COPY_MARGIN = 0.10  # a tied head takes a path that copies its matrix only if it is this much faster
 CACHE_VERSION = 1
 
@@ -180,7 +182,8 @@ def candidate_calls(shape: LinearShape) -> dict[str, Callable[[], None]]:
     x = torch.randn(1, 1, shape.in_features, generator=generator).to(act)
     calls = {}
     for path in shape.paths:
-        layers = [build_layer(_random_layer(shape, generator), path) for _ in range(copies)]
+        one = _random_layer(shape, generator)  # copies in their own memory: the values need not differ
+        layers = [build_layer(copy.deepcopy(one), path) for _ in range(copies)]
 
         def run(layers=layers) -> None:
             for layer in layers:
@@ -191,13 +194,23 @@ def candidate_calls(shape: LinearShape) -> dict[str, Callable[[], None]]:
 
 
 def time_calls(calls: dict[str, Callable[[], None]], rounds: int = ROUNDS) -> dict[str, float]:
-    """Seconds of each call's fastest round; calls alternate within every round so load hits all alike."""
+    """Seconds of each call's fastest round; calls alternate within every round so load hits all alike.
+
+    Each call runs twice first (first calls build kernels); one whose second run takes over
+    `HOPELESS`x the fastest (a reference kernel) keeps that time and is not timed further."""
     with torch.inference_mode():
-        for call in calls.values():
+        warm = {}
+        for name, call in calls.items():
             call()
-        best = {name: math.inf for name in calls}
+            t0 = time.perf_counter()
+            call()
+            warm[name] = time.perf_counter() - t0
+        hopeless = {name for name, t in warm.items() if t > HOPELESS * min(warm.values())}
+        best = {name: warm[name] if name in hopeless else math.inf for name in calls}
         for _ in range(rounds):
             for name, call in calls.items():
+                if name in hopeless:
+                    continue
                 t0 = time.perf_counter()
                 call()
                 best[name] = min(best[name], time.perf_counter() - t0)
