@@ -13,20 +13,13 @@ from pocketlm.model.linears import Int4Linear, Int8Linear, PackedLinear, Transpo
 from pocketlm.runtime import kernel_choice as kc
 from pocketlm.runtime import open_model
 from tests.hf_tiny import tiny_config
+from tests.threads import one_thread  # noqa: F401 (autouse)
 
 IDS = torch.arange(3, 35).reshape(2, 16) % 128
 TOL = {"fp32": 1e-5, "bf16": 3e-2, "int8": 3e-2, "int4": 3e-2}
 LAYER_OF = {"linear": torch.nn.Linear, "transposed": TransposedLinear, "mkldnn": PackedLinear}
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not stall on a loaded machine's second core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def tied_dir(tmp_path_factory):

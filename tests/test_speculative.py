@@ -13,6 +13,7 @@ import torch
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.speculative import SpeculativeError, speculative_generate, verify
 from pocketlm.model.transformer import Transformer
+from tests.threads import one_thread  # noqa: F401 (autouse)
 
 
 def _model(seed: int, n_layer: int = 2, vocab: int = 128, sharpen: float = 1.0, **kw) -> Transformer:
@@ -25,14 +26,6 @@ def _model(seed: int, n_layer: int = 2, vocab: int = 128, sharpen: float = 1.0, 
     return model
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and do not stall on a loaded machine's second core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def pair() -> tuple[Transformer, Transformer]:
