@@ -79,8 +79,9 @@ def kernel_paths(model, setting: Setting) -> dict[str, str]:
     chosen = kernel_summary(model)
     if chosen:
         return chosen
-    forced = "mkldnn" if model.transforms.packed else None
-    return {s.key: forced or ("linear" if s.kind in ("fp32", "bf16") else "bf16") for s in kernel_shapes(model).values()}
+    if model.transforms.packed:  # --pack: every float linear oneDNN-packed (no nn.Linear left to key)
+        return {"all float linears": "mkldnn"}
+    return {s.key: "linear" if s.kind in ("fp32", "bf16") else "bf16" for s in kernel_shapes(model).values()}
 
 
 def _open(ref: ModelRef, setting: Setting, precision: str, skip_unsupported: bool):
