@@ -143,7 +143,8 @@ def landscape(max_params: float = 2e9, min_params: float = 0, dtype: str = "bf16
 
 
 def compare(models: list[str], dtype: str = "bf16", prompt: int = 128, gen: int = 16, depth: int = 128,
-            threads: int = 0, repeat: int = 3, out_dir: str | Path = "profile_compare", pack: bool | None = None) -> dict:
+            threads: int = 0, repeat: int = 3, out_dir: str | Path = "profile_compare",
+            pack: bool | None = None) -> dict:
     """The same measurements for a few chosen models, as a CSV, a bar figure and ratios to the first.
     `threads` 0: all cores."""
     threads = threads or torch.get_num_threads()
