@@ -60,7 +60,7 @@ def test_accounting_sums_to_rss_growth_in_a_fresh_process(tmp_path) -> None:
                max_seq_len=1024)
     path = tmp_path / "model.json"
     path.write_text(json.dumps(cfg.to_dict()))
-    setting = Setting(str(path), threads=1, prompts=(256,), gen=4, depths=(512,), repeat=1, warmup=0)
+    setting = Setting(str(path), threads=1, prompts=(256,), gen=4, depths=(512,), repeat=1, warmup=0, pack=True)
     result = run_setting(setting, timeout=240)
     mem = result["memory"]
     # packed for CPU inference: the tied LM head holds its own packed copy of the embedding

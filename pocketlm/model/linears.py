@@ -2,6 +2,8 @@
 
 - `fused_linear`: several nn.Linear of one input as one wider nn.Linear (`splits` gives the widths);
 - `PackedLinear`: weights prepacked by oneDNN for fast CPU inference (machine-specific, never saved);
+- `TransposedLinear`: weights held transposed [in, out], for CPUs whose matmul reads that layout faster
+  (chosen per device by `pocketlm.runtime.kernel_choice`; an inference layout, never saved);
 - `Int8Linear`, `Int4Linear`: weight-only integer layers on torch's CPU kernels, built from integers
   already on their grid (`pocketlm.model.quantize` chooses them), saved in a portable form;
 - `QuantRecipe`: what quantized a model (scheme, group size, method, the layers kept in float).
@@ -109,6 +111,29 @@ class PackedLinear(nn.Module):
         return f"in={self.in_features}, out={self.splits}, dtype={self.dtype}, oneDNN-packed"
 
 
+class TransposedLinear(nn.Module):
+    """y = x @ W^T + b with W^T held contiguous [in, out]; keeps a fused layer's `splits`.
+
+    `share=True` (a tied LM head) moves `linear.weight` to a view of the transposed copy, so the
+    embedding that shares it reads the same storage and no second matrix stays in memory."""
+
+    def __init__(self, linear: nn.Linear, share: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.splits = splits_of(linear)
+        self.register_buffer("weight_t", linear.weight.detach().t().contiguous(), persistent=False)
+        if share:
+            linear.weight.data = self.weight_t.t()
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.matmul(x, self.weight_t)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.splits}, dtype={self.weight_t.dtype}, transposed"
+
+
 # ---------------------------------------------------------------------------------------------
 # weight-only integer layers: what they need, what made them
 # ---------------------------------------------------------------------------------------------
@@ -198,6 +223,14 @@ class _IntLinear(nn.Module):
 
     def _matmul(self, x2: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> None:
+        """Run the kernel on `dtype` activations; the scales (already on that grid or finer) follow, losslessly
+        from bf16 to fp32 and back (a per-device kernel choice, `pocketlm.runtime.kernel_choice`)."""
+        for name in ("scales", "scales_and_zeros"):
+            if getattr(self, name, None) is not None:
+                setattr(self, name, getattr(self, name).to(dtype))
+        self.compute_dtype = dtype
 
     def weight_bytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers())
@@ -319,7 +352,7 @@ class W8A8Linear(Int8Linear):
 
 
 INT_LINEARS = (Int8Linear, Int4Linear)
-KERNEL_LINEARS = (PackedLinear, Int8Linear, Int4Linear)
+KERNEL_LINEARS = (PackedLinear, TransposedLinear, Int8Linear, Int4Linear)
 
 _PROBE_ROWS = 1024  # a multiple of every CPU block width torch packs int4 rows in (32 or 64)
 

@@ -59,8 +59,7 @@ class Norm(nn.Module):
         if self.kind == "layernorm":
             return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
         dtype = x.dtype
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        y = F.rms_norm(x.float(), x.shape[-1:], None, self.eps)  # one kernel: x * rsqrt(mean(x^2) + eps)
         if self.weight is None:
             return y.to(dtype)
         if self.unit_offset:  # Gemma: scale in fp32, then cast
@@ -416,7 +415,10 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         cfg = self.cfg
         if self.qkv is not None:
-            q, k, v = self.qkv(x).split(self.qkv.splits, dim=-1)
+            qkv = self.qkv(x)
+            if cfg.positions == "rope" and cfg.clip_qkv is None and cfg.qk_norm == "none":
+                return self._forward_rope_fused(qkv, inp, cache)
+            q, k, v = qkv.split(self.qkv.splits, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if cfg.clip_qkv is not None:
@@ -432,6 +434,23 @@ class Attention(nn.Module):
             cos, sin = inp.rope[cfg.rotary_dim]
             q = apply_rotary(q, cos, sin, cfg.rope_interleaved)
             k = apply_rotary(k, cos, sin, cfg.rope_interleaved)
+        return self._cache_attend_project(q, k, v, inp, cache)
+
+    def _forward_rope_fused(self, qkv: Tensor, inp: AttentionInputs, cache: LayerCache | None) -> Tensor:
+        """`forward` after a fused q/k/v matmul with plain RoPE: q and k heads rotated in one pass (the same
+        elementwise ops on the same values, half the op launches of a decode step's rotary)."""
+        B, T, _ = qkv.shape
+        H, K, D = self.n_head, self.n_kv, self.hd
+        qk = qkv[..., :(H + K) * D].view(B, T, H + K, D).transpose(1, 2)  # (B, H + K, T, D)
+        cos, sin = inp.rope[self.cfg.rotary_dim]
+        q, k = apply_rotary(qk, cos, sin, self.cfg.rope_interleaved).split([H, K], dim=1)
+        v = qkv[..., (H + K) * D:].view(B, T, K, D).transpose(1, 2)
+        return self._cache_attend_project(q, k, v, inp, cache)
+
+    def _cache_attend_project(self, q: Tensor, k: Tensor, v: Tensor, inp: AttentionInputs,
+                              cache: LayerCache | None) -> Tensor:
+        """Store the new k/v, attend over the cached and new keys, project the heads back to the model width."""
+        B, _, T, _ = q.shape
         if cache is not None:
             k, v, key_slots = _store(cache, k, v, inp.slots, inp.end, seq_dim=2)
         else:
@@ -677,12 +696,14 @@ class Transforms:
     """The inference transforms a model carries, declared by the model itself.
 
     fused: q/k/v and gate/up computed as one matmul each (exact; saves in pocketlm's format);
-    packed: oneDNN-prepacked float weights (machine-specific: never saved);
-    quantization: the recipe of its weight-only integer layers (saves in pocketlm's format)."""
+    packed: oneDNN-prepacked or otherwise machine-specific float weights (never saved);
+    quantization: the recipe of its weight-only integer layers (saves in pocketlm's format);
+    kernels: the per-device kernel choice, (shape key, path) pairs (runtime.kernel_choice; never saved)."""
 
     fused: bool = False
     packed: bool = False
     quantization: QuantRecipe | None = None
+    kernels: tuple[tuple[str, str], ...] = ()
 
     @property
     def float_layers(self) -> tuple[str, ...]:
@@ -831,11 +852,22 @@ class Transformer(nn.Module):
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, max_new_tokens: int = 32,
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  stop_tokens: tuple[int, ...] | list[int] = (), pad_token_id: int = 0,
-                 seed: int | None = None, use_cache: bool = True) -> Tensor:
+                 seed: int | None = None, use_cache: bool = True, draft: "Transformer | None" = None,
+                 k: int = 4) -> Tensor:
         """Greedy (temperature 0) or sampled continuation of (left-padded) prompts [B, T].
 
         Returns prompt + new tokens [B, T + n]; a row that emitted a stop token is padded after it.
+        draft: a small model of the same vocabulary proposing `k` tokens per target forward
+        (speculative decoding, `model/speculative.py`: the same greedy output, the same sampling
+        distribution; one unpadded prompt).
         """
+        if draft is not None:
+            from pocketlm.model.speculative import SpeculativeError, speculative_generate
+
+            if attention_mask is not None and not bool(attention_mask.all()):
+                raise SpeculativeError("speculative decoding takes one unpadded prompt; drop the padding")
+            return speculative_generate(self, draft, input_ids, max_new_tokens, k, temperature, top_k, top_p,
+                                        stop_tokens, seed)[0]
         B, T = input_ids.shape
         if T + max_new_tokens > self.config.max_seq_len and self.config.positions == "learned":
             raise ValueError(f"prompt ({T}) + new tokens ({max_new_tokens}) exceed the model's "
@@ -952,6 +984,12 @@ def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: fl
     """One token per row: argmax at temperature 0, else top-k / nucleus sampling."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
+    probs = next_token_probs(logits, temperature, top_k, top_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def next_token_probs(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None) -> Tensor:
+    """The distribution `sample_next` draws from (temperature > 0): softmax(logits / T), top-k, then nucleus."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
@@ -962,5 +1000,4 @@ def sample_next(logits: Tensor, temperature: float, top_k: int | None, top_p: fl
         drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return logits.softmax(-1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -42,10 +43,15 @@ def run_cmd(
     group_size: int = typer.Option(Setting.group_size, help="int4 group size (32, 64, 128, 256)"),
     breakdown: bool = typer.Option(False, help="also time attention / FFN / norms / embedding / LM head"),
     skip_unsupported: bool = typer.Option(False, help="int8/int4: keep layers the kernels cannot take in float"),
-    pack: bool = typer.Option(Setting.pack, help="fp32/bf16 on CPU: oneDNN-packed weights, fused q/k/v and gate/up"),
+    pack: Optional[bool] = typer.Option(None, "--pack/--no-pack", help="override the per-device kernel choice: "
+                                        "--pack = oneDNN-packed fp32/bf16 weights, --no-pack = plain nn.Linear "
+                                        "(default: each linear shape timed once on this CPU, cached)"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model: fuses the small ops between "
                                  "matmuls; compiling (1-3 min for 30 layers) is reported as compile_s"),
     device: str = typer.Option(Setting.device, help="cpu or cuda"),
+    draft: Optional[str] = typer.Option(None, help="a small MODEL of the same tokenizer: also time speculative "
+                                        "decoding (acceptance rate, speedup over the target alone)"),
+    k: int = typer.Option(Setting.k, help="tokens the --draft model proposes per target forward"),
     out: Path = typer.Option(Path("profile_out"), help="folder for profile.csv and profile.json"),
 ) -> None:
     """Prefill / decode latency, tokens/s and memory of MODEL over a grid of settings."""
@@ -54,10 +60,16 @@ def run_cmd(
 
     base = Setting(model, prompts=_ints(prompt, "--prompt"), gen=gen, depths=_ints(depth, "--depth"), repeat=repeat,
                    warmup=warmup, device=device, group_size=group_size, breakdown=breakdown,
-                   skip_unsupported=skip_unsupported, pack=pack, compile=compile)
+                   skip_unsupported=skip_unsupported, pack=pack, compile=compile, draft=draft, k=k)
     done = profile(grid(base, _words(backend), _words(dtype), _ints(threads, "--threads")), out)
     console = output_console()
     console.print(rich_table(done["rows"], title=f"pocketlm profile {model}"))
+    if draft:
+        from pocketlm.profile.speculative import speculative_line
+
+        for result in done["results"]:
+            if "speculative" in result:
+                console.print(speculative_line(result))
     if breakdown:
         console.print(breakdown_table(done["results"]))
     print(json.dumps({"rows": done["rows"], "csv": done["csv"], "json": done["json"]}))
@@ -72,8 +84,8 @@ def landscape_cmd(
     threads: int = typer.Option(0, help="threads (default: all cores)"), repeat: int = typer.Option(3),
     models: str = typer.Option("", help="comma-separated catalog names instead of the whole catalog"),
     out: Path = typer.Option(Path("docs/profile_landscape"), help="folder for landscape.csv and figures"),
-    pack: bool = typer.Option(Setting.pack, help="oneDNN-packed fp32/bf16 weights (a tied LM head then holds a "
-                              "2nd copy)"),
+    pack: Optional[bool] = typer.Option(None, "--pack/--no-pack", help="override the per-device kernel choice "
+                                        "(--pack: oneDNN-packed fp32/bf16; a tied LM head then holds a 2nd copy)"),
 ) -> None:
     """Latency and memory vs parameters over the catalog's architectures (random weights)."""
     from pocketlm.profile.landscape import landscape
@@ -89,7 +101,7 @@ def compare_cmd(
     dtype: str = typer.Option("bf16"), prompt: int = typer.Option(128), gen: int = typer.Option(16),
     depth: int = typer.Option(128), threads: int = typer.Option(0, help="threads (default: all cores)"),
     repeat: int = typer.Option(3), out: Path = typer.Option(Path("profile_compare")),
-    pack: bool = typer.Option(Setting.pack, help="oneDNN-packed fp32/bf16 weights"),
+    pack: Optional[bool] = typer.Option(None, "--pack/--no-pack", help="override the per-device kernel choice"),
 ) -> None:
     """Side by side: e.g. MHA vs GQA at equal size, deep-thin vs wide-shallow."""
     from pocketlm.profile.landscape import compare

@@ -55,7 +55,7 @@ def point(result: dict) -> dict:
 
 
 def _measure(names: list[str], dtype: str, prompt: int, gen: int, depth: int, threads: int, repeat: int,
-             label: str, keep_going: bool = False, failed: list | None = None, pack: bool = True) -> list[dict]:
+             label: str, keep_going: bool = False, failed: list | None = None, pack: bool | None = None) -> list[dict]:
     failed = failed if failed is not None else []
     from rich.progress import Progress
 
@@ -121,7 +121,7 @@ def _system_line(threads: int, dtype: str) -> str:
 
 def landscape(max_params: float = 2e9, min_params: float = 0, dtype: str = "bf16", prompt: int = 64,
               gen: int = 8, depth: int = 64, threads: int = 0, repeat: int = 3, names: list[str] | None = None,
-              out_dir: str | Path = "docs/profile_landscape", pack: bool = True) -> dict:
+              out_dir: str | Path = "docs/profile_landscape", pack: bool | None = None) -> dict:
     """Profile every catalog architecture in range (each in a fresh process); write CSV + figure.
     `threads` 0: all cores."""
     threads = threads or torch.get_num_threads()
@@ -143,7 +143,8 @@ def landscape(max_params: float = 2e9, min_params: float = 0, dtype: str = "bf16
 
 
 def compare(models: list[str], dtype: str = "bf16", prompt: int = 128, gen: int = 16, depth: int = 128,
-            threads: int = 0, repeat: int = 3, out_dir: str | Path = "profile_compare", pack: bool = True) -> dict:
+            threads: int = 0, repeat: int = 3, out_dir: str | Path = "profile_compare",
+            pack: bool | None = None) -> dict:
     """The same measurements for a few chosen models, as a CSV, a bar figure and ratios to the first.
     `threads` 0: all cores."""
     threads = threads or torch.get_num_threads()

@@ -12,7 +12,7 @@ from pocketlm.utils import atomic_write_text
 MB = 2**20
 ROW_FIELDS = ("model", "params", "backend", "dtype", "threads", "compile_s", "test", "n_prompt", "depth", "n_gen",
               "median_ms", "iqr_ms", "min_ms", "max_ms", "tok_s", "peak_rss_mb", "weights_mb", "kv_cache_mb",
-              "activations_mb", "other_mb", "disk_mb", "device", "cpu")
+              "activations_mb", "other_mb", "disk_mb", "device", "cpu", "kernels")
 
 
 def _mb(v) -> float | None:
@@ -31,7 +31,7 @@ def rows(results: list[dict]) -> list[dict]:
             "peak_rss_mb": _mb(mem["peak_rss_bytes"]), "weights_mb": _mb(mem["weights_bytes"]),
             "kv_cache_mb": _mb(mem["kv_cache_bytes"]), "activations_mb": _mb(mem["activation_bytes"]),
             "other_mb": _mb(mem["other_bytes"]), "disk_mb": _mb(r["disk_bytes"]),
-            "device": r["system"]["device"], "cpu": r["system"]["cpu"],
+            "device": r["system"]["device"], "cpu": r["system"]["cpu"], "kernels": kernels_label(r.get("kernels")),
         }
         for p in r["prefill"]:
             out.append(dict(common, test=f"pp{p['n_prompt']}", n_prompt=p["n_prompt"], depth=0, n_gen=0,
@@ -41,6 +41,16 @@ def rows(results: list[dict]) -> list[dict]:
                             n_gen=d["n_gen"],
                             **{k: round(d[k], 3) for k in ("median_ms", "iqr_ms", "min_ms", "max_ms", "tok_s")}))
     return [{k: row.get(k) for k in ROW_FIELDS} for row in out]
+
+
+def kernels_label(kernels: dict[str, str] | None) -> str | None:
+    """The paths a torch run's linears took, by count of shapes: e.g. `mkldnn 4, transposed 1`."""
+    if not kernels:
+        return None
+    counts: dict[str, int] = {}
+    for path in kernels.values():
+        counts[path] = counts.get(path, 0) + 1
+    return ", ".join(f"{p} {n}" for p, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def to_csv(table: list[dict], fields=ROW_FIELDS) -> str:
@@ -66,7 +76,7 @@ def rich_table(table: list[dict], title: str = "pocketlm profile"):
 
     t = Table(title=title)
     cols = ("model", "backend", "dtype", "threads", "test", "median_ms", "iqr_ms", "tok_s", "peak_rss_mb",
-            "weights_mb", "kv_cache_mb", "activations_mb", "other_mb")
+            "weights_mb", "kv_cache_mb", "activations_mb", "other_mb", "kernels")
     for c in cols:
         t.add_column(c, justify="left" if c in ("model", "backend", "dtype", "test") else "right")
     for row in table:

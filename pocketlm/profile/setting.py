@@ -35,10 +35,13 @@ class Setting:
     device: str = "cpu"
     group_size: int = 32  # int4 group size
     skip_unsupported: bool = False  # int8/int4: keep layers the kernels cannot take in float
-    pack: bool = True  # fp32/bf16 on the CPU: oneDNN-packed weights, fused q/k/v and gate/up
+    pack: bool | None = None  # None: kernels chosen for this CPU (runtime.kernel_choice); True: oneDNN-packed
+    # fp32/bf16 (fused q/k/v and gate/up); False: plain nn.Linear
     compile: bool = False  # torch backend: time a torch.compile'd model (compile time reported apart)
     breakdown: bool = False  # torch backend: also time each kind of module (hooked runs)
     seed: int = 0  # random weights of catalog / config models
+    draft: str | None = None  # torch backend: also time speculative decoding with this draft MODEL
+    k: int = 4  # tokens the draft proposes per target forward
 
     def __post_init__(self) -> None:  # JSON and the CLI give lists; keep the setting hashable
         object.__setattr__(self, "prompts", tuple(self.prompts))

@@ -24,6 +24,11 @@ class TorchBackend:
             raise ProfileError(f"unknown dtype {setting.dtype!r} for the torch backend; choose from {PRECISIONS}")
         if setting.dtype in ("int8", "int4") and not setting.skip_unsupported:
             check_quantizable(ref.config, setting.dtype, setting.group_size)
+        if setting.draft:
+            from pocketlm.profile.speculative import check_draft
+            from pocketlm.runtime import resolve
+
+            check_draft(ref, resolve(setting.draft), setting.longest, setting.k)
 
     def measure(self, ref: ModelRef, setting: Setting) -> dict:
         from pocketlm.profile.breakdown import time_breakdown
@@ -37,7 +42,8 @@ class TorchBackend:
         t0 = time.perf_counter()
         model = _open(ref, setting, setting.dtype, skip_unsupported=setting.skip_unsupported)
         result = {"load_s": time.perf_counter() - t0, "load_peak_rss_bytes": peak_rss_bytes(),
-                  "float_layers": list(model.transforms.float_layers), "packed": model.transforms.packed}
+                  "float_layers": list(model.transforms.float_layers), "packed": model.transforms.packed,
+                  "kernels": kernel_paths(model, setting)}
         result["memory"] = account_memory(model, rss_base, longest, max(setting.prompts), device)
         weights = tensor_bytes(model)
         on_disk = disk_bytes(ref)
@@ -56,7 +62,26 @@ class TorchBackend:
             result["breakdown"] = time_breakdown(model, max(setting.prompts), setting.depths[0],
                                                  min(setting.gen, 16), repeat=2, device=device)
         result["weight_bytes_per_token"] = weights  # a decode step reads every weight once
+        if setting.draft:
+            from pocketlm.profile.speculative import time_speculative
+            from pocketlm.runtime import resolve
+
+            draft = _open(resolve(setting.draft), setting, setting.dtype, skip_unsupported=True)
+            result["speculative"] = time_speculative(model, draft, setting.depths[0], setting.gen, setting.k,
+                                                     repeat, warmup)
         return result
+
+
+def kernel_paths(model, setting: Setting) -> dict[str, str]:
+    """{shape key: path} each linear ran on: the per-device choice, or what --pack / --no-pack forced."""
+    from pocketlm.runtime.kernel_choice import kernel_shapes, kernel_summary
+
+    chosen = kernel_summary(model)
+    if chosen:
+        return chosen
+    if model.transforms.packed:  # --pack: every float linear oneDNN-packed (no nn.Linear left to key)
+        return {"all float linears": "mkldnn"}
+    return {s.key: "linear" if s.kind in ("fp32", "bf16") else "bf16" for s in kernel_shapes(model).values()}
 
 
 def _open(ref: ModelRef, setting: Setting, precision: str, skip_unsupported: bool):

@@ -149,7 +149,7 @@ def _build_random(cfg: ModelConfig, dtype: torch.dtype, seed: int) -> Transforme
         torch.set_default_dtype(old)
 
 
-def open_model(ref: str | Path | ModelRef, precision: str | None = None, device: str = "cpu", pack: bool = False,
+def open_model(ref: str | Path | ModelRef, precision: str | None = None, device: str = "cpu", pack: bool | None = False,
                group_size: int | None = None, skip_unsupported: bool = False, seed: int = 0) -> Transformer:
     """The model `ref` names at `precision`, in eval mode, on `device`.
 
@@ -158,7 +158,9 @@ def open_model(ref: str | Path | ModelRef, precision: str | None = None, device:
     None: a quantized checkpoint's stored precision, else fp32. A quantized pocketlm checkpoint
     loads its saved integers (never re-quantized) and opens only at its own precision and group size.
     pack: fp32/bf16 on the CPU only, oneDNN-prepacked linears with fused q/k/v and gate/up
-    (machine-specific; a packed model cannot be saved). Catalog and config refs get weights seeded by `seed`.
+    (machine-specific; a packed model cannot be saved). pack=None: the kernels chosen for this CPU
+    (`runtime.kernel_choice`: each linear shape timed once per machine, the decision cached; float and
+    int8/int4 alike). Catalog and config refs get weights seeded by `seed`.
     """
     if precision is not None and precision not in PRECISIONS:
         raise ModelOpenError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
@@ -186,6 +188,10 @@ def open_model(ref: str | Path | ModelRef, precision: str | None = None, device:
 
             if can_pack(model) is None:
                 pack_for_cpu(model)
+    if pack is None and device == "cpu" and model.embed.weight.dtype in (torch.float32, torch.bfloat16):
+        from pocketlm.runtime.kernel_choice import choose_kernels
+
+        choose_kernels(model)
     release_memory()
     return model.to(device) if device != "cpu" else model
 
