@@ -2,7 +2,7 @@
 
 Steps (each a `demo_section` of its capability folder, run in order):
 build/train a tiny model -> describe it (survey axes, analytic costs, a sample) -> survey trends
--> evaluate -> profile -> shrink (pruning) -> merge (WARM). The report is `report.md` + `report.json` in the output folder.
+-> evaluate -> profile -> shrink (pruning) -> merge (WARM) -> insights (the cheap ones). The report is `report.md` + `report.json` in the output folder.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from rich.console import Console
 from pocketlm.utils import atomic_write_text
 
 console = Console()
-STEPS = ("train", "model", "survey", "evaluate", "profile", "shrink", "merge")  # in order; each later step uses train's model
+STEPS = ("train", "model", "survey", "evaluate", "profile", "shrink", "merge", "insights")  # in order; each later step uses train's model
 
 
 def _model_section(model_dir: Path) -> dict[str, Any]:
@@ -81,6 +81,7 @@ def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     from pocketlm.compress.demo import demo_section as shrink_section
     from pocketlm.compress.merge_demo import demo_section as merge_section
     from pocketlm.evaluate.demo import demo_section as evaluate_section
+    from pocketlm.insights.demo import demo_section as insights_section
     from pocketlm.profile.demo import demo_section as profile_section
     from pocketlm.survey.demo import demo_section as survey_section
     from pocketlm.train.demo import demo_section as train_section
@@ -95,6 +96,7 @@ def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     step("profile", lambda: profile_section(model_dir, out_dir / "profile"), out_dir / "profile")
     step("shrink", lambda: shrink_section(model_dir, out_dir / "shrink"), out_dir / "shrink")
     step("merge", lambda: merge_section(model_dir, out_dir / "merge"), out_dir / "merge")
+    step("insights", lambda: insights_section(out_dir / "insights"), out_dir / "insights")
     return _write_report(out_dir, model_dir, sections, failures)
 
 
