@@ -48,10 +48,14 @@ def write_configs(configs: dict[str, ModelConfig], folder: Path) -> dict[str, st
     return paths
 
 
-def profile_models(models: dict[str, str], **setting: Any) -> dict[str, dict]:
-    """{label: MODEL} -> {label: worker result}, one fresh process per model, in order."""
+def profile_models(models: dict[str, str], dtypes: dict[str, str] | None = None,
+                   **setting: Any) -> dict[str, dict]:
+    """{label: MODEL} -> {label: worker result}, one fresh process per model, in order; `dtypes` gives a
+    label its own precision (the others take setting's)."""
     base = Setting(model="", **setting)
-    results = run_settings([dataclasses.replace(base, model=m) for m in models.values()])
+    dtypes = dtypes or {}
+    results = run_settings([dataclasses.replace(base, model=m, dtype=dtypes.get(label, base.dtype))
+                            for label, m in models.items()])
     return dict(zip(models, results))
 
 

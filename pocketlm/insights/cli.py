@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
                                                              "overtraining, open_data"),
                  quick: bool = typer.Option(False, help="small settings: shorter contexts and runs, analytic "
                                                         "memory, no toy training run (minutes, not an hour)"),
-                 out: Path = typer.Option(Path("insights_out"), help="folder for figures, CSVs and insights.md")) -> None:
+                 out: Path = typer.Option(Path("insights_out"),
+                                          help="folder for figures, CSVs and insights.md")) -> None:
         """Reproduce the survey's insights: claim, measured numbers, agree / partly / disagree."""
         from rich.console import Console
         from rich.table import Table

@@ -80,7 +80,8 @@ def prepared(out_dir: Path, filtered: bool) -> tuple[Path, dict]:
     cfg = PrepareConfig([*map(str, bundled_corpus_files()), str(junk)], str(tmp),
                         tokenizer=str(bundled_data_dir() / "tokenizer.json"))
     if filtered:
-        cfg = replace(cfg, heuristics=HeuristicConfig(min_words=BUNDLED_MIN_WORDS), max_perplexity_quantile=KEEP_QUANTILE)
+        cfg = replace(cfg, heuristics=HeuristicConfig(min_words=BUNDLED_MIN_WORDS),
+                      max_perplexity_quantile=KEEP_QUANTILE)
     else:
         cfg = replace(cfg, heuristics=permissive(), max_perplexity_quantile=1.0)
     manifest = prepare(cfg, progress=False)

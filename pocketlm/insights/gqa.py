@@ -51,8 +51,8 @@ def run(out_dir: Path, quick: bool = False, depths: tuple[int, ...] | None = Non
     checks = [abs(kv_ratio - expected) < 0.05 * expected, short < 1 + PART_AT, parted is not None]
     csv = write_csv(rows, out_dir / "gqa_vs_mha.csv")
     fig = line_panels(out_dir / "gqa_vs_mha.png",
-                      f"MHA vs GQA at equal parameters ({total_params(cfgs['MHA']) / 1e6:.1f}M, fp32, {threads} thread, "
-                      "random weights)", "context depth (tokens)",
+                      f"MHA vs GQA at equal parameters ({total_params(cfgs['MHA']) / 1e6:.1f}M, fp32, "
+                      f"{threads} thread, random weights)", "context depth (tokens)",
                       [("KV cache (MB, fp32)", {lab: (list(depths), kv[lab]) for lab in labels}),
                        ("decode latency (ms / token, best of repeats)",
                         {lab: (list(depths), decode[lab]) for lab in labels})],

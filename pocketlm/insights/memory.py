@@ -90,7 +90,8 @@ def run(out_dir: Path, quick: bool = False, threads: int = 1) -> Record:
         "models": len(points), "slope_mb_per_b": round(f.slope, 1), "intercept_mb": round(f.intercept, 1),
         "r2_total": round(f.r2, 5), "r2_non_embedding": round(non_emb["fit"].r2, 5),
         "outliers_total": total["outliers"], "outliers_non_embedding": non_emb["outliers"],
-        "bloom_gemma_above_total_fit": named["params"], "bloom_gemma_above_non_embedding_fit": named["non_embedding"]}, verdict(checks), summary, str(fig), str(csv))
+        "bloom_gemma_above_total_fit": named["params"],
+        "bloom_gemma_above_non_embedding_fit": named["non_embedding"]}, verdict(checks), summary, str(fig), str(csv))
 
 
 def _figure(points: list[dict], fits: dict, path: Path, source: str) -> Path:

@@ -31,3 +31,21 @@ def line_panels(path: Path, title: str, xlabel: str, panels: Sequence[tuple[str,
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def paired_bars(path: Path, title: str, labels: Sequence[str], series: dict[str, Sequence[float]], ylabel: str,
+                reference: float | None = None) -> Path:
+    """Grouped bars: one group per label, one bar per series."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(labels) + 2), 4.6))
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar([x + (i - (len(series) - 1) / 2) * width for x in range(len(labels))], values, width, label=name)
+    if reference is not None:
+        ax.axhline(reference, color="black", lw=0.8)
+    ax.set_xticks(range(len(labels)), labels, rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pocketlm.insights.analysis import verdict
 from pocketlm.insights.bench import by_depth, by_prompt, profile_models
-from pocketlm.insights.plots import line_panels
+from pocketlm.insights.plots import paired_bars
 from pocketlm.insights.record import Record
 from pocketlm.survey.figures import write_csv
 
@@ -34,9 +34,9 @@ def run(out_dir: Path, quick: bool = False, threads: int = 1) -> Record:
     rows, speedups = [], {}
     for model in models:
         for backend, dtypes in backends.items():
-            results = profile_models({d: model for d in dtypes}, backend=backend, threads=threads, prompts=(prompt,),
-                                     gen=4 if quick else 8, depths=(depth,), repeat=2 if quick else 3, warmup=1,
-                                     skip_unsupported=True)
+            results = profile_models({d: model for d in dtypes}, {d: d for d in dtypes}, backend=backend,
+                                     threads=threads, prompts=(prompt,), gen=4 if quick else 8, depths=(depth,),
+                                     repeat=2 if quick else 3, warmup=1, skip_unsupported=True)
             base = dtypes[0]
             pre0, dec0 = by_prompt(results[base])[prompt], by_depth(results[base])[depth]
             for d in dtypes:
@@ -49,17 +49,12 @@ def run(out_dir: Path, quick: bool = False, threads: int = 1) -> Record:
                     speedups[f"{model} {backend} {d} vs {base}"] = (pre0 / pre, dec0 / dec)
     wins = [dec > pre for pre, dec in speedups.values()]
     csv = write_csv(rows, out_dir / "quantization.csv")
-    series_p, series_d = {}, {}
-    for model in models:
-        for backend, dtypes in backends.items():
-            g = [r for r in rows if r["model"] == model and r["backend"] == backend]
-            series_p[f"{model} {backend}"] = (list(range(len(g))), [r["prefill_speedup"] for r in g])
-            series_d[f"{model} {backend}"] = (list(range(len(g))), [r["decode_speedup"] for r in g])
-    fig = line_panels(out_dir / "quantization.png",
-                      f"Speed-up over the first precision of each runtime (torch: {' / '.join(TORCH)}; llama.cpp: "
-                      f"{' / '.join(LLAMACPP) if 'llamacpp' in backends else 'not installed'}), {threads} thread",
-                      "precision step (0 = float baseline)",
-                      [(f"prefill {prompt} tokens: speed-up", series_p), (f"decode at depth {depth}: speed-up", series_d)])
+    fig = paired_bars(out_dir / "quantization.png",
+                      f"Speed-up over each runtime's float baseline ({TORCH[0]} torch, {LLAMACPP[0]} llama.cpp"
+                      f"{'' if 'llamacpp' in backends else ': not installed'}), {threads} thread",
+                      list(speedups), {f"prefill {prompt} tokens": [p for p, _ in speedups.values()],
+                                       f"decode at depth {depth}": [d for _, d in speedups.values()]},
+                      "speed-up (x)", reference=1.0)
     summary = (f"decode gained more than prefill in {sum(wins)} of {len(wins)} (model, runtime, precision) pairs"
                + ("" if "llamacpp" in backends else "; llama-cpp-python is not installed, torch only") + ".")
     return Record("quantization", "Quantization: decode vs prefill", CLAIM,
