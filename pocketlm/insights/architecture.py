@@ -65,9 +65,9 @@ def run(out_dir: Path, quick: bool = False, threads: int = 1) -> Record:
     labels = {key: f"variant{i}" for i, key in enumerate(unique)}
     paths = write_configs({labels[key]: c for key, c in unique.items()}, out_dir)
     prompt, depth = (64, 32) if quick else (256, 128)
-    measured = profile_models({labels[key]: paths[labels[key]] for key in unique}, dtype="fp32", threads=threads,
-                              prompts=(prompt,), gen=4 if quick else 8, depths=(depth,), repeat=2 if quick else 3,
-                              warmup=1, pack=True)
+    measured = profile_models({labels[key]: paths[labels[key]] for key in unique}, rounds=2, dtype="fp32",
+                              threads=threads, prompts=(prompt,), gen=4 if quick else 8, depths=(depth,),
+                              repeat=1 if quick else 2, warmup=1, pack=True)
     results = {k: measured[labels[key_of[k]]] for k in flat}
     rows, effects = [], {}
     for axis, g in groups.items():

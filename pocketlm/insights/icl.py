@@ -51,14 +51,14 @@ def write_pattern_task(data_root: Path, n: int = 200, seed: int = 0) -> Path:
     return path
 
 
-def run(out_dir: Path, quick: bool = False) -> Record:
+def run(out_dir: Path, quick: bool = False, ladder: tuple[str, ...] = LADDER) -> Record:
     from pocketlm.evaluate.icl import icl_study
     from pocketlm.runtime import open_model, open_tokenizer
     from pocketlm.train.fixtures import trained_preset
 
     steps = QUICK_STEPS if quick else STEPS
     models, losses = [], {}
-    for name in LADDER:
+    for name in ladder:
         model_dir, summary = trained_preset(name, steps=steps, batch_size=16, seq_len=128,
                                             warmup_steps=max(steps // 10, 1), eval_every=steps, ckpt_every=steps)
         losses[name] = summary["val_loss"]
@@ -67,16 +67,16 @@ def run(out_dir: Path, quick: bool = False) -> Record:
     study = icl_study(models, tasks=(TASK,), shots=shots, limit=60 if quick else 200, out_dir=out_dir)
     rows = study["rows"]
     score = {(r["model"], r["shots"]): r["score"] for r in rows}
-    gain5 = [score[(m, 5)] - score[(m, 0)] for m in LADDER]
+    gain5 = [score[(m, 5)] - score[(m, 0)] for m in ladder]
     best = max(score.values())
     checks = [all(b >= a for a, b in zip(gain5, gain5[1:])), gain5[-1] > gain5[0], best > CHANCE + 0.1]
     csv = write_csv(rows, out_dir / "icl.csv")
     params = {name: p for name, _, _, p in models}
     summary = ("5-shot gain over 0-shot by size: " + ", ".join(
-        f"{m} ({params[m] / 1e6:.2f}M) {g:+.3f}" for m, g in zip(LADDER, gain5))
+        f"{m} ({params[m] / 1e6:.2f}M) {g:+.3f}" for m, g in zip(ladder, gain5))
         + f"; best score {best:.3f} (chance {CHANCE}); each rung trained {steps} steps on the same batches.")
     return Record("icl", "In-context learning grows with size", CLAIM, "pocketlm insights icl --out insights_out", {
         "metric": rows[0]["metric"], "params": params, "val_loss": {k: round(v, 3) for k, v in losses.items()},
-        "scores": {m: " / ".join(f"{score[(m, k)]:.3f}" for k in shots) for m in LADDER},
-        "gain_5shot": {m: round(g, 3) for m, g in zip(LADDER, gain5)}},
+        "scores": {m: " / ".join(f"{score[(m, k)]:.3f}" for k in shots) for m in ladder},
+        "gain_5shot": {m: round(g, 3) for m, g in zip(ladder, gain5)}},
         verdict(checks), summary, str(out_dir / "icl_gain.png"), str(csv))
