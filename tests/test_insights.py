@@ -172,3 +172,12 @@ def test_junk_documents_fail_the_filters_and_clean_text_passes():
     rejected = [heuristic_reject_reason(j, cfg) is not None for j in junk]
     assert rejected[1::4] == [True, True] and rejected[2::4] == [True, True] and rejected[3::4] == [True, True]
     assert not any(heuristic_reject_reason(j, permissive()) for j in junk)
+
+
+def test_icl_verdict_needs_growth_above_chance():
+    from pocketlm.insights.icl import icl_verdict
+
+    assert icl_verdict([0.01, 0.05, 0.12], best=0.6) == "agree"
+    assert icl_verdict([0.01, 0.05, 0.12], best=0.3) == "partly"  # grows, but on a task at chance
+    assert icl_verdict([-0.005, -0.005], best=0.235) == "disagree"  # flat at chance: shows nothing
+    assert icl_verdict([0.05, 0.01, 0.12], best=0.6) == "partly"  # not monotone

@@ -58,6 +58,22 @@ def measured_points(models: tuple[str, ...], threads: int = 1) -> list[dict]:
     return points
 
 
+def landscape_points(csv_path: str | Path) -> list[dict]:
+    """Peak RSS from a `pocketlm profile landscape` CSV (e.g. docs/profile_landscape/landscape.csv)."""
+    import csv
+
+    from pocketlm.survey.catalog import entry_to_config, get_entry
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    points = []
+    for r in rows:
+        n = costs.param_counts(entry_to_config(get_entry(r["model"])))
+        points.append({"model": r["model"], "params": n["total"], "non_embedding": n["non_embedding"],
+                       "vocab_size": int(r["vocab_size"]), "memory_mb": float(r["peak_rss_mb"])})
+    return points
+
+
 def analyse(points: list[dict]) -> dict:
     """Fits of memory against total and against non-embedding parameters, and each fit's outliers."""
     out = {}
@@ -70,10 +86,16 @@ def analyse(points: list[dict]) -> dict:
     return out
 
 
-def run(out_dir: Path, quick: bool = False, threads: int = 1) -> Record:
-    points = analytic_points() if quick else measured_points(MEASURED, threads)
-    source = (f"analytic: bf16 weights + {CONTEXT}-token KV cache, every buildable catalog model <= 3B"
-              if quick else "measured peak RSS (torch runtime, random bf16 weights, 1 fresh process per model)")
+def run(out_dir: Path, quick: bool = False, threads: int = 1, landscape_csv: str | Path | None = None) -> Record:
+    """--quick: the analytic model over the catalog; otherwise measured (or read from a landscape CSV)."""
+    if landscape_csv is not None:
+        points, source = landscape_points(landscape_csv), f"measured peak RSS from {Path(landscape_csv).name}"
+    elif quick:
+        points = analytic_points()
+        source = f"analytic: bf16 weights + {CONTEXT}-token KV cache, every buildable catalog model <= 3B"
+    else:
+        points = measured_points(MEASURED, threads)
+        source = "measured peak RSS (torch runtime, random bf16 weights, 1 fresh process per model)"
     fits = analyse(points)
     total, non_emb = fits["params"], fits["non_embedding"]
     named = {key: [m for m in f["outliers"] if m.lower().startswith(VOCAB_OUTLIERS)] for key, f in fits.items()}
