@@ -53,6 +53,8 @@ def run_insight(name: str, fn: Callable[[Path, bool], Record], out_dir: Path, qu
     record = fn(folder, quick)
     record.seconds = round(time.perf_counter() - t0, 1)
     record.quick = quick
+    if quick and "--quick" not in record.command:
+        record.command = record.command.replace(" --out", " --quick --out")
     record.machine = {**load_before, "load_avg_after": machine()["load_avg"]}
     atomic_write_text(folder / "record.json", json.dumps(record.to_dict(), indent=2, default=str))
     return record
