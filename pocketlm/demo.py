@@ -2,7 +2,8 @@
 
 Steps (each a `demo_section` of its capability folder, run in order):
 build/train a tiny model -> describe it (survey axes, analytic costs, a sample) -> survey trends
--> evaluate -> profile -> shrink (pruning) -> merge (WARM) -> quant (RTN/GPTQ/AWQ) -> fit (a device budget).
+-> evaluate -> profile -> shrink (pruning) -> merge (WARM) -> quant (RTN/GPTQ/AWQ) -> insights (the cheap
+ones) -> fit (a device budget).
 The report is `report.md` + `report.json` + `report.html` (one self-contained page) in the output folder.
 """
 
@@ -21,7 +22,8 @@ from pocketlm.htmlreport import write_report_html
 from pocketlm.utils import atomic_write_text
 
 console = Console()
-STEPS = ("train", "model", "survey", "evaluate", "profile", "shrink", "merge", "quant", "fit")  # in order; each later step uses train's model
+STEPS = ("train", "model", "survey", "evaluate", "profile", "shrink", "merge", "quant", "insights",
+         "fit")  # in order; each later step uses train's model
 
 
 def _model_section(model_dir: Path) -> dict[str, Any]:
@@ -85,6 +87,7 @@ def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     from pocketlm.compress.quant_demo import run_quant_demo
     from pocketlm.evaluate.demo import demo_section as evaluate_section
     from pocketlm.fit.demo import demo_section as fit_section
+    from pocketlm.insights.demo import demo_section as insights_section
     from pocketlm.profile.demo import demo_section as profile_section
     from pocketlm.survey.demo import demo_section as survey_section
     from pocketlm.train.demo import demo_section as train_section
@@ -100,6 +103,7 @@ def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     step("shrink", lambda: shrink_section(model_dir, out_dir / "shrink"), out_dir / "shrink")
     step("merge", lambda: merge_section(model_dir, out_dir / "merge"), out_dir / "merge")
     step("quant", lambda: run_quant_demo(out_dir / "quant", model_dir), out_dir / "quant")
+    step("insights", lambda: insights_section(out_dir / "insights"), out_dir / "insights")
     step("fit", lambda: fit_section(model_dir, out_dir / "fit"), out_dir / "fit")
     return _write_report(out_dir, model_dir, sections, failures)
 

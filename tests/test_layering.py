@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pocketlm"
 # lowest first; a folder may import from any folder before it. Top-level helper modules (utils, lazy,
 # cli_support) import nothing of pocketlm's capabilities, and cli.py / demo.py sit above everything.
 LAYERS = ["utils", "lazy", "cli_support", "htmlreport", "model", "interop", "export", "survey", "data", "train", "runtime",
-          "evaluate", "profile", "compress", "fit", "demo", "cli"]
+          "evaluate", "profile", "compress", "fit", "insights", "demo", "cli"]
 
 
 def _imports(path: Path) -> set[str]:

@@ -92,16 +92,16 @@ def sample(model: Transformer, tok: TextTokenizer, prompt: str, max_new_tokens: 
 
 
 def trained_preset(name: str = "tiny", progress: bool = False, threads: int | None = 1,
-                   **overrides) -> tuple[Path, dict]:
-    """Train preset `name` on the bundled corpus (or reuse the cached result); return the model folder
-    (pocketlm checkpoint + tokenizer) and its training summary.
+                   data_dir: str | Path | None = None, **overrides) -> tuple[Path, dict]:
+    """Train preset `name` on the bundled corpus (or on the prepared shards in `data_dir`), or reuse the
+    cached result; return the model folder (pocketlm checkpoint + tokenizer) and its training summary.
 
     `threads` defaults to 1: on a shared 2-core machine torch's default of 2 OpenMP threads per
     process collapsed to ~200 tokens/s (threads spin-waiting on each other) while 1 thread kept
     ~5,500 tokens/s for the tiny preset; pass None to use torch's default on a dedicated machine."""
     from pocketlm.train.trainer import train
 
-    data_dir = bundled_data_dir(progress)
+    data_dir = Path(data_dir) if data_dir is not None else bundled_data_dir(progress)
     vocab = json.loads((data_dir / MANIFEST).read_text())["tokenizer"]["vocab_size"]
     model_cfg, train_overrides = preset(name, vocab)
     train_overrides.update(overrides)
