@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from pocketlm.interop.families import GGUFArch, gguf_arch, gguf_refusal
 from pocketlm.interop.families.base import TensorKey, rows_axis
+from pocketlm.export.errors import GGUFExportError
 from pocketlm.export.gguf_vocab import read_vocab, write_vocab
 from pocketlm.utils import atomic_path
 
@@ -39,10 +40,6 @@ DIRECT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0")
 LLAMA_CPP_TYPES = ("Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M",
                    "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS")
 GGUF_TYPES = DIRECT_TYPES + LLAMA_CPP_TYPES
-
-
-class GGUFExportError(ValueError):
-    """A model or request that the GGUF writer cannot honour; the message says why and what to do."""
 
 
 def unsupported_reasons(cfg) -> list[str]:
