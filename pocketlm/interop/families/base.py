@@ -111,6 +111,18 @@ class GGUFArch:
     transforms: dict[TensorKey, TensorTransform] = field(default_factory=dict)  # keyed like `tensors`
     extra: Callable[[ModelConfig], dict[str, Any]] | None = None  # GGUF name -> float array
 
+    def __post_init__(self) -> None:
+        # shared tables name every tensor some llama.cpp graph has; keep those gguf-py lists for this one
+        import gguf
+
+        by_name = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
+        allowed = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[by_name[self.arch]]}
+        names = lambda v: (v,) if isinstance(v, str) else v  # noqa: E731
+        kept = {k: v for k, v in self.tensors.items()
+                if all(n.rsplit(".", 1)[0].replace("{i}", "{bid}") in allowed for n in names(v))}
+        object.__setattr__(self, "tensors", kept)
+        object.__setattr__(self, "transforms", {k: t for k, t in self.transforms.items() if k in kept})
+
 
 def failed_rules(rules: list[tuple[bool, str]]) -> list[str]:
     """The messages of the rules that do not hold."""

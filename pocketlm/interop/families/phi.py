@@ -46,13 +46,6 @@ def write_phi3(cfg: ModelConfig) -> dict[str, Any]:
 
 # ---- GGUF: llama.cpp's phi2 and phi3 (RoPE on halves) ------------------------------------------------
 
-def _phi3_hparams(cfg: ModelConfig) -> dict[str, Any]:
-    hp = transformer_hparams(cfg)
-    if cfg.sliding_window is not None:
-        hp["sliding_window"] = cfg.sliding_window
-    return hp
-
-
 PHI2_GGUF = GGUFArch(
     "phi2", {**GGUF_EMBED, **blocks({**GGUF_NORMS, **GGUF_ATTN, **GGUF_FFN}), **GGUF_HEAD}, transformer_hparams,
     lambda cfg: graph_rules(cfg, norm=("layernorm",), norm_bias=(True,), residual=("parallel_shared",),
@@ -65,7 +58,8 @@ PHI3_GGUF = GGUFArch(
     {**GGUF_EMBED, **blocks({**GGUF_NORMS, QKV: gguf_name(N.ATTN_QKV), "attn.o_proj.weight": gguf_name(N.ATTN_OUT),
                              ("mlp.gate_proj.weight", "mlp.up_proj.weight"): gguf_name(N.FFN_UP),
                              "mlp.down_proj.weight": gguf_name(N.FFN_DOWN)}), **GGUF_HEAD},
-    _phi3_hparams, lambda cfg: graph_rules(cfg, window=cfg.layer_window is None) + failed_rules(half_rope_rules(cfg)))
+    # llama.cpp switches Phi-3's sliding window off (full attention): a window shorter than the context is refused
+    transformer_hparams, lambda cfg: graph_rules(cfg) + failed_rules(half_rope_rules(cfg)))
 
 FAMILIES = (
     Family(
