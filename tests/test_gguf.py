@@ -157,3 +157,19 @@ def test_a_fused_model_exports_as_its_unfused_self(tmp_path) -> None:
     model.fuse()
     assert export_gguf(model, tmp_path / "b.gguf", "F32").read_bytes() == plain
     assert model.transforms.fused  # fused again afterwards
+
+
+def test_export_gguf_command(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from pocketlm.cli import app
+
+    cfg_path = tmp_path / "model.json"
+    _tiny().config.save(cfg_path)
+    out = tmp_path / "m.gguf"
+    result = CliRunner().invoke(app, ["export", "gguf", str(cfg_path), "--qtype", "Q8_0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    done = json.loads(result.output.strip().splitlines()[-1])
+    assert done["architecture"] == "llama" and done["bytes"] == out.stat().st_size and done["fallbacks"] == {}
