@@ -13,6 +13,7 @@ from pocketlm.model.quantize import sqnr_db
 from pocketlm.export.gguf import GGUFExportError, export_gguf, load_gguf_weights, unsupported_reasons
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import Transformer
+from tests.test_gguf_families import random_model
 
 IDS = list(range(1, 60, 3))
 
@@ -20,15 +21,7 @@ IDS = list(range(1, 60, 3))
 def _tiny(tie: bool = True, qkv_bias: bool = False) -> Transformer:
     cfg = ModelConfig(vocab_size=512, d_model=128, n_layer=2, n_head=4, n_kv_head=2, intermediate_size=256,
                       max_seq_len=256, tie_embeddings=tie, qkv_bias=qkv_bias, rope_theta=10000.0)
-    torch.manual_seed(0)
-    model = Transformer(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(std=0.02)
-            elif "norm" in name:
-                p.uniform_(0.8, 1.2)
-    return model
+    return random_model(cfg, bias_std=0.02, norm_range=(0.8, 1.2))
 
 
 def _llama_logits(path) -> torch.Tensor:

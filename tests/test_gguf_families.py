@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pocketlm.export.gguf import GGUFExportError, export_gguf, unsupported_reasons
+from pocketlm.export.gguf import export_gguf, unsupported_reasons
 from pocketlm.interop import config_from_hf
 from pocketlm.interop.families import gguf_arch
 from pocketlm.model.config import ModelConfig
@@ -45,15 +45,16 @@ def _config(name: str) -> ModelConfig:
     return cfg.replace(**LLAMA_CPP_FIXED.get(name, {}))
 
 
-def _model(cfg: ModelConfig) -> Transformer:
+def random_model(cfg: ModelConfig, bias_std: float = 0.05, norm_range: tuple[float, float] = (0.7, 1.3)) -> Transformer:
+    """Seeded random weights with non-trivial norms and biases, so a misplaced one shows."""
     torch.manual_seed(0)
     model = Transformer(cfg).eval()
-    with torch.no_grad():  # non-trivial norms and biases, so a misplaced one shows
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias"):
-                p.normal_(std=0.05)
+                p.normal_(std=bias_std)
             elif "norm" in name:
-                p.uniform_(0.7, 1.3)
+                p.uniform_(*norm_range)
     return model
 
 
@@ -66,7 +67,7 @@ def test_f32_gguf_gives_pocketlm_logits_in_llama_cpp(name, tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (optional extra) is not installed")
     cfg = _config(name)
     assert not unsupported_reasons(cfg), unsupported_reasons(cfg)
-    model = _model(cfg)
+    model = random_model(cfg)
     path = export_gguf(model, tmp_path / f"{name}.gguf", "F32")
     llm = llama_cpp.Llama(str(path), n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=1)
     try:

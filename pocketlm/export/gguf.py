@@ -1,18 +1,19 @@
 """Export a pocketlm Transformer to GGUF (llama.cpp's format).
 
-The llama.cpp architecture, its tensor names, hyper-parameters and per-tensor layout changes are
-declared by the model's family (`interop/families/`, `Family.gguf`); families without their own are
-written as `llama` when their config is llama-shaped. This module is the driver over that data.
+Which llama.cpp architecture a model is written as, its tensor names, hyper-parameter keys and
+per-tensor layout changes are data the families declare (`interop/families/`, `GGUFArch`): the
+family's own architecture when its llama.cpp graph computes the config, else the first one that does
+(`gguf_arch`); a model no graph computes gets one error naming why (and, for OPT, the runtimes that
+run it). This module is the driver over that data: it concatenates pocketlm tensors llama.cpp reads
+as one (a fused q/k/v, Phi-3's gate/up), splits stacked experts, and applies the declared transforms
+(pair-RoPE row permutations, Gemma's 1 + w norms).
 
-Tensor types F32, F16, BF16, Q8_0 and Q4_0 are written directly with the `gguf` package (its numpy
-quantizers); K-quants and the other llama.cpp types go through llama.cpp's own quantizer
-(`llama_cpp.llama_model_quantize`, from the optional llama-cpp-python extra) applied to an F32 file.
-
-llama.cpp's `llama` graph rotates interleaved pairs (x0, x1), while pocketlm's default RoPE rotates
-halves, so the family declares a permutation of the q/k projection rows (as llama.cpp's own HF
-converter does).
-The tokenizer is written as `none` unless a Hugging Face `tokenizer.json` with a byte-level BPE
-model is given; profiling feeds token ids directly.
+F32, F16, BF16, Q8_0 and Q4_0 are written directly with the `gguf` package; K-quants and the other
+llama.cpp types go through llama.cpp's own quantizer (`llama_cpp.llama_model_quantize`, optional
+llama-cpp-python extra) applied to an F32 file. A tensor whose row width the type's block does not
+divide falls back (F16 here, llama.cpp's own fallback chain for its types) and is reported. The
+vocabulary is the model's tokenizer (`gguf_vocab`), or llama.cpp's `none` model when there is none
+(random-weight catalog models: llama.cpp runs them on token ids).
 """
 
 from __future__ import annotations

@@ -13,8 +13,7 @@ import pkgutil
 from pocketlm.interop.families.base import Family, GGUFArch, UnsupportedModelError
 from pocketlm.model.config import ModelConfig
 
-# llama.cpp runs a llama-shaped model of any family as `llama`; families with their own
-# architecture declare it (Family.gguf)
+# a family without a GGUF architecture of its own is tried as llama.cpp's `llama` first (Family.gguf)
 GGUF_FALLBACK = "llama"
 
 
