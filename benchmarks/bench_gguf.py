@@ -45,7 +45,9 @@ def copy_bandwidth(mib: int = 512, repeat: int = 5) -> float:
 def hf_dir(out: Path) -> Path:
     """SmolLM-135M's architecture with GPT-2's vocabulary (50257), random weights, saved as HF llama."""
     import torch
-    from transformers import GPT2TokenizerFast
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
 
     from pocketlm.interop import save_hf
     from pocketlm.model.transformer import Transformer
@@ -53,17 +55,20 @@ def hf_dir(out: Path) -> Path:
 
     cfg = entry_to_config(get_entry("SmolLM-135M")).replace(vocab_size=50257, extra={})
     torch.manual_seed(0)
-    tok = GPT2TokenizerFast(vocab_file=str(GPT2 / "encoder.json"), merges_file=str(GPT2 / "vocab.bpe"))
+    bpe = Tokenizer(BPE.from_file(str(GPT2 / "encoder.json"), str(GPT2 / "vocab.bpe")))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
     save_hf(Transformer(cfg).eval(), out, tokenizer=tok)
     return out
 
 
 def time_pocketlm(model_dir: Path, out: Path) -> float:
-    from pocketlm.export.gguf import export_gguf
-    from pocketlm.interop import load_model
-
+    """A fresh process, as the converter is: interpreter start and imports are counted for both."""
+    code = ("from pocketlm.export.gguf import export_gguf; from pocketlm.interop import load_model; "
+            f"export_gguf(load_model({str(model_dir)!r}), {str(out)!r}, 'F16', tokenizer_json={str(model_dir)!r})")
     t0 = time.perf_counter()
-    export_gguf(load_model(model_dir), out, "F16", tokenizer_json=model_dir)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     return time.perf_counter() - t0
 
 

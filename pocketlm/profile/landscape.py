@@ -241,3 +241,58 @@ def merge_landscapes(csv_paths: list[str | Path], out_dir: str | Path, title: st
     csv_path = write_csv([{k: p.get(k) for k in POINT_FIELDS} for p in ordered], out / "landscape.csv")
     fig = landscape_figure(ordered, out / "landscape.png", title)
     return {"models": len(ordered), "csv": str(csv_path), "figure": str(fig)}
+
+
+def landscape_findings(points: list[dict], rel_size: float = 0.15) -> dict:
+    """The survey's runtime findings, recomputed from landscape rows of one backend and dtype:
+    how latency and memory follow parameters (log-log slope, Spearman rank correlation), the spread at
+    equal size (pairs within `rel_size` of each other's parameters), and the memory outliers
+    (residual of log memory against log parameters, with their vocabulary share of the parameters)."""
+    import numpy as np
+
+    def rank(x: np.ndarray) -> np.ndarray:
+        return np.argsort(np.argsort(x)).astype(float)
+
+    params = np.array([p["params"] for p in points], dtype=float)
+    out: dict = {"models": len(points)}
+    for key in ("prefill_best_ms", "decode_best_ms", "peak_rss_mb"):
+        y = np.array([p[key] for p in points], dtype=float)
+        slope, intercept = np.polyfit(np.log(params), np.log(y), 1)
+        out[key] = {"loglog_slope": round(float(slope), 3),
+                    "spearman": round(float(np.corrcoef(rank(params), rank(y))[0, 1]), 3)}
+        if key == "peak_rss_mb":
+            resid = np.log(y) - (slope * np.log(params) + intercept)
+            order = np.argsort(resid)[::-1][:3]
+            out["memory_outliers"] = [
+                {"model": points[i]["model"], "above_fit": round(float(np.exp(resid[i])), 2),
+                 "vocab_share": round(points[i]["vocab_size"] * points[i]["d_model"] / points[i]["params"], 2)}
+                for i in order]
+    pairs = []
+    for i, a in enumerate(points):
+        for b in points[i + 1:]:
+            if abs(a["params"] - b["params"]) <= rel_size * min(a["params"], b["params"]):
+                slow, fast = (a, b) if a["prefill_best_ms"] >= b["prefill_best_ms"] else (b, a)
+                pairs.append({"slower": slow["model"], "faster": fast["model"],
+                              "prefill_ratio": round(slow["prefill_best_ms"] / fast["prefill_best_ms"], 2),
+                              "decode_ratio": round(slow["decode_best_ms"] / fast["decode_best_ms"], 2),
+                              "layers": (slow["n_layer"], fast["n_layer"]), "vocab": (slow["vocab_size"],
+                                                                                       fast["vocab_size"])})
+    out["equal_size_pairs"] = sorted(pairs, key=lambda p: -p["prefill_ratio"])
+    return out
+
+
+def dtype_ratios(points: list[dict], base: str = "F16") -> list[dict]:
+    """Per model measured in several dtypes: prefill and decode speed-ups over `base` (the same model)."""
+    by_model: dict[str, dict[str, dict]] = {}
+    for p in points:
+        by_model.setdefault(p["model"], {})[p["dtype"].upper()] = p
+    rows = []
+    for model, runs in by_model.items():
+        if base not in runs or len(runs) < 2:
+            continue
+        ref = runs[base]
+        for dtype, p in sorted(runs.items()):
+            rows.append({"model": model, "dtype": dtype, "weights_mb": p["weights_mb"],
+                         "prefill_speedup": round(ref["prefill_best_ms"] / p["prefill_best_ms"], 2),
+                         "decode_speedup": round(ref["decode_best_ms"] / p["decode_best_ms"], 2)})
+    return rows
