@@ -296,3 +296,47 @@ def dtype_ratios(points: list[dict], base: str = "F16") -> list[dict]:
                          "prefill_speedup": round(ref["prefill_best_ms"] / p["prefill_best_ms"], 2),
                          "decode_speedup": round(ref["decode_best_ms"] / p["decode_best_ms"], 2)})
     return rows
+
+
+def dtype_figure(rows: list[dict], path: Path, title: str) -> Path:
+    """Prefill and decode speed-up over F16 for each model and GGUF type: one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    width = 0.8 / len(dtypes)
+    for ax, key in zip(axes, ("prefill_speedup", "decode_speedup")):
+        for j, d in enumerate(dtypes):
+            vals = [next((r[key] for r in rows if r["model"] == m and r["dtype"] == d), 0) for m in models]
+            ax.bar([i + j * width for i in range(len(models))], vals, width, label=d)
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xticks([i + width * (len(dtypes) - 1) / 2 for i in range(len(models))])
+        ax.set_xticklabels(models, fontsize=8, rotation=15)
+        ax.set_title(key.replace("_", " ") + " over F16 (same model)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(title="GGUF type")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def write_findings(csv_path: str | Path, dtype: str = "Q4_0", backend: str = "llamacpp") -> dict:
+    """`landscape_findings` of one backend and dtype, and the F16 / Q8_0 / Q4_0 ratios (with their
+    figure) of the models measured in several dtypes; written beside the CSV as findings.json."""
+    import json
+
+    from pocketlm.utils import atomic_write_text
+
+    csv_path = Path(csv_path)
+    points = [p for p in read_points(csv_path) if p.get("backend", "torch") == backend]
+    found = landscape_findings([p for p in points if p["dtype"].upper() == dtype.upper()])
+    found["dtype_ratios"] = dtype_ratios(points)
+    if found["dtype_ratios"]:
+        found["dtype_figure"] = str(dtype_figure(found["dtype_ratios"], csv_path.parent / "dtypes.png",
+                                                 f"{backend}: quantization, same models"))
+    atomic_write_text(csv_path.parent / "findings.json", json.dumps(found, indent=1))
+    return found
