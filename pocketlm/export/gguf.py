@@ -232,7 +232,9 @@ def fallbacks(path: str | Path, qtype: str) -> dict[str, str]:
     out = {}
     for t in gguf.GGUFReader(str(path)).tensors:
         width = int(t.shape[0])
-        if len(t.shape) > 1 and width % block_size(qtype) and t.tensor_type.name != _TYPE_OF_FILE.get(qtype, qtype):
+        kept = any(k in t.name for k in KEEP_F32)
+        if len(t.shape) > 1 and not kept and width % block_size(qtype) and \
+                t.tensor_type.name != _TYPE_OF_FILE.get(qtype, qtype):
             out[t.name] = t.tensor_type.name
     return out
 
