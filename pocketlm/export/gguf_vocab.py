@@ -20,14 +20,14 @@ from pocketlm.export.errors import GGUFExportError
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 # a byte-level BPE tokenizer's split regex -> llama.cpp's pre-tokenizer of that regex
+CL100K = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+          r"|\s+(?!\S)|\s+")
 PRE_TOKENIZERS = {
     None: "gpt-2",  # ByteLevel(use_regex=True): GPT-2's own pattern
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
         "qwen2",
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
-        "llama-bpe",
+    CL100K: "llama-bpe",  # Llama-3, OLMo-2 (cl100k's pattern)
 }
-SPECIAL_NAMES = ("bos", "eos", "unk", "pad")
 
 
 @dataclass

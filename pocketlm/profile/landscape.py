@@ -47,7 +47,8 @@ def point(result: dict) -> dict:
     return {
         "model": info["name"], "params": info["params"], "attention": info["attention"],
         "n_layer": info["n_layer"], "d_model": info["d_model"], "vocab_size": info["vocab_size"],
-        "backend": s.get("backend", "torch"), "dtype": s["dtype"], "threads": s["threads"], "prefill_ms": round(p["median_ms"], 3),
+        "backend": s.get("backend", "torch"), "dtype": s["dtype"], "threads": s["threads"],
+        "prefill_ms": round(p["median_ms"], 3),
         "prefill_tok_s": round(p["tok_s"], 2), "decode_ms": round(d["median_ms"], 3),
         "decode_tok_s": round(d["tok_s"], 2), "prefill_best_ms": round(p["min_ms"], 3),
         "decode_best_ms": round(d["min_ms"], 3), "peak_rss_mb": round(mem["peak_rss_bytes"] / mb, 1),
@@ -62,7 +63,8 @@ def _measure(names: list[str], dtype: str, prompt: int, gen: int, depth: int, th
              backend: str = "torch", on_point=None) -> list[dict]:
     """One point per model (each in a fresh worker); `on_point(point)` after each (to save progress)."""
     failed = failed if failed is not None else []
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     settings = [Setting(model=n, backend=backend, dtype=dtype, threads=threads, prompts=(prompt,), gen=gen,
                         depths=(depth,), repeat=repeat, warmup=1, pack=pack) for n in names]
