@@ -8,12 +8,13 @@ import pkgutil
 import re
 from pathlib import Path
 
+import gguf
 import pytest
 import torch
 import transformers
 
 import pocketlm.interop.families as registry
-from pocketlm.export.gguf import export_gguf, gguf_tensors, load_gguf_weights
+from pocketlm.export.gguf import export_gguf, gguf_tensors, load_gguf_weights, placements
 from pocketlm.interop import UnsupportedModelError, config_from_hf, save_hf
 from pocketlm.interop.families import FAMILIES, export_family, gguf_arch
 from pocketlm.interop.hf_config import hf_config_from
@@ -48,9 +49,10 @@ def test_every_module_is_registered_and_every_family_has_a_parity_config():
     declared = set()
     for info in pkgutil.iter_modules(registry.__path__):
         module = importlib.import_module(f"{registry.__name__}.{info.name}")
-        if info.name != "base":
-            assert getattr(module, "FAMILIES", None), f"{module.__name__} declares no FAMILIES"
-            declared |= {f.model_type for f in module.FAMILIES}
+        if info.name != "base":  # remote_code declares GGUF architectures only
+            assert getattr(module, "FAMILIES", None) or getattr(module, "GGUF_ARCHS", None), \
+                f"{module.__name__} declares no FAMILIES"
+            declared |= {f.model_type for f in getattr(module, "FAMILIES", ())}
     assert declared == FAMILIES.keys()
     assert {tiny_config(n).model_type for n in TINY} == set(FAMILIES)  # each family is in the parity suite
 
@@ -88,21 +90,22 @@ def test_weight_tables_name_real_parameters(model_type, pocketlm_names):
         assert all("{e}" in pattern for pattern in layout[:3])
 
 
-@pytest.mark.parametrize("model_type", sorted(f for f in FAMILIES if FAMILIES[f].gguf))
-def test_gguf_declarations_match_gguf_py(model_type, pocketlm_names):
+@pytest.mark.parametrize("arch", registry.GGUF_ARCHS, ids=lambda a: a.arch)
+def test_gguf_declarations_match_gguf_py(arch, pocketlm_names):
     """Architecture, tensor names and hyper-parameter keys are the ones gguf-py (llama.cpp's) defines."""
     import gguf
 
-    arch = FAMILIES[model_type].gguf
     by_name = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
     assert arch.arch in by_name
     allowed = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[by_name[arch.arch]]}
+    as_tuple = lambda k: (k,) if isinstance(k, str) else k  # noqa: E731
     for ours, theirs in arch.tensors.items():
-        assert re.sub(r"^blocks\.\{i\}\.", "", ours) in pocketlm_names, ours
-        assert theirs.rsplit(".", 1)[0].replace("{i}", "{bid}") in allowed, theirs
+        for name in as_tuple(ours):
+            assert re.sub(r"^blocks\.\{i\}\.", "", name) in pocketlm_names, name
+        for name in as_tuple(theirs):
+            assert name.rsplit(".", 1)[0].replace("{i}", "{bid}") in allowed, name
     assert set(arch.transforms) <= set(arch.tensors)
-    cfg = _read(next(n for n in TINY if tiny_config(n).model_type == model_type))
-    assert all(hasattr(gguf.GGUFWriter, f"add_{key}") for key in arch.hparams(cfg))
+    assert all(hasattr(gguf.GGUFWriter, f"add_{key}") for key in arch.hparams(_read("llama")))
 
 
 def test_gguf_round_trip_restores_every_weight(tmp_path):
@@ -115,13 +118,17 @@ def test_gguf_round_trip_restores_every_weight(tmp_path):
         torch.manual_seed(0)
         model = Transformer(cfg).eval()
         path = export_gguf(model, tmp_path / f"{name}.gguf", "F32")
-        assert len(gguf_tensors(model)) == len(model.state_dict()) - cfg.tie_embeddings
+        placed = {n for p in placements(cfg, gguf_arch(cfg), model.state_dict()) for n in p.src}
+        assert placed == set(model.state_dict()) - ({"lm_head.weight"} if cfg.tie_embeddings else set())
+        assert set(gguf_tensors(model)) == {t.name for t in gguf.GGUFReader(str(path)).tensors}
         again = Transformer(cfg).eval()
         load_gguf_weights(again, path)
         for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
             assert torch.equal(a, b), (name, k)
         exported.add(name)
-    assert {"llama", "qwen2", "phi3"} <= exported
+    # refused: OPT (no llama.cpp graph), a short window (mistral), constants llama.cpp's graph fixes
+    # otherwise (gemma2's query scale, olmoe's kv heads, minicpm3's scales: see test_gguf_families)
+    assert set(TINY) - {"opt", "opt_postln", "mistral", "gemma2", "olmoe", "minicpm3"} <= exported
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

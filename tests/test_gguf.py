@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from pocketlm.model.quantize import sqnr_db
-from pocketlm.export.gguf import GGUFExportError, export_gguf, load_gguf_weights
+from pocketlm.export.gguf import GGUFExportError, export_gguf, load_gguf_weights, unsupported_reasons
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import Transformer
+from tests.test_gguf_families import random_model
 
 IDS = list(range(1, 60, 3))
 
@@ -20,15 +21,7 @@ IDS = list(range(1, 60, 3))
 def _tiny(tie: bool = True, qkv_bias: bool = False) -> Transformer:
     cfg = ModelConfig(vocab_size=512, d_model=128, n_layer=2, n_head=4, n_kv_head=2, intermediate_size=256,
                       max_seq_len=256, tie_embeddings=tie, qkv_bias=qkv_bias, rope_theta=10000.0)
-    torch.manual_seed(0)
-    model = Transformer(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(std=0.02)
-            elif "norm" in name:
-                p.uniform_(0.8, 1.2)
-    return model
+    return random_model(cfg, bias_std=0.02, norm_range=(0.8, 1.2))
 
 
 def _llama_logits(path) -> torch.Tensor:
@@ -88,8 +81,88 @@ def test_q4_0_file_is_smaller_than_f16(tmp_path) -> None:
 def test_unsupported_architecture_and_type_give_clear_errors(tmp_path) -> None:
     cfg = ModelConfig(vocab_size=64, d_model=32, n_layer=1, n_head=2, intermediate_size=64, norm="layernorm",
                       ffn_type="standard", activation="gelu")
-    with pytest.raises(GGUFExportError, match="plain RMSNorm.*gated SiLU|RMSNorm"):
+    with pytest.raises(GGUFExportError, match="matches no llama.cpp architecture.*FFN must be gated"):
         export_gguf(Transformer(cfg), tmp_path / "x.gguf", "F16")
     with pytest.raises(GGUFExportError, match="unknown GGUF type 'Q3_0'"):
         export_gguf(_tiny(), tmp_path / "x.gguf", "Q3_0")
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_a_family_llama_cpp_cannot_run_names_the_runtimes_that_can(tmp_path) -> None:
+    from pocketlm.interop import config_from_hf
+    from tests.hf_tiny import tiny_config
+
+    model = Transformer(config_from_hf(tiny_config("opt").to_dict()))
+    with pytest.raises(GGUFExportError, match="llama.cpp has no OPT architecture.*transformers.*--backend torch"):
+        export_gguf(model, tmp_path / "opt.gguf", "Q4_0")
+    assert unsupported_reasons(model.config) and not (tmp_path / "opt.gguf").exists()
+    # a window llama.cpp would not apply (Phi-3's is switched off there) is refused, not silently dropped
+    phi3 = config_from_hf(tiny_config("phi3").to_dict()).replace(sliding_window=6)
+    assert any("sliding-window" in r for r in unsupported_reasons(phi3))
+
+
+@pytest.mark.parametrize("qtype,main,fallback", [("Q4_0", "Q4_0", "F16"), ("Q8_0", "Q8_0", "F16"),
+                                                 ("Q4_K_M", "Q4_K", "F16")])
+def test_a_width_the_block_does_not_divide_falls_back_per_tensor(tmp_path, caplog, qtype, main, fallback) -> None:
+    """d_model 64 fits 32-blocks, the FFN width 48 does not: ffn_down (rows of 48) falls back, as in llama.cpp."""
+    import gguf
+
+    from pocketlm.export.gguf import fallbacks
+
+    if qtype == "Q4_K_M":
+        pytest.importorskip("llama_cpp", reason="K-quants use llama.cpp's quantizer (optional extra)")
+    cfg = ModelConfig(vocab_size=256, d_model=256, n_layer=1, n_head=4, intermediate_size=48, max_seq_len=64)
+    torch.manual_seed(0)
+    with caplog.at_level("WARNING"):
+        path = export_gguf(Transformer(cfg).eval(), tmp_path / f"m_{qtype}.gguf", qtype)
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+    assert types["blk.0.ffn_down.weight"] == fallback
+    assert fallbacks(path, qtype) == {"blk.0.ffn_down.weight": fallback}
+    assert "blk.0.ffn_down.weight" in caplog.text
+    if qtype != "Q4_K_M":  # the mix of Q4_K_M keeps some tensors in Q6_K by design
+        assert types["blk.0.attn_q.weight"] == main and types["blk.0.ffn_up.weight"] == main
+
+
+def test_tensor_overrides_are_written_as_given(tmp_path) -> None:
+    """Already-quantized blocks (e.g. GPTQ's) go into the file byte for byte, never requantized."""
+    import gguf
+
+    model = _tiny()
+    name = "blk.0.ffn_up.weight"
+    rng = np.random.default_rng(0)
+    blocks = gguf.quants.quantize(rng.standard_normal((256, 128)).astype(np.float32), gguf.GGMLQuantizationType.Q4_0)
+    path = export_gguf(model, tmp_path / "o.gguf", "Q8_0",
+                       tensor_overrides={name: (blocks, gguf.GGMLQuantizationType.Q4_0)})
+    t = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == name)
+    assert t.tensor_type == gguf.GGMLQuantizationType.Q4_0 and np.array_equal(np.asarray(t.data), blocks)
+    with pytest.raises(GGUFExportError, match="holds \\(256, 64\\) Q4_0 values; the model's tensor is \\(256, 128\\)"):
+        export_gguf(model, tmp_path / "p.gguf", "Q8_0", tensor_overrides={name: (blocks[:, :36], 2)})
+    with pytest.raises(GGUFExportError, match="not a tensor of this model"):
+        export_gguf(model, tmp_path / "p.gguf", "Q8_0", tensor_overrides={"blk.9.x.weight": (blocks, 2)})
+    with pytest.raises(GGUFExportError, match="requantize"):
+        export_gguf(model, tmp_path / "p.gguf", "Q4_K_M", tensor_overrides={name: (blocks, 2)})
+    assert not (tmp_path / "p.gguf").exists()
+
+
+def test_a_fused_model_exports_as_its_unfused_self(tmp_path) -> None:
+    model = _tiny()
+    plain = export_gguf(model, tmp_path / "a.gguf", "F32").read_bytes()
+    model.fuse()
+    assert export_gguf(model, tmp_path / "b.gguf", "F32").read_bytes() == plain
+    assert model.transforms.fused  # fused again afterwards
+
+
+def test_export_gguf_command(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from pocketlm.cli import app
+
+    cfg_path = tmp_path / "model.json"
+    _tiny().config.save(cfg_path)
+    out = tmp_path / "m.gguf"
+    result = CliRunner().invoke(app, ["export", "gguf", str(cfg_path), "--qtype", "Q8_0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    done = json.loads(result.output.strip().splitlines()[-1])
+    assert done["architecture"] == "llama" and done["bytes"] == out.stat().st_size and done["fallbacks"] == {}

@@ -126,5 +126,5 @@ def test_llamacpp_backend_measures_a_gguf_export(tmp_path) -> None:
     assert r["gguf_type"] == "Q4_0" and r["disk_bytes"] > 0
     assert r["prefill"][0]["median_ms"] > 0 and r["decode"][0]["tok_s"] > 0
     odd = _write(_llama(128, 2, norm="layernorm"), tmp_path / "ln.json")
-    with pytest.raises(ProfileError, match="cannot run in llama.cpp.*RMSNorm"):
+    with pytest.raises(ProfileError, match="cannot run in llama.cpp: .*LayerNorm bias"):
         validate([Setting(odd, backend="llamacpp", prompts=(8,), depths=(0,), gen=2)])

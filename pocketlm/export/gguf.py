@@ -1,23 +1,25 @@
 """Export a pocketlm Transformer to GGUF (llama.cpp's format).
 
-The llama.cpp architecture, its tensor names, hyper-parameters and per-tensor layout changes are
-declared by the model's family (`interop/families/`, `Family.gguf`); families without their own are
-written as `llama` when their config is llama-shaped. This module is the driver over that data.
+Which llama.cpp architecture a model is written as, its tensor names, hyper-parameter keys and
+per-tensor layout changes are data the families declare (`interop/families/`, `GGUFArch`): the
+family's own architecture when its llama.cpp graph computes the config, else the first one that does
+(`gguf_arch`); a model no graph computes gets one error naming why (and, for OPT, the runtimes that
+run it). This module is the driver over that data: it concatenates pocketlm tensors llama.cpp reads
+as one (a fused q/k/v, Phi-3's gate/up), splits stacked experts, and applies the declared transforms
+(pair-RoPE row permutations, Gemma's 1 + w norms).
 
-Tensor types F32, F16, BF16, Q8_0 and Q4_0 are written directly with the `gguf` package (its numpy
-quantizers); K-quants and the other llama.cpp types go through llama.cpp's own quantizer
-(`llama_cpp.llama_model_quantize`, from the optional llama-cpp-python extra) applied to an F32 file.
-
-llama.cpp's `llama` graph rotates interleaved pairs (x0, x1), while pocketlm's default RoPE rotates
-halves, so the family declares a permutation of the q/k projection rows (as llama.cpp's own HF
-converter does).
-The tokenizer is written as `none` unless a Hugging Face `tokenizer.json` with a byte-level BPE
-model is given; profiling feeds token ids directly.
+F32, F16, BF16, Q8_0 and Q4_0 are written directly with the `gguf` package; K-quants and the other
+llama.cpp types go through llama.cpp's own quantizer (`llama_cpp.llama_model_quantize`, optional
+llama-cpp-python extra) applied to an F32 file. A tensor whose row width the type's block does not
+divide falls back (F16 here, llama.cpp's own fallback chain for its types) and is reported. The
+vocabulary is the model's tokenizer (`gguf_vocab`), or llama.cpp's `none` model when there is none
+(random-weight catalog models: llama.cpp runs them on token ids).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,8 +27,15 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from pocketlm.interop.families import GGUFArch, gguf_arch
+from dataclasses import dataclass
+
+from pocketlm.interop.families import GGUFArch, gguf_arch, gguf_refusal
+from pocketlm.interop.families.base import TensorKey, rows_axis
+from pocketlm.export.errors import GGUFExportError
+from pocketlm.export.gguf_vocab import read_vocab, write_vocab
 from pocketlm.utils import atomic_path
+
+log = logging.getLogger(__name__)
 
 DIRECT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0")
 LLAMA_CPP_TYPES = ("Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M",
@@ -34,44 +43,78 @@ LLAMA_CPP_TYPES = ("Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L",
 GGUF_TYPES = DIRECT_TYPES + LLAMA_CPP_TYPES
 
 
-class GGUFExportError(ValueError):
-    """A model or request that the GGUF writer cannot honour; the message says why and what to do."""
-
-
 def unsupported_reasons(cfg) -> list[str]:
-    """Why `cfg` cannot run as the llama.cpp architecture of its family (empty list: it can)."""
-    return gguf_arch(cfg).unsupported(cfg)
+    """Why llama.cpp cannot run `cfg` as any architecture pocketlm writes (empty list: it can)."""
+    refusal = gguf_refusal(cfg)
+    return [refusal] if refusal else []
 
 
-def _placements(cfg, arch: GGUFArch, state: dict[str, torch.Tensor]) -> list[tuple[str, str, int]]:
-    """(pocketlm name, table key, layer) per GGUF tensor name, in the table's reading order."""
+@dataclass(frozen=True)
+class Placement:
+    """Where GGUF tensors come from: pocketlm tensors `src` (rows side by side) -> GGUF names `dst`."""
+
+    src: tuple[str, ...]
+    key: TensorKey  # the arch table's key (for its transform)
+    layer: int
+    dst: tuple[str, ...]
+
+
+def _names(key: TensorKey, i: int) -> tuple[str, ...]:
+    return tuple(k.format(i=i) for k in ((key,) if isinstance(key, str) else key))
+
+
+def placements(cfg, arch: GGUFArch, state) -> list[Placement]:
+    """Every GGUF tensor of the model, in the table's reading order; raises if a tensor has no place."""
     keys = list(arch.tensors)
-    blocks = [k for k in keys if "{i}" in k]
-    first = keys.index(blocks[0]) if blocks else len(keys)
-    rows = [(k, k, -1) for k in keys[:first]]
-    rows += [(k.format(i=i), k, i) for i in range(cfg.n_stored_layers) for k in blocks]
-    rows += [(k, k, -1) for k in keys[first:] if k not in blocks]
+    in_block = [k for k in keys if "{i}" in (k if isinstance(k, str) else k[0])]
+    first = keys.index(in_block[0]) if in_block else len(keys)
+    rows = [(k, -1) for k in keys[:first]]
+    rows += [(k, i) for i in range(cfg.n_stored_layers) for k in in_block]
+    rows += [(k, -1) for k in keys[first:] if k not in in_block]
     skip = {"lm_head.weight"} if cfg.tie_embeddings else set()
-    placed = [(name, key, i) for name, key, i in rows if name in state and name not in skip]
-    unplaced = sorted(set(state) - {name for name, _, _ in placed} - skip)
+    placed = []
+    for key, i in rows:
+        src = _names(key, i)
+        if all(n in state for n in src) and not set(src) & skip:
+            placed.append(Placement(src, key, i, _names(arch.tensors[key], i)))
+    sources = [n for p in placed for n in p.src]
+    twice = sorted({n for n in sources if sources.count(n) > 1})
+    if twice:
+        raise GGUFExportError(f"{arch.arch!r} table places {twice[:3]} twice")
+    unplaced = sorted(set(state) - set(sources) - skip)
     if unplaced:
         raise GGUFExportError(f"llama.cpp's {arch.arch!r} architecture has no place for {unplaced[:5]}; "
                               "export the unpacked float model")
     return placed
 
 
+def _float_state(model) -> dict[str, torch.Tensor]:
+    """The model's float tensors in the unfused layout GGUF tables name."""
+    if model.transforms.fused and not (model.transforms.packed or model.transforms.quantization):
+        model.unfuse()  # exact; fused again by the caller
+        try:
+            return dict(model.state_dict())
+        finally:
+            model.fuse()
+    model.check_savable("gguf")  # float, unpacked: GGUF quantizes on export
+    return dict(model.state_dict())
+
+
 def gguf_tensors(model) -> dict[str, torch.Tensor]:
     """GGUF tensor name -> float tensor (in llama.cpp's layout) for a pocketlm Transformer."""
-    model.check_savable("gguf")  # float, unfused, unpacked: GGUF quantizes on export
     cfg = model.config
     arch = gguf_arch(cfg)
-    state = model.state_dict()
+    state = _float_state(model)
     out = {}
-    for name, key, i in _placements(cfg, arch, state):
-        t = state[name]
-        if key in arch.transforms:
-            t = arch.transforms[key].to_gguf(t, cfg, i)
-        out[arch.tensors[key].format(i=i)] = t
+    for p in placements(cfg, arch, state):
+        parts = [state[n] for n in p.src]
+        t = torch.cat(parts, dim=rows_axis(parts[0])) if len(parts) > 1 else parts[0]
+        if p.key in arch.transforms:
+            t = arch.transforms[p.key].to_gguf(t, cfg, p.layer)
+        pieces = t.chunk(len(p.dst), dim=rows_axis(t)) if len(p.dst) > 1 else (t,)
+        out.update({name: piece.contiguous() for name, piece in zip(p.dst, pieces)})
+    if arch.extra is not None:
+        out.update({name: torch.as_tensor(np.asarray(v, dtype=np.float32)) for name, v in arch.extra(cfg).items()})
     return out
 
 
@@ -83,100 +126,135 @@ def _add_metadata(w, cfg, arch: GGUFArch, name: str, file_type: int) -> None:
     w.add_file_type(file_type)
 
 
-def _add_tokenizer(w, cfg, tokenizer_json: Path | None) -> None:
-    if tokenizer_json is None:
-        w.add_tokenizer_model("none")
-        return
-    spec = json.loads(Path(tokenizer_json).read_text())
-    model = spec.get("model", {})
-    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
-        raise GGUFExportError(f"{tokenizer_json}: only byte-level BPE tokenizer.json files are exported; "
-                              "export without a tokenizer (token ids only) instead.")
-    vocab = dict(model["vocab"])
-    for t in spec.get("added_tokens", []):
-        vocab[t["content"]] = t["id"]
-    tokens = [f"[PAD{i}]" for i in range(cfg.vocab_size)]
-    types = [5] * cfg.vocab_size  # 5 = unused
-    special = {t["content"] for t in spec.get("added_tokens", []) if t.get("special")}
-    for text, idx in vocab.items():
-        if idx < cfg.vocab_size:
-            tokens[idx], types[idx] = text, (3 if text in special else 1)  # 3 control, 1 normal
-    merges = model.get("merges", [])
-    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
+# tensors llama.cpp's converter keeps in F32 whatever the file type: routers and learned positions
+KEEP_F32 = ("ffn_gate_inp", "position_embd", "rope_factors")
 
 
-def _direct_type(qtype: str, name: str, t: np.ndarray):
-    """GGML type for one tensor: quantize 2-D weights whose rows split into 32-blocks, else keep F32."""
+def block_size(qtype: str) -> int:
+    """Weights per quantization block of a GGUF type (1 for float types)."""
     import gguf
 
-    T = gguf.GGMLQuantizationType
-    if qtype == "F32" or t.ndim == 1:
-        return T.F32
-    if qtype in ("Q8_0", "Q4_0") and t.shape[-1] % 32:
-        return T.F16  # llama.cpp's converter falls back the same way
-    return {"F16": T.F16, "BF16": T.BF16, "Q8_0": T.Q8_0, "Q4_0": T.Q4_0}[qtype]
+    return gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[_TYPE_OF_FILE.get(qtype, qtype)]][0]
+
+
+# the tensor type a file type mostly holds (K-quant mixes are named after their main type)
+_TYPE_OF_FILE = {"Q3_K_S": "Q3_K", "Q3_K_M": "Q3_K", "Q3_K_L": "Q3_K", "Q4_K_S": "Q4_K", "Q4_K_M": "Q4_K",
+                 "Q5_K_S": "Q5_K", "Q5_K_M": "Q5_K"}
+
+
+def tensor_type(qtype: str, name: str, shape: tuple[int, ...]) -> tuple[str, str]:
+    """(GGML type, reason) of one tensor written directly as `qtype`: 1-D tensors and routers stay F32;
+    a row width the type's block does not divide falls back to F16, as llama.cpp's converter does."""
+    if qtype == "F32" or len(shape) == 1 or any(k in name for k in KEEP_F32):
+        return "F32", ""
+    if shape[-1] % block_size(qtype):
+        return "F16", f"row width {shape[-1]} is not a multiple of {qtype}'s block of {block_size(qtype)}"
+    return qtype, ""
 
 
 def export_gguf(model, path: str | Path, qtype: str = "F16", tokenizer_json: str | Path | None = None,
-                threads: int | None = None, tensor_overrides: Mapping[str, tuple[np.ndarray, Any]] | None = None) -> Path:
+                threads: int | None = None, *,
+                tensor_overrides: Mapping[str, tuple[np.ndarray, Any]] | None = None,
+                stand_in_vocab: bool = True) -> Path:
     """Write `model` to `path` as GGUF with tensor type `qtype`; returns the path (written atomically).
 
-    `tensor_overrides`: GGUF tensor name -> (ggml block bytes uint8 [rows, bytes], GGMLQuantizationType),
-    written as given instead of quantizing that tensor (GPTQ / AWQ codes: compress.quantize.gguf_export)."""
+    `tokenizer_json`: the model's Hugging Face tokenizer.json (or its directory), written as llama.cpp's
+    vocabulary; without one, a stand-in vocabulary of `<id>` tokens (`stand_in_vocab`) lets llama.cpp
+    load a random-weight model fed token ids. `tensor_overrides`: GGUF tensor name -> (array, GGML
+    type) written as they are (already quantized blocks, e.g. GPTQ's), never requantized. Tensors
+    whose width a quantized type cannot take are written as F16 and logged (see `fallbacks`).
+    """
     import gguf
-
-    overrides = dict(tensor_overrides or {})
-    if overrides and qtype.upper() in LLAMA_CPP_TYPES:
-        raise GGUFExportError(f"tensor overrides are written directly; choose the other tensors' type from "
-                              f"{DIRECT_TYPES}, not {qtype}")
 
     qtype = qtype.upper()
     if qtype not in GGUF_TYPES:
         raise GGUFExportError(f"unknown GGUF type {qtype!r}; choose one of {GGUF_TYPES}")
     cfg = model.config
+    refusal = gguf_refusal(cfg)
+    if refusal:
+        raise GGUFExportError(f"cannot export {cfg.name or 'this model'} to GGUF: {refusal}")
     arch = gguf_arch(cfg)
-    reasons = arch.unsupported(cfg)
-    if reasons:
-        raise GGUFExportError(
-            f"model {cfg.name or '(unnamed)'} cannot be exported as llama.cpp's {arch.arch!r} architecture: "
-            + "; ".join(reasons) + ". Profile it with the torch backend instead.")
     path = Path(path)
+    if tokenizer_json is None and not stand_in_vocab:
+        raise GGUFExportError("no tokenizer given: pass tokenizer_json=<model dir or tokenizer.json>, or "
+                              "stand_in_vocab=True for a file llama.cpp runs on token ids only")
+    vocab = read_vocab(tokenizer_json, cfg.vocab_size) if tokenizer_json is not None else None
     if qtype in LLAMA_CPP_TYPES:
+        if tensor_overrides:
+            raise GGUFExportError(f"tensor_overrides are written as they are into files of a type pocketlm writes "
+                                  f"itself {DIRECT_TYPES}; {qtype} is llama.cpp's quantizer's, which would "
+                                  "requantize them")
         return _quantize_with_llama_cpp(model, path, qtype, tokenizer_json, threads)
+    tensors = gguf_tensors(model)
+    overrides = _check_overrides(tensor_overrides or {}, tensors)
     file_type = {"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
                  "BF16": gguf.LlamaFileType.MOSTLY_BF16, "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
                  "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[qtype]
+    T = gguf.GGMLQuantizationType
+    fell_back = {}
     with atomic_path(path) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch.arch)
         _add_metadata(w, cfg, arch, cfg.name, int(file_type))
-        _add_tokenizer(w, cfg, Path(tokenizer_json) if tokenizer_json else None)
+        write_vocab(w, vocab, cfg.vocab_size)
         if qtype in ("Q8_0", "Q4_0") or overrides:
             w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        for name, tensor in gguf_tensors(model).items():
+        for name, tensor in tensors.items():
             if name in overrides:
-                raw, raw_type = overrides.pop(name)
-                w.add_tensor(name, raw, raw_dtype=raw_type)
+                data, ttype = overrides[name]
+                w.add_tensor(name, data, raw_dtype=ttype)
                 continue
             arr = tensor.detach().to(torch.float32).cpu().numpy()
-            ttype = _direct_type(qtype, name, arr)
-            if ttype == gguf.GGMLQuantizationType.F32:
+            ttype, reason = tensor_type(qtype, name, arr.shape)
+            if reason and qtype != "F32":
+                fell_back[name] = reason
+            if ttype == "F32":
                 w.add_tensor(name, arr)
-            elif ttype == gguf.GGMLQuantizationType.F16:
+            elif ttype == "F16":
                 w.add_tensor(name, arr.astype(np.float16))
             else:
-                w.add_tensor(name, gguf.quants.quantize(arr, ttype), raw_dtype=ttype)
-        if overrides:
-            raise GGUFExportError(f"tensor overrides name no tensor of this model: {sorted(overrides)[:5]}")
+                w.add_tensor(name, gguf.quants.quantize(arr, T[ttype]), raw_dtype=T[ttype])
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+    if fell_back:
+        log.warning("%s: %d tensor(s) written as F16 instead of %s: %s", path.name, len(fell_back), qtype,
+                    "; ".join(f"{k} ({v})" for k, v in list(fell_back.items())[:8]))
     return path
+
+
+def fallbacks(path: str | Path, qtype: str) -> dict[str, str]:
+    """Tensors of a GGUF file that are not of (the main type of) `qtype` because their row width is
+    not a multiple of its block: name -> the type they were written as (llama.cpp's rule)."""
+    import gguf
+
+    qtype = qtype.upper()
+    out = {}
+    for t in gguf.GGUFReader(str(path)).tensors:
+        width = int(t.shape[0])
+        kept = any(k in t.name for k in KEEP_F32)
+        if len(t.shape) > 1 and not kept and width % block_size(qtype) and \
+                t.tensor_type.name != _TYPE_OF_FILE.get(qtype, qtype):
+            out[t.name] = t.tensor_type.name
+    return out
+
+
+def _check_overrides(overrides: Mapping[str, tuple[np.ndarray, Any]], tensors: dict[str, torch.Tensor]) -> dict:
+    import gguf
+
+    out = {}
+    for name, (data, ttype) in overrides.items():
+        if name not in tensors:
+            raise GGUFExportError(f"tensor_overrides: {name!r} is not a tensor of this model's GGUF file "
+                                  f"(e.g. {list(tensors)[:3]})")
+        ttype = gguf.GGMLQuantizationType(ttype)
+        data = np.asarray(data)
+        shape = gguf.quant_shape_from_byte_shape(data.shape, ttype) if data.dtype == np.uint8 else data.shape
+        if tuple(shape) != tuple(tensors[name].shape):
+            raise GGUFExportError(f"tensor_overrides: {name} holds {tuple(shape)} {ttype.name} values; the model's "
+                                  f"tensor is {tuple(tensors[name].shape)}")
+        out[name] = (data, ttype)
+    return out
 
 
 def _quantize_with_llama_cpp(model, path: Path, qtype: str, tokenizer_json, threads: int | None) -> Path:
@@ -197,6 +275,10 @@ def _quantize_with_llama_cpp(model, path: Path, qtype: str, tokenizer_json, thre
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
         if rc != 0:
             raise GGUFExportError(f"llama.cpp's quantizer failed ({rc}) for {qtype}")
+    moved = fallbacks(path, qtype)
+    if moved:
+        log.warning("%s: %d tensor(s) fell back from %s (width not a multiple of its block): %s", path.name,
+                    len(moved), qtype, ", ".join(f"{k}={v}" for k, v in list(moved.items())[:8]))
     return path
 
 
@@ -210,21 +292,28 @@ def load_gguf_weights(model, path: str | Path) -> None:
     cfg = model.config
     arch = gguf_arch(cfg)
     state = model.state_dict()
-    places = {arch.tensors[key].format(i=i): (name, key, i) for name, key, i in _placements(cfg, arch, state)}
     reader = gguf.GGUFReader(str(path))
-    found = set()
+    stored = {}
+    for t in reader.tensors:
+        value = np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        stored[t.name] = torch.from_numpy(value.reshape(tuple(int(d) for d in reversed(t.shape))))
+    extra = set(arch.extra(cfg)) if arch.extra is not None else set()
+    used = set(extra)
     with torch.no_grad():
-        for t in reader.tensors:
-            if t.name not in places:
-                raise GGUFExportError(f"{path}: tensor {t.name} has no place in this model")
-            name, key, i = places[t.name]
-            dst = state[name]
-            value = torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32))
-            value = value.reshape(dst.shape)
-            if key in arch.transforms:
-                value = arch.transforms[key].from_gguf(value, cfg, i)
-            dst.copy_(value.to(dst.dtype))
-            found.add(t.name)
-    missing = sorted(set(places) - found)
-    if missing:
-        raise GGUFExportError(f"{path}: missing tensors {missing[:5]}")
+        for p in placements(cfg, arch, state):
+            missing = [n for n in p.dst if n not in stored]
+            if missing:
+                raise GGUFExportError(f"{path}: missing tensors {missing[:5]}")
+            pieces = [stored[n] for n in p.dst]
+            value = torch.cat(pieces, dim=rows_axis(pieces[0])) if len(pieces) > 1 else pieces[0]
+            if p.key in arch.transforms:
+                value = arch.transforms[p.key].from_gguf(value, cfg, p.layer)
+            dsts = [state[n] for n in p.src]
+            sizes = [d.shape[rows_axis(d)] if d.dim() else 1 for d in dsts]
+            parts = value.split(sizes, dim=rows_axis(value)) if len(dsts) > 1 else (value,)
+            for dst, part in zip(dsts, parts):
+                dst.copy_(part.reshape(dst.shape).to(dst.dtype))
+            used.update(p.dst)
+    unknown = sorted(set(stored) - used)
+    if unknown:
+        raise GGUFExportError(f"{path}: tensor {unknown[0]} has no place in this model")

@@ -86,13 +86,21 @@ def landscape_cmd(
     out: Path = typer.Option(Path("docs/profile_landscape"), help="folder for landscape.csv and figures"),
     pack: Optional[bool] = typer.Option(None, "--pack/--no-pack", help="override the per-device kernel choice "
                                         "(--pack: oneDNN-packed fp32/bf16; a tied LM head then holds a 2nd copy)"),
+    backend: str = typer.Option("torch", help="torch | llamacpp (GGUF export, timed in llama.cpp)"),
+    qtype: str = typer.Option("", help="llamacpp backend: the GGUF type (Q4_0, Q8_0, F16...; default Q4_0)"),
 ) -> None:
-    """Latency and memory vs parameters over the catalog's architectures (random weights)."""
+    """Latency and memory vs parameters over the catalog's architectures (random weights); resumable."""
     from pocketlm.profile.landscape import landscape
 
-    print(json.dumps(landscape(max_params=max_params, min_params=min_params, dtype=dtype, prompt=prompt, gen=gen,
-                               depth=depth, threads=threads, repeat=repeat, names=_words(models) or None,
-                               out_dir=out, pack=pack)))
+    if qtype and backend != "llamacpp":
+        raise typer.BadParameter("--qtype is the GGUF type of the llamacpp backend; add --backend llamacpp")
+    if backend == "llamacpp":
+        dtype = qtype or "Q4_0"
+    done = landscape(max_params=max_params, min_params=min_params, dtype=dtype, prompt=prompt, gen=gen,
+                     depth=depth, threads=threads, repeat=repeat, names=_words(models) or None, out_dir=out,
+                     pack=pack, backend=backend)
+    done.pop("points")
+    print(json.dumps(done))
 
 
 @profile_app.command("compare")

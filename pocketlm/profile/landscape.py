@@ -12,7 +12,7 @@ from pocketlm.profile.setting import ProfileError, Setting
 from pocketlm.runtime import ModelOpenError
 from pocketlm.survey.figures import save_figure, write_csv
 
-POINT_FIELDS = ("model", "params", "attention", "n_layer", "d_model", "vocab_size", "dtype", "threads",
+POINT_FIELDS = ("model", "params", "attention", "n_layer", "d_model", "vocab_size", "backend", "dtype", "threads",
                 "prefill_ms", "prefill_tok_s", "decode_ms", "decode_tok_s", "prefill_best_ms", "decode_best_ms",
                 "peak_rss_mb", "weights_mb",
                 "kv_cache_mb", "activations_mb", "other_mb", "n_prompt", "depth")
@@ -21,8 +21,10 @@ POINT_FIELDS = ("model", "params", "attention", "n_layer", "d_model", "vocab_siz
 INT_FIELDS = ("params", "n_layer", "d_model", "vocab_size", "threads", "n_prompt", "depth")
 
 
-def catalog_models(max_params: float, min_params: float = 0) -> list[str]:
-    """Buildable catalog entries with min_params <= total params <= max_params, smallest first."""
+def catalog_models(max_params: float, min_params: float = 0, backend: str = "torch") -> list[str]:
+    """Buildable catalog entries with min_params <= total params <= max_params, smallest first;
+    for the llamacpp backend, only those a llama.cpp architecture runs."""
+    from pocketlm.export.gguf import unsupported_reasons
     from pocketlm.model import costs
     from pocketlm.survey.catalog import entry_to_config, load_catalog
 
@@ -30,8 +32,9 @@ def catalog_models(max_params: float, min_params: float = 0) -> list[str]:
     for e in load_catalog():
         if not e.buildable:
             continue
-        n = costs.param_counts(entry_to_config(e))["total"]
-        if min_params <= n <= max_params:
+        cfg = entry_to_config(e)
+        n = costs.param_counts(cfg)["total"]
+        if min_params <= n <= max_params and (backend != "llamacpp" or not unsupported_reasons(cfg)):
             picked.append((n, e.name))
     return [name for _, name in sorted(picked)]
 
@@ -44,7 +47,8 @@ def point(result: dict) -> dict:
     return {
         "model": info["name"], "params": info["params"], "attention": info["attention"],
         "n_layer": info["n_layer"], "d_model": info["d_model"], "vocab_size": info["vocab_size"],
-        "dtype": s["dtype"], "threads": s["threads"], "prefill_ms": round(p["median_ms"], 3),
+        "backend": s.get("backend", "torch"), "dtype": s["dtype"], "threads": s["threads"],
+        "prefill_ms": round(p["median_ms"], 3),
         "prefill_tok_s": round(p["tok_s"], 2), "decode_ms": round(d["median_ms"], 3),
         "decode_tok_s": round(d["tok_s"], 2), "prefill_best_ms": round(p["min_ms"], 3),
         "decode_best_ms": round(d["min_ms"], 3), "peak_rss_mb": round(mem["peak_rss_bytes"] / mb, 1),
@@ -55,20 +59,27 @@ def point(result: dict) -> dict:
 
 
 def _measure(names: list[str], dtype: str, prompt: int, gen: int, depth: int, threads: int, repeat: int,
-             label: str, keep_going: bool = False, failed: list | None = None, pack: bool | None = None) -> list[dict]:
+             label: str, keep_going: bool = False, failed: list | None = None, pack: bool | None = None,
+             backend: str = "torch", on_point=None) -> list[dict]:
+    """One point per model (each in a fresh worker); `on_point(point)` after each (to save progress)."""
     failed = failed if failed is not None else []
-    from rich.progress import Progress
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
-    settings = [Setting(model=n, dtype=dtype, threads=threads, prompts=(prompt,), gen=gen, depths=(depth,),
-                        repeat=repeat, warmup=1, pack=pack) for n in names]
+    settings = [Setting(model=n, backend=backend, dtype=dtype, threads=threads, prompts=(prompt,), gen=gen,
+                        depths=(depth,), repeat=repeat, warmup=1, pack=pack) for n in names]
     validate(settings)
     points = []
-    with Progress() as bar:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns) as bar:
         task = bar.add_task(label, total=len(settings))
         for s in settings:
             bar.update(task, description=f"{label}: {s.model}")
             try:
                 points.append(point(run_setting(s)))
+                if on_point is not None:
+                    on_point(points[-1])
             except (ProfileError, ModelOpenError) as e:  # one model failing (e.g. out of memory) must not lose the rest
                 if not keep_going:
                     raise
@@ -119,27 +130,60 @@ def _system_line(threads: int, dtype: str) -> str:
     return f"{cpu_model()} ({os.cpu_count()} cores), {threads} threads, {dtype}, random weights"
 
 
+def read_points(path: Path) -> list[dict]:
+    """Landscape rows of a CSV written before (typed as `point` returns them); [] if there is none."""
+    import csv
+
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: (v if k in ("model", "attention", "dtype", "backend") else
+                     int(float(v)) if k in INT_FIELDS else float(v)) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(f)]
+
+
 def landscape(max_params: float = 2e9, min_params: float = 0, dtype: str = "bf16", prompt: int = 64,
               gen: int = 8, depth: int = 64, threads: int = 0, repeat: int = 3, names: list[str] | None = None,
-              out_dir: str | Path = "docs/profile_landscape", pack: bool | None = None) -> dict:
+              out_dir: str | Path = "docs/profile_landscape", pack: bool | None = None, backend: str = "torch") -> dict:
     """Profile every catalog architecture in range (each in a fresh process); write CSV + figure.
-    `threads` 0: all cores."""
+
+    Resumable: rows already in `out_dir/landscape.csv` for the same backend and dtype are kept and
+    their models not measured again; the CSV is rewritten after every model. `threads` 0: all cores;
+    for the llamacpp backend `dtype` is a GGUF type (Q4_0, Q8_0, F16...) and only the catalog
+    architectures llama.cpp runs are measured."""
     threads = threads or torch.get_num_threads()
-    names = names or catalog_models(max_params, min_params)
+    names = names or catalog_models(max_params, min_params, backend)
     if not names:
         raise ProfileError(f"no buildable catalog model has between {min_params:.3g} and {max_params:.3g} "
                            "parameters; raise --max-params")
+    out = Path(out_dir)
+    csv_file = out / "landscape.csv"
+    same = lambda p: p.get("backend", "torch") == backend and p["dtype"].lower() == dtype.lower()  # noqa: E731
+    kept = read_points(csv_file)
+    done = {p["model"] for p in kept if same(p)}
+    todo = [n for n in names if n not in done]
+
+    def save(points: list[dict]) -> Path:
+        rows = sorted(points, key=lambda p: (p["params"], p.get("backend", ""), p["dtype"]))
+        return write_csv([{k: p.get(k) for k in POINT_FIELDS} for p in rows], csv_file)
+
+    fresh: list[dict] = []
     failed: list[dict] = []
-    points = _measure(names, dtype, prompt, gen, depth, threads, repeat, "landscape", keep_going=True,
-                      failed=failed, pack=pack)
+    if todo:
+        _measure(todo, dtype, prompt, gen, depth, threads, repeat, f"landscape ({backend}, {dtype})",
+                 keep_going=True, failed=failed, pack=pack, backend=backend,
+                 on_point=lambda p: (fresh.append(p), save(kept + fresh)))
+    points = [p for p in kept + fresh if same(p)]
     if not points:
         raise ProfileError(f"every model failed: {failed[:3]}")
-    out = Path(out_dir)
-    csv_path = write_csv([{k: p[k] for k in POINT_FIELDS} for p in points], out / "landscape.csv")
-    fig = landscape_figure(points, out / "landscape.png",
-                           f"Latency and memory vs parameters: prompt {prompt}, decode at depth {depth} — "
+    csv_path = save(kept + fresh)
+    runtime = "llama.cpp" if backend == "llamacpp" else "torch"
+    fig = landscape_figure(points, out / f"landscape_{backend}_{dtype}.png" if backend != "torch" else
+                           out / "landscape.png",
+                           f"{runtime}: latency and memory vs parameters: prompt {prompt}, decode at depth {depth} — "
                            + _system_line(threads, dtype))
-    return {"models": len(points), "csv": str(csv_path), "figure": str(fig), "failed": failed, "points": points}
+    return {"models": len(points), "measured_now": len(fresh), "skipped_measured": len(done & set(names)),
+            "csv": str(csv_path), "figure": str(fig), "failed": failed, "points": points}
 
 
 def compare(models: list[str], dtype: str = "bf16", prompt: int = 128, gen: int = 16, depth: int = 128,
@@ -200,3 +244,102 @@ def merge_landscapes(csv_paths: list[str | Path], out_dir: str | Path, title: st
     csv_path = write_csv([{k: p.get(k) for k in POINT_FIELDS} for p in ordered], out / "landscape.csv")
     fig = landscape_figure(ordered, out / "landscape.png", title)
     return {"models": len(ordered), "csv": str(csv_path), "figure": str(fig)}
+
+
+def landscape_findings(points: list[dict], rel_size: float = 0.15) -> dict:
+    """The survey's runtime findings, recomputed from landscape rows of one backend and dtype:
+    how latency and memory follow parameters (log-log slope, Spearman rank correlation), the spread at
+    equal size (pairs within `rel_size` of each other's parameters), and the memory outliers
+    (residual of log memory against log parameters, with their vocabulary share of the parameters)."""
+    import numpy as np
+
+    def rank(x: np.ndarray) -> np.ndarray:
+        return np.argsort(np.argsort(x)).astype(float)
+
+    params = np.array([p["params"] for p in points], dtype=float)
+    out: dict = {"models": len(points)}
+    for key in ("prefill_best_ms", "decode_best_ms", "peak_rss_mb"):
+        y = np.array([p[key] for p in points], dtype=float)
+        slope, intercept = np.polyfit(np.log(params), np.log(y), 1)
+        out[key] = {"loglog_slope": round(float(slope), 3),
+                    "spearman": round(float(np.corrcoef(rank(params), rank(y))[0, 1]), 3)}
+        if key == "peak_rss_mb":
+            resid = np.log(y) - (slope * np.log(params) + intercept)
+            order = np.argsort(resid)[::-1][:3]
+            out["memory_outliers"] = [
+                {"model": points[i]["model"], "above_fit": round(float(np.exp(resid[i])), 2),
+                 "vocab_share": round(points[i]["vocab_size"] * points[i]["d_model"] / points[i]["params"], 2)}
+                for i in order]
+    pairs = []
+    for i, a in enumerate(points):
+        for b in points[i + 1:]:
+            if abs(a["params"] - b["params"]) <= rel_size * min(a["params"], b["params"]):
+                slow, fast = (a, b) if a["prefill_best_ms"] >= b["prefill_best_ms"] else (b, a)
+                pairs.append({"slower": slow["model"], "faster": fast["model"],
+                              "prefill_ratio": round(slow["prefill_best_ms"] / fast["prefill_best_ms"], 2),
+                              "decode_ratio": round(slow["decode_best_ms"] / fast["decode_best_ms"], 2),
+                              "layers": (slow["n_layer"], fast["n_layer"]), "vocab": (slow["vocab_size"],
+                                                                                       fast["vocab_size"])})
+    out["equal_size_pairs"] = sorted(pairs, key=lambda p: -p["prefill_ratio"])
+    return out
+
+
+def dtype_ratios(points: list[dict], base: str = "F16") -> list[dict]:
+    """Per model measured in several dtypes: prefill and decode speed-ups over `base` (the same model)."""
+    by_model: dict[str, dict[str, dict]] = {}
+    for p in points:
+        by_model.setdefault(p["model"], {})[p["dtype"].upper()] = p
+    rows = []
+    for model, runs in by_model.items():
+        if base not in runs or len(runs) < 2:
+            continue
+        ref = runs[base]
+        for dtype, p in sorted(runs.items()):
+            rows.append({"model": model, "dtype": dtype, "weights_mb": p["weights_mb"],
+                         "prefill_speedup": round(ref["prefill_best_ms"] / p["prefill_best_ms"], 2),
+                         "decode_speedup": round(ref["decode_best_ms"] / p["decode_best_ms"], 2)})
+    return rows
+
+
+def dtype_figure(rows: list[dict], path: Path, title: str) -> Path:
+    """Prefill and decode speed-up over F16 for each model and GGUF type: one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    width = 0.8 / len(dtypes)
+    for ax, key in zip(axes, ("prefill_speedup", "decode_speedup")):
+        for j, d in enumerate(dtypes):
+            vals = [next((r[key] for r in rows if r["model"] == m and r["dtype"] == d), 0) for m in models]
+            ax.bar([i + j * width for i in range(len(models))], vals, width, label=d)
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xticks([i + width * (len(dtypes) - 1) / 2 for i in range(len(models))])
+        ax.set_xticklabels(models, fontsize=8, rotation=15)
+        ax.set_title(key.replace("_", " ") + " over F16 (same model)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(title="GGUF type")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def write_findings(csv_path: str | Path, dtype: str = "Q4_0", backend: str = "llamacpp") -> dict:
+    """`landscape_findings` of one backend and dtype, and the F16 / Q8_0 / Q4_0 ratios (with their
+    figure) of the models measured in several dtypes; written beside the CSV as findings.json."""
+    import json
+
+    from pocketlm.utils import atomic_write_text
+
+    csv_path = Path(csv_path)
+    points = [p for p in read_points(csv_path) if p.get("backend", "torch") == backend]
+    found = landscape_findings([p for p in points if p["dtype"].upper() == dtype.upper()])
+    found["dtype_ratios"] = dtype_ratios(points)
+    if found["dtype_ratios"]:
+        found["dtype_figure"] = str(dtype_figure(found["dtype_ratios"], csv_path.parent / "dtypes.png",
+                                                 f"{backend}: quantization, same models"))
+    atomic_write_text(csv_path.parent / "findings.json", json.dumps(found, indent=1))
+    return found

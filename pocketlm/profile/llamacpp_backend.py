@@ -37,8 +37,8 @@ class LlamaCppBackend:
         gguf_type(setting.dtype)
         reasons = unsupported_reasons(ref.config)
         if reasons:
-            raise ProfileError(f"{ref.name} cannot run in llama.cpp as a llama-family GGUF: "
-                               + "; ".join(reasons) + ". Use --backend torch.")
+            raise ProfileError(f"{ref.name} cannot run in llama.cpp: " + "; ".join(reasons)
+                               + ". Use --backend torch.")
 
     def measure(self, ref: ModelRef, setting: Setting) -> dict:
         llama_cpp = require_llama_cpp()
@@ -98,8 +98,13 @@ def require_llama_cpp() -> Any:
 
 
 def kv_bytes_f16(cfg: ModelConfig, n_ctx: int) -> int:
-    """llama.cpp's default KV cache: F16 keys and values for every layer and context slot."""
-    return cfg.n_layer * 2 * cfg.kv_heads(0) * cfg.dim_head * n_ctx * 2
+    """llama.cpp's default KV cache: F16 keys and values for every layer and context slot (MLA as
+    pocketlm writes it: decompressed per-head keys and values)."""
+    if cfg.attention == "mla":
+        per_slot = cfg.heads(0) * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim) * cfg.n_layer
+    else:
+        per_slot = sum(2 * cfg.kv_heads(i) * cfg.dim_head for i in range(cfg.n_layer))
+    return per_slot * n_ctx * 2
 
 
 def _export(ref: ModelRef, setting: Setting, qtype: str, path: Path) -> tuple[Path, float]:

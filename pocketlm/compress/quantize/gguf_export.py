@@ -18,7 +18,7 @@ import torch
 from pocketlm.compress.quantize.driver import quantize
 from pocketlm.compress.quantize.gguf_grids import BlockGrid, gguf_grid
 from pocketlm.compress.report import QuantReport
-from pocketlm.export.gguf import GGUFExportError, _placements, export_gguf
+from pocketlm.export.gguf import GGUFExportError, export_gguf, placements
 from pocketlm.interop.families import gguf_arch
 from pocketlm.model.quantize import GridError
 from pocketlm.model.transformer import Transformer
@@ -36,21 +36,28 @@ def _row_permutation(transform: Any, shape: tuple[int, int], cfg: Any, layer: in
 
 
 def gguf_overrides(model: Transformer, codes: dict[str, tuple], grid: BlockGrid) -> dict[str, tuple[np.ndarray, Any]]:
-    """GGUF tensor name -> (block bytes, ggml type) for every quantized target of `model`."""
+    """GGUF tensor name -> (block bytes, ggml type) for every quantized target of `model`.
+
+    A GGUF tensor made of several pocketlm matrices (a fused q/k/v) takes their block rows side by side;
+    one matrix split over several GGUF tensors is refused (its codes are not written per piece)."""
     cfg = model.config
     arch = gguf_arch(cfg)
     state = model.state_dict()
-    out = {}
-    for name, key, i in _placements(cfg, arch, state):
-        target = name.removesuffix(".weight")
-        if target not in codes:
+    out, placed = {}, set()
+    for p in placements(cfg, arch, state):
+        targets = [n.removesuffix(".weight") for n in p.src]
+        if not any(t in codes for t in targets):
             continue
-        q, params = codes[target]
-        raw = grid.to_bytes(q, *params)
-        if key in arch.transforms:
-            raw = raw[_row_permutation(arch.transforms[key], tuple(state[name].shape), cfg, i)]
-        out[arch.tensors[key].format(i=i)] = (np.ascontiguousarray(raw), grid.ggml_type)
-    missing = sorted(set(codes) - {n.removesuffix(".weight") for n, _, _ in _placements(cfg, arch, state)})
+        if not all(t in codes for t in targets) or len(p.dst) > 1:
+            raise GGUFExportError(f"GGUF tensor {p.dst[0]} is not one quantized matrix or a row stack of them; "
+                                  "its codes cannot be written exactly (export with --method rtn)")
+        raw = np.concatenate([grid.to_bytes(codes[t][0], *codes[t][1]) for t in targets])
+        if p.key in arch.transforms:
+            rows = sum(state[n].shape[0] for n in p.src)
+            raw = raw[_row_permutation(arch.transforms[p.key], (rows, state[p.src[0]].shape[1]), cfg, p.layer)]
+        out[p.dst[0]] = (np.ascontiguousarray(raw), grid.ggml_type)
+        placed.update(targets)
+    missing = sorted(set(codes) - placed)
     if missing:
         raise GGUFExportError(f"quantized matrices {missing[:3]} have no GGUF tensor of their own")
     return out

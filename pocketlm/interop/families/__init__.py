@@ -13,23 +13,24 @@ import pkgutil
 from pocketlm.interop.families.base import Family, GGUFArch, UnsupportedModelError
 from pocketlm.model.config import ModelConfig
 
-# llama.cpp runs a llama-shaped model of any family as `llama`; families with their own
-# architecture declare it (Family.gguf)
+# a family without a GGUF architecture of its own is tried as llama.cpp's `llama` first (Family.gguf)
 GGUF_FALLBACK = "llama"
 
 
-def _discover() -> dict[str, Family]:
+def _discover() -> tuple[dict[str, Family], list[GGUFArch]]:
     found: dict[str, Family] = {}
+    gguf_only: list[GGUFArch] = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{__name__}.{info.name}")
         for family in getattr(module, "FAMILIES", ()):
             if family.model_type in found:
                 raise RuntimeError(f"family {family.model_type!r} is declared twice (second in {module.__name__})")
             found[family.model_type] = family
-    return found
+        gguf_only += getattr(module, "GGUF_ARCHS", ())
+    return found, gguf_only
 
 
-FAMILIES: dict[str, Family] = _discover()
+FAMILIES, _GGUF_ONLY = _discover()
 SUPPORTED = tuple(sorted(FAMILIES))
 _PICK_ORDER = sorted((f for f in FAMILIES.values() if f.picks is not None), key=lambda f: f.pick_order)
 
@@ -49,10 +50,35 @@ def export_family(cfg: ModelConfig) -> str:
     return next(f.model_type for f in _PICK_ORDER if f.picks(cfg))
 
 
+# every llama.cpp architecture pocketlm writes: the families' own, then those of models that load from
+# no HF family here (remote-code models such as MiniCPM-1/2 and OpenELM)
+GGUF_ARCHS: tuple[GGUFArch, ...] = tuple({id(a): a for a in [f.gguf for f in FAMILIES.values() if f.gguf is not None]
+                                          + _GGUF_ONLY}.values())
+
+
 def gguf_arch(cfg: ModelConfig) -> GGUFArch:
-    """The llama.cpp architecture `cfg` is exported as (it may still refuse the config: `unsupported`)."""
+    """The llama.cpp architecture `cfg` is exported as: its family's own when that graph computes the
+    config, else the first that does (a llama-shaped Qwen runs as `llama`); when none does, its
+    family's own (or `llama`), whose `unsupported` says why."""
     family = FAMILIES.get(export_family(cfg))
-    return family.gguf if family is not None and family.gguf is not None else FAMILIES[GGUF_FALLBACK].gguf
+    own = family.gguf if family is not None and family.gguf is not None else FAMILIES[GGUF_FALLBACK].gguf
+    if not own.unsupported(cfg):
+        return own
+    return next((a for a in GGUF_ARCHS if not a.unsupported(cfg)), own)
 
 
-__all__ = ["FAMILIES", "SUPPORTED", "Family", "GGUFArch", "export_family", "get_family", "gguf_arch"]
+def gguf_refusal(cfg: ModelConfig) -> str:
+    """Why llama.cpp cannot run `cfg` as any architecture ('' when one runs it)."""
+    arch = gguf_arch(cfg)
+    reasons = arch.unsupported(cfg)
+    if not reasons:
+        return ""
+    family = FAMILIES.get(export_family(cfg))
+    if family is not None and family.no_gguf:
+        return family.no_gguf
+    return (f"{cfg.name or 'this model'} matches no llama.cpp architecture; as llama.cpp's {arch.arch!r}: "
+            + "; ".join(reasons))
+
+
+__all__ = ["FAMILIES", "GGUF_ARCHS", "SUPPORTED", "Family", "GGUFArch", "export_family", "get_family", "gguf_arch",
+           "gguf_refusal"]

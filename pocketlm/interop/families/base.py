@@ -69,6 +69,21 @@ QKV_BIAS = ("attn.q_proj.bias", "attn.k_proj.bias", "attn.v_proj.bias")
 
 # ---- GGUF: how llama.cpp names a family -------------------------------------------------------------
 
+TensorKey = str | tuple[str, ...]  # one tensor, or several concatenated along their rows
+
+
+def gguf_name(tensor: Any, suffix: str = "weight") -> str:
+    """gguf-py's name of a llama.cpp tensor (`gguf.MODEL_TENSOR` member), `{i}` standing for the layer."""
+    import gguf
+
+    return f"{gguf.TENSOR_NAMES[tensor].replace('{bid}', '{i}')}.{suffix}"
+
+
+def rows_axis(t: Tensor) -> int:
+    """The axis GGUF tables concatenate and split along: rows of a matrix, experts' rows, a bias."""
+    return max(t.dim() - 2, 0)
+
+
 @dataclass(frozen=True)
 class TensorTransform:
     """A change of layout on the way into GGUF, and its inverse on the way back."""
@@ -82,15 +97,36 @@ class GGUFArch:
     """One llama.cpp architecture as pocketlm writes it.
 
     `tensors` reads like the model: entries before the first block entry are written first, block
-    entries (`{i}` = layer) layer by layer, then the rest. A pocketlm tensor the model does not have
-    (a bias it was built without) is skipped; a tied LM head is not written.
+    entries (`{i}` = layer) layer by layer, then the rest. A key of several pocketlm tensors is one
+    GGUF tensor of their rows side by side (a fused q/k/v); a value of several GGUF names splits one
+    pocketlm tensor's rows evenly (stacked gate/up experts). An entry the model lacks (a bias it was
+    built without, an MoE tensor in a dense layer) is skipped; a tied LM head is not written.
+    `extra` adds tensors llama.cpp reads that the model keeps in its config (RoPE factors).
     """
 
     arch: str  # llama.cpp architecture name (gguf.MODEL_ARCH_NAMES)
-    tensors: dict[str, str]  # pocketlm name -> GGUF name
+    tensors: dict[TensorKey, TensorKey]  # pocketlm name(s) -> GGUF name(s)
     hparams: Callable[[ModelConfig], dict[str, Any]]  # GGUFWriter.add_<key> -> value, in writing order
     unsupported: Rules  # why a config cannot run as this architecture
-    transforms: dict[str, TensorTransform] = field(default_factory=dict)  # keyed like `tensors`
+    transforms: dict[TensorKey, TensorTransform] = field(default_factory=dict)  # keyed like `tensors`
+    extra: Callable[[ModelConfig], dict[str, Any]] | None = None  # GGUF name -> float array
+
+    def __post_init__(self) -> None:
+        # shared tables name every tensor some llama.cpp graph has; keep those gguf-py lists for this one
+        import gguf
+
+        by_name = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
+        allowed = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[by_name[self.arch]]}
+        names = lambda v: (v,) if isinstance(v, str) else v  # noqa: E731
+        kept = {k: v for k, v in self.tensors.items()
+                if all(n.rsplit(".", 1)[0].replace("{i}", "{bid}") in allowed for n in names(v))}
+        object.__setattr__(self, "tensors", kept)
+        object.__setattr__(self, "transforms", {k: t for k, t in self.transforms.items() if k in kept})
+
+
+def failed_rules(rules: list[tuple[bool, str]]) -> list[str]:
+    """The messages of the rules that do not hold."""
+    return [msg for ok, msg in rules if not ok]
 
 
 # ---- the family record ---------------------------------------------------------------------------
@@ -113,6 +149,7 @@ class Family:
     picks: Callable[[ModelConfig], bool] | None = None
     pick_order: int = 0
     gguf: GGUFArch | None = None  # None: exported as llama.cpp's `llama` when the config is llama-shaped
+    no_gguf: str = ""  # why llama.cpp cannot run the family at all, and which runtimes can
 
 
 # ---- reading helpers (transformers config object -> ModelConfig fields) ---------------------------

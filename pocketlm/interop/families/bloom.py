@@ -6,7 +6,10 @@ from typing import Any
 
 from pocketlm.interop.families.base import (HEADS3, QKV, QKV_BIAS, Family, UnsupportedModelError, hf_common,
                                             weight_and_bias)
+from pocketlm.interop.families.base import GGUFArch
 from pocketlm.interop.families.gpt_neox import NEOX_BLOCK
+from pocketlm.interop.families.llama import (GGUF_ATTN_QKV, GGUF_EMBED, GGUF_FFN, GGUF_HEAD, GGUF_NORMS, N, blocks,
+                                             graph_rules, transformer_hparams, with_bias)
 from pocketlm.model.config import ModelConfig
 
 
@@ -28,6 +31,15 @@ def write_bloom(cfg: ModelConfig) -> dict[str, Any]:
                 seq_length=cfg.max_seq_len, **common)
 
 
+# ---- GGUF: llama.cpp's bloom (ALiBi with max bias 8, as BLOOM's slopes) ---------------------------------
+BLOOM_GGUF = GGUFArch(
+    "bloom", {**GGUF_EMBED, **with_bias({"embed_norm": N.TOKEN_EMBD_NORM}),
+              **blocks({**GGUF_NORMS, **GGUF_ATTN_QKV, **GGUF_FFN}), **GGUF_HEAD},
+    transformer_hparams,
+    lambda cfg: graph_rules(cfg, norm=("layernorm",), norm_bias=(True,), ffn="standard", act=("gelu_tanh", "gelu"),
+                            positions=("alibi",), qkv_bias=(True,), out_bias=(True,), mlp_bias=(True,),
+                            embed_norm=True))
+
 FAMILIES = (
     Family(
         "bloom", "BloomForCausalLM", read_bloom, write_bloom, "transformer.h.{i}.",
@@ -36,5 +48,5 @@ FAMILIES = (
         {**NEOX_BLOCK, **weight_and_bias({"attn.o_proj": "self_attention.dense"})},
         packed=(("self_attention.query_key_value.weight", QKV, HEADS3),
                 ("self_attention.query_key_value.bias", QKV_BIAS, HEADS3)),
-        picks=lambda cfg: cfg.positions == "alibi", pick_order=60),
+        picks=lambda cfg: cfg.positions == "alibi", pick_order=60, gguf=BLOOM_GGUF),
 )

@@ -6,6 +6,9 @@ from typing import Any
 
 from pocketlm.interop.families.base import (CAT, CONV1D, CONV1D_CAT, COPY, QKV, QKV_BIAS, Family,
                                             UnsupportedModelError, activation, gelu_new, hf_common, weight_and_bias)
+from pocketlm.interop.families.base import GGUFArch, gguf_name
+from pocketlm.interop.families.llama import (GGUF_ATTN_QKV, GGUF_EMBED, GGUF_FFN, GGUF_HEAD, GGUF_NORMS, N, blocks,
+                                             graph_rules, transformer_hparams)
 from pocketlm.model.config import ModelConfig
 
 
@@ -27,6 +30,14 @@ def write_gpt2(cfg: ModelConfig) -> dict[str, Any]:
                 layer_norm_epsilon=cfg.norm_eps, **hf_common(cfg))
 
 
+# ---- GGUF: llama.cpp's gpt2 (learned positions, q/k/v as one tensor) -------------------------------------
+GPT2_GGUF = GGUFArch(
+    "gpt2", {**GGUF_EMBED, "pos_embed.weight": gguf_name(N.POS_EMBD),
+             **blocks({**GGUF_NORMS, **GGUF_ATTN_QKV, **GGUF_FFN}), **GGUF_HEAD},
+    transformer_hparams,
+    lambda cfg: graph_rules(cfg, norm=("layernorm",), norm_bias=(True,), ffn="standard", act=("gelu_tanh", "gelu"),
+                            positions=("learned",), qkv_bias=(True,), out_bias=(True,), mlp_bias=(True,)))
+
 FAMILIES = (
     Family(
         "gpt2", "GPT2LMHeadModel", read_gpt2, write_gpt2, "transformer.h.{i}.",
@@ -42,5 +53,5 @@ FAMILIES = (
                 ("mlp.c_proj.weight", ("mlp.down_proj.weight",), CONV1D),
                 ("mlp.c_proj.bias", ("mlp.down_proj.bias",), COPY)),
         ignore=("attn.bias", "attn.masked_bias"),
-        picks=lambda cfg: cfg.positions == "learned", pick_order=71),
+        picks=lambda cfg: cfg.positions == "learned", pick_order=71, gguf=GPT2_GGUF),
 )

@@ -6,6 +6,9 @@ from typing import Any
 
 from pocketlm.interop.families.base import (HEADS3, QKV, QKV_BIAS, Family, activation, gelu_new, hf_common,
                                             read_rope, weight_and_bias, write_rope)
+from pocketlm.interop.families.base import GGUFArch, failed_rules
+from pocketlm.interop.families.llama import (GGUF_ATTN_QKV, GGUF_EMBED, GGUF_FFN, GGUF_HEAD, GGUF_NORMS, blocks,
+                                             graph_rules, half_rope_rules, transformer_hparams)
 from pocketlm.model.config import ModelConfig
 
 # block tensors NeoX and BLOOM name alike
@@ -30,6 +33,14 @@ def write_gpt_neox(cfg: ModelConfig) -> dict[str, Any]:
                 **hf_common(cfg))
 
 
+# ---- GGUF: llama.cpp's gptneox: q, k, v as one tensor of their rows in that order, RoPE on halves ----
+GPTNEOX_GGUF = GGUFArch(
+    "gptneox", {**GGUF_EMBED, **blocks({**GGUF_NORMS, **GGUF_ATTN_QKV, **GGUF_FFN}), **GGUF_HEAD},
+    lambda cfg: {**transformer_hparams(cfg), "parallel_residual": cfg.parallel_residual},
+    lambda cfg: graph_rules(cfg, norm=("layernorm",), norm_bias=(True,), residual=("parallel", "pre"),
+                            ffn="standard", act=("gelu", "gelu_tanh"), positions=("rope", "rope_partial"),
+                            qkv_bias=(True,), out_bias=(True,), mlp_bias=(True,)) + failed_rules(half_rope_rules(cfg)))
+
 FAMILIES = (
     Family(
         "gpt_neox", "GPTNeoXForCausalLM", read_gpt_neox, write_gpt_neox, "gpt_neox.layers.{i}.",
@@ -40,5 +51,5 @@ FAMILIES = (
                 ("attention.query_key_value.bias", QKV_BIAS, HEADS3)),
         ignore=("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq"),
         lm_head_aliases=("lm_head.weight",),
-        picks=lambda cfg: cfg.parallel_residual, pick_order=81),
+        picks=lambda cfg: cfg.parallel_residual, pick_order=81, gguf=GPTNEOX_GGUF),
 )

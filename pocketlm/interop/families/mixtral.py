@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pocketlm.interop.families.base import read_moe
-from pocketlm.interop.families.llama import llama_like, read_windowed, write_llama_like
+from pocketlm.interop.families.llama import LLAMA_GGUF, llama_like, read_windowed, write_llama_like
 from pocketlm.model.config import ModelConfig
 
 
@@ -22,5 +22,6 @@ FAMILIES = (
     llama_like("mixtral", "MixtralForCausalLM", read_mixtral, write_mixtral,
                legacy_experts=(("block_sparse_moe.experts.{e}.w1.weight", "block_sparse_moe.experts.{e}.w3.weight",
                                 "block_sparse_moe.experts.{e}.w2.weight", "block_sparse_moe.gate.weight"),),
-               picks=lambda cfg: bool(cfg.n_experts), pick_order=21),
+               picks=lambda cfg: bool(cfg.n_experts), pick_order=21,
+               gguf=LLAMA_GGUF),  # llama.cpp runs Mixtral as `llama` with expert tensors
 )

@@ -5,8 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pocketlm.interop.families.base import UnsupportedModelError
-from pocketlm.interop.families.llama import MLP_EXPERTS, llama_like, read_llama, write_llama_like
+import gguf
+
+from pocketlm.interop.families.base import GGUFArch, UnsupportedModelError, failed_rules, gguf_name
+from pocketlm.interop.families.llama import (GGUF_EMBED, GGUF_EXPERTS, GGUF_FFN, GGUF_HEAD, GGUF_NORMS,
+                                             GGUF_SHARED_EXPERT, MLP_EXPERTS, N, blocks, graph_rules, half_rope_rules,
+                                             llama_like, read_llama, transformer_hparams, write_llama_like)
 from pocketlm.model.config import ModelConfig
 
 
@@ -61,13 +65,68 @@ def write_minicpm3(cfg: ModelConfig) -> dict[str, Any]:
             "dim_model_base": round(cfg.logit_scale * cfg.d_model)}
 
 
+# ---- GGUF: llama.cpp's deepseek2 (pair RoPE, as DeepSeek-V2 rotates) and minicpm3 (RoPE on halves) ------
+GGUF_MLA = {"attn.q_proj.weight": gguf_name(N.ATTN_Q), "attn.q_a_proj.weight": gguf_name(N.ATTN_Q_A),
+            "attn.q_a_norm.weight": gguf_name(N.ATTN_Q_A_NORM), "attn.q_b_proj.weight": gguf_name(N.ATTN_Q_B),
+            "attn.kv_a_proj.weight": gguf_name(N.ATTN_KV_A_MQA), "attn.kv_a_norm.weight": gguf_name(N.ATTN_KV_A_NORM),
+            "attn.kv_b_proj.weight": gguf_name(N.ATTN_KV_B), "attn.o_proj.weight": gguf_name(N.ATTN_OUT)}
+MLA_TENSORS = {**GGUF_EMBED, **blocks({**GGUF_NORMS, **GGUF_MLA, **GGUF_FFN, **GGUF_EXPERTS, **GGUF_SHARED_EXPERT}),
+               **GGUF_HEAD}
+
+
+def mla_hparams(cfg: ModelConfig) -> dict[str, Any]:
+    """Heads of qk_nope + qk_rope key dims and v_head_dim values; the latent ranks (uncompressed KV:
+    llama.cpp decompresses kv_b itself, as for GGUF files written before its absorbed-MLA layout)."""
+    hp = {**transformer_hparams(cfg), "key_length": cfg.qk_nope_head_dim + cfg.qk_rope_head_dim,
+          "value_length": cfg.v_head_dim, "rope_dimension_count": cfg.qk_rope_head_dim,
+          "kv_lora_rank": cfg.kv_lora_rank}
+    if cfg.q_lora_rank:
+        hp["q_lora_rank"] = cfg.q_lora_rank
+    return hp
+
+
+def _deepseek2_hparams(cfg: ModelConfig) -> dict[str, Any]:
+    return {**mla_hparams(cfg), "leading_dense_block_count": cfg.first_dense_layers,
+            "expert_shared_count": cfg.n_shared_experts, "expert_weights_scale": float(cfg.routed_scaling),
+            "expert_weights_norm": cfg.router_norm_topk, "expert_gating_func": gguf.ExpertGatingFuncType.SOFTMAX}
+
+
+def mla_rules(cfg: ModelConfig) -> list[tuple[bool, str]]:
+    return [(cfg.attn_scale is None, "attention scale must be (qk_nope + qk_rope)^-0.5 (no YaRN mscale)"),
+            (cfg.kv_heads(0) == cfg.heads(0), "one latent per head group (kv heads = heads)")]
+
+
+def _deepseek2_rules(cfg: ModelConfig) -> list[str]:
+    width = cfg.shared_expert_intermediate_size or cfg.n_shared_experts * cfg.expert_dim
+    return graph_rules(cfg, attention="mla", rope_scaling=("default",), moe=(True,), shared_experts=True,
+                       deepseek_moe=True) + failed_rules(mla_rules(cfg) + [
+        (cfg.rope_interleaved, "RoPE must rotate pairs (DeepSeek-V2's)"),
+        (width == cfg.n_shared_experts * cfg.expert_dim, "shared experts as wide as routed ones"),
+        (not cfg.shared_expert_gate, "no shared-expert gate")])
+
+
+# llama.cpp's minicpm3 graph fixes MiniCPM3-4B's scale_emb 12, scale_depth 1.4 and dim_model_base 256
+def _minicpm3_rules(cfg: ModelConfig) -> list[str]:
+    scales = (12.0, 1.4 / math.sqrt(cfg.n_layer), 256 / cfg.d_model)
+    close = all(abs(a - b) < 1e-6 * max(1.0, abs(b)) for a, b in
+                zip((cfg.embed_scale, cfg.residual_scale, cfg.logit_scale), scales))
+    return graph_rules(cfg, attention="mla", rope_scaling=("default",), scales=None) + failed_rules(
+        mla_rules(cfg) + half_rope_rules(cfg) + [
+            (close, "embedding / residual / logit scales must be MiniCPM3's (12, 1.4/sqrt(n_layer), 256/d_model), "
+                    "which llama.cpp's minicpm3 graph hard-codes"),
+            (bool(cfg.q_lora_rank), "a low-rank query (q_lora_rank)")])
+
+
+DEEPSEEK2_GGUF = GGUFArch("deepseek2", MLA_TENSORS, _deepseek2_hparams, _deepseek2_rules)
+MINICPM3_GGUF = GGUFArch("minicpm3", MLA_TENSORS, mla_hparams, _minicpm3_rules)
+
 FAMILIES = (
     llama_like("deepseek_v2", "DeepseekV2ForCausalLM", read_deepseek_v2, write_deepseek_v2,
                renamed={"mlp.shared.gate_proj.weight": "mlp.shared_experts.gate_proj.weight",
                         "mlp.shared.up_proj.weight": "mlp.shared_experts.up_proj.weight",
                         "mlp.shared.down_proj.weight": "mlp.shared_experts.down_proj.weight"},
                legacy_experts=MLP_EXPERTS,
-               picks=lambda cfg: cfg.attention == "mla" and cfg.rope_interleaved, pick_order=10),
+               picks=lambda cfg: cfg.attention == "mla" and cfg.rope_interleaved, pick_order=10, gguf=DEEPSEEK2_GGUF),
     llama_like("minicpm3", "MiniCPM3ForCausalLM", read_minicpm3, write_minicpm3,
-               picks=lambda cfg: cfg.attention == "mla", pick_order=11),
+               picks=lambda cfg: cfg.attention == "mla", pick_order=11, gguf=MINICPM3_GGUF),
 )

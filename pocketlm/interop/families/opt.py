@@ -42,5 +42,8 @@ FAMILIES = (
         {**LLAMA_ATTN, **weight_and_bias({"attn.o_proj": "self_attn.out_proj", "mlp.up_proj": "fc1",
                                           "mlp.down_proj": "fc2", "attn_norm": "self_attn_layer_norm",
                                           "mlp_norm": "final_layer_norm"})},
-        picks=lambda cfg: cfg.positions == "learned" and cfg.activation == "relu", pick_order=70),
+        picks=lambda cfg: cfg.positions == "learned" and cfg.activation == "relu", pick_order=70,
+        no_gguf="llama.cpp has no OPT architecture (learned positions with an offset of 2, ReLU, optional "
+                "post-LN and embedding projections); run OPT with transformers, pocketlm's torch backend "
+                "(`--backend torch`), CTranslate2 or ONNX Runtime, which implement it"),
 )

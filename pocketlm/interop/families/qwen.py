@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pocketlm.interop.families.base import UnsupportedModelError, layer_types, read_moe
-from pocketlm.interop.families.llama import MLP_EXPERTS, llama_like, read_windowed, write_llama_like
+from pocketlm.interop.families.base import GGUFArch, UnsupportedModelError, failed_rules, layer_types, read_moe
+from pocketlm.interop.families.llama import (GGUF_ATTN, GGUF_EMBED, GGUF_EXPERTS, GGUF_FFN, GGUF_HEAD, GGUF_NORMS,
+                                             GGUF_QK_NORM, GGUF_SHARED_EXPERT, MLP_EXPERTS, blocks, graph_rules,
+                                             half_rope_rules, llama_like, read_windowed, transformer_hparams,
+                                             write_llama_like)
 from pocketlm.model.config import ModelConfig
 
 
@@ -43,11 +46,30 @@ def write_qwen2_moe(cfg: ModelConfig) -> dict[str, Any]:
             "shared_expert_intermediate_size": cfg.shared_expert_intermediate_size}
 
 
+# ---- GGUF: llama.cpp's qwen2, qwen3 and qwen2moe (RoPE on halves: rows written as they are) -----------
+
+def _qwen2_moe_hparams(cfg: ModelConfig) -> dict[str, Any]:
+    return {**transformer_hparams(cfg), "expert_shared_feed_forward_length": cfg.shared_expert_intermediate_size}
+
+
+def _qwen2_moe_rules(cfg: ModelConfig) -> list[str]:
+    return graph_rules(cfg, qkv_bias=(True,), moe=(True,), norm_topk=(False,), shared_experts=True) + failed_rules(
+        half_rope_rules(cfg) + [(cfg.shared_expert_gate, "the shared expert must have its sigmoid gate")])
+
+
+QWEN_TENSORS = {**GGUF_EMBED, **blocks({**GGUF_NORMS, **GGUF_ATTN, **GGUF_QK_NORM, **GGUF_FFN, **GGUF_EXPERTS,
+                                       **GGUF_SHARED_EXPERT}), **GGUF_HEAD}
+QWEN2_GGUF = GGUFArch("qwen2", QWEN_TENSORS, transformer_hparams,
+                      lambda cfg: graph_rules(cfg, qkv_bias=(True,)) + failed_rules(half_rope_rules(cfg)))
+QWEN3_GGUF = GGUFArch("qwen3", QWEN_TENSORS, transformer_hparams,
+                      lambda cfg: graph_rules(cfg, qk_norm=("head",)) + failed_rules(half_rope_rules(cfg)))
+QWEN2_MOE_GGUF = GGUFArch("qwen2moe", QWEN_TENSORS, _qwen2_moe_hparams, _qwen2_moe_rules)
+
 FAMILIES = (
     llama_like("qwen2", "Qwen2ForCausalLM", read_qwen2, write_qwen2,
-               picks=lambda cfg: cfg.qkv_bias and not cfg.attn_out_bias, pick_order=100),
+               picks=lambda cfg: cfg.qkv_bias and not cfg.attn_out_bias, pick_order=100, gguf=QWEN2_GGUF),
     llama_like("qwen3", "Qwen3ForCausalLM", read_qwen3, write_qwen3,
-               picks=lambda cfg: cfg.qk_norm == "head", pick_order=30),
+               picks=lambda cfg: cfg.qk_norm == "head", pick_order=30, gguf=QWEN3_GGUF),
     llama_like("qwen2_moe", "Qwen2MoeForCausalLM", read_qwen2_moe, write_qwen2_moe, legacy_experts=MLP_EXPERTS,
-               picks=lambda cfg: bool(cfg.n_experts and cfg.n_shared_experts), pick_order=20),
+               picks=lambda cfg: bool(cfg.n_experts and cfg.n_shared_experts), pick_order=20, gguf=QWEN2_MOE_GGUF),
 )
