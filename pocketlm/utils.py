@@ -195,6 +195,17 @@ def check_writable(path: str | Path, option: str) -> Path:
     return path
 
 
+def available_memory() -> int:
+    """Bytes the OS could give this process now (MemAvailable; the physical size where unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 MAX_YAML_BYTES = 1 << 20  # a recipe or task file is a page of text
 MAX_YAML_NODES = 100_000  # nodes after expanding aliases: a "billion laughs" file expands to ~10^9
 

@@ -45,7 +45,7 @@ def run_cmd(model: Path = typer.Argument(..., help="model folder (pocketlm or Hu
             shots: str = typer.Option("0", "--shots", help="comma-separated shot counts, e.g. 0,1,5"),
             data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="root of full data copies "
                                                     "(eval/<task>/...); default: bundled subsets"),
-            limit: Optional[int] = typer.Option(None, "--limit", help="first N documents per task"),
+            limit: Optional[int] = typer.Option(None, "--limit", min=1, help="first N documents per task"),
             seed: int = typer.Option(1234, "--seed", help="few-shot sampling seed (lm-eval's default)"),
             tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="tokenizer folder if not with the model"),
             output: Optional[Path] = typer.Option(None, "--output", "-o", help="results JSON (per-example records)"),
@@ -84,7 +84,7 @@ def icl_cmd(models: List[Path] = typer.Argument(..., help="one or more model fol
             tasks: Optional[str] = typer.Option(None, "--tasks", help="default: the survey's 8 ICL tasks"),
             shots: str = typer.Option("0,1,5", "--shots"),
             data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
-            limit: Optional[int] = typer.Option(None, "--limit"),
+            limit: Optional[int] = typer.Option(None, "--limit", min=1),
             out_dir: Path = typer.Option(Path("runs/icl"), "--out", help="folder for table, figure, JSON"),
             precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP)) -> None:
     """In-context learning study: scores at 0/1/5 shots, gain per task and per model size."""

@@ -94,6 +94,8 @@ def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str | TaskSpec], shots:
              show_progress: bool = True) -> dict:
     """Evaluate `model` on `tasks` at every shot count (None: each task's default, lm-eval's num_fewshot);
     returns the results dict (also written to `output`)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"--limit {limit!r}: must be a positive number of documents (omit it for all)")
     specs = [t if isinstance(t, TaskSpec) else get_spec(t) for t in tasks]
     root = resolve_data_dir(data_dir)
     scorer = Scorer(make_backend(model, tokenizer), tokenizer, batch_tokens=batch_tokens)
