@@ -50,6 +50,8 @@ def run_cmd(model: Path = typer.Argument(..., help="model folder (pocketlm or Hu
             tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="tokenizer folder if not with the model"),
             output: Optional[Path] = typer.Option(None, "--output", "-o", help="results JSON (per-example records)"),
             precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP),
+            allow_any_data_path: bool = typer.Option(False, "--allow-any-data-path", help="let task specs read "
+                                                     "data files outside --data-dir and their own folder"),
             ) -> None:
     """Evaluate MODEL on task specs at each shot count; prints a table, writes JSON with -o."""
     from .loading import load_for_eval
@@ -57,7 +59,8 @@ def run_cmd(model: Path = typer.Argument(..., help="model folder (pocketlm or Hu
     try:
         m, tok = load_for_eval(model, tokenizer, precision=precision)
         res = evaluate(m, tok, [t for t in tasks.split(",") if t], shots=_ints(shots), limit=limit,
-                       data_dir=data_dir, seed=seed, model_name=str(model), output=output)
+                       data_dir=data_dir, seed=seed, model_name=str(model), output=output,
+                       allow_any_data_path=allow_any_data_path)
     except (ValueError, FileNotFoundError, OSError) as e:
         _fail(e)
     typer.echo(summary_table(res))
