@@ -47,13 +47,13 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: user errors (bad input) print one line; POCKETLM_DEBUG=1 shows the traceback."""
     import os
     import sys
 
     try:
-        app(standalone_mode=True)
+        app(args=argv, standalone_mode=True)
     except user_error_types() as e:
         if os.environ.get("POCKETLM_DEBUG"):
             raise

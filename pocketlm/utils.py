@@ -13,6 +13,7 @@ import ctypes
 import dataclasses
 import errno
 import glob
+import json
 import os
 import shutil
 import tempfile
@@ -249,6 +250,16 @@ def load_yaml(text: str | bytes, where: str, loader: Any = None, error: type[Exc
         raise error(f"{where}: not valid YAML ({e})") from e
     except RecursionError as e:
         raise error(f"{where}: nested too deeply to be a recipe or task file") from e
+
+
+def read_json(path: str | Path, error: type[Exception] = ValueError) -> Any:
+    """The JSON value in file `path`; any way the text is not JSON is one `error` naming the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from e
+    except RecursionError as e:
+        raise error(f"{path}: JSON nested too deeply to be a config or manifest") from e
 
 
 def dataclass_from_dict(cls: type[T], d: dict[str, Any], error: type[Exception] = ValueError) -> T:

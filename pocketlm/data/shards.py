@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pocketlm.data.readers import DataError
-from pocketlm.utils import atomic_path
+from pocketlm.utils import atomic_path, read_json
 
 MANIFEST = "manifest.json"
 
@@ -53,7 +53,7 @@ def read_manifest(data_dir: str | Path) -> dict:
     if not path.is_file():
         raise DataError(f"{data_dir}: no {MANIFEST}; create the shards with `pocketlm data prepare`")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = read_json(path, DataError)
         vocab = manifest["tokenizer"]["vocab_size"]
         splits = manifest["splits"]
         np.dtype(manifest["dtype"])

@@ -19,7 +19,7 @@ from pocketlm.interop.families import FAMILIES, Family, export_family, get_famil
 from pocketlm.interop.hf_config import UnsupportedModelError, config_from_hf, hf_config_from
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import Transformer
-from pocketlm.utils import atomic_dir, atomic_write_text
+from pocketlm.utils import atomic_dir, atomic_write_text, read_json
 
 # a folder holding one of these is a model folder that a save may replace whole
 MODEL_FOLDER_FILES = ("config.json", "pocketlm.json", "model.safetensors", "model.safetensors.index.json")
@@ -208,10 +208,7 @@ def read_hf_config(path: Path) -> dict[str, Any]:
     if not cfg_file.is_file():
         raise CheckpointError(f"{path}: no config.json; a Hugging Face model directory needs config.json and "
                               "safetensors weights")
-    try:
-        data = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_file}: invalid JSON ({e})") from e
+    data = read_json(cfg_file, CheckpointError)
     if not isinstance(data, dict):
         raise CheckpointError(f"{cfg_file}: expected a JSON object of config fields, found {type(data).__name__}")
     return data

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from pocketlm.model.config import ConfigError, ModelConfig
 from pocketlm.model.linears import INT_LINEARS
 from pocketlm.model.transformer import Transformer, Transforms
-from pocketlm.utils import atomic_dir, atomic_write_text
+from pocketlm.utils import atomic_dir, atomic_write_text, read_json
 
 CONFIG_NAME = "pocketlm.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -56,7 +56,7 @@ def read_native_config(path: str | Path) -> tuple[ModelConfig, Transforms]:
 
     file = Path(path) / CONFIG_NAME
     try:
-        meta = json.loads(file.read_text())
+        meta = read_json(file, CheckpointError)
         if not isinstance(meta, dict):
             raise TypeError(f"expected a JSON object, found {type(meta).__name__}")
         transforms = Transforms.from_dict(meta.pop(TRANSFORMS_KEY, {}) or {})

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pocketlm.utils import atomic_write_text, dataclass_from_dict
+from pocketlm.utils import atomic_write_text, dataclass_from_dict, read_json
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 NORMS = ("layernorm", "rmsnorm")
@@ -304,10 +304,9 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":
+        data = read_json(path, ConfigError)
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from e
+            return cls.from_dict(data)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from e
 

@@ -10,7 +10,6 @@ A MODEL argument is one of
 from __future__ import annotations
 
 import ctypes
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 from pocketlm.model.config import ConfigError, ModelConfig
 from pocketlm.model.linears import QuantRecipe
 from pocketlm.model.transformer import Transformer
-from pocketlm.utils import available_memory
+from pocketlm.utils import available_memory, read_json
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
 FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -92,10 +91,7 @@ def _catalog(text: str) -> ModelRef:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelOpenError(f"{path}: not valid JSON ({e})") from e
+    data = read_json(path, ModelOpenError)
     if not isinstance(data, dict):
         raise ModelOpenError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
