@@ -262,6 +262,18 @@ def read_json(path: str | Path, error: type[Exception] = ValueError) -> Any:
         raise error(f"{path}: JSON nested too deeply to be a config or manifest") from e
 
 
+def check_finite_weights(module: Any, where: str | Path, error: type[Exception] = ValueError) -> None:
+    """Refuse a module whose float weights hold NaN or infinity: every score, quantized code or exported
+    tensor computed from them would be NaN, and look like a real result."""
+    import torch
+
+    for name, t in module.state_dict().items():
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise error(f"{where}: tensor {name!r} holds {bad} NaN/inf value(s) of {t.numel()}; the weights are "
+                        "corrupt or diverged in training: use an earlier checkpoint")
+
+
 def dataclass_from_dict(cls: type[T], d: dict[str, Any], error: type[Exception] = ValueError) -> T:
     """Build dataclass `cls` from `d`, refusing unknown keys (a typo must not pass silently)."""
     known = {f.name for f in dataclasses.fields(cls)}

@@ -412,7 +412,7 @@ def spec_from_lm_eval(cfg: dict, path: str | Path) -> TaskSpec:
     def choices(doc: dict) -> list:
         return _doc_to_choice(choice_src, doc)
 
-    multiple_input = otype == "multiple_choice" and isinstance(_first_text(eval_split, text, task), int)
+    multiple_input = otype == "multiple_choice" and isinstance(_first_text(eval_split, text, task, [path.parent, Path.cwd()]), int)
 
     def demo_answer(doc: dict) -> str:
         a = _doc_to_target(fs_target_src, doc, has_choices)
@@ -471,11 +471,11 @@ def spec_from_lm_eval(cfg: dict, path: str | Path) -> TaskSpec:
     return spec
 
 
-def _first_text(split: dict, text: Callable[[dict], Any], task: str) -> Any:
+def _first_text(split: dict, text: Callable[[dict], Any], task: str, roots: list[Path]) -> Any:
     """doc_to_text of the first scored document (lm-eval decides 'multiple input' the same way)."""
     from .prompts import _process
     from .sources import load_split
-    docs = _process(load_split(split, Path("."), task), split, task)
+    docs = _process(load_split(split, Path("."), task, roots), split, task)
     if not docs:
         raise DataError(f"task {task}: split {split['split']!r} ({split['path']}) holds no documents")
     try:

@@ -64,6 +64,8 @@ def _process(docs: list[dict], split: dict, task: str) -> list[dict]:
 def load_docs(spec: TaskSpec, data_dir: Path) -> tuple[list[dict], list[dict] | None]:
     """(eval documents, few-shot documents or None when demos come from the eval split)."""
     roots = [data_dir] + ([spec.path.parent] if spec.path is not None else [])
+    if spec.eval.get("format") == "hf_json":  # lm-eval resolves data_files against the working folder too
+        roots.append(Path.cwd())
     docs = _process(load_split(spec.eval, data_dir, spec.task, roots), spec.eval, spec.task)
     if spec.fewshot is None or spec.fewshot == "eval":
         return docs, None

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from pocketlm.interop.families import GGUFArch, gguf_arch
-from pocketlm.utils import atomic_path
+from pocketlm.utils import atomic_path, check_finite_weights
 
 DIRECT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0")
 LLAMA_CPP_TYPES = ("Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M",
@@ -130,6 +130,7 @@ def export_gguf(model, path: str | Path, qtype: str = "F16", tokenizer_json: str
     if qtype not in GGUF_TYPES:
         raise GGUFExportError(f"unknown GGUF type {qtype!r}; choose one of {GGUF_TYPES}")
     cfg = model.config
+    check_finite_weights(model, cfg.name or "model", GGUFExportError)
     arch = gguf_arch(cfg)
     reasons = arch.unsupported(cfg)
     if reasons:

@@ -19,7 +19,7 @@ from pocketlm.interop.families import FAMILIES, Family, export_family, get_famil
 from pocketlm.interop.hf_config import UnsupportedModelError, config_from_hf, hf_config_from
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import Transformer
-from pocketlm.utils import atomic_dir, atomic_write_text, read_json
+from pocketlm.utils import atomic_dir, atomic_write_text, check_finite_weights, read_json
 
 # a folder holding one of these is a model folder that a save may replace whole
 MODEL_FOLDER_FILES = ("config.json", "pocketlm.json", "model.safetensors", "model.safetensors.index.json")
@@ -35,6 +35,10 @@ def weight_files(path: Path) -> list[Path]:
     """The weight files of a HF directory, chosen as transformers chooses them: model.safetensors, else
     the files model.safetensors.index.json names, else one pytorch_model.bin (or its index). Any other
     *.safetensors (a backup, a stray copy) is never merged in; several candidates and no index is an error."""
+    for f in (*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.index.json")):
+        if not f.is_file():
+            raise CheckpointError(f"{f}: not a regular file (a folder, FIFO or broken link); weights are read "
+                                  "from plain files only")
     for single, index in (("model.safetensors", "model.safetensors.index.json"),
                           ("pytorch_model.bin", "pytorch_model.bin.index.json")):
         if (path / single).is_file():
@@ -91,12 +95,8 @@ def read_hf_tensors(path: Path) -> dict[str, Tensor]:
 
 
 def check_finite(model: torch.nn.Module, where: Path | str) -> None:
-    """Refuse weights holding NaN or infinity: every score computed from them would be NaN."""
-    for name, t in model.state_dict().items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).sum())
-            raise CheckpointError(f"{where}: tensor {name!r} holds {bad} NaN/inf value(s) of {t.numel()}; the "
-                                  "checkpoint is corrupt or diverged in training: use an earlier checkpoint")
+    """Refuse loaded weights holding NaN or infinity (a CheckpointError naming the tensor)."""
+    check_finite_weights(model, where, CheckpointError)
 
 
 # ---- name mapping --------------------------------------------------------------------------------------
