@@ -89,8 +89,9 @@ def read_hf_tensors(path: Path) -> dict[str, Tensor]:
             try:
                 tensors.update(torch.load(str(f), map_location="cpu", weights_only=True))
             except Exception as e:  # pickle errors surface as many types
-                raise CheckpointError(f"{f}: cannot be read with torch.load(weights_only=True) ({e}); convert it "
-                                      "to safetensors") from e
+                raise CheckpointError(f"{f}: cannot be read with torch.load(weights_only=True) ({type(e).__name__}: "
+                                      "it holds objects other than tensors, or is not a PyTorch file; pocketlm "
+                                      "never unpickles code); convert it to safetensors") from e
     return tensors
 
 

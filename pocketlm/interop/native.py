@@ -91,7 +91,7 @@ def load_native(path: str | Path, dtype: torch.dtype | None = torch.float32) -> 
                               f"unexpected {unexpected[:5]}")
     for k, v in state.items():
         if tuple(v.shape) != tuple(expected[k].shape):
-            raise CheckpointError(f"{weights}: tensor {k!r} has shape {tuple(v.shape)}, config implies "
+            raise CheckpointError(f"{weights}: tensor {k!r} has shape {tuple(v.shape)}, {CONFIG_NAME} implies "
                                   f"{tuple(expected[k].shape)}")
     if dtype is not None:  # the integer layers' scales stay in their kernels' dtype
         kernels = tuple(name + "." for name, m in model.named_modules() if isinstance(m, INT_LINEARS))
