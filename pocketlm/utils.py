@@ -247,7 +247,7 @@ def load_yaml(text: str | bytes, where: str, loader: Any = None, error: type[Exc
         finally:
             inst.dispose()
     except yaml.YAMLError as e:
-        raise error(f"{where}: not valid YAML ({e})") from e
+        raise error(f"{where}: not valid YAML ({' '.join(str(e).split())})") from e
     except RecursionError as e:
         raise error(f"{where}: nested too deeply to be a recipe or task file") from e
 

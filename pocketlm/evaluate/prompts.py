@@ -67,6 +67,9 @@ def load_docs(spec: TaskSpec, data_dir: Path) -> tuple[list[dict], list[dict] | 
     if spec.eval.get("format") == "hf_json":  # lm-eval resolves data_files against the working folder too
         roots.append(Path.cwd())
     docs = _process(load_split(spec.eval, data_dir, spec.task, roots), spec.eval, spec.task)
+    if not docs:
+        raise DataError(f"task {spec.task}: the eval split ({spec.eval.get('path', 'records')}) holds no documents; "
+                        "an empty data file would report a score over nothing")
     if spec.fewshot is None or spec.fewshot == "eval":
         return docs, None
     if "missing" in spec.fewshot:  # an lm-eval task whose few-shot split has no file: fine at 0 shots

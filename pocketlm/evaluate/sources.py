@@ -157,6 +157,8 @@ def load_split(split: dict, data_dir: Path, task: str, roots: list[Path] | None 
     """Read one split of a task (``{path|records, format, fields, ...}``) into documents; its files must lie
     in `roots` (default: `data_dir`) unless `any_data_path` is on."""
     if "records" in split:
+        if not isinstance(split["records"], list) or not all(isinstance(r, dict) for r in split["records"]):
+            raise DataError(f"task {task}: 'records' must be a list of mappings (one document each)")
         raw = [dict(r) for r in split["records"]]
     else:
         fmt = split.get("format", "jsonl")
@@ -173,7 +175,10 @@ def load_split(split: dict, data_dir: Path, task: str, roots: list[Path] | None 
                 "holding full copies (laid out like shared/data: eval/<task>/...), or use the bundled subset")
         raw = []
         for f in files:
-            docs = READERS[fmt](f, split)
+            try:
+                docs = READERS[fmt](f, split)
+            except (UnicodeDecodeError, json.JSONDecodeError, OSError, RecursionError) as e:
+                raise DataError(f"{f}: cannot be read as {fmt!r} ({type(e).__name__}: {e})") from e
             if split.get("labels_path"):  # a line-aligned label file (PIQA's valid-labels.lst)
                 labels = (f.parent / split["labels_path"]).read_text().split()
                 if len(labels) < len(docs):
