@@ -56,9 +56,14 @@ def run_cmd(model: Path = typer.Argument(..., help="model folder (pocketlm or Hu
     """Evaluate MODEL on task specs at each shot count; prints a table, writes JSON with -o."""
     from .loading import load_for_eval
     from .runner import evaluate, summary_table
+    from .sources import any_data_path
+    from .spec import get_spec
     try:
+        shot_counts = _ints(shots)  # every option and task spec is checked before the model loads
+        with any_data_path(allow_any_data_path):
+            specs = [get_spec(t) for t in tasks.split(",") if t]
         m, tok = load_for_eval(model, tokenizer, precision=precision)
-        res = evaluate(m, tok, [t for t in tasks.split(",") if t], shots=_ints(shots), limit=limit,
+        res = evaluate(m, tok, specs, shots=shot_counts, limit=limit,
                        data_dir=data_dir, seed=seed, model_name=str(model), output=output,
                        allow_any_data_path=allow_any_data_path)
     except (ValueError, FileNotFoundError, OSError) as e:

@@ -163,8 +163,10 @@ def load_results(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} does not exist (write one with `pocketlm eval MODEL -o FILE`)")
-    data = json.loads(path.read_text())
-    if data.get("format") != "pocketlm.eval/1":
+    from pocketlm.utils import read_json
+
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("format") != "pocketlm.eval/1":
         raise ValueError(f"{path} is not a pocketlm eval results file (missing format 'pocketlm.eval/1')")
     return data
 
