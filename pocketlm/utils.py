@@ -158,13 +158,7 @@ def atomic_dir(path: str | Path, artifact_files: Iterable[str] = (), what: str =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temporaries(path)
-    if os.path.lexists(path):
-        if not path.is_dir():
-            raise FileExistsError(f"{path} exists and is not a folder; choose another output folder")
-        names = set(os.listdir(path))
-        if names and artifact_files and not names & set(artifact_files):
-            raise FileExistsError(f"{path} holds files that are not a {what} ({sorted(names)[:3]}...); "
-                                  "choose a new or empty output folder (it would be replaced whole)")
+    check_replaceable(path, artifact_files, what)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
@@ -181,9 +175,26 @@ def atomic_dir(path: str | Path, artifact_files: Iterable[str] = (), what: str =
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_writable(path: str | Path, option: str) -> Path:
-    """Refuse, before any work, an output `path` whose folder cannot be written (`option` names it, e.g. --out)."""
+def check_replaceable(path: str | Path, artifact_files: Iterable[str] = (), what: str = "artifact") -> None:
+    """Refuse an output folder that `atomic_dir` could not replace: a file, or a non-empty folder holding
+    none of `artifact_files` (not an earlier `what`: replacing it would delete someone's files)."""
     path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder; choose another output folder")
+    names = set(os.listdir(path))
+    if names and artifact_files and not names & set(artifact_files):
+        raise FileExistsError(f"{path} holds files that are not a {what} ({', '.join(sorted(names)[:3])}); "
+                              "choose a new or empty output folder (it would be replaced whole)")
+
+
+def check_writable(path: str | Path, option: str, artifact_files: Iterable[str] = (), what: str = "") -> Path:
+    """Refuse, before any work, an output `path` whose folder cannot be written (`option` names it, e.g. --out);
+    with `artifact_files`, also an existing folder that is not an earlier `what` (see check_replaceable)."""
+    path = Path(path)
+    if artifact_files:
+        check_replaceable(path, artifact_files, what)
     probe = path.parent
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent

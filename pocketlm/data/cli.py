@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
 
         from pocketlm.utils import check_writable
 
-        check_writable(out, "--out")
+        check_writable(out, "--out", ("manifest.json",), "dataset")
         files = [str(p) for p in (inputs or bundled_corpus_files())]
         cfg = PrepareConfig(
             inputs=files, out_dir=str(out), text_field=text_field,

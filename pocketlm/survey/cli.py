@@ -198,7 +198,7 @@ def register(app: typer.Typer) -> None:
         from pocketlm.utils import available_memory, check_writable
 
         try:
-            check_writable(out, "--out")
+            check_writable(out, "--out", ("config.json", "pocketlm.json", "model.safetensors"), "model folder")
             entry = get_entry(name)
             mem = memory_estimate(entry, resolve_dtype(dtype))
             if mem > available_memory():

@@ -91,7 +91,7 @@ def test_build_bad_arguments(tmp_path, args) -> None:
 
 
 # ---- sizes guarded before allocating ---------------------------------------------------------------------------
-HUGE = dict(vocab_size=1 << 20, d_model=1 << 14, n_layer=2000, n_head=128, intermediate_size=1 << 16)
+HUGE = dict(vocab_size=1 << 20, d_model=1 << 14, n_layer=200, n_head=128, intermediate_size=1 << 16)
 
 
 def test_oversized_model_is_refused_before_allocating(tmp_path) -> None:
@@ -106,7 +106,7 @@ def test_oversized_model_is_refused_before_allocating(tmp_path) -> None:
 def test_oversized_model_still_has_analytic_info(tmp_path) -> None:
     code, text = run_cli("info", write_json(tmp_path / "huge.json", HUGE), "--json")
     assert code == 0, text
-    assert json.loads(text)["costs"]["params_total"] > 10**12
+    assert json.loads(text)["costs"]["params_total"] > 10**11
 
 
 @pytest.mark.parametrize("field,value", [("n_layer", 10**7), ("vocab_size", 10**8), ("d_model", 10**7)])
