@@ -117,3 +117,22 @@ def test_valid_hf_config_is_accepted(tmp_path, hf_tiny_config) -> None:
 def test_catalog_name_is_accepted() -> None:
     code, text = run_cli("info", "SmolLM-135M", "--json")
     assert code == 0, text
+
+
+CLASSIFY_CASES = HF_CASES[::3]  # `survey classify` reads the same config.json through the same checks
+
+
+@pytest.mark.parametrize("field,value", CLASSIFY_CASES, ids=[f"{f}={v!r}" for f, v in CLASSIFY_CASES])
+def test_classify_hf_config_field(tmp_path, hf_tiny_config, field, value) -> None:
+    write_json(tmp_path / "m" / "config.json", {**hf_tiny_config, field: value})
+    code, text = run_cli("survey", "classify", tmp_path / "m")
+    if field == "model_type":  # an unknown family is classified from generic keys (documented, approximate)
+        assert code in (0, 2) and "Traceback" not in text
+    else:
+        assert_refused(code, text, "config.json")
+
+
+@pytest.mark.parametrize("kind", ["list", "null", "invalid", "deep"])
+def test_classify_broken_config_json(tmp_path, kind) -> None:
+    write_json(tmp_path / "m" / "config.json", BROKEN_FILES[kind])
+    assert_refused(*run_cli("survey", "classify", tmp_path / "m"), "config.json")
