@@ -7,7 +7,6 @@ the folder), then inspects what is on disk."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.fuzz.conftest import write_tiny_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,13 +139,7 @@ PREPARE = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    from pocketlm.data import bundled_corpus_files
-
-    with gzip.open(bundled_corpus_files()[0], "rt", encoding="utf-8") as f:
-        lines = [next(f) for _ in range(60)]
-    path = tmp_path_factory.mktemp("corpus") / "stories.jsonl"
-    path.write_text("".join(lines))
-    return path
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus") / "stories.jsonl", 60)
 
 
 def _dataset_is_whole(d: Path) -> int:

@@ -253,33 +253,21 @@ class ModelConfig:
 
     def _validate_types(self, need: Any) -> None:
         """Each field has its declared type and a finite, sensible value (JSON gives strings, nulls, NaN)."""
-        for fld in POSITIVE_INTS:
-            v = getattr(self, fld)
-            need(_is_int(v) and v > 0, fld, f"must be a positive integer, got {v!r}")
-        for fld in OPTIONAL_POSITIVE_INTS:
-            v = getattr(self, fld)
-            need(v is None or (_is_int(v) and v > 0), fld, f"must be a positive integer or null, got {v!r}")
-        for fld in NON_NEGATIVE_INTS:
-            v = getattr(self, fld)
-            need(_is_int(v) and v >= 0, fld, f"must be an integer >= 0, got {v!r}")
-        for fld in PER_LAYER_INTS:
-            v = getattr(self, fld)
-            if v is None and fld == "n_kv_head":
-                continue
-            need(all(_is_int(x) for x in _as_list(v)) and (not isinstance(v, list) or v), fld,
-                 f"must be an integer or a non-empty list of integers (one per layer), got {v!r}")
-        for fld in POSITIVE_FLOATS:
-            v = getattr(self, fld)
-            need(_is_real(v) and v > 0, fld, f"must be a finite number > 0, got {v!r}")
-        for fld in OPTIONAL_POSITIVE_FLOATS:
-            v = getattr(self, fld)
-            need(v is None or (_is_real(v) and v > 0), fld, f"must be a finite number > 0 or null, got {v!r}")
-        for fld in FINITE_FLOATS:
-            v = getattr(self, fld)
-            need(_is_real(v), fld, f"must be a finite number, got {v!r}")
-        for fld in BOOLS:
-            v = getattr(self, fld)
-            need(isinstance(v, bool), fld, f"must be true or false, got {v!r}")
+        rules = ((POSITIVE_INTS, lambda v: _is_int(v) and v > 0, "a positive integer"),
+                 (OPTIONAL_POSITIVE_INTS, lambda v: v is None or (_is_int(v) and v > 0), "a positive integer or null"),
+                 (NON_NEGATIVE_INTS, lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+                 (PER_LAYER_INTS, lambda v: (v is None or all(_is_int(x) for x in _as_list(v)))
+                  and v != [], "an integer or a non-empty list of integers (one per layer)"),
+                 (POSITIVE_FLOATS, lambda v: _is_real(v) and v > 0, "a finite number > 0"),
+                 (OPTIONAL_POSITIVE_FLOATS, lambda v: v is None or (_is_real(v) and v > 0), "a finite number > 0 or null"),
+                 (FINITE_FLOATS, _is_real, "a finite number"),
+                 (BOOLS, lambda v: isinstance(v, bool), "true or false"))
+        for fields, ok, kind in rules:
+            for fld in fields:
+                v = getattr(self, fld)
+                need(ok(v), fld, f"must be {kind}, got {v!r}")
+        for fld in ("n_head", "intermediate_size"):
+            need(getattr(self, fld) is not None, fld, "must be set")
         for fld in ("attention", "activation", "norm", "positions", "ffn_type", "norm_placement", "qk_norm", "name"):
             need(isinstance(getattr(self, fld), str), fld, f"must be a string, got {getattr(self, fld)!r}")
         need(self.rope_scaling is None or isinstance(self.rope_scaling, dict), "rope_scaling",

@@ -54,6 +54,18 @@ def write_json(path: Path, data: Any) -> Path:
     return path
 
 
+def write_tiny_corpus(path: Path, n_docs: int) -> Path:
+    """The first `n_docs` TinyStories documents of the bundled corpus, as JSON Lines at `path`."""
+    import gzip
+
+    from pocketlm.data import bundled_corpus_files
+
+    with gzip.open(bundled_corpus_files()[0], "rt", encoding="utf-8") as f:
+        lines = [next(f) for _ in range(n_docs)]
+    path.write_text("".join(lines))
+    return path
+
+
 @pytest.fixture(scope="session")
 def hf_tiny_config() -> dict:
     """A valid tiny Llama config.json (transformers' own defaults filled in)."""

@@ -3,7 +3,6 @@ manifests, TrainConfig fields and `pocketlm train` options. Each refusal names t
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import shutil
@@ -11,19 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.conftest import assert_one_line, assert_refused, run_cli
+from tests.fuzz.conftest import assert_one_line, assert_refused, run_cli, write_tiny_corpus
 
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     """80 TinyStories documents from the bundled corpus (enough for the filters and a 300-token BPE)."""
-    from pocketlm.data import bundled_corpus_files
-
-    with gzip.open(bundled_corpus_files()[0], "rt", encoding="utf-8") as f:
-        lines = [next(f) for _ in range(80)]
-    path = tmp_path_factory.mktemp("corpus") / "stories.jsonl"
-    path.write_text("".join(lines))
-    return path
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus") / "stories.jsonl", 80)
 
 
 @pytest.fixture(scope="session")
