@@ -156,23 +156,39 @@ def atomic_dir(path: str | Path, artifact_files: Iterable[str] = (), what: str =
     and replacing it would delete someone's files.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(path)
     check_replaceable(path, artifact_files, what)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    tmp = temp_dir_beside(path)
     try:
         yield tmp
-        for folder, _, files in os.walk(tmp):  # mkstemp'd files inside keep their 0600 otherwise
-            for f in files:
-                p = os.path.join(folder, f)
-                if os.stat(p).st_mode & 0o777 == 0o600:
-                    os.chmod(p, 0o666 & ~_umask())
-        _fsync_tree(tmp)
-        _swap_in(tmp, path)
+        replace_dir(tmp, path)
     finally:
         if os.path.lexists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def temp_dir_beside(path: str | Path) -> Path:
+    """A new empty folder `.NAME.PID-*.tmp` beside `path` (after removing dead writers' leftovers), to build
+    an artifact in before `replace_dir` moves it to `path`; the caller removes it if the build fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def replace_dir(tmp: str | Path, path: str | Path) -> None:
+    """Move the finished folder `tmp` to `path` in one swap (fsynced first); an old `path` is deleted after."""
+    tmp, path = Path(tmp), Path(path)
+    for folder, _, files in os.walk(tmp):  # mkstemp'd files inside keep their 0600 otherwise
+        for f in files:
+            p = os.path.join(folder, f)
+            if os.stat(p).st_mode & 0o777 == 0o600:
+                os.chmod(p, 0o666 & ~_umask())
+    _fsync_tree(tmp)
+    _swap_in(tmp, path)
+    if os.path.lexists(tmp):  # now the old folder
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_replaceable(path: str | Path, artifact_files: Iterable[str] = (), what: str = "artifact") -> None:

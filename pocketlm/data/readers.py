@@ -74,6 +74,8 @@ def _expand(paths: list[str | Path]) -> list[Path]:
             files.extend(found)
         elif p.is_file():
             files.append(p)
+        elif p.exists():
+            raise DataError(f"{p}: not a regular file or folder (a FIFO, socket or device); copy the data to a file")
         else:
             raise DataError(f"{p}: no such file or folder")
     return files

@@ -225,3 +225,11 @@ def test_train_data_folder(tmp_path, make) -> None:
     if make == "no_manifest":
         data.mkdir()
     assert_refused(*run_cli("train", "--data", data, "--out", tmp_path / "run", "--no-progress"), "data")
+
+
+def test_prepare_fifo_input_is_named_as_such(tmp_path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    assert_refused(*run_cli("data", "prepare", tmp_path / "pipe.jsonl", "--out", tmp_path / "o"), "pipe.jsonl",
+                   "not a regular file")
