@@ -24,8 +24,9 @@ _ANY_PATH: ContextVar[bool] = ContextVar("pocketlm_any_data_path", default=False
 
 @contextmanager
 def any_data_path(allowed: bool = True):
-    """Within this block task specs may name data files anywhere (`eval --allow-any-data-path`)."""
-    token = _ANY_PATH.set(allowed)
+    """Within this block task specs may name data files anywhere (`eval --allow-any-data-path`); an enclosing
+    block that allowed it stays in force."""
+    token = _ANY_PATH.set(allowed or _ANY_PATH.get())
     try:
         yield
     finally:
