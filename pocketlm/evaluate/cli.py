@@ -60,6 +60,8 @@ def run_cmd(model: Path = typer.Argument(..., help="model folder (pocketlm or Hu
     from .spec import get_spec
     try:
         shot_counts = _ints(shots)  # every option and task spec is checked before the model loads
+        if not str(model).startswith("proxy:") and not model.exists():
+            raise FileNotFoundError(f"model {model} does not exist")
         with any_data_path(allow_any_data_path):
             specs = [get_spec(t) for t in tasks.split(",") if t]
         m, tok = load_for_eval(model, tokenizer, precision=precision)
