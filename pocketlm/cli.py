@@ -31,17 +31,36 @@ def build_app(modules: Sequence[str] = COMMAND_MODULES) -> typer.Typer:
 app = build_app()
 
 
-def main() -> None:
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (a file, an option, the file system), never a pocketlm bug.
+
+    Capability code raises ValueError subclasses naming the file or option (ConfigError, CheckpointError,
+    DataError, TaskSpecError, ...); the libraries' own error types for unreadable files are here too, in
+    case one escapes a boundary check. Anything else is a bug and keeps its traceback."""
+    import pickle
+
+    types: list[type[BaseException]] = [ValueError, KeyError, OSError, pickle.UnpicklingError]
+    for module, name in (("safetensors", "SafetensorError"), ("huggingface_hub.errors", "StrictDataclassError"),
+                         ("yaml", "YAMLError")):
+        try:
+            types.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: user errors (bad input) print one line; POCKETLM_DEBUG=1 shows the traceback."""
     import os
     import sys
 
     try:
-        app(standalone_mode=True)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+        app(args=argv, standalone_mode=True)
+    except user_error_types() as e:
         if os.environ.get("POCKETLM_DEBUG"):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        text = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {text}", file=sys.stderr)
         sys.exit(2)
 
 

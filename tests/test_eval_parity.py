@@ -166,9 +166,10 @@ DEFAULT_N = 8
 
 
 def write_local_yaml(root: Path, task: str) -> Path:
-    """The shipped YAML of `task` with only its data location swapped: an include-only file."""
+    """The shipped YAML of `task` with only its data location swapped: an include-only file, its data beside it
+    (a task file may read data in its own folder; elsewhere needs --allow-any-data-path)."""
     shipped, splits = CASES[task]
-    files = {name: _write(root / "data" / task / f"{name}.jsonl", rows) for name, rows in splits().items()}
+    files = {name: _write(root / "tasks" / task / "data" / f"{name}.jsonl", rows) for name, rows in splits().items()}
     path = root / "tasks" / task / f"{task}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"include: {LM_EVAL_TASKS / shipped}\ndataset_path: json\ndataset_name: null\n"
@@ -194,7 +195,7 @@ def env(tmp_path_factory):
         write_local_yaml(root, task)
     csqa = root / "pocket_data" / "eval" / "commonsense_qa"  # the built-in spec's layout
     for name in ("validation", "train"):
-        _write(csqa / f"{name}.jsonl", _jsonl(root / "data" / "commonsense_qa" / f"{name}.jsonl"))
+        _write(csqa / f"{name}.jsonl", _jsonl(root / "tasks" / "commonsense_qa" / "data" / f"{name}.jsonl"))
     return {"hflm": hflm, "model": model, "tok": tok, "yamls": yamls, "model_dir": d,
             "pocket_data": root / "pocket_data",
             "manager": TaskManager(include_path=str(yamls), include_defaults=False), "lm": {}, "pocket": {}}

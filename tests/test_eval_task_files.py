@@ -231,6 +231,6 @@ def test_yaml_alias_bomb_is_not_walked_exponentially(tmp_path):
     p = tmp_path / "bomb.yaml"
     p.write_text("\n".join(lines) + "\n")
     t0 = time.perf_counter()
-    with pytest.raises(TaskSpecError, match="missing required field"):
+    with pytest.raises(TaskSpecError, match="missing required field|expands to more than"):
         get_spec(p)
     assert time.perf_counter() - t0 < 2

@@ -13,7 +13,7 @@ import yaml
 
 from pocketlm.compress.prune.masks import NM
 from pocketlm.compress.targets import DEFAULT_SKIP
-from pocketlm.utils import atomic_write_text, dataclass_from_dict
+from pocketlm.utils import atomic_write_text, dataclass_from_dict, load_yaml
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
@@ -77,7 +77,7 @@ class PruneRecipe:
 
     @classmethod
     def from_yaml(cls, text: str) -> "PruneRecipe":
-        data = yaml.safe_load(text)
+        data = load_yaml(text, "recipe", error=RecipeError)
         if not isinstance(data, dict):
             raise RecipeError("a recipe YAML must be a mapping of fields (method, sparsity, ...)")
         return cls.from_dict(data)

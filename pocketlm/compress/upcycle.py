@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor
 
 from pocketlm.model.transformer import Transformer
+from pocketlm.utils import load_yaml
 
 ROUTER_INITS = ("random", "hidden")
 GATE_MODES = ("hidden", "cheap_embed", "random")
@@ -169,7 +169,7 @@ def read_moe_recipe(path: str | Path) -> MoeRecipe:
     positive/negative prompts); shared experts and other architectures are refused by name."""
     path = Path(path)
     text = path.read_text()
-    raw = yaml.safe_load(text)
+    raw = load_yaml(text, str(path), error=UpcycleError)
     if not isinstance(raw, dict):
         raise UpcycleError(f"{path}: a mergekit-moe recipe is a mapping with base_model and experts")
     extra = sorted(set(raw) - MOE_KEYS)

@@ -41,6 +41,9 @@ def register(app: typer.Typer) -> None:
         from pocketlm.data.prepare import PrepareConfig, prepare
         from pocketlm.data.quality import HeuristicConfig
 
+        from pocketlm.utils import check_writable
+
+        check_writable(out, "--out", ("manifest.json",), "dataset")
         files = [str(p) for p in (inputs or bundled_corpus_files())]
         cfg = PrepareConfig(
             inputs=files, out_dir=str(out), text_field=text_field,

@@ -18,7 +18,7 @@ from pocketlm.data.quality import HeuristicConfig, cross_fit_perplexities, heuri
 from pocketlm.data.readers import DataError, Document, read_documents
 from pocketlm.data.shards import MANIFEST, token_dtype, write_shards
 from pocketlm.data.tokenizer import TextTokenizer
-from pocketlm.utils import atomic_path, atomic_write_text
+from pocketlm.utils import atomic_dir, atomic_path, atomic_write_text
 
 
 @dataclass
@@ -38,6 +38,24 @@ class PrepareConfig:
     val_fraction: float = 0.05
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        def need(ok: bool, option: str, rule: str) -> None:
+            if not ok:
+                raise DataError(f"{option}: {rule}")
+
+        need(0.0 <= self.val_fraction < 1.0, "--val-fraction", f"{self.val_fraction} must be in [0, 1) "
+             "(the share of documents held out; 1 would leave nothing to train on)")
+        need(0.0 < self.hq_fraction <= 1.0, "--hq-fraction", f"{self.hq_fraction} must be in (0, 1]")
+        need(0.0 < self.max_perplexity_quantile <= 1.0, "--max-perplexity-quantile",
+             f"{self.max_perplexity_quantile} must be in (0, 1]")
+        need(0.0 < self.near_dup.threshold <= 1.0, "--near-dup-threshold",
+             f"{self.near_dup.threshold} must be in (0, 1]")
+        need(self.heuristics.min_words >= 0, "--min-words", f"{self.heuristics.min_words} must be >= 0")
+        need(self.decontam_ngram > 0, "decontam_ngram", "must be positive")
+        need(self.tokenizer is not None or self.vocab_size >= 260, "--vocab-size",
+             f"{self.vocab_size} is too small for byte-level BPE; use >= 260")
+        need(bool(self.inputs), "inputs", "give at least one file or folder")
+
 
 def _split_of(doc_id: str, val_fraction: float, seed: int) -> str:
     h = int(hashlib.sha256(f"{seed}:{doc_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
@@ -47,10 +65,14 @@ def _split_of(doc_id: str, val_fraction: float, seed: int) -> str:
 def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
     """Run the pipeline; write shards, manifest.json, rejects.jsonl (and tokenizer.json) to cfg.out_dir.
 
-    Returns the manifest. Deterministic: same inputs and config give byte-identical outputs.
+    The folder is built beside cfg.out_dir and swapped in whole, so an interrupted run leaves the old
+    dataset (or none), never new files beside an old manifest. Returns the manifest. Deterministic: same inputs and config give byte-identical outputs.
     """
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(cfg.out_dir, (MANIFEST,), "dataset") as tmp:  # an old dataset is replaced whole
+        return _prepare(cfg, tmp, progress)
+
+
+def _prepare(cfg: PrepareConfig, out: Path, progress: bool) -> dict:
     rejects: list[dict] = []
     source_stats: dict[str, Counter] = {}
 
@@ -116,6 +138,11 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
                                        f"(quantile {cfg.max_perplexity_quantile})")
         else:
             kept.append(d)
+
+    if not kept:
+        stages = dict(sorted(Counter(r["stage"] for r in rejects).items()))
+        raise DataError(f"{cfg.inputs}: all {len(docs)} documents were rejected ({stages}); nothing to tokenize. "
+                        "Loosen the filters (e.g. --min-words) or add data")
 
     # 6. tokenizer
     if cfg.tokenizer:

@@ -36,12 +36,14 @@ def read_documents(paths: list[str | Path], text_field: str = "text",
     for path in _expand(paths):
         suffix = _suffix(path)
         source = path.name[: -len(suffix) - (3 if path.name.lower().endswith(".gz") else 0)] or path.stem
-        if suffix in TEXT_SUFFIXES:
-            yield from _read_text(path, source, split_blank_lines)
-        elif suffix in JSONL_SUFFIXES:
-            yield from _read_jsonl(path, source, text_field)
-        elif suffix in PARQUET_SUFFIXES:
-            yield from _read_parquet(path, source, text_field)
+        readers = {**dict.fromkeys(TEXT_SUFFIXES, lambda: _read_text(path, source, split_blank_lines)),
+                   **dict.fromkeys(JSONL_SUFFIXES, lambda: _read_jsonl(path, source, text_field)),
+                   **dict.fromkeys(PARQUET_SUFFIXES, lambda: _read_parquet(path, source, text_field))}
+        if suffix in readers:
+            try:
+                yield from readers[suffix]()
+            except (OSError, EOFError, UnicodeDecodeError) as e:  # not gzip, truncated, not UTF-8, unreadable
+                raise DataError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
         else:
             raise DataError(f"{path}: unsupported file type {suffix!r}; use one of "
                             f"{TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES}")
@@ -72,6 +74,8 @@ def _expand(paths: list[str | Path]) -> list[Path]:
             files.extend(found)
         elif p.is_file():
             files.append(p)
+        elif p.exists():
+            raise DataError(f"{p}: not a regular file or folder (a FIFO, socket or device); copy the data to a file")
         else:
             raise DataError(f"{p}: no such file or folder")
     return files

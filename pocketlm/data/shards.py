@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pocketlm.data.readers import DataError
-from pocketlm.utils import atomic_path
+from pocketlm.utils import atomic_path, read_json
 
 MANIFEST = "manifest.json"
 
@@ -52,7 +52,17 @@ def read_manifest(data_dir: str | Path) -> dict:
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
         raise DataError(f"{data_dir}: no {MANIFEST}; create the shards with `pocketlm data prepare`")
-    return json.loads(path.read_text())
+    try:
+        manifest = read_json(path, DataError)
+        vocab = manifest["tokenizer"]["vocab_size"]
+        splits = manifest["splits"]
+        np.dtype(manifest["dtype"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a pocketlm manifest ({type(e).__name__}: {e}); re-run `pocketlm data "
+                        "prepare`") from e
+    if not isinstance(vocab, int) or vocab <= 0 or not isinstance(splits, dict):
+        raise DataError(f"{path}: tokenizer.vocab_size and splits are malformed; re-run `pocketlm data prepare`")
+    return manifest
 
 
 @dataclass
@@ -75,6 +85,10 @@ class TokenSplit:
                 raise DataError(f"{shard['file']}: {arr.size} tokens, manifest says {shard['tokens']}; re-run prepare")
             if verify and hashlib.sha256(arr.tobytes()).hexdigest() != shard["sha256"]:
                 raise DataError(f"{shard['file']}: checksum mismatch; the shard is corrupt, re-run prepare")
+            vocab = manifest["tokenizer"]["vocab_size"]
+            if arr.size and int(arr.max()) >= vocab:
+                raise DataError(f"{Path(data_dir) / shard['file']}: token id {int(arr.max())} is past the "
+                                f"tokenizer's {vocab} tokens; the shard does not belong to this manifest, re-run prepare")
             parts.append(arr)
         if not parts:
             raise DataError(f"{data_dir}: split {split!r} is empty")

@@ -57,7 +57,10 @@ class TextTokenizer:
         if p.suffix == ".json":
             from tokenizers import Tokenizer
 
-            tok = Tokenizer.from_file(str(p))
+            try:
+                tok = Tokenizer.from_file(str(p))
+            except Exception as e:  # the tokenizers library reports every parse failure as Exception
+                raise DataError(f"{p}: not a Hugging Face tokenizer.json ({e})") from e
             eos = _find_eos(tok)
             return cls(tok, "tokenizers", eos, str(p))
         if p.suffix == ".model":

@@ -45,19 +45,29 @@ def run_cmd(model: Path = typer.Argument(..., help="model folder (pocketlm or Hu
             shots: str = typer.Option("0", "--shots", help="comma-separated shot counts, e.g. 0,1,5"),
             data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="root of full data copies "
                                                     "(eval/<task>/...); default: bundled subsets"),
-            limit: Optional[int] = typer.Option(None, "--limit", help="first N documents per task"),
+            limit: Optional[int] = typer.Option(None, "--limit", min=1, help="first N documents per task"),
             seed: int = typer.Option(1234, "--seed", help="few-shot sampling seed (lm-eval's default)"),
             tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="tokenizer folder if not with the model"),
             output: Optional[Path] = typer.Option(None, "--output", "-o", help="results JSON (per-example records)"),
             precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP),
+            allow_any_data_path: bool = typer.Option(False, "--allow-any-data-path", help="let task specs read "
+                                                     "data files outside --data-dir and their own folder"),
             ) -> None:
     """Evaluate MODEL on task specs at each shot count; prints a table, writes JSON with -o."""
     from .loading import load_for_eval
     from .runner import evaluate, summary_table
+    from .sources import any_data_path
+    from .spec import get_spec
     try:
+        shot_counts = _ints(shots)  # every option and task spec is checked before the model loads
+        if not str(model).startswith("proxy:") and not model.exists():
+            raise FileNotFoundError(f"model {model} does not exist")
+        with any_data_path(allow_any_data_path):
+            specs = [get_spec(t) for t in tasks.split(",") if t]
         m, tok = load_for_eval(model, tokenizer, precision=precision)
-        res = evaluate(m, tok, [t for t in tasks.split(",") if t], shots=_ints(shots), limit=limit,
-                       data_dir=data_dir, seed=seed, model_name=str(model), output=output)
+        res = evaluate(m, tok, specs, shots=shot_counts, limit=limit,
+                       data_dir=data_dir, seed=seed, model_name=str(model), output=output,
+                       allow_any_data_path=allow_any_data_path)
     except (ValueError, FileNotFoundError, OSError) as e:
         _fail(e)
     typer.echo(summary_table(res))
@@ -84,7 +94,7 @@ def icl_cmd(models: List[Path] = typer.Argument(..., help="one or more model fol
             tasks: Optional[str] = typer.Option(None, "--tasks", help="default: the survey's 8 ICL tasks"),
             shots: str = typer.Option("0,1,5", "--shots"),
             data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
-            limit: Optional[int] = typer.Option(None, "--limit"),
+            limit: Optional[int] = typer.Option(None, "--limit", min=1),
             out_dir: Path = typer.Option(Path("runs/icl"), "--out", help="folder for table, figure, JSON"),
             precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP)) -> None:
     """In-context learning study: scores at 0/1/5 shots, gain per task and per model size."""

@@ -26,9 +26,10 @@ from typing import Any, Callable
 import yaml
 
 from .processors import hellaswag as hellaswag_doc
-from .sources import DataError
+from .sources import DataError, confine
 from .spec import OUTPUT_TYPES, TASKS_DIR, TaskSpec, TaskSpecError
 from .templates import TemplateError, render
+from pocketlm.utils import load_yaml
 
 LM_EVAL_KEYS = {"dataset_path", "dataset_kwargs", "doc_to_text", "doc_to_target", "doc_to_choice", "include",
                 "test_split", "validation_split", "training_split", "fewshot_split", "metric_list", "filter_list",
@@ -141,10 +142,8 @@ def _parse(path: Path) -> Any:
     data = path.read_bytes()
     if len(data) > MAX_YAML_BYTES:
         raise TaskSpecError(f"task file {path} is {len(data)} bytes; a task file is at most {MAX_YAML_BYTES}")
-    try:
-        return yaml.load(data, Loader=_loader(path))  # noqa: S506 - a SafeLoader plus a data-only tag
-    except yaml.YAMLError as e:
-        raise TaskSpecError(f"task file {path}: cannot parse ({e})") from e
+    # a SafeLoader plus a data-only tag; aliases bounded (a "billion laughs" file is refused, not expanded)
+    return load_yaml(data, f"task file {path}", _loader(path), TaskSpecError)
 
 
 def read_task_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> Any:
@@ -253,7 +252,7 @@ def _data_files(cfg: dict, path: Path, where: str) -> dict[str, list[str]]:
             p = Path(n).expanduser()
             if not p.is_absolute():
                 p = path.parent / p if (path.parent / p).exists() else Path.cwd() / p
-            resolved.append(str(p))
+            resolved.append(str(confine(p, [path.parent, Path.cwd()], where)))
         out[str(split)] = resolved
     return out
 
@@ -413,7 +412,7 @@ def spec_from_lm_eval(cfg: dict, path: str | Path) -> TaskSpec:
     def choices(doc: dict) -> list:
         return _doc_to_choice(choice_src, doc)
 
-    multiple_input = otype == "multiple_choice" and isinstance(_first_text(eval_split, text, task), int)
+    multiple_input = otype == "multiple_choice" and isinstance(_first_text(eval_split, text, task, [path.parent, Path.cwd()]), int)
 
     def demo_answer(doc: dict) -> str:
         a = _doc_to_target(fs_target_src, doc, has_choices)
@@ -472,11 +471,11 @@ def spec_from_lm_eval(cfg: dict, path: str | Path) -> TaskSpec:
     return spec
 
 
-def _first_text(split: dict, text: Callable[[dict], Any], task: str) -> Any:
+def _first_text(split: dict, text: Callable[[dict], Any], task: str, roots: list[Path]) -> Any:
     """doc_to_text of the first scored document (lm-eval decides 'multiple input' the same way)."""
     from .prompts import _process
     from .sources import load_split
-    docs = _process(load_split(split, Path("."), task), split, task)
+    docs = _process(load_split(split, Path("."), task, roots), split, task)
     if not docs:
         raise DataError(f"task {task}: split {split['split']!r} ({split['path']}) holds no documents")
     try:

@@ -63,12 +63,18 @@ def _process(docs: list[dict], split: dict, task: str) -> list[dict]:
 
 def load_docs(spec: TaskSpec, data_dir: Path) -> tuple[list[dict], list[dict] | None]:
     """(eval documents, few-shot documents or None when demos come from the eval split)."""
-    docs = _process(load_split(spec.eval, data_dir, spec.task), spec.eval, spec.task)
+    roots = [data_dir] + ([spec.path.parent] if spec.path is not None else [])
+    if spec.eval.get("format") == "hf_json":  # lm-eval resolves data_files against the working folder too
+        roots.append(Path.cwd())
+    docs = _process(load_split(spec.eval, data_dir, spec.task, roots), spec.eval, spec.task)
+    if not docs:
+        raise DataError(f"task {spec.task}: the eval split ({spec.eval.get('path', 'records')}) holds no documents; "
+                        "an empty data file would report a score over nothing")
     if spec.fewshot is None or spec.fewshot == "eval":
         return docs, None
     if "missing" in spec.fewshot:  # an lm-eval task whose few-shot split has no file: fine at 0 shots
         return docs, []
-    fs = _process(load_split(spec.fewshot, data_dir, spec.task), spec.fewshot, spec.task)
+    fs = _process(load_split(spec.fewshot, data_dir, spec.task, roots), spec.fewshot, spec.task)
     return docs, fs
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -12,6 +13,7 @@ from .backends import make_backend
 from .metrics import aggregate, generation_scores, multiple_choice_scores
 from .prompts import Example, build_examples, load_docs, resolve_data_dir
 from .scorer import Scorer
+from .sources import any_data_path
 from .spec import TaskSpec, get_spec
 
 PRIMARY = ("acc_norm", "mc2", "acc", "exact_match")  # the score a task contributes to its survey group
@@ -70,6 +72,16 @@ def score_examples(spec: TaskSpec, examples: list[Example], scorer: Scorer,
     return records
 
 
+def check_finite_scores(task: str, records: list[dict]) -> None:
+    """Refuse to report a score computed from NaN/inf log-likelihoods (it would look like a real accuracy)."""
+    bad = [r["doc_id"] for r in records
+           if not all(math.isfinite(x) for x in r.get("loglikelihoods", [r.get("loglikelihood", 0.0)]))]
+    if bad:
+        raise ValueError(f"task {task}: {len(bad)} of {len(records)} documents got NaN/inf log-likelihoods "
+                         f"(first: doc {bad[0]}); the model's outputs are not finite (broken weights, norm eps, "
+                         "or fp16 overflow: try --precision fp32), so no score is reported")
+
+
 def group_scores(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, Any]]:
     """Survey groups (commonsense, problem solving, math): mean primary score per group and shot count."""
     groups: dict[str, dict[str, Any]] = {}
@@ -91,9 +103,20 @@ def group_scores(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, Any
 def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str | TaskSpec], shots: Sequence[int] | None = (0,),
              limit: int | None = None, data_dir: str | Path | None = None, seed: int = 1234,
              batch_tokens: int = 1024, model_name: str = "model", output: str | Path | None = None,
-             show_progress: bool = True) -> dict:
+             show_progress: bool = True, allow_any_data_path: bool = False) -> dict:
     """Evaluate `model` on `tasks` at every shot count (None: each task's default, lm-eval's num_fewshot);
-    returns the results dict (also written to `output`)."""
+    returns the results dict (also written to `output`). A task spec's data files must lie in the data
+    folder or beside the spec unless `allow_any_data_path`."""
+    with any_data_path(allow_any_data_path):
+        return _evaluate(model, tokenizer, tasks, shots, limit, data_dir, seed, batch_tokens, model_name, output,
+                         show_progress)
+
+
+def _evaluate(model: Any, tokenizer: Any, tasks: Sequence[str | TaskSpec], shots: Sequence[int] | None,
+              limit: int | None, data_dir: str | Path | None, seed: int, batch_tokens: int, model_name: str,
+              output: str | Path | None, show_progress: bool) -> dict:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"--limit {limit!r}: must be a positive number of documents (omit it for all)")
     specs = [t if isinstance(t, TaskSpec) else get_spec(t) for t in tasks]
     root = resolve_data_dir(data_dir)
     scorer = Scorer(make_backend(model, tokenizer), tokenizer, batch_tokens=batch_tokens)
@@ -115,6 +138,7 @@ def evaluate(model: Any, tokenizer: Any, tasks: Sequence[str | TaskSpec], shots:
         for spec, k, examples in plan:
             t0 = time.perf_counter()
             records = score_examples(spec, examples, scorer, advance)
+            check_finite_scores(spec.task, records)
             seconds = time.perf_counter() - t0
             results.setdefault(spec.task, {})[str(k)] = {
                 "group": spec.group, "output_type": spec.output_type, "n": len(records),
@@ -139,8 +163,10 @@ def load_results(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} does not exist (write one with `pocketlm eval MODEL -o FILE`)")
-    data = json.loads(path.read_text())
-    if data.get("format") != "pocketlm.eval/1":
+    from pocketlm.utils import read_json
+
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("format") != "pocketlm.eval/1":
         raise ValueError(f"{path} is not a pocketlm eval results file (missing format 'pocketlm.eval/1')")
     return data
 

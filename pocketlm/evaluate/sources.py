@@ -7,6 +7,8 @@ import csv
 import glob
 import io
 import json
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,6 +17,33 @@ from .templates import TemplateError, evaluate
 
 class DataError(ValueError):
     """A task's data file is missing or malformed."""
+
+
+_ANY_PATH: ContextVar[bool] = ContextVar("pocketlm_any_data_path", default=False)
+
+
+@contextmanager
+def any_data_path(allowed: bool = True):
+    """Within this block task specs may name data files anywhere (`eval --allow-any-data-path`); an enclosing
+    block that allowed it stays in force."""
+    token = _ANY_PATH.set(allowed or _ANY_PATH.get())
+    try:
+        yield
+    finally:
+        _ANY_PATH.reset(token)
+
+
+def confine(path: Path, roots: list[Path], task: str) -> Path:
+    """`path` if it lies inside one of `roots` (after resolving `..` and links): a task spec is input, and
+    may not read /etc/hostname or ../../secrets unless the user allowed it with --allow-any-data-path."""
+    if _ANY_PATH.get():
+        return path
+    real = path.resolve()
+    if any(real.is_relative_to(r.resolve()) for r in roots):
+        return path
+    raise DataError(f"task {task}: data file {path} is outside the data folder ({', '.join(map(str, roots))}); "
+                    "a task spec may only read files there. Move the file, pass --data-dir, or pass "
+                    "--allow-any-data-path if you trust this spec")
 
 
 def _open_text(path: Path) -> str:
@@ -125,15 +154,18 @@ def _files(data_dir: Path, pattern: str | list[str]) -> list[Path]:
     return [data_dir / pattern]
 
 
-def load_split(split: dict, data_dir: Path, task: str) -> list[dict]:
-    """Read one split of a task (``{path|records, format, fields, ...}``) into documents."""
+def load_split(split: dict, data_dir: Path, task: str, roots: list[Path] | None = None) -> list[dict]:
+    """Read one split of a task (``{path|records, format, fields, ...}``) into documents; its files must lie
+    in `roots` (default: `data_dir`) unless `any_data_path` is on."""
     if "records" in split:
+        if not isinstance(split["records"], list) or not all(isinstance(r, dict) for r in split["records"]):
+            raise DataError(f"task {task}: 'records' must be a list of mappings (one document each)")
         raw = [dict(r) for r in split["records"]]
     else:
         fmt = split.get("format", "jsonl")
         if fmt not in READERS:
             raise DataError(f"task {task}: unknown format {fmt!r}; known formats: {sorted(READERS)}")
-        files = _files(data_dir, split["path"])
+        files = [confine(f, roots or [data_dir], task) for f in _files(data_dir, split["path"])]
         if not files or not all(f.is_file() for f in files):
             missing = split["path"] if not files else next(str(f) for f in files if not f.is_file())
             if fmt == "hf_json":
@@ -144,7 +176,10 @@ def load_split(split: dict, data_dir: Path, task: str) -> list[dict]:
                 "holding full copies (laid out like shared/data: eval/<task>/...), or use the bundled subset")
         raw = []
         for f in files:
-            docs = READERS[fmt](f, split)
+            try:
+                docs = READERS[fmt](f, split)
+            except (UnicodeDecodeError, json.JSONDecodeError, OSError, RecursionError) as e:
+                raise DataError(f"{f}: cannot be read as {fmt!r} ({type(e).__name__}: {e})") from e
             if split.get("labels_path"):  # a line-aligned label file (PIQA's valid-labels.lst)
                 labels = (f.parent / split["labels_path"]).read_text().split()
                 if len(labels) < len(docs):

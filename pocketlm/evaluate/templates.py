@@ -51,8 +51,23 @@ def _regex_replace(value: str, pattern: str, repl: str, count: int = 0) -> str:
     return re.sub(pattern, repl, value, count=count)
 
 
+MAX_REPEAT = 100_000  # longest string or list a template may build with `*`; largest exponent via `**`
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, refusing unsafe access at once instead of yielding an undefined value."""
+    """Jinja's immutable sandbox, refusing unsafe access at once instead of yielding an undefined value,
+    and bounding `*` and `**` (``'a' * 10**10`` would ask for 10 GB)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_REPEAT:
+                    raise SecurityError(f"repeating a sequence {n} times builds more than {MAX_REPEAT} items")
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+            raise SecurityError(f"exponent {right} is larger than 64")
+        return super().call_binop(context, operator, left, right)
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
         raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is not allowed")
@@ -93,6 +108,8 @@ def render(source: str, doc: dict) -> str:
         return _template(source).render(**doc)
     except SecurityError as e:
         raise _refused(source, e) from e
+    except (OverflowError, MemoryError, RecursionError) as e:  # e.g. the sandbox's range() limit
+        raise TemplateError(f"template {source[:120]!r} is refused: {type(e).__name__}: {e}") from e
     except jinja2.UndefinedError as e:
         raise TemplateError(f"template {source!r}: {e.message}; document fields are {sorted(doc)}") from e
 
@@ -105,6 +122,8 @@ def evaluate(source: Any, doc: dict) -> Any:
         value = _expression(source)(**doc)
     except SecurityError as e:
         raise _refused(source, e) from e
+    except (OverflowError, MemoryError, RecursionError) as e:  # e.g. the sandbox's range() limit
+        raise TemplateError(f"template {source[:120]!r} is refused: {type(e).__name__}: {e}") from e
     except jinja2.UndefinedError as e:
         raise TemplateError(f"expression {source!r}: {e.message}; document fields are {sorted(doc)}") from e
     if isinstance(value, jinja2.Undefined):

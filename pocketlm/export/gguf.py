@@ -33,7 +33,7 @@ from pocketlm.interop.families import GGUFArch, gguf_arch, gguf_refusal
 from pocketlm.interop.families.base import TensorKey, rows_axis
 from pocketlm.export.errors import GGUFExportError
 from pocketlm.export.gguf_vocab import read_vocab, write_vocab
-from pocketlm.utils import atomic_path
+from pocketlm.utils import atomic_path, check_finite_weights
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,7 @@ def export_gguf(model, path: str | Path, qtype: str = "F16", tokenizer_json: str
     refusal = gguf_refusal(cfg)
     if refusal:
         raise GGUFExportError(f"cannot export {cfg.name or 'this model'} to GGUF: {refusal}")
+    check_finite_weights(model, cfg.name or "model", GGUFExportError)
     arch = gguf_arch(cfg)
     path = Path(path)
     if tokenizer_json is None and not stand_in_vocab:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from pocketlm.interop.hf import CheckpointError, load_hf, save_hf
+from pocketlm.interop.hf import CheckpointError, check_finite, load_hf, save_hf
 from pocketlm.interop.hf_config import SUPPORTED as HF_FAMILIES
 from pocketlm.interop.hf_config import UnsupportedModelError, config_from_hf
 from pocketlm.interop.native import CONFIG_NAME, load_native, save_native
@@ -18,7 +18,8 @@ __all__ = ["load_model", "load_tokenizer", "save_hf", "save_native", "config_fro
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> Transformer:
-    """A pocketlm checkpoint (pocketlm.json), a Hugging Face directory (config.json) or a llama2.c `.bin`."""
+    """A pocketlm checkpoint (pocketlm.json), a Hugging Face directory (config.json) or a llama2.c `.bin`;
+    weights holding NaN or infinity are refused."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory; give a model directory "
@@ -26,12 +27,15 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> Transfor
     if path.is_file() and path.suffix == ".bin":  # llama2.c legacy checkpoint
         from pocketlm.interop.llama2c import load_llama2c
 
-        return load_llama2c(path, dtype)
-    if path.is_file():
+        model = load_llama2c(path, dtype)
+    elif path.is_file():
         raise CheckpointError(f"{path}: is a file; give the directory that holds it")
-    if (path / CONFIG_NAME).is_file():
-        return load_native(path, dtype)
-    return load_hf(path, dtype)
+    elif (path / CONFIG_NAME).is_file():
+        model = load_native(path, dtype)
+    else:
+        model = load_hf(path, dtype)
+    check_finite(model, path)
+    return model
 
 
 def load_tokenizer(path: str | Path) -> Any | None:

@@ -19,7 +19,10 @@ from pocketlm.interop.families import FAMILIES, Family, export_family, get_famil
 from pocketlm.interop.hf_config import UnsupportedModelError, config_from_hf, hf_config_from
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import Transformer
-from pocketlm.utils import atomic_path, atomic_write_text
+from pocketlm.utils import atomic_dir, atomic_write_text, check_finite_weights, read_json
+
+# a folder holding one of these is a model folder that a save may replace whole
+MODEL_FOLDER_FILES = ("config.json", "pocketlm.json", "model.safetensors", "model.safetensors.index.json")
 
 
 class CheckpointError(ValueError):
@@ -28,16 +31,54 @@ class CheckpointError(ValueError):
 
 # ---- reading tensors -------------------------------------------------------------------------------
 
-def read_hf_tensors(path: Path) -> dict[str, Tensor]:
-    """All tensors of a HF directory: model.safetensors, sharded safetensors, or pytorch_model.bin."""
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        files = sorted(path.glob("pytorch_model*.bin"))
-    if not files:
+def weight_files(path: Path) -> list[Path]:
+    """The weight files of a HF directory, chosen as transformers chooses them: model.safetensors, else
+    the files model.safetensors.index.json names, else one pytorch_model.bin (or its index). Any other
+    *.safetensors (a backup, a stray copy) is never merged in; several candidates and no index is an error."""
+    for f in (*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.index.json")):
+        if not f.is_file():
+            raise CheckpointError(f"{f}: not a regular file (a folder, FIFO or broken link); weights are read "
+                                  "from plain files only")
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if (path / single).is_file():
+            return [path / single]
+        if (path / index).is_file():
+            return _indexed_files(path / index)
+    loose = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+    if len(loose) == 1:
+        return loose
+    if not loose:
         raise CheckpointError(f"{path}: no weights found (expected model.safetensors, model-0000x-of-0000y."
-                              "safetensors or pytorch_model.bin)")
+                              "safetensors with model.safetensors.index.json, or pytorch_model.bin)")
+    raise CheckpointError(f"{path}: {len(loose)} weight files ({', '.join(f.name for f in loose[:4])}) and neither "
+                          "model.safetensors nor model.safetensors.index.json to say which hold the model; "
+                          "remove the stray files or add the index")
+
+
+def _indexed_files(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index}: not a valid weight index (needs a 'weight_map' of tensor name -> "
+                              f"file; {type(e).__name__}: {e})") from e
+    files = []
+    for name in names:
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise CheckpointError(f"{index}: weight file {name!r} is not a plain file name in the model folder")
+        if not (index.parent / name).is_file():
+            raise CheckpointError(f"{index}: names {name}, which is missing; the download is incomplete")
+        files.append(index.parent / name)
+    if not files:
+        raise CheckpointError(f"{index}: the weight_map is empty")
+    return files
+
+
+def read_hf_tensors(path: Path) -> dict[str, Tensor]:
+    """All tensors of a HF directory's weight files (see `weight_files`)."""
     tensors: dict[str, Tensor] = {}
-    for f in files:
+    for f in weight_files(path):
         if f.suffix == ".safetensors":
             try:
                 tensors.update(load_file(str(f)))
@@ -48,9 +89,15 @@ def read_hf_tensors(path: Path) -> dict[str, Tensor]:
             try:
                 tensors.update(torch.load(str(f), map_location="cpu", weights_only=True))
             except Exception as e:  # pickle errors surface as many types
-                raise CheckpointError(f"{f}: cannot be read with torch.load(weights_only=True) ({e}); convert it "
-                                      "to safetensors") from e
+                raise CheckpointError(f"{f}: cannot be read with torch.load(weights_only=True) ({type(e).__name__}: "
+                                      "it holds objects other than tensors, or is not a PyTorch file; pocketlm "
+                                      "never unpickles code); convert it to safetensors") from e
     return tensors
+
+
+def check_finite(model: torch.nn.Module, where: Path | str) -> None:
+    """Refuse loaded weights holding NaN or infinity (a CheckpointError naming the tensor)."""
+    check_finite_weights(model, where, CheckpointError)
 
 
 # ---- name mapping --------------------------------------------------------------------------------------
@@ -157,20 +204,37 @@ def _own_state(hf: dict[str, Tensor], model: Transformer, family: Family, where:
 # ---- public API ------------------------------------------------------------------------------------------
 
 def read_hf_config(path: Path) -> dict[str, Any]:
-    cfg_file = path / "config.json"
+    """config.json of a HF directory (or the file itself) as a JSON object."""
+    cfg_file = path if path.is_file() else path / "config.json"
     if not cfg_file.is_file():
         raise CheckpointError(f"{path}: no config.json; a Hugging Face model directory needs config.json and "
                               "safetensors weights")
+    data = read_json(cfg_file, CheckpointError)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{cfg_file}: expected a JSON object of config fields, found {type(data).__name__}")
+    return data
+
+
+def config_from_hf_checked(data: dict[str, Any], where: Path | str) -> ModelConfig:
+    """config_from_hf, with every way a config.json can be wrong (transformers' strict field checks,
+    zero heads, fields of the wrong type) reported as one CheckpointError naming `where`."""
+    from huggingface_hub.errors import StrictDataclassError
+
     try:
-        return json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_file}: invalid JSON ({e})") from e
+        return config_from_hf(data)
+    except UnsupportedModelError as e:
+        raise UnsupportedModelError(f"{where}: {e}") from e
+    except ZeroDivisionError as e:
+        raise CheckpointError(f"{where}: a head count or width is 0 ({e}); every size must be positive") from e
+    except (StrictDataclassError, ValueError, TypeError, AttributeError, KeyError) as e:
+        detail = " ".join(str(e).split())
+        raise CheckpointError(f"{where}: not a usable config ({type(e).__name__}: {detail}); fix that field") from e
 
 
 def load_hf(path: str | Path, dtype: torch.dtype = torch.float32) -> Transformer:
     """A Transformer with the weights of a local HF directory, numerically identical."""
     path = Path(path)
-    cfg = config_from_hf(read_hf_config(path))
+    cfg = config_from_hf_checked(read_hf_config(path), path / "config.json")
     family = get_family(cfg.extra["hf_model_type"])
     with torch.device("meta"):
         model = Transformer(cfg)
@@ -211,14 +275,13 @@ def save_hf(model: Transformer, out_dir: str | Path, tokenizer: Any = None, mode
         detail = ", ".join(f"{k}={mine[k]!r} (as {model_type}: {theirs[k]!r})" for k in differ[:4])
         raise UnsupportedModelError(f"the {model_type} family cannot express this model: {detail}. "
                                     "Save it with save_native() instead.")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu") for k, v in _hf_state(model, family).items()}
     hf_cfg["architectures"] = [family.architecture]
     hf_cfg["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
-    with atomic_path(out_dir / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
-    atomic_write_text(out_dir / "config.json", json.dumps(hf_cfg, indent=2, sort_keys=True))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out_dir))
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir, MODEL_FOLDER_FILES, "model folder") as tmp:  # an old model is replaced whole
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        atomic_write_text(tmp / "config.json", json.dumps(hf_cfg, indent=2, sort_keys=True))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
     return out_dir

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from pocketlm.model.config import ConfigError, ModelConfig
 from pocketlm.model.linears import INT_LINEARS
 from pocketlm.model.transformer import Transformer, Transforms
-from pocketlm.utils import atomic_path, atomic_write_text
+from pocketlm.utils import atomic_dir, atomic_write_text, read_json
 
 CONFIG_NAME = "pocketlm.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -29,23 +29,24 @@ TRANSFORMS_KEY = "transforms"
 
 
 def save_native(model: Transformer, out_dir: str | Path, tokenizer=None) -> Path:
-    """Write `model` (float, fused or quantized; not packed) to `out_dir`; weights first, config last."""
+    """Write `model` (float, fused or quantized; not packed) to `out_dir`, built beside it and swapped in whole."""
+    from pocketlm.interop.hf import MODEL_FOLDER_FILES
+
     model.check_savable("native")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings and isinstance(model.lm_head, torch.nn.Linear):
         state.pop("lm_head.weight", None)
     shared = Counter(v.untyped_storage().data_ptr() for v in state.values())  # per-expert views of one tensor
     state = {k: v.clone() if shared[v.untyped_storage().data_ptr()] > 1 else v.contiguous() for k, v in state.items()}
-    with atomic_path(out_dir / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pocketlm"})
     meta: dict[str, Any] = model.config.to_dict()
     if model.transforms != Transforms():
         meta[TRANSFORMS_KEY] = model.transforms.to_dict()
-    atomic_write_text(out_dir / CONFIG_NAME, json.dumps(meta, indent=2))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out_dir))
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir, MODEL_FOLDER_FILES, "model folder") as tmp:  # an old model is replaced whole
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pocketlm"})
+        atomic_write_text(tmp / CONFIG_NAME, json.dumps(meta, indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
     return out_dir
 
 
@@ -55,7 +56,9 @@ def read_native_config(path: str | Path) -> tuple[ModelConfig, Transforms]:
 
     file = Path(path) / CONFIG_NAME
     try:
-        meta = json.loads(file.read_text())
+        meta = read_json(file, CheckpointError)
+        if not isinstance(meta, dict):
+            raise TypeError(f"expected a JSON object, found {type(meta).__name__}")
         transforms = Transforms.from_dict(meta.pop(TRANSFORMS_KEY, {}) or {})
         return ModelConfig.from_dict(meta), transforms
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError, ConfigError) as e:
@@ -88,7 +91,7 @@ def load_native(path: str | Path, dtype: torch.dtype | None = torch.float32) -> 
                               f"unexpected {unexpected[:5]}")
     for k, v in state.items():
         if tuple(v.shape) != tuple(expected[k].shape):
-            raise CheckpointError(f"{weights}: tensor {k!r} has shape {tuple(v.shape)}, config implies "
+            raise CheckpointError(f"{weights}: tensor {k!r} has shape {tuple(v.shape)}, {CONFIG_NAME} implies "
                                   f"{tuple(expected[k].shape)}")
     if dtype is not None:  # the integer layers' scales stay in their kernels' dtype
         kernels = tuple(name + "." for name, m in model.named_modules() if isinstance(m, INT_LINEARS))

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pocketlm.utils import atomic_write_text, dataclass_from_dict
+from pocketlm.utils import atomic_write_text, dataclass_from_dict, read_json
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
 NORMS = ("layernorm", "rmsnorm")
@@ -22,6 +23,34 @@ FFN_TYPES = ("standard", "gated")
 NORM_PLACEMENTS = ("pre", "post", "sandwich", "post_sublayer")
 QK_NORMS = ("none", "head", "full")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
+
+
+# Bounds far beyond any published model, so a typo or a hostile file fails here instead of hanging
+# a loop over 10^7 layers or asking the allocator for terabytes.
+MAX_LAYERS = 10_000
+MAX_VOCAB = 1 << 24
+MAX_WIDTH = 1 << 18
+
+POSITIVE_INTS = ("vocab_size", "d_model", "n_layer", "max_seq_len", "block_repeat")
+OPTIONAL_POSITIVE_INTS = ("head_dim", "q_lora_rank", "sliding_window", "moe_intermediate_size",
+                          "shared_expert_intermediate_size", "embed_proj_dim")
+NON_NEGATIVE_INTS = ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "n_experts", "top_k",
+                     "n_shared_experts", "first_dense_layers", "learned_pos_offset")
+PER_LAYER_INTS = ("n_head", "n_kv_head", "intermediate_size")
+POSITIVE_FLOATS = ("rope_theta", "rotary_fraction", "norm_eps")
+OPTIONAL_POSITIVE_FLOATS = ("attn_scale", "attn_logit_softcap", "clip_qkv", "final_logit_softcap")
+FINITE_FLOATS = ("routed_scaling", "embed_scale", "residual_scale", "logit_scale")
+BOOLS = ("qkv_bias", "attn_out_bias", "rope_interleaved", "mlp_bias", "shared_expert_gate", "router_norm_topk",
+         "norm_bias", "norm_affine", "norm_unit_offset", "parallel_residual", "parallel_shared_norm", "embed_norm",
+         "final_norm", "tie_embeddings", "embed_scale_round", "lm_head_bias", "shared_ffn")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class ConfigError(ValueError):
@@ -166,9 +195,14 @@ class ModelConfig:
             if not ok:
                 raise ConfigError(f"ModelConfig.{fld}: {rule}")
 
-        need(self.vocab_size > 0, "vocab_size", "must be positive")
-        need(self.d_model > 0, "d_model", "must be positive")
-        need(self.n_layer > 0, "n_layer", "must be positive")
+        self._validate_types(need)
+        need(self.n_layer <= MAX_LAYERS, "n_layer", f"{self.n_layer} layers is more than {MAX_LAYERS}")
+        need(self.vocab_size <= MAX_VOCAB, "vocab_size", f"{self.vocab_size} is more than {MAX_VOCAB}")
+        for fld in ("d_model", "head_dim", "embed_proj_dim", "moe_intermediate_size", "kv_lora_rank"):
+            need((getattr(self, fld) or 0) <= MAX_WIDTH, fld, f"{getattr(self, fld)} is wider than {MAX_WIDTH}")
+        for fld in ("intermediate_size", "n_head"):
+            need(all(v <= MAX_WIDTH for v in _as_list(getattr(self, fld))), fld, f"an entry is over {MAX_WIDTH}")
+        need(self.rotary_fraction <= 1.0, "rotary_fraction", "must be in (0, 1]")
         need(self.attention in ("standard", "mla"), "attention", "must be 'standard' or 'mla'")
         need(self.activation in ACTIVATIONS, "activation",
              f"unknown activation {self.activation!r}; choose one of {ACTIVATIONS}")
@@ -217,12 +251,40 @@ class ModelConfig:
         if self.parallel_residual:
             need(self.norm_placement == "pre", "parallel_residual", "needs norm_placement 'pre'")
 
+    def _validate_types(self, need: Any) -> None:
+        """Each field has its declared type and a finite, sensible value (JSON gives strings, nulls, NaN)."""
+        rules = ((POSITIVE_INTS, lambda v: _is_int(v) and v > 0, "a positive integer"),
+                 (OPTIONAL_POSITIVE_INTS, lambda v: v is None or (_is_int(v) and v > 0), "a positive integer or null"),
+                 (NON_NEGATIVE_INTS, lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+                 (PER_LAYER_INTS, lambda v: (v is None or all(_is_int(x) for x in _as_list(v)))
+                  and v != [], "an integer or a non-empty list of integers (one per layer)"),
+                 (POSITIVE_FLOATS, lambda v: _is_real(v) and v > 0, "a finite number > 0"),
+                 (OPTIONAL_POSITIVE_FLOATS, lambda v: v is None or (_is_real(v) and v > 0), "a finite number > 0 or null"),
+                 (FINITE_FLOATS, _is_real, "a finite number"),
+                 (BOOLS, lambda v: isinstance(v, bool), "true or false"))
+        for fields, ok, kind in rules:
+            for fld in fields:
+                v = getattr(self, fld)
+                need(ok(v), fld, f"must be {kind}, got {v!r}")
+        for fld in ("n_head", "intermediate_size"):
+            need(getattr(self, fld) is not None, fld, "must be set")
+        for fld in ("attention", "activation", "norm", "positions", "ffn_type", "norm_placement", "qk_norm", "name"):
+            need(isinstance(getattr(self, fld), str), fld, f"must be a string, got {getattr(self, fld)!r}")
+        need(self.rope_scaling is None or isinstance(self.rope_scaling, dict), "rope_scaling",
+             "must be a mapping or null")
+        need(isinstance(self.extra, dict), "extra", "must be a mapping")
+        need(self.layer_window is None or (isinstance(self.layer_window, list)
+                                           and all(isinstance(b, bool) for b in self.layer_window)),
+             "layer_window", "must be a list of true/false, one per layer, or null")
+
     # ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a ModelConfig is a JSON object of fields, got {type(d).__name__}")
         return dataclass_from_dict(cls, d, ConfigError)
 
     def save(self, path: str | Path) -> None:
@@ -230,10 +292,18 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        data = read_json(path, ConfigError)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, list) else [value]
 
 
 def _per_layer(value: int | list[int], layer: int) -> int:

@@ -799,6 +799,9 @@ class Transformer(nn.Module):
 
     def embed_tokens(self, input_ids: Tensor, positions: Tensor) -> Tensor:
         cfg = self.config
+        if not torch.compiler.is_compiling() and input_ids.numel() and int(input_ids.max()) >= cfg.vocab_size:
+            raise ValueError(f"token id {int(input_ids.max())} is past the model's vocabulary ({cfg.vocab_size} "
+                             "tokens): the tokenizer or token shards do not belong to this model")
         x = self.embed(input_ids)
         if cfg.embed_scale != 1.0:
             scale = torch.tensor(cfg.embed_scale, dtype=x.dtype) if cfg.embed_scale_round else cfg.embed_scale

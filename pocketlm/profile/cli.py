@@ -57,6 +57,9 @@ def run_cmd(
     """Prefill / decode latency, tokens/s and memory of MODEL over a grid of settings."""
     from pocketlm.profile.report import breakdown_table, rich_table
     from pocketlm.profile.runner import profile
+    from pocketlm.utils import check_writable
+
+    check_writable(out, "--out")  # before minutes of measuring
 
     base = Setting(model, prompts=_ints(prompt, "--prompt"), gen=gen, depths=_ints(depth, "--depth"), repeat=repeat,
                    warmup=warmup, device=device, group_size=group_size, breakdown=breakdown,
@@ -91,6 +94,9 @@ def landscape_cmd(
 ) -> None:
     """Latency and memory vs parameters over the catalog's architectures (random weights); resumable."""
     from pocketlm.profile.landscape import landscape
+    from pocketlm.utils import check_writable
+
+    check_writable(out, "--out")
 
     if qtype and backend != "llamacpp":
         raise typer.BadParameter("--qtype is the GGUF type of the llamacpp backend; add --backend llamacpp")
@@ -113,6 +119,9 @@ def compare_cmd(
 ) -> None:
     """Side by side: e.g. MHA vs GQA at equal size, deep-thin vs wide-shallow."""
     from pocketlm.profile.landscape import compare
+    from pocketlm.utils import check_writable
+
+    check_writable(out, "--out")
 
     print(json.dumps(compare(models, dtype=dtype, prompt=prompt, gen=gen, depth=depth, threads=threads,
                              repeat=repeat, out_dir=out, pack=pack)))

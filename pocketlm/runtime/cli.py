@@ -34,7 +34,7 @@ def print_info(cfg: ModelConfig, context: int, console: Console | None = None) -
 def register(app: typer.Typer) -> None:
     @app.command()
     def info(model: str = typer.Argument(..., help="model directory, config JSON, or survey catalog name"),
-             context: int = typer.Option(1024, help="context length for FLOPs and KV-cache figures"),
+             context: int = typer.Option(1024, min=1, help="context length for FLOPs and KV-cache figures"),
              as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables")) -> None:
         """Show a model's architecture on the survey's axes and its analytic costs."""
         from pocketlm.runtime import resolve

@@ -10,7 +10,6 @@ A MODEL argument is one of
 from __future__ import annotations
 
 import ctypes
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 from pocketlm.model.config import ConfigError, ModelConfig
 from pocketlm.model.linears import QuantRecipe
 from pocketlm.model.transformer import Transformer
+from pocketlm.utils import available_memory, read_json
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
 FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -91,10 +91,7 @@ def _catalog(text: str) -> ModelRef:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelOpenError(f"{path}: not valid JSON ({e})") from e
+    data = read_json(path, ModelOpenError)
     if not isinstance(data, dict):
         raise ModelOpenError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
@@ -105,9 +102,9 @@ def _config_file(path: Path) -> ModelConfig:
     data = _read_json(path)
     try:
         if "model_type" in data:
-            from pocketlm.interop import config_from_hf
+            from pocketlm.interop.hf import config_from_hf_checked
 
-            return config_from_hf(data)
+            return config_from_hf_checked(data, path)
         return ModelConfig.from_dict(data)
     except (ConfigError, TypeError) as e:
         raise ModelOpenError(f"{path}: not a pocketlm ModelConfig JSON nor a Hugging Face config.json "
@@ -115,7 +112,8 @@ def _config_file(path: Path) -> ModelConfig:
 
 
 def _checkpoint_config(path: Path) -> tuple[ModelConfig, QuantRecipe | None]:
-    from pocketlm.interop import CheckpointError, config_from_hf
+    from pocketlm.interop import CheckpointError
+    from pocketlm.interop.hf import config_from_hf_checked
     from pocketlm.interop.native import CONFIG_NAME, read_native_config
 
     if (path / CONFIG_NAME).is_file():
@@ -125,7 +123,10 @@ def _checkpoint_config(path: Path) -> tuple[ModelConfig, QuantRecipe | None]:
             raise ModelOpenError(str(e)) from e
         return cfg, transforms.quantization
     if (path / "config.json").is_file():
-        cfg = config_from_hf(_read_json(path / "config.json"))
+        try:
+            cfg = config_from_hf_checked(_read_json(path / "config.json"), path / "config.json")
+        except CheckpointError as e:
+            raise ModelOpenError(str(e)) from e
         return (cfg if cfg.name else cfg.replace(name=path.name)), None
     raise ModelOpenError(f"{path}: neither a pocketlm checkpoint ({CONFIG_NAME}) nor a Hugging Face "
                          "directory (config.json)")
@@ -137,6 +138,18 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
+
+
+def check_fits_memory(cfg: ModelConfig, bytes_per_param: int, what: str) -> None:
+    """Refuse, before allocating, a model whose weights alone would not fit in the memory available."""
+    from pocketlm.model.costs import param_counts
+
+    params = param_counts(cfg)["total"]
+    need, have = params * bytes_per_param, available_memory()
+    if need > have:
+        raise ModelOpenError(f"{what}: {params:,} parameters need {need / 2**30:,.1f} GiB at {bytes_per_param} "
+                             f"byte(s) each, but only {have / 2**30:,.1f} GiB of memory is available; choose a "
+                             "smaller config or a lower precision")
 
 
 def _build_random(cfg: ModelConfig, dtype: torch.dtype, seed: int) -> Transformer:
@@ -174,6 +187,7 @@ def open_model(ref: str | Path | ModelRef, precision: str | None = None, device:
     else:
         precision = precision or "fp32"
         base = FLOAT_DTYPES.get(precision, torch.bfloat16)
+        check_fits_memory(spec.config, base.itemsize, spec.name)
         if spec.kind == "checkpoint":
             from pocketlm.interop import load_model
 

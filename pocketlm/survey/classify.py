@@ -10,7 +10,6 @@ different attention and FFN type together.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from pocketlm.model import costs
 from pocketlm.model.config import ModelConfig
 from pocketlm.survey.axes import Axes, config_axes, ffn_ratio_bucket, vocab_bucket
 from pocketlm.survey.catalog import CatalogEntry, CatalogError, load_catalog
+from pocketlm.utils import read_json
 
 WEIGHTS = {"attention": 1.0, "ffn_type": 1.0, "ffn_ratio": 0.5, "activation": 0.5, "norm": 0.5,
            "positions": 0.5, "vocab": 0.5, "tied": 0.25, "sharing": 0.5}
@@ -71,10 +71,7 @@ def read_config_json(path: str | Path) -> dict[str, Any]:
         p = p / "config.json"
     if not p.is_file():
         raise CatalogError(f"{path}: no config.json found; give a Hugging Face model directory or its config.json")
-    try:
-        d = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise CatalogError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    d = read_json(p, CatalogError)
     if not isinstance(d, dict):
         raise CatalogError(f"{p}: expected a JSON object")
     return d
@@ -123,13 +120,18 @@ def _generic_axes(hf: dict[str, Any]) -> Axes:
 def classify(path_or_dict: str | Path | dict[str, Any], k: int = 5,
              entries: list[CatalogEntry] | None = None) -> Classification:
     """Axes of an HF config plus its k nearest catalog models."""
-    from pocketlm.interop import UnsupportedModelError, config_from_hf
+    from pocketlm.interop import UnsupportedModelError
+    from pocketlm.interop.hf import config_from_hf_checked
 
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise CatalogError(f"--k {k!r}: the number of nearest catalog models must be at least 1")
     hf = path_or_dict if isinstance(path_or_dict, dict) else read_config_json(path_or_dict)
     source = "pocketlm.interop.config_from_hf"
     cfg: ModelConfig | None = None
     try:
-        cfg = config_from_hf(hf)
+        where = "config" if isinstance(path_or_dict, dict) else (
+            Path(path_or_dict) / "config.json" if Path(path_or_dict).is_dir() else path_or_dict)
+        cfg = config_from_hf_checked(hf, where)
         axes = config_axes(cfg, params=costs.param_counts(cfg)["total"])
     except UnsupportedModelError:
         source = "generic config keys (family not loadable by pocketlm; approximate, size unknown)"

@@ -160,7 +160,7 @@ def register(app: typer.Typer) -> None:
 
     @survey.command("classify")
     def classify_cmd(path: Path = typer.Argument(..., help="HF model directory or config.json"),
-                     k: int = typer.Option(5, help="number of nearest catalog models"),
+                     k: int = typer.Option(5, min=1, help="number of nearest catalog models"),
                      as_json: bool = typer.Option(False, "--json")) -> None:
         """Place an HF config on the survey axes and name the nearest catalog models."""
         from pocketlm.survey.classify import classify
@@ -195,12 +195,17 @@ def register(app: typer.Typer) -> None:
                   fmt: str = typer.Option("auto", "--format", help="auto | hf | native")) -> None:
         """Instantiate a catalog architecture with seeded random weights and save it (no download)."""
         from pocketlm.survey.build import build, memory_estimate, resolve_dtype
+        from pocketlm.utils import available_memory, check_writable
 
         try:
+            check_writable(out, "--out", ("config.json", "pocketlm.json", "model.safetensors"), "model folder")
             entry = get_entry(name)
             mem = memory_estimate(entry, resolve_dtype(dtype))
+            if mem > available_memory():
+                raise ValueError(f"{entry.name} needs {mem / 2**30:.1f} GiB for its weights but "
+                                 f"{available_memory() / 2**30:.1f} GiB is available; try --dtype bfloat16")
             console.print(f"building {entry.name}: needs about {mem / 2**30:.1f} GiB of memory for the weights")
             res = build(name, out, seed=seed, dtype=dtype, fmt=fmt)
-        except (CatalogError, ValueError) as e:
+        except (CatalogError, ValueError, OSError) as e:
             _fail(e)
         console.print(f"wrote {res.out_dir} ({res.format}, {res.params:,} parameters): {res.note}")

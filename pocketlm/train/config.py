@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +52,24 @@ class TrainConfig:
             if not ok:
                 raise TrainConfigError(f"TrainConfig.{fld}: {rule}")
 
-        need(self.steps > 0, "steps", "must be positive")
+        for fld in ("steps", "batch_size", "eval_every", "eval_windows", "ckpt_every", "log_every", "mup_base_width"):
+            v = getattr(self, fld)
+            need(isinstance(v, int) and not isinstance(v, bool) and v > 0, fld, f"must be a positive integer, got {v!r}")
+        for fld in ("micro_batch", "threads"):
+            v = getattr(self, fld)
+            need(v is None or (isinstance(v, int) and v > 0), fld, f"must be a positive integer, got {v!r}")
+        for fld, low, high in (("lr", 0.0, math.inf), ("grad_clip", 0.0, math.inf), ("init_std", 0.0, math.inf),
+                               ("eps", 0.0, math.inf)):
+            v = getattr(self, fld)
+            need(isinstance(v, (int, float)) and low < v <= high and not math.isnan(v), fld,
+                 f"must be a number > {low:g}, got {v!r}" + (" (clipping at 0 would zero every gradient; "
+                                                                 "use inf to disable it)" if fld == "grad_clip" else ""))
+        for fld in ("weight_decay", "min_lr_ratio"):
+            v = getattr(self, fld)
+            need(isinstance(v, (int, float)) and 0.0 <= v and math.isfinite(v), fld, f"must be a number >= 0, got {v!r}")
+        for fld in ("beta1", "beta2"):
+            v = getattr(self, fld)
+            need(isinstance(v, (int, float)) and 0.0 <= v < 1.0, fld, f"must be in [0, 1), got {v!r}")
         need(self.seq_len > 1, "seq_len", "must be > 1")
         need(self.batch_size % world_size == 0, "batch_size",
              f"global batch {self.batch_size} must be divisible by the number of processes ({world_size})")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -54,12 +53,8 @@ def bundled_data_dir(progress: bool = False) -> Path:
     key = _digest(*(f.read_bytes() for f in files), code_version().encode(), str(BUNDLED_MIN_WORDS).encode())
     out = cache_root() / "data" / f"bundled-{key}"
     if not (out / MANIFEST).is_file():
-        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        prepare(PrepareConfig([str(f) for f in files], str(tmp),
+        prepare(PrepareConfig([str(f) for f in files], str(out),  # built beside and swapped in whole
                               heuristics=HeuristicConfig(min_words=BUNDLED_MIN_WORDS)), progress=progress)
-        shutil.rmtree(out, ignore_errors=True)
-        os.rename(tmp, out)
     return out
 
 

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pocketlm.compress.merge.registry import MergeError, Method, Param, get_method
+from pocketlm.utils import load_yaml
 
 TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",
             "tokenizer_source"}
@@ -97,10 +96,7 @@ def _keys(d: dict, allowed: set[str], where: str) -> None:
 
 def parse_recipe(text: str, where: str = "recipe") -> Recipe:
     """A mergekit YAML document -> Recipe (validated against the method's parameters)."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise MergeError(f"{where}: not valid YAML ({e})") from e
+    raw = load_yaml(text, where, error=MergeError)
     if not isinstance(raw, dict):
         raise MergeError(f"{where}: a merge recipe is a YAML mapping with merge_method and models or slices")
     for key, why in UNSUPPORTED.items():

@@ -9,7 +9,6 @@ built beside its destination and renamed into place when complete.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import shutil
 import time
@@ -26,6 +25,7 @@ from pocketlm.compress.merge.recipe import Recipe, Slice, resolve
 from pocketlm.compress.merge.registry import MergeError, Method
 from pocketlm.compress.merge.writer import SafetensorsStream, nbytes
 from pocketlm.interop.vocab import TOKENIZER_FILES, TokenizerMismatch, check_same_tokenizer
+from pocketlm.utils import replace_dir, temp_dir_beside
 
 DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
                "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
@@ -213,9 +213,7 @@ def run_merge(recipe: Recipe, out_dir: str | Path, *, seed: int = 0, shard_bytes
         raise MergeError(f"{e}; a weight merge needs one shared tokenizer") from e
     jobs, layer_sources = plan(recipe, models)
     out_dtype = next((j.dtype for j in jobs if j.dtype.is_floating_point), torch.float32)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = temp_dir_beside(out_dir)
     written = 0
     try:
         shards = _shards(jobs, shard_bytes)
@@ -257,21 +255,10 @@ def run_merge(recipe: Recipe, out_dir: str | Path, *, seed: int = 0, shard_bytes
         result = MergeResult(out_dir, method.name, len(jobs), len(layer_sources), written,
                              time.perf_counter() - t0, peak)
         (tmp / "README.md").write_text(_card(recipe, result, models))
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move the finished `tmp` to `out_dir`; an old `out_dir` is removed only after the move."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
-        os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class _progress:

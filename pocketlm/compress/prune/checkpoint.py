@@ -9,7 +9,6 @@ the model's Hugging Face family (pocketlm's own format when no family can expres
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pocketlm.compress.measure import compare_on_tokens, decode_latency, runtime
 from pocketlm.compress.prune.driver import prune
 from pocketlm.compress.recipe import PruneRecipe
 from pocketlm.compress.report import PruneReport
+from pocketlm.utils import replace_dir, temp_dir_beside
 
 DEFAULT_EVAL_TEXT = Path(__file__).resolve().parents[2] / "evaluate" / "data" / "text" / "tinystories" / \
     "tinystories_val.txt"
@@ -86,9 +86,7 @@ def prune_checkpoint(model_ref: str | Path, recipe: PruneRecipe, out_dir: str | 
             bytes_before = (Path(tmp_dense) / "model.safetensors").stat().st_size
         report.runtime = {"decode_before": before, "decode_after": after, "threads": threads_note(),
                           "file_bytes_before": bytes_before}
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = temp_dir_beside(out)
     try:
         report.runtime["format"] = _save(model, tok, tmp, report.notes)
         recipe.save(tmp / "recipe.yaml")
@@ -101,9 +99,7 @@ def prune_checkpoint(model_ref: str | Path, recipe: PruneRecipe, out_dir: str | 
                                              report.runtime["file_bytes_before"], weights.stat().st_size))
         report.runtime["total_s"] = time.perf_counter() - t0  # load + prune + measure + save; wall_s: prune only
         report.write(tmp / "prune_report.json")
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report

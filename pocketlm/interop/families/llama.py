@@ -54,7 +54,7 @@ def read_llama(c: Any) -> dict[str, Any]:
     bias = bool(getattr(c, "attention_bias", False))
     out = dict(
         vocab_size=c.vocab_size, d_model=c.hidden_size, n_layer=n_layer, n_head=h,
-        n_kv_head=getattr(c, "num_key_value_heads", None) or h, head_dim=getattr(c, "head_dim", None),
+        n_kv_head=h if getattr(c, "num_key_value_heads", None) is None else c.num_key_value_heads, head_dim=getattr(c, "head_dim", None),
         max_seq_len=getattr(c, "max_position_embeddings", 2048), qkv_bias=bias, attn_out_bias=bias,
         ffn_type="gated", intermediate_size=c.intermediate_size,
         activation=activation(getattr(c, "hidden_act", "silu"), c.model_type),

@@ -7,8 +7,9 @@ from torch import nn
 
 from pocketlm.model.quantize.grids import round_to_grid
 from pocketlm.model.quantize.kernels import DTYPE_NAMES, check_scheme, kernel_layer, select_linears, to_kernels
-from pocketlm.model.linears import QuantRecipe
+from pocketlm.model.linears import QuantizationError, QuantRecipe
 from pocketlm.model.transformer import Transformer
+from pocketlm.utils import check_finite_weights
 
 
 def quantize_model(model: nn.Module, scheme: str, group_size: int = 32, *,
@@ -23,6 +24,7 @@ def quantize_model(model: nn.Module, scheme: str, group_size: int = 32, *,
     unsupported) are listed in `model.transforms.quantization.float_layers`.
     """
     check_scheme(scheme, group_size)
+    check_finite_weights(model, "model", QuantizationError)
     if fuse and isinstance(model, Transformer):
         model.fuse()
     targets, kept = select_linears(model, scheme, group_size, tuple(skip), skip_unsupported)
