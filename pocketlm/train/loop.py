@@ -188,6 +188,7 @@ class LoopResult:
     start_metrics: dict[str, float]  # `evaluate_before` of the untrained model, kept across resumes
     log_path: Path | None
     rows: list[dict] = field(default_factory=list)  # the rows this session logged (also without out_dir)
+    state_bytes: dict[str, int] = field(default_factory=dict)  # this process's share: params, optimizer
 
 
 def train_loop(model: nn.Module, objective: Objective, batches: BatchFn, tcfg: TrainConfig,
@@ -234,7 +235,7 @@ class _Loop:
         self.trained = sharding.sharded_replica(model) if self.engine == "fsdp" else model
         self.trainable = _Trainable(self.trained, objective)
         if self.engine == "fsdp":
-            sharding.shard(self.trained, self.trainable, tcfg, objective.frozen_modules())
+            sharding.shard(self.trained, tcfg, self.extra, objective.frozen_modules())
         self.optimizer = make_optimizer(self.trained, tcfg, self.extra)
         self.start_step, self.tokens_seen = 0, 0
         self.start_metrics: dict[str, float] = {}
@@ -303,12 +304,13 @@ class _Loop:
                 self.log.close()
         if self.evaluate is not None and not self.metrics:  # resumed a finished run: nothing trained here
             self.metrics = self._evaluate()
+        state_bytes = sharding.local_state_bytes(self.trained, self.extra, self.optimizer)
         if self.engine == "fsdp":
             sharding.restore_full(self.model, self.trained)
         tokens = (tcfg.steps - self.start_step) * tcfg.batch_size * tcfg.seq_len
         avg_tps = tokens / train_time if train_time else 0.0
         return LoopResult(tcfg.steps, self.tokens_seen, avg_tps, avg_tps * self.flops_per_token / self.peak,
-                          self.metrics, self.start_metrics, self.log_path, self.rows)
+                          self.metrics, self.start_metrics, self.log_path, self.rows, state_bytes)
 
     def _run_steps(self, net: nn.Module, batches: BatchFn, label: str) -> float:
         """The steps from start_step to the end under a progress bar; returns their seconds."""

@@ -4,7 +4,8 @@ whole weights back.
 Under torchrun the loop replicates the model with DDP or shards it with FSDP2
 (`torch.distributed.fsdp.fully_shard`): every block is one FSDP unit (its parameters, gradients and
 AdamW state split across the processes and all-gathered only while the block runs), the model's
-remaining parameters (embeddings, final norm) and the objective's own modules form the root unit.
+remaining parameters (embeddings, final norm) form its root unit, and each of the objective's own
+modules is a unit of its own.
 Options: bf16 compute with fp32 master weights (`MixedPrecisionPolicy`) and activation checkpointing
 per block (recompute a block's activations in the backward pass instead of keeping them).
 
@@ -19,7 +20,6 @@ import copy
 import os
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from pocketlm.train.config import TrainConfig, TrainConfigError
@@ -27,6 +27,11 @@ from pocketlm.train.config import TrainConfig, TrainConfigError
 FSDP_AUTO_PARAMS = 250_000_000
 """`--parallel auto` under torchrun shards models from this many parameters on: at 16 bytes per parameter
 (fp32 weights, gradients, AdamW moments) that is 4 GB per process before activations under DDP."""
+
+
+TRANSFORMER_ENTRIES = ("forward_hidden", "logits")
+"""Methods besides forward that objectives call on a Transformer (distillation: hidden states, then logits);
+FSDP gathers the root's parameters around them too."""
 
 
 def under_torchrun() -> bool:
@@ -53,11 +58,13 @@ def choose_parallel(setting: str, world: int, n_params: int) -> str:
     return "fsdp" if n_params >= FSDP_AUTO_PARAMS else "ddp"
 
 
-def shard(model: nn.Module, root: nn.Module, tcfg: TrainConfig, frozen: dict[str, nn.Module] | None = None) -> None:
-    """Apply FSDP2 in place: one unit per block of `model` (a Transformer), one for the model, and `root`
-    (the module whose forward is the loss, holding the model and the objective's own modules) last.
-    `frozen` modules (a distillation teacher) are sharded the same way, each its own root."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+def shard(model: nn.Module, tcfg: TrainConfig, extra: dict[str, nn.Module] | None = None,
+          frozen: dict[str, nn.Module] | None = None) -> None:
+    """Apply FSDP2 in place: one unit per block of `model` (a Transformer) and the model itself as the
+    root of its units; each of the objective's own modules (`extra`, trained) and `frozen` modules (a
+    distillation teacher, run only) is sharded as a root of its own. Each is called directly (an
+    evaluation callback runs the model alone), so none is nested under a wrapper's root."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if tcfg.fsdp_bf16 \
         else MixedPrecisionPolicy()
@@ -68,11 +75,14 @@ def shard(model: nn.Module, root: nn.Module, tcfg: TrainConfig, frozen: dict[str
             checkpoint(block)
         fully_shard(block, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
-    fully_shard(root, mp_policy=mp)
-    for module in (frozen or {}).values():
+    for module in [*(extra or {}).values(), *(frozen or {}).values()]:
         for block in getattr(module, "blocks", []):
             fully_shard(block, mp_policy=mp)
         fully_shard(module, mp_policy=mp)
+    for module in [model, *(frozen or {}).values()]:  # the Transformer's entries besides forward
+        for method in TRANSFORMER_ENTRIES:
+            if hasattr(module, method):
+                register_fsdp_forward_method(module, method)
 
 
 def sharded_replica(model: nn.Module) -> nn.Module:
@@ -106,13 +116,19 @@ def gradient_sync(net: nn.Module, engine: str, sync: bool):
     if engine != "fsdp":
         return nullcontext()
 
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in net.modules() if isinstance(m, FSDPModule)]
+
     @contextmanager
     def fsdp_sync():
-        net.set_requires_gradient_sync(sync)
+        for unit in units:
+            unit.set_requires_gradient_sync(sync, recurse=False)
         try:
             yield
         finally:
-            net.set_requires_gradient_sync(True)
+            for unit in units:
+                unit.set_requires_gradient_sync(True, recurse=False)
 
     return fsdp_sync()
 
@@ -124,5 +140,16 @@ def local_value(t: torch.Tensor) -> float:
     return float(t.full_tensor() if isinstance(t, DTensor) else t)
 
 
-def is_initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
+def _local(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def local_state_bytes(model: nn.Module, extra: dict[str, nn.Module], optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes this process holds of the parameters and of the optimizer state (AdamW's two moments); during a
+    step the gradients take as much as the trainable parameters."""
+    params = {id(p): p for m in (model, *extra.values()) for p in m.parameters()}.values()
+    state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    size = lambda ts: sum(_local(t).numel() * _local(t).element_size() for t in ts)  # noqa: E731
+    return {"params": size(params), "optimizer": size(state)}
