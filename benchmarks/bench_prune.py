@@ -71,7 +71,8 @@ def perf_one(method: str, n: int, length: int, threads: int) -> dict:
         from pocketlm.compress.report import peak_rss_bytes
 
         return {"method": method, "wall_s": time.perf_counter() - t0, "cpu_s": _cpu_s(), "peak_rss_bytes": peak_rss_bytes()}
-    report = prune(model, method, 0.5, calib=calib)
+    name, _, dtype = method.partition(":")  # "wanda:bf16": the bf16 calibration forward
+    report = prune(model, name, 0.5, calib=calib, calib_dtype=dtype or "fp32")
     return {"method": method, "wall_s": report.wall_s, "cpu_s": _cpu_s(), "peak_rss_bytes": report.peak_rss_bytes,
             "model_bytes": report.model_bytes, "sparsity": report.sparsity}
 
@@ -86,7 +87,7 @@ def _cpu_s() -> float:
 
 def perf(args) -> dict:
     rows = []
-    for method in ("dense-forward", "magnitude", "wanda", "sparsegpt"):
+    for method in ("dense-forward", "magnitude", "wanda", "sparsegpt", "wanda:bf16", "sparsegpt:bf16"):
         out = subprocess.run([sys.executable, __file__, "perf-one", method, str(args.n), str(args.length),
                               str(args.threads)], capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
