@@ -6,15 +6,15 @@ the reference implementations.
     python benchmarks/bench_prune.py reference --wanda PATH    # locuslab/wanda's own code, same model + calib
 
 `perf` runs each method in a fresh process (peak RSS is per process) on random weights with 128 x 512
-random-token calibration, against the time of one dense forward over the same calibration set (the
-walk's floor: Wanda and SparseGPT run each block twice, once to gather statistics and once, pruned, to
-feed the next block; magnitude walks only the rows its error probe reads). `--methods` picks a subset;
-`wanda:bf16` runs Wanda with the bf16 calibration forward (`calib_dtype="bf16"`). `reproduce` prunes the `small` preset trained
-on the bundled corpus (calibration bundled:128x128, its trained context; held-out TinyStories validation)
-and llama2.c's stories260K (no tokenizer: calibration and held-out text are its own samples). `reference`
-saves the small preset as a Hugging Face directory, runs locuslab/wanda's `prune_magnitude`, `prune_wanda`
-and `prune_sparsegpt` (from a checkout you give; nothing of it is in pocketlm) on it with pocketlm's
-calibration batches, and compares perplexities.
+random-token calibration, against the time of one dense forward over the same calibration set (the walk's
+floor: Wanda and SparseGPT run each block twice, once to gather statistics and once, pruned, to feed the
+next block; magnitude walks only the rows its error probe reads). `--methods` picks a subset; `wanda:bf16`
+runs Wanda with the bf16 calibration forward (`calib_dtype="bf16"`). `reproduce` prunes the `small` preset
+trained on the bundled corpus (calibration bundled:128x128, its trained context; held-out TinyStories
+validation) and llama2.c's stories260K (no tokenizer: calibration and held-out text are its own samples).
+`reference` saves the small preset as a Hugging Face directory, runs locuslab/wanda's `prune_magnitude`,
+`prune_wanda` and `prune_sparsegpt` (from a checkout you give; nothing of it is in pocketlm) on it with
+pocketlm's calibration batches, and compares perplexities.
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def perf(args) -> dict:
         print(f"  {method}: {rows[-1]['wall_s']:.1f} s", flush=True)
     base = rows[0]["wall_s"]
     model_bytes = next(r["model_bytes"] for r in rows if "model_bytes" in r)
-    print(f"\nSmolLM-135M-shaped (random weights{f', {args.layers} blocks' if args.layers else ''}), calibration {args.n}x{args.length}, {args.threads} threads, "
+    blocks = f", {args.layers} blocks" if args.layers else ""
+    print(f"\nSmolLM-135M-shaped (random weights{blocks}), calibration {args.n}x{args.length}, {args.threads} threads, "
           f"{cpu_model()}, {_load()}")
     print(f"{'method':14s} {'wall s':>8s} {'CPU s':>8s} {'x dense fwd':>11s} {'peak RSS GiB':>12s} "
           f"{'RSS - fp32 model GiB':>20s}")

@@ -7,8 +7,8 @@ in the objective (the loss) and the batch source:
 The loop owns what every run needs: AdamW built in one place (`make_optimizer`), per-group learning
 rates under a schedule (`schedule.py`), gradient accumulation over micro-batches, clipping, DDP or FSDP2
 (`sharding.py`, gloo) when started by torchrun, optional bf16 autocast and torch.compile, atomic
-checkpoints and exact resume (`checkpoint.py`; sharded with DCP under FSDP), a JSONL log, a progress bar with loss, tokens/s and MFU, and a torch thread count
-that applies only while it runs.
+checkpoints and exact resume (`checkpoint.py`; sharded with DCP under FSDP), a JSONL log, a progress
+bar with loss, tokens/s and MFU, and a torch thread count that applies only while it runs.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ class Objective:
     `loss(model, batch)` returns the scalar to minimise and named scalar terms to log; `modules()` names
     trainable modules the objective owns beside the model (optimised, clipped, synchronised and
     checkpointed with it); `frozen_modules()` names modules it only runs (a teacher), which FSDP shards
-    too (they stay sharded after the run: call them on every process); `describe()` is stored in every checkpoint, and resume refuses a checkpoint
-    written under a different objective."""
+    too (they stay sharded after the run: call them on every process); `describe()` is stored in every
+    checkpoint, and resume refuses a checkpoint written under a different objective."""
 
     name = "objective"
 
@@ -294,7 +294,7 @@ class _Loop:
         tcfg = self.tcfg
         net = self._network()
         self.params = [p for p in net.parameters() if p.requires_grad]
-        self.flops_per_token = train_flops_per_token(self.model, tcfg.seq_len)
+        self.flops_per_token = train_flops_per_token(self.trained, tcfg.seq_len)
         self.peak = measured_matmul_flops(torch.bfloat16 if tcfg.autocast_bf16 else torch.float32) * self.world
         self.trained.train()
         try:

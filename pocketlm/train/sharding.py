@@ -146,7 +146,8 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
-def local_state_bytes(model: nn.Module, extra: dict[str, nn.Module], optimizer: torch.optim.Optimizer) -> dict[str, int]:
+def local_state_bytes(model: nn.Module, extra: dict[str, nn.Module],
+                      optimizer: torch.optim.Optimizer) -> dict[str, int]:
     """Bytes this process holds of the parameters and of the optimizer state (AdamW's two moments); during a
     step the gradients take as much as the trainable parameters."""
     params = {id(p): p for m in (model, *extra.values()) for p in m.parameters()}.values()
