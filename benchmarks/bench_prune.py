@@ -6,13 +6,15 @@ the reference implementations.
     python benchmarks/bench_prune.py reference --wanda PATH    # locuslab/wanda's own code, same model + calib
 
 `perf` runs each method in a fresh process (peak RSS is per process) on random weights with 128 x 512
-random-token calibration, against the time of one dense forward over the same calibration set (the
-walk's floor: every method runs each block at least twice). `reproduce` prunes the `small` preset trained
-on the bundled corpus (calibration bundled:128x128, its trained context; held-out TinyStories validation)
-and llama2.c's stories260K (no tokenizer: calibration and held-out text are its own samples). `reference`
-saves the small preset as a Hugging Face directory, runs locuslab/wanda's `prune_magnitude`, `prune_wanda`
-and `prune_sparsegpt` (from a checkout you give; nothing of it is in pocketlm) on it with pocketlm's
-calibration batches, and compares perplexities.
+random-token calibration, against the time of one dense forward over the same calibration set (the walk's
+floor: Wanda and SparseGPT run each block twice, once to gather statistics and once, pruned, to feed the
+next block; magnitude walks only the rows its error probe reads). `--methods` picks a subset; `wanda:bf16`
+runs Wanda with the bf16 calibration forward (`calib_dtype="bf16"`). `reproduce` prunes the `small` preset
+trained on the bundled corpus (calibration bundled:128x128, its trained context; held-out TinyStories
+validation) and llama2.c's stories260K (no tokenizer: calibration and held-out text are its own samples).
+`reference` saves the small preset as a Hugging Face directory, runs locuslab/wanda's `prune_magnitude`,
+`prune_wanda` and `prune_sparsegpt` (from a checkout you give; nothing of it is in pocketlm) on it with
+pocketlm's calibration batches, and compares perplexities.
 """
 
 from __future__ import annotations
@@ -51,17 +53,20 @@ def _log(line: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- perf
-def smollm_model():
+def smollm_model(layers: int = 0):
+    """SmolLM-135M's architecture with random weights; `layers` > 0 keeps only that many blocks (every
+    block costs the same, so the per-method ratios to the dense forward are those of the full model)."""
     from pocketlm.model.transformer import Transformer
     from pocketlm.survey.catalog import entry_to_config, get_entry
 
     torch.manual_seed(0)
-    return Transformer(entry_to_config(get_entry("SmolLM-135M"))).eval()
+    cfg = entry_to_config(get_entry("SmolLM-135M"))
+    return Transformer(cfg.replace(n_layer=layers) if layers else cfg).eval()
 
 
-def perf_one(method: str, n: int, length: int, threads: int) -> dict:
+def perf_one(method: str, n: int, length: int, threads: int, layers: int = 0) -> dict:
     torch.set_num_threads(threads)
-    model = smollm_model()
+    model = smollm_model(layers)
     calib = torch.randint(0, model.config.vocab_size, (n, length), generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
     if method == "dense-forward":
@@ -71,7 +76,8 @@ def perf_one(method: str, n: int, length: int, threads: int) -> dict:
         from pocketlm.compress.report import peak_rss_bytes
 
         return {"method": method, "wall_s": time.perf_counter() - t0, "cpu_s": _cpu_s(), "peak_rss_bytes": peak_rss_bytes()}
-    report = prune(model, method, 0.5, calib=calib)
+    name, _, dtype = method.partition(":")  # "wanda:bf16": the bf16 calibration forward
+    report = prune(model, name, 0.5, calib=calib, calib_dtype=dtype or "fp32")
     return {"method": method, "wall_s": report.wall_s, "cpu_s": _cpu_s(), "peak_rss_bytes": report.peak_rss_bytes,
             "model_bytes": report.model_bytes, "sparsity": report.sparsity}
 
@@ -86,14 +92,15 @@ def _cpu_s() -> float:
 
 def perf(args) -> dict:
     rows = []
-    for method in ("dense-forward", "magnitude", "wanda", "sparsegpt"):
+    for method in args.methods.split(","):
         out = subprocess.run([sys.executable, __file__, "perf-one", method, str(args.n), str(args.length),
-                              str(args.threads)], capture_output=True, text=True, check=True)
+                              str(args.threads), str(args.layers)], capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  {method}: {rows[-1]['wall_s']:.1f} s", flush=True)
     base = rows[0]["wall_s"]
-    model_bytes = rows[1]["model_bytes"]
-    print(f"\nSmolLM-135M-shaped (random weights), calibration {args.n}x{args.length}, {args.threads} threads, "
+    model_bytes = next(r["model_bytes"] for r in rows if "model_bytes" in r)
+    blocks = f", {args.layers} blocks" if args.layers else ""
+    print(f"\nSmolLM-135M-shaped (random weights{blocks}), calibration {args.n}x{args.length}, {args.threads} threads, "
           f"{cpu_model()}, {_load()}")
     print(f"{'method':14s} {'wall s':>8s} {'CPU s':>8s} {'x dense fwd':>11s} {'peak RSS GiB':>12s} "
           f"{'RSS - fp32 model GiB':>20s}")
@@ -223,12 +230,16 @@ def main() -> None:
     p = sub.add_parser("perf")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n", type=int, default=128)
+    p.add_argument("--methods", default="dense-forward,magnitude,wanda,sparsegpt,wanda:bf16,sparsegpt:bf16",
+                   help="comma-separated, dense-forward first (the ratios' base); METHOD:bf16 = --calib-dtype bf16")
     p.add_argument("--length", type=int, default=512)
+    p.add_argument("--layers", type=int, default=0, help="keep only this many of the 30 blocks (0: all)")
     one = sub.add_parser("perf-one")
     one.add_argument("method")
     one.add_argument("n", type=int)
     one.add_argument("length", type=int)
     one.add_argument("threads", type=int)
+    one.add_argument("layers", type=int, nargs="?", default=0)
     r = sub.add_parser("reproduce")
     r.add_argument("--settings", default="0.5,0.6,0.7,2:4")
     r.add_argument("--preset", default="small")
@@ -241,7 +252,7 @@ def main() -> None:
     ref.add_argument("--preset", default="small")
     args = ap.parse_args()
     if args.cmd == "perf-one":
-        print(json.dumps(perf_one(args.method, args.n, args.length, args.threads)))
+        print(json.dumps(perf_one(args.method, args.n, args.length, args.threads, args.layers)))
         return
     payload = {"perf": perf, "reproduce": reproduce, "reference": reference}[args.cmd](args)
     payload.update({"cpu": cpu_model(), "torch": torch.__version__, "load": _load()})

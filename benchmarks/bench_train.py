@@ -8,17 +8,29 @@ each round are not timed). Prints the ratio pocketlm / plain (target >= 1.0), th
 autocast, the median of the per-round ratios (steadier on a loaded machine), and MFU against this
 process's measured matmul throughput. `pocketlm train` runs the shared loop (pocketlm/train/loop.py)
 that distillation and recovery fine-tuning also use.
+
+    python benchmarks/bench_train.py --parallel-memory --preset base --steps 3
+
+runs the shared loop under torchrun with 2 processes (gloo, CPU), once with DDP and once with FSDP, on
+the preset's model and batch, and prints per process: peak RSS, parameter and AdamW-state bytes held
+(FSDP's are the process's shards; expected: about half of DDP's at 2 processes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 import torch.nn.functional as F
 
@@ -67,6 +79,44 @@ def pocketlm_loop(cfg, data_dir, steps: int, warmup: int, batch: int, seq_len: i
         return len(rows) * batch * seq_len / seconds
 
 
+def memory_worker(preset_name: str, steps: int) -> None:
+    """One torchrun process: `steps` of the shared loop on random tokens; prints this process's memory."""
+    import resource
+
+    from pocketlm.train.loop import LanguageModeling, distributed, train_loop, window_batches
+
+    data_dir = bundled_data_dir()
+    cfg, ov = preset(preset_name, read_manifest(data_dir)["tokenizer"]["vocab_size"])
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    windows = torch.randint(0, cfg.vocab_size, (ov["batch_size"] * steps, ov["seq_len"] + 1),
+                            generator=torch.Generator().manual_seed(0))
+    tcfg = TrainConfig(steps=steps, batch_size=ov["batch_size"], seq_len=ov["seq_len"], lr=ov["lr"], warmup_steps=0,
+                       eval_every=10**9, ckpt_every=10**9, progress=False, threads=1,
+                       parallel=os.environ["BENCH_PARALLEL"])
+    run = train_loop(model, LanguageModeling(), window_batches(windows, ov["batch_size"]), tcfg)
+    world, rank = distributed()
+    print("RESULT " + json.dumps({"rank": rank, "world": world, "peak_rss_bytes": resource.getrusage(
+        resource.RUSAGE_SELF).ru_maxrss * 1024, **run.state_bytes, "tokens_per_s": run.tokens_per_s,
+        "n_params": sum(p.numel() for p in model.parameters())}), flush=True)
+
+
+def parallel_memory(preset_name: str, steps: int) -> dict:
+    """DDP vs FSDP at 2 processes: each process's peak RSS and parameter / optimizer-state bytes."""
+    out: dict = {"preset": preset_name, "steps": steps, "processes": 2}
+    for engine in ("ddp", "fsdp"):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__,
+               "--memory-worker", "--preset", preset_name, "--steps", str(steps)]
+        env = {**os.environ, "BENCH_PARALLEL": engine, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        rows = sorted((json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")),
+                      key=lambda r: r["rank"])
+        out[engine] = rows
+    for key in ("peak_rss_bytes", "params", "optimizer"):
+        out[f"fsdp_over_ddp_{key}"] = round(max(r[key] for r in out["fsdp"]) / max(r[key] for r in out["ddp"]), 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="pocketlm train vs plain PyTorch loop throughput")
     ap.add_argument("--preset", default="tiny")
@@ -74,7 +124,17 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--parallel-memory", action="store_true", help="DDP vs FSDP memory at 2 processes")
+    ap.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_worker:
+        return memory_worker(args.preset, args.steps)
+    if args.parallel_memory:
+        from pocketlm.profile.system import cpu_model
+
+        result = parallel_memory(args.preset, args.steps)
+        print(json.dumps({**result, "cpu": cpu_model(), "load": os.getloadavg()}, indent=2))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     data_dir = bundled_data_dir()

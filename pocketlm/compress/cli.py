@@ -177,6 +177,8 @@ def prune_cmd(
     measure: bool = typer.Option(True, help="measure perplexity, KL, decode latency and file size before/after"),
     gguf: Optional[str] = typer.Option(None, help="also write model.gguf of this type (F32, F16, Q8_0...)"),
     overwrite: bool = typer.Option(False, help="replace an existing --out directory"),
+    calib_dtype: str = typer.Option("fp32", help="fp32, or bf16: calibration forwards under bf16 autocast "
+                                    "(~1.7x faster matmuls on AVX-512 BF16 CPUs; statistics still fp32)"),
 ) -> None:
     """Prune a model (magnitude, Wanda, SparseGPT; unstructured or N:M; OWL) and write an HF directory + report."""
     from pocketlm.compress.prune.checkpoint import prune_checkpoint
@@ -187,7 +189,7 @@ def prune_cmd(
         rec = PruneRecipe.load(recipe)
     else:
         rec = PruneRecipe(method=method, sparsity=sparsity, pattern=pattern, owl=owl, calib=calib, seed=seed,
-                          skip=list(DEFAULT_SKIP) + list(skip))
+                          skip=list(DEFAULT_SKIP) + list(skip), calib_dtype=calib_dtype)
     report = prune_checkpoint(model, rec, out, tokenizer=tokenizer, eval_text=eval_text, eval_tokens=eval_tokens,
                               measure=measure, gguf=gguf, overwrite=overwrite, progress=True)
     ev = report.evaluation

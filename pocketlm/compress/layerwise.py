@@ -6,6 +6,10 @@ calibration batches while the hooks accumulate statistics, let the method compre
 the compressed block again to produce the next block's inputs. Memory holds the calibration activations
 of one block boundary (N x L x d_model fp32) plus the statistics of one block's targets.
 
+`compute_dtype=torch.bfloat16` runs the calibration forwards under bf16 autocast (the references run
+them in fp16 on GPUs): matmuls about 1.7x faster on CPUs with AVX-512 BF16, the hooked inputs rounded
+to bf16, the statistics still accumulated in fp32 and the weights compressed in fp32.
+
 Block sharing (MobileLLM's `block_repeat`) runs a stored block several times in a row: its statistics
 gather over every application. `groups` gives GPTQ's `true_sequential` order (q/k/v, then o, ...):
 each group is hooked, compressed and re-run before the next group's inputs are collected.
@@ -88,10 +92,11 @@ def _hook(target: Target, acc: Accumulator) -> Callable:
 def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumulator],
          compress: Callable[[BlockStep], bool], *, skip: tuple[str, ...] = DEFAULT_SKIP,
          groups: list[list[str]] | None = None, batch_size: int = 8, progress: bool = False,
-         description: str = "compressing") -> None:
+         description: str = "compressing", compute_dtype: torch.dtype | None = None) -> None:
     """Walk the blocks in order; `compress(step)` edits the block's targets and returns whether it changed them.
 
-    `make_stat(target)` builds the accumulator for the first target of each input key."""
+    `make_stat(target)` builds the accumulator for the first target of each input key; `compute_dtype`
+    (None: the model's own) is the autocast dtype of the blocks' calibration forwards."""
     was_training = model.training
     model.eval()
     batches = capture_inputs(model, calib, batch_size)
@@ -103,10 +108,11 @@ def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumu
 
             def run(block: nn.Module = block, applications: int = applications) -> list[Tensor]:
                 outs = []
-                for x, inp in batches:
-                    for _ in range(applications):
-                        x = block(x, inp, None, model.shared_mlp)
-                    outs.append(x)
+                with torch.autocast("cpu", dtype=compute_dtype or torch.bfloat16, enabled=compute_dtype is not None):
+                    for x, inp in batches:
+                        for _ in range(applications):
+                            x = block(x, inp, None, model.shared_mlp)
+                        outs.append(x)
                 return outs
 
             outputs, changed = None, False

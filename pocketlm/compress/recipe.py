@@ -16,6 +16,7 @@ from pocketlm.compress.targets import DEFAULT_SKIP
 from pocketlm.utils import atomic_write_text, dataclass_from_dict, load_yaml
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
+CALIB_DTYPES = ("fp32", "bf16")
 
 
 class RecipeError(ValueError):
@@ -38,6 +39,7 @@ class PruneRecipe:
     damp: float = 0.01  # SparseGPT damping, fraction of mean(diag H)
     batch_size: int = 8  # calibration sequences per forward in the walk
     error_samples: int = 8  # sequences on which per-matrix reconstruction error is measured
+    calib_dtype: str = "fp32"  # "bf16": calibration forwards under bf16 autocast (statistics still in fp32)
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -59,6 +61,8 @@ class PruneRecipe:
             raise RecipeError(f"magnitude_scope must be 'layer' or 'row', got {self.magnitude_scope!r}")
         if not 0 <= self.damp < 1 or self.blocksize < 1 or self.batch_size < 1 or self.error_samples < 0:
             raise RecipeError("damp must be in [0, 1); blocksize and batch_size >= 1; error_samples >= 0")
+        if self.calib_dtype not in CALIB_DTYPES:
+            raise RecipeError(f"calib_dtype must be one of {', '.join(CALIB_DTYPES)}, got {self.calib_dtype!r}")
         self.skip = list(self.skip)
 
     @property

@@ -1,7 +1,10 @@
 """Atomic, exactly resumable training checkpoints.
 
 Layout: <run>/checkpoints/step_XXXXXXX/{model.safetensors, optimizer.pt, state.json} and
-<run>/checkpoints/latest naming the newest complete one. A checkpoint folder is written under a
+<run>/checkpoints/latest naming the newest complete one. Runs sharded with FSDP write the model and
+optimizer with torch's distributed checkpoint (DCP) instead: every process writes its own shards
+(`__R_0.distcp`, `.metadata`, then `rng.pt` and `state.json`), and any number of processes, one
+included, loads them back (DCP reshards on load). A checkpoint folder is written under a
 temporary name and renamed into place; `latest` is replaced atomically afterwards, so a crash at any
 moment leaves the previous checkpoint usable. A run directory has one writer: temporaries that a
 killed writer left behind are removed before the next checkpoint is written.
@@ -37,6 +40,11 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
         save_model(module, str(tmp / f"{key}.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    return _publish(tmp, root, name, keep)
+
+
+def _publish(tmp: Path, root: Path, name: str, keep: int) -> Path:
+    """fsync the files of `tmp`, rename it to `root/name`, point `latest` at it, drop all but `keep`."""
     for f in tmp.iterdir():  # make the data durable before the rename publishes it
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -49,6 +57,58 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def is_sharded(path: Path) -> bool:
+    """Whether the checkpoint folder `path` was written with DCP (by an FSDP run)."""
+    return (Path(path) / ".metadata").is_file()
+
+
+def save_sharded_checkpoint(run_dir: Path, step: int, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                            state: dict, rank: int, keep: int = 2) -> Path | None:
+    """Every process: write `net`'s and `optimizer`'s shards with DCP into one temporary folder; rank 0
+    then adds the RNG state and state.json and publishes the folder (returns its path; None elsewhere).
+    A process killed at any moment leaves the temporary folder unpublished and the previous checkpoint
+    as `latest`."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    root = Path(run_dir) / "checkpoints"
+    name = f"step_{step:07d}"
+    tmp = root / f".tmp_{name}_sharded"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(root)
+        tmp.mkdir()
+    dist.barrier()
+    model_state, optim_state = get_state_dict(net, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp))
+    final = None
+    if rank == 0:
+        torch.save({"torch_rng": torch.get_rng_state()}, tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        final = _publish(tmp, root, name, keep)
+    dist.barrier()
+    return final
+
+
+def load_sharded_checkpoint(path: Path, net: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore `net` (plain, DDP or FSDP, in any number of processes) and `optimizer` from the DCP
+    checkpoint `path`; return its state.json."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(net, optimizer)
+    wanted = {"model": model_state, "optimizer": optim_state}
+    try:
+        dcp.load(wanted, checkpoint_id=str(path))
+    except Exception as e:  # DCP names the first tensor it cannot place; say what to do
+        raise CheckpointError(f"{path}: does not fit this model and optimizer ({str(e).splitlines()[0][:300]}); "
+                              "resume with the model it was written for, or use a new --out folder") from e
+    set_state_dict(net, optimizer, model_state_dict=wanted["model"], optim_state_dict=wanted["optimizer"])
+    torch.set_rng_state(torch.load(Path(path) / "rng.pt", weights_only=True)["torch_rng"])
+    return json.loads((Path(path) / "state.json").read_text())
 
 
 def remove_stale_temporaries(root: Path) -> list[Path]:

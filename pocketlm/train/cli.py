@@ -8,6 +8,15 @@ from typing import Optional
 
 import typer
 
+PARALLEL_HELP = "under torchrun: ddp (replicate) or fsdp (shard per block); default: fsdp from 250M parameters"
+
+
+def _parallel_settings(parallel: Optional[str], fsdp_bf16: bool, activation_checkpointing: bool) -> dict:
+    """The TrainConfig fields of the --parallel options (only those given)."""
+    given = {"parallel": parallel, "fsdp_bf16": fsdp_bf16 or None,
+             "activation_checkpointing": activation_checkpointing or None}
+    return {k: v for k, v in given.items() if v is not None}
+
 
 def register(app: typer.Typer) -> None:
     @app.command("train")
@@ -32,15 +41,18 @@ def register(app: typer.Typer) -> None:
         compile: bool = typer.Option(False, help="torch.compile the model"),
         resume: bool = typer.Option(True, help="continue from the newest checkpoint in --out"),
         progress: bool = typer.Option(True),
+        parallel: Optional[str] = typer.Option(None, help=PARALLEL_HELP),
+        fsdp_bf16: bool = typer.Option(False, help="FSDP: bf16 compute, fp32 master weights and reduction"),
+        activation_checkpointing: bool = typer.Option(False, help="FSDP: recompute block activations in backward"),
     ) -> None:
-        """Pretrain a model (any ModelConfig) on token shards; under torchrun it runs DDP (gloo)."""
+        """Pretrain a model (any ModelConfig) on token shards; under torchrun it runs DDP or FSDP (gloo)."""
         from pocketlm.train.trainer import train_preset
 
         given = dict(steps=steps, lr=lr, batch_size=batch_size, micro_batch=micro_batch, seq_len=seq_len,
                      warmup_steps=warmup_steps, schedule=schedule, decay_fraction=decay_fraction,
                      hq_weight=hq_weight, weight_decay=weight_decay, grad_clip=grad_clip,
                      mup_base_width=mup_base_width, seed=seed, eval_every=eval_every, ckpt_every=ckpt_every,
-                     threads=threads)
+                     threads=threads, **_parallel_settings(parallel, fsdp_bf16, activation_checkpointing))
         result = train_preset(preset, out, data, model_config, resume=resume, mup=mup, autocast_bf16=bf16,
                               compile=compile, progress=progress, **{k: v for k, v in given.items() if v is not None})
         if result.model_dir is not None:  # rank 0
@@ -64,14 +76,18 @@ def register(app: typer.Typer) -> None:
         ckpt_every: int = typer.Option(50, help="checkpoint every N steps (re-running the command resumes)"),
         resume: bool = typer.Option(True, help="continue from the newest checkpoint in --out"),
         threads: Optional[int] = typer.Option(None), progress: bool = typer.Option(True),
+        parallel: Optional[str] = typer.Option(None, help=PARALLEL_HELP),
+        fsdp_bf16: bool = typer.Option(False, help="FSDP: bf16 compute, fp32 master weights and reduction"),
+        activation_checkpointing: bool = typer.Option(False, help="FSDP: recompute block activations in backward"),
     ) -> None:
         """Distil a teacher into a student (KL / reverse KL / JS, top-k, hidden-state loss); under torchrun
-        it runs DDP (gloo)."""
+        it runs DDP or FSDP (gloo; FSDP shards the teacher too)."""
         from pocketlm.train.distill import DistillConfig, distill_models
 
         dcfg = DistillConfig(divergence, temperature, alpha, top_k, hidden_weight)
         result = distill_models(teacher, student, out, dcfg, data, cache_teacher, resume=resume, steps=steps, lr=lr,
                                 batch_size=batch_size, micro_batch=micro_batch, seq_len=seq_len, seed=seed,
-                                ckpt_every=ckpt_every, threads=threads, progress=progress)
+                                ckpt_every=ckpt_every, threads=threads, progress=progress,
+                                **_parallel_settings(parallel, fsdp_bf16, activation_checkpointing))
         if result.model_dir is not None:  # rank 0
             typer.echo(json.dumps(result.summary(), indent=2))

@@ -46,6 +46,9 @@ class TrainConfig:
     log_every: int = 1
     threads: int | None = None  # torch intra-op threads; None: leave torch's default
     progress: bool = True
+    parallel: str = "auto"  # under torchrun: ddp | fsdp | auto (fsdp from train.sharding.FSDP_AUTO_PARAMS on)
+    fsdp_bf16: bool = False  # FSDP: bf16 compute (fp32 master weights, fp32 gradient reduction)
+    activation_checkpointing: bool = False  # FSDP: recompute each block's activations in the backward pass
 
     def validate(self, world_size: int = 1) -> None:
         def need(ok: bool, fld: str, rule: str) -> None:
@@ -72,7 +75,9 @@ class TrainConfig:
             need(isinstance(v, (int, float)) and 0.0 <= v < 1.0, fld, f"must be in [0, 1), got {v!r}")
         need(self.seq_len > 1, "seq_len", "must be > 1")
         need(self.batch_size % world_size == 0, "batch_size",
-             f"global batch {self.batch_size} must be divisible by the number of processes ({world_size})")
+             f"global batch {self.batch_size} must be divisible by the number of processes ({world_size}); "
+             f"use --batch-size {max(world_size, self.batch_size // world_size * world_size)} or another "
+             "process count")
         per_rank = self.batch_size // world_size
         micro = self.micro_batch or per_rank
         need(per_rank % micro == 0, "micro_batch",
@@ -81,6 +86,7 @@ class TrainConfig:
         need(0.0 <= self.hq_weight <= 1.0, "hq_weight", "must be in [0, 1]")
         need(0.0 < self.decay_fraction <= 1.0, "decay_fraction", "must be in (0, 1]")
         need(self.schedule in ("cosine", "wsd", "constant"), "schedule", "must be cosine, wsd or constant")
+        need(self.parallel in ("auto", "ddp", "fsdp"), "parallel", "must be auto, ddp or fsdp")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

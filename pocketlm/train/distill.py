@@ -137,6 +137,9 @@ class Distillation(Objective):
     def modules(self) -> dict[str, nn.Module]:
         return {"projection": self.proj} if self.proj is not None else {}
 
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        return {"teacher": self.teacher}
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self.dcfg), "teacher_cache": bool(self.dcfg.teacher_cache),
                 "teacher": self.teacher.config.to_dict()}

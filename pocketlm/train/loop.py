@@ -5,10 +5,10 @@ in the objective (the loss) and the batch source:
     result = finetune(pruned, windows, steps=200, lr=1e-4, objective=Distillation(teacher, pruned))
 
 The loop owns what every run needs: AdamW built in one place (`make_optimizer`), per-group learning
-rates under a schedule (`schedule.py`), gradient accumulation over micro-batches, clipping, DDP (gloo)
-when started by torchrun, optional bf16 autocast and torch.compile, atomic checkpoints and exact resume
-(`checkpoint.py`), a JSONL log, a progress bar with loss, tokens/s and MFU, and a torch thread count
-that applies only while it runs.
+rates under a schedule (`schedule.py`), gradient accumulation over micro-batches, clipping, DDP or FSDP2
+(`sharding.py`, gloo) when started by torchrun, optional bf16 autocast and torch.compile, atomic
+checkpoints and exact resume (`checkpoint.py`; sharded with DCP under FSDP), a JSONL log, a progress
+bar with loss, tokens/s and MFU, and a torch thread count that applies only while it runs.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from pocketlm.train.checkpoint import (latest_checkpoint, load_checkpoint, remove_stale_temporaries,
-                                       save_checkpoint)
+from pocketlm.train import sharding
+from pocketlm.train.checkpoint import (CheckpointError, is_sharded, latest_checkpoint, load_checkpoint,
+                                       load_sharded_checkpoint, remove_stale_temporaries, save_checkpoint,
+                                       save_sharded_checkpoint)
 from pocketlm.train.config import TrainConfig, TrainConfigError
 from pocketlm.train.metrics import measured_matmul_flops, read_log, train_flops_per_token
 from pocketlm.train.mup import param_groups
@@ -54,8 +56,9 @@ class Objective:
 
     `loss(model, batch)` returns the scalar to minimise and named scalar terms to log; `modules()` names
     trainable modules the objective owns beside the model (optimised, clipped, synchronised and
-    checkpointed with it); `describe()` is stored in every checkpoint, and resume refuses a checkpoint
-    written under a different objective."""
+    checkpointed with it); `frozen_modules()` names modules it only runs (a teacher), which FSDP shards
+    too (they stay sharded after the run: call them on every process); `describe()` is stored in every
+    checkpoint, and resume refuses a checkpoint written under a different objective."""
 
     name = "objective"
 
@@ -63,6 +66,9 @@ class Objective:
         raise NotImplementedError
 
     def modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
         return {}
 
     def describe(self) -> dict[str, Any]:
@@ -135,7 +141,7 @@ def distributed() -> tuple[int, int]:
     """(world size, rank) from torchrun's environment; initialises gloo on first use under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not dist.is_initialized():
+    if sharding.under_torchrun() and not dist.is_initialized():
         dist.init_process_group("gloo")
     return world, rank
 
@@ -182,6 +188,7 @@ class LoopResult:
     start_metrics: dict[str, float]  # `evaluate_before` of the untrained model, kept across resumes
     log_path: Path | None
     rows: list[dict] = field(default_factory=list)  # the rows this session logged (also without out_dir)
+    state_bytes: dict[str, int] = field(default_factory=dict)  # this process's share: params, optimizer
 
 
 def train_loop(model: nn.Module, objective: Objective, batches: BatchFn, tcfg: TrainConfig,
@@ -196,12 +203,14 @@ def train_loop(model: nn.Module, objective: Objective, batches: BatchFn, tcfg: T
     reproducing an uninterrupted run bit for bit. Without it nothing is written. `evaluate` runs every
     tcfg.eval_every steps and at the last (logged as "eval" rows); `evaluate_before` runs once before
     the first step of a fresh run; `after_update` after every optimizer step. Under torchrun every
-    process calls this; rank 0 writes."""
+    process calls this; rank 0 writes. Under FSDP (tcfg.parallel) `evaluate` and `evaluate_before` get the
+    sharded model (call it as usual: every process runs them) and `model` gets the trained weights back
+    at the end."""
     with torch_threads(tcfg.threads):
         loop = _Loop(model, objective, tcfg, out_dir, log_name, evaluate, after_update)
         loop.restore(resume)
         if evaluate_before is not None and loop.start_step == 0:
-            loop.start_metrics = evaluate_before(model)
+            loop.start_metrics = evaluate_before(loop.trained)
         loop.prepare_run_dir()
         return loop.run(batches, label)
 
@@ -213,12 +222,21 @@ class _Loop:
                  log_name: str, evaluate: Evaluate | None, after_update: AfterUpdate | None) -> None:
         self.world, self.rank = distributed()
         tcfg.validate(self.world)
+        self.engine = sharding.choose_parallel(tcfg.parallel, self.world, sum(p.numel() for p in model.parameters()))
+        if self.engine == "fsdp" and after_update is not None:
+            raise TrainConfigError("after_update (e.g. keeping a sparsity mask) edits whole weights, which FSDP "
+                                   "shards; use --parallel ddp for this run")
         self.model, self.objective, self.tcfg, self.evaluate = model, objective, tcfg, evaluate
         self.after_update = after_update
         self.run_dir = Path(out_dir) if out_dir is not None else None
         self.log_path = self.run_dir / log_name if self.run_dir is not None else None
         self.extra = objective.modules()
-        self.optimizer = make_optimizer(model, tcfg, self.extra)
+        # the model that trains: the caller's, or under FSDP a sharded replica (weights written back at the end)
+        self.trained = sharding.sharded_replica(model) if self.engine == "fsdp" else model
+        self.trainable = _Trainable(self.trained, objective)
+        if self.engine == "fsdp":
+            sharding.shard(self.trained, tcfg, self.extra, objective.frozen_modules())
+        self.optimizer = make_optimizer(self.trained, tcfg, self.extra)
         self.start_step, self.tokens_seen = 0, 0
         self.start_metrics: dict[str, float] = {}
         self.metrics: dict[str, float] = {}
@@ -231,7 +249,13 @@ class _Loop:
         if ckpt is None:
             return
         self._check_same_run(ckpt, json.loads((ckpt / "state.json").read_text()))
-        state = load_checkpoint(ckpt, self.model, self.optimizer, self.extra)
+        if is_sharded(ckpt):
+            state = load_sharded_checkpoint(ckpt, self.trainable, self.optimizer)
+        elif self.engine == "fsdp":
+            raise CheckpointError(f"{ckpt}: written by an unsharded run (safetensors); resume it with "
+                                  "--parallel ddp, or use a new --out folder")
+        else:
+            state = load_checkpoint(ckpt, self.model, self.optimizer, self.extra)
         self.start_step, self.tokens_seen = state["next_step"], state["tokens_seen"]
         self.start_metrics = state.get("start_metrics", {})
 
@@ -258,8 +282,8 @@ class _Loop:
         barrier()
 
     def _network(self) -> nn.Module:
-        net: nn.Module = _Trainable(self.model, self.objective)
-        if self.world > 1:
+        net: nn.Module = self.trainable
+        if self.engine == "ddp":
             net = nn.parallel.DistributedDataParallel(net)
         if self.tcfg.compile:
             net = torch.compile(net)
@@ -270,9 +294,9 @@ class _Loop:
         tcfg = self.tcfg
         net = self._network()
         self.params = [p for p in net.parameters() if p.requires_grad]
-        self.flops_per_token = train_flops_per_token(self.model, tcfg.seq_len)
+        self.flops_per_token = train_flops_per_token(self.trained, tcfg.seq_len)
         self.peak = measured_matmul_flops(torch.bfloat16 if tcfg.autocast_bf16 else torch.float32) * self.world
-        self.model.train()
+        self.trained.train()
         try:
             train_time = self._run_steps(net, batches, label)
         finally:
@@ -280,10 +304,13 @@ class _Loop:
                 self.log.close()
         if self.evaluate is not None and not self.metrics:  # resumed a finished run: nothing trained here
             self.metrics = self._evaluate()
+        state_bytes = sharding.local_state_bytes(self.trained, self.extra, self.optimizer)
+        if self.engine == "fsdp":
+            sharding.restore_full(self.model, self.trained)
         tokens = (tcfg.steps - self.start_step) * tcfg.batch_size * tcfg.seq_len
         avg_tps = tokens / train_time if train_time else 0.0
         return LoopResult(tcfg.steps, self.tokens_seen, avg_tps, avg_tps * self.flops_per_token / self.peak,
-                          self.metrics, self.start_metrics, self.log_path, self.rows)
+                          self.metrics, self.start_metrics, self.log_path, self.rows, state_bytes)
 
     def _run_steps(self, net: nn.Module, batches: BatchFn, label: str) -> float:
         """The steps from start_step to the end under a progress bar; returns their seconds."""
@@ -315,7 +342,7 @@ class _Loop:
         batch, info = batches(step)
         per_rank = tcfg.batch_size // self.world
         loss, terms = self._accumulate(net, _rows(batch, self.rank * per_rank, (self.rank + 1) * per_rank))
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, tcfg.grad_clip)
+        grad_norm = sharding.local_value(torch.nn.utils.clip_grad_norm_(self.params, tcfg.grad_clip))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.after_update is not None:
@@ -323,7 +350,7 @@ class _Loop:
                 self.after_update(self.model)
         if not math.isfinite(loss):
             raise FloatingPointError(f"step {step}: loss is {loss}; lower --lr or enable clipping")
-        return {"loss": loss, "lr": tcfg.lr * mult, "grad_norm": float(grad_norm), **info, **terms}
+        return {"loss": loss, "lr": tcfg.lr * mult, "grad_norm": grad_norm, **info, **terms}
 
     def _accumulate(self, net: nn.Module, local: Batch) -> tuple[float, dict[str, float]]:
         """Backward over the micro-batches of `local` (gradients synchronised on the last one); the loss
@@ -334,8 +361,7 @@ class _Loop:
         loss_sum = torch.zeros(())
         term_sums: dict[str, torch.Tensor] = {}
         for i in range(n_micro):
-            sync = nullcontext() if (self.world == 1 or i == n_micro - 1) else net.no_sync()
-            with sync:
+            with sharding.gradient_sync(net, self.engine, sync=i == n_micro - 1):
                 with self._autocast():
                     loss, terms = net(_rows(local, i * micro, (i + 1) * micro))
                     loss = loss / n_micro
@@ -344,7 +370,7 @@ class _Loop:
             for k, t in terms.items():
                 term_sums[k] = term_sums.get(k, 0.0) + t.detach().float() / n_micro
         totals = torch.stack([loss_sum, *term_sums.values()])
-        if self.world > 1:
+        if self.engine != "single":
             dist.all_reduce(totals)
             totals /= self.world
         values = totals.tolist()
@@ -367,8 +393,8 @@ class _Loop:
             self._checkpoint(step + 1)
 
     def _evaluate(self) -> dict[str, float]:
-        metrics = self.evaluate(self.model)
-        self.model.train()
+        metrics = self.evaluate(self.trained)
+        self.trained.train()
         return metrics
 
     def _write(self, row: dict[str, Any]) -> None:
@@ -378,10 +404,13 @@ class _Loop:
             self.log.flush()
 
     def _checkpoint(self, next_step: int) -> None:
+        state = {"next_step": next_step, "tokens_seen": self.tokens_seen, "train_config": self.tcfg.to_dict(),
+                 "model_config": self.model.config.to_dict(), "objective": self.objective.describe(),
+                 "start_metrics": self.start_metrics, "parallel": self.engine, "world_size": self.world}
+        if self.engine == "fsdp":
+            save_sharded_checkpoint(self.run_dir, next_step, self.trainable, self.optimizer, state, self.rank)
+            return
         if self.rank == 0:
-            state = {"next_step": next_step, "tokens_seen": self.tokens_seen, "train_config": self.tcfg.to_dict(),
-                     "model_config": self.model.config.to_dict(), "objective": self.objective.describe(),
-                     "start_metrics": self.start_metrics}
             save_checkpoint(self.run_dir, next_step, self.model, self.optimizer, state, extra_modules=self.extra)
         barrier()
 

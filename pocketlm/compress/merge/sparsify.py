@@ -17,19 +17,25 @@ from torch import Tensor
 RESCALE_EPS = 1e-7
 
 
+def magnitude_keep(delta: Tensor, density: float) -> Tensor:
+    """Boolean mask of the round-down(density · n) largest-magnitude entries (at least one; all when
+    density >= 1, none when density <= 0)."""
+    if density >= 1:
+        return torch.ones(delta.shape, dtype=torch.bool)
+    keep = torch.zeros(delta.numel(), dtype=torch.bool)
+    if density <= 0 or delta.numel() == 0:
+        return keep.reshape(delta.shape)
+    k = max(1, int(density * delta.numel()))
+    # a full descending sort, not topk: equal magnitudes then break the way mergekit's do
+    keep[torch.argsort(delta.abs().reshape(-1).float(), descending=True)[:k]] = True
+    return keep.reshape(delta.shape)
+
+
 def trim_magnitude(delta: Tensor, density: float) -> Tensor:
     """Zero all but the round-down(density · n) largest-magnitude entries (at least one)."""
     if density >= 1:
         return delta
-    if density <= 0 or delta.numel() == 0:
-        return torch.zeros_like(delta)
-    k = max(1, int(density * delta.numel()))
-    # a full descending sort, not topk: equal magnitudes then break the way mergekit's do
-    keep = torch.argsort(delta.abs().reshape(-1).float(), descending=True)[:k]
-    flat = delta.reshape(-1)
-    out = torch.zeros_like(flat)
-    out[keep] = flat[keep]
-    return out.reshape(delta.shape)
+    return torch.where(magnitude_keep(delta, density), delta, 0)
 
 
 def drop_random(delta: Tensor, density: float, generator: torch.Generator | None) -> Tensor:

@@ -26,14 +26,14 @@ from torch import Tensor
 
 from pocketlm.compress.merge.linear import work_dtype
 from pocketlm.compress.merge.registry import Method, Param, register
-from pocketlm.compress.merge.sparsify import drop_random, rescale_l1, trim_magnitude
+from pocketlm.compress.merge.sparsify import drop_random, magnitude_keep, rescale_l1, trim_magnitude
 
 
 def elect_sign(deltas: Tensor, consensus: str) -> Tensor:
     """True where the elected sign of an entry is positive: the sign of Σᵢ wᵢδᵢ ("sum", TIES) or of
     the majority of signs ("count"); a tie counts as positive."""
-    votes = torch.zeros(deltas.shape[1:], dtype=deltas.dtype)
-    for d in deltas:
+    votes = deltas[0].clone() if consensus == "sum" else deltas[0].sign()
+    for d in deltas[1:]:
         votes.add_(d if consensus == "sum" else d.sign())
     return votes >= 0
 
@@ -46,7 +46,8 @@ def task_vector_merge(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequen
     """θ_base + scale · (sparsified, sign-agreeing, weighted task vectors), see the module docstring.
 
     Works one input at a time, so besides the k weighted task vectors it holds only a few tensors of
-    one input's size (a 28 M-entry embedding merges in ~1 GB, not k times that)."""
+    one input's size (a 28 M-entry embedding merges in ~1 GB, not k times that), and in as few passes
+    over memory as it can: each pass over the embedding costs about as much as its arithmetic."""
     if not tensors:
         return base
     dtype = work_dtype(base)
@@ -54,27 +55,32 @@ def task_vector_merge(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequen
     density = density or [1.0] * len(tensors)
     w = [float(x) for x in weight]
     deltas = torch.empty((len(tensors), *base.shape), dtype=dtype)
+    zero = torch.zeros((), dtype=dtype)
     for i, t in enumerate(tensors):
-        d = t.to(dtype) - b
-        if sparsify == "magnitude":
-            kept = trim_magnitude(d, density[i])
-        elif sparsify == "random":
-            kept = drop_random(d, density[i], generator)
+        d = torch.sub(t, b)  # t promoted to the work dtype inside the subtraction
+        if sparsify == "magnitude" and not rescale:
+            torch.where(magnitude_keep(d, density[i]), d, zero, out=deltas[i])
         else:
-            kept = d
-        deltas[i] = rescale_l1(kept, d) if (rescale and sparsify) else kept
-        del d, kept
+            if sparsify == "magnitude":
+                kept = trim_magnitude(d, density[i])
+            elif sparsify == "random":
+                kept = drop_random(d, density[i], generator)
+            else:
+                kept = d
+            deltas[i] = rescale_l1(kept, d) if (rescale and sparsify) else kept
+            del kept
+        del d
         deltas[i].mul_(w[i])
     if consensus:
-        positive = elect_sign(deltas, consensus)
+        elected = elect_sign(deltas, consensus).to(dtype).mul_(2).sub_(1)  # +1 / -1 per entry
         mixed = torch.zeros(base.shape, dtype=dtype)
         divisor = torch.zeros(base.shape, dtype=dtype)
         for wi, d in zip(w, deltas):
-            agree = torch.where(positive, d > 0, d < 0)  # zeros agree with neither sign
-            mixed.add_(torch.where(agree, d, 0))
-            divisor.add_(agree.to(dtype), alpha=wi)
+            agree = torch.eq(d.sign(), elected).to(dtype)  # zeros (sign 0) agree with neither sign
+            mixed.addcmul_(d, agree)
+            divisor.add_(agree, alpha=wi)
             del agree
-        divisor[divisor == 0] = 1
+        divisor.masked_fill_(divisor == 0, 1)
     else:
         mixed = deltas.sum(dim=0)
         total = sum(w)

@@ -43,8 +43,23 @@ def owl_block_sparsities(model: Transformer, calib: Tensor, recipe: PruneRecipe,
         return False
 
     walk(model, calib, lambda t: InputNorms(t.shape[1]), measure, skip=tuple(recipe.skip),
-         batch_size=recipe.batch_size, progress=progress, description="OWL outlier ratios")
+         batch_size=recipe.batch_size, progress=progress, description="OWL outlier ratios",
+         compute_dtype=compute_dtype(recipe))
     return owl.block_sparsities(ratios, recipe.sparsity, recipe.owl_lambda), ratios
+
+
+def compute_dtype(recipe: PruneRecipe) -> torch.dtype | None:
+    """The walk's autocast dtype for recipe.calib_dtype (None: fp32, the model's own)."""
+    return torch.bfloat16 if recipe.calib_dtype == "bf16" else None
+
+
+def error_probe_rows(targets: list[Target], calib: Tensor, recipe: PruneRecipe) -> Tensor:
+    """The calibration rows a magnitude walk needs: magnitude reads no statistic, so the walk only feeds
+    the error probe (`Gram`), which sees the first `error_samples` sequences, or for routed experts (whose
+    inputs count one per batch) the first `error_samples` batches. The errors equal those of a walk over
+    every row, at a fraction of its cost."""
+    routed = any(".experts." in t.name for t in targets)
+    return calib[: recipe.error_samples * (recipe.batch_size if routed else 1)]
 
 
 @torch.no_grad()
@@ -82,6 +97,8 @@ def prune(model: Transformer, method: str = "wanda", sparsity: float = 0.5, patt
             error.relative_error(before, t.weight) if error is not None and error.n else None,
             time.perf_counter() - t0))
 
+    if calib is not None and recipe.method == "magnitude":
+        calib = error_probe_rows(targets, calib, recipe) if recipe.error_samples else None
     if calib is None:
         for t in targets:
             prune_target(t, None, None)
@@ -100,7 +117,8 @@ def prune(model: Transformer, method: str = "wanda", sparsity: float = 0.5, patt
             return True
 
         walk(model, calib, make_stat, compress, skip=tuple(recipe.skip), batch_size=recipe.batch_size,
-             progress=progress, description=f"{recipe.method} {recipe.pattern or recipe.sparsity}")
+             progress=progress, description=f"{recipe.method} {recipe.pattern or recipe.sparsity}",
+             compute_dtype=compute_dtype(recipe))
     report.wall_s = time.perf_counter() - t_start
     report.peak_rss_bytes = peak_rss_bytes()
     report.model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

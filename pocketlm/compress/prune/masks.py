@@ -60,11 +60,12 @@ def row_mask(score: Tensor, sparsity: float) -> Tensor:
 
 
 def layer_mask(score: Tensor, sparsity: float) -> Tensor:
-    """Prune every score at or below the `int(numel * sparsity)`-th smallest of the whole matrix."""
+    """Prune every score at or below the `int(numel * sparsity)`-th smallest of the whole matrix (0-based,
+    the reference's `sort(...)[k]`, found by selection)."""
     k = int(score.numel() * sparsity)
     if k == 0:
         return torch.zeros_like(score, dtype=torch.bool)
-    return score <= torch.sort(score.flatten())[0][k]
+    return score <= torch.kthvalue(score.flatten(), k + 1).values
 
 
 def nm_mask(score: Tensor, nm: NM) -> Tensor:
