@@ -19,7 +19,7 @@ from rich.console import Console
 from pocketlm.utils import atomic_write_text
 
 console = Console()
-STEPS = ("train", "model", "survey", "evaluate", "profile", "shrink", "merge")  # in order; each later step uses train's model
+STEPS = ("train", "model", "survey", "evaluate", "profile", "shrink", "merge", "structured")  # in order; each later step uses train's model
 
 
 def _model_section(model_dir: Path) -> dict[str, Any]:
@@ -80,6 +80,7 @@ def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
 
     from pocketlm.compress.demo import demo_section as shrink_section
     from pocketlm.compress.merge_demo import demo_section as merge_section
+    from pocketlm.compress.structured_demo import demo_section as structured_section
     from pocketlm.evaluate.demo import demo_section as evaluate_section
     from pocketlm.profile.demo import demo_section as profile_section
     from pocketlm.survey.demo import demo_section as survey_section
@@ -95,6 +96,7 @@ def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     step("profile", lambda: profile_section(model_dir, out_dir / "profile"), out_dir / "profile")
     step("shrink", lambda: shrink_section(model_dir, out_dir / "shrink"), out_dir / "shrink")
     step("merge", lambda: merge_section(model_dir, out_dir / "merge"), out_dir / "merge")
+    step("structured", lambda: structured_section(model_dir, out_dir / "structured"), out_dir / "structured")
     return _write_report(out_dir, model_dir, sections, failures)
 
 
