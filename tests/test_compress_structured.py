@@ -172,3 +172,20 @@ def test_unsupported_models_are_refused():
     cfg = ModelConfig(vocab_size=V, d_model=32, n_layer=2, n_head=2, n_experts=4, top_k=2, intermediate_size=32)
     with pytest.raises(StructuredError, match="mixture of experts"):
         importance(Transformer(cfg), "magnitude")
+
+
+@torch.no_grad()
+def test_slicegpt_full_rotation_is_exact_and_sliced_model_loads_in_transformers(tmp_path):
+    from pocketlm.compress.structured.slicegpt import slicegpt
+
+    m = _model(tie_embeddings=True)
+    x, calib = _calib(2), _calib()
+    rotated = slicegpt(m, calib, 64)  # all of Q: the same function
+    torch.testing.assert_close(rotated(x), m(x), atol=1e-4, rtol=1e-4)
+    sliced = slicegpt(m, calib, 40)
+    assert sliced.config.d_model == 40 and not sliced.config.tie_embeddings
+    assert costs.param_counts(sliced.config)["total"] == sum(p.numel() for p in sliced.parameters())
+    hf = transformers.AutoModelForCausalLM.from_pretrained(save_hf(sliced, tmp_path / "sg"), dtype=torch.float32)
+    torch.testing.assert_close(hf.eval()(input_ids=x).logits, sliced(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(StructuredError, match="RMSNorm"):
+        slicegpt(_model(norm="layernorm"), calib, 32)

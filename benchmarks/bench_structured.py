@@ -1,0 +1,125 @@
+"""Structured pruning and distillation speed, each against its baseline in the same process.
+
+    python benchmarks/bench_structured.py prune --threads 2     # SmolLM-135M shape, 128 x 512 calibration
+    python benchmarks/bench_structured.py distill --threads 2   # distillation vs plain training tokens/s
+
+`prune` scores a SmolLM-135M-shaped model (catalog architecture, seeded random weights) with Minitron's
+activation importance and block influence on 128 x 512 random-token calibration, then slices it to half
+the FFN and residual width and 3/4 of the layers; the baseline is one dense forward over the same
+calibration (the floor: scoring needs at least that). Target: scoring + slicing <= 3 min on 2 threads.
+`distill` trains the tiny preset's half-size student for the same steps at the same batch (16 x 128) with
+plain cross-entropy, with distillation from the live teacher, and from cached top-k teacher logits;
+target: distillation >= 0.8x the plain training tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pocketlm.profile.system import cpu_model  # noqa: E402
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def bench_prune(threads: int) -> dict:
+    from pocketlm.compress.structured import depth
+    from pocketlm.compress.structured.activation import activation_importance
+    from pocketlm.compress.structured.driver import plan_for
+    from pocketlm.compress.structured.shapes import explicit_shape
+    from pocketlm.compress.structured.slicing import slice_model
+    from pocketlm.model.costs import param_counts
+    from pocketlm.runtime import open_model
+
+    torch.set_num_threads(threads)
+    model = open_model("SmolLM-135M", "fp32")
+    cfg = model.config
+    calib = torch.randint(0, cfg.vocab_size, (128, 512), generator=torch.Generator().manual_seed(0))
+    t = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, 128, 8):
+            model(calib[i:i + 8])
+    forward = time.perf_counter() - t
+    t = time.perf_counter()
+    imp = activation_importance(model, calib)
+    t_imp = time.perf_counter() - t
+    t = time.perf_counter()
+    layers = depth.block_influence(model, calib)
+    t_bi = time.perf_counter() - t
+    shape = explicit_shape(cfg, width=0.5, depth=0.75)
+    t = time.perf_counter()
+    pruned = slice_model(model, plan_for(cfg, imp, shape, layers))
+    t_slice = time.perf_counter() - t
+    total = t_imp + t_bi + t_slice
+    return {"what": "prune", "model": "SmolLM-135M shape", "calib": "128x512", "threads": threads,
+            "dense_forward_s": forward, "activation_importance_s": t_imp, "block_influence_s": t_bi,
+            "slice_s": t_slice, "total_s": total, "vs_forward": total / forward, "shape": str(shape),
+            "params": [param_counts(cfg)["total"], param_counts(pruned.config)["total"]],
+            "target_met": total <= 180, "cpu": cpu_model(), "load": _load()}
+
+
+def bench_distill(threads: int, steps: int) -> dict:
+    from pocketlm.compress.structured.driver import prune_structured
+    from pocketlm.compress.structured.shapes import explicit_shape
+    from pocketlm.data.shards import TokenSplit
+    from pocketlm.interop import load_model
+    from pocketlm.train.distill import DistillConfig, Distillation
+    from pocketlm.train.fixtures import trained_preset
+    from pocketlm.train.loop import finetune
+
+    torch.set_num_threads(threads)
+    teacher_dir, summary = trained_preset("tiny")
+    teacher = load_model(teacher_dir).eval()
+    split = TokenSplit.open(summary["data_dir"], "train")
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.from_numpy(split.tokens[: 200_000].astype("int64"))
+    starts = torch.randint(0, tokens.numel() - 130, (16 * steps,), generator=g)
+    windows = torch.stack([tokens[s:s + 129] for s in starts.tolist()])
+    student0 = prune_structured(teacher, None, explicit_shape(teacher.config, width=0.5), method="magnitude").model
+    rows = {}
+    with torch.no_grad():
+        top = [teacher(windows[i:i + 16, :-1]).topk(32, dim=-1) for i in range(0, windows.shape[0], 16)]
+    cached = {"values": torch.stack([t.values for t in top]), "indices": torch.stack([t.indices for t in top])}
+
+    def cached_batches(step: int):
+        i = step % steps
+        return {"tokens": windows[16 * i:16 * (i + 1)], "teacher_values": cached["values"][i],
+                "teacher_indices": cached["indices"][i]}, {}
+
+    for name in ("plain", "distill_live", "distill_cached_top32", "plain_again"):
+        student = copy.deepcopy(student0).train()
+        objective = None if name.startswith("plain") else Distillation(teacher, student, DistillConfig(alpha=1.0))
+        batches = cached_batches if name == "distill_cached_top32" else windows
+        t = time.perf_counter()
+        finetune(student, batches, steps, 1e-3, objective=objective, batch_size=16, threads=threads)
+        rows[name] = 16 * 128 * steps / (time.perf_counter() - t)
+    plain = (rows["plain"] + rows["plain_again"]) / 2
+    return {"what": "distill", "tokens_per_s": rows, "live_vs_plain": rows["distill_live"] / plain,
+            "cached_vs_plain": rows["distill_cached_top32"] / plain, "steps": steps, "batch": "16x128",
+            "threads": threads, "teacher_params": sum(p.numel() for p in teacher.parameters()),
+            "student_params": sum(p.numel() for p in student0.parameters()), "cpu": cpu_model(), "load": _load()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["prune", "distill"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=20)
+    a = ap.parse_args()
+    out = bench_prune(a.threads) if a.what == "prune" else bench_distill(a.threads, a.steps)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
