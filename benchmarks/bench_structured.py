@@ -2,6 +2,8 @@
 
     python benchmarks/bench_structured.py prune --threads 2     # SmolLM-135M shape, 128 x 512 calibration
     python benchmarks/bench_structured.py distill --threads 2   # distillation vs plain training tokens/s
+    python benchmarks/bench_structured.py slicegpt              # SliceGPT vs Minitron embedding pruning
+    python benchmarks/bench_structured.py minitron --preset base --steps 100 --threads 1 --out runs/minitron
 
 `prune` scores a SmolLM-135M-shaped model (catalog architecture, seeded random weights) with Minitron's
 activation importance and block influence on 128 x 512 random-token calibration, then slices it to half
@@ -26,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pocketlm.compress.structured.study import minitron_study  # noqa: E402
 from pocketlm.profile.system import cpu_model  # noqa: E402
 
 
@@ -113,12 +116,58 @@ def bench_distill(threads: int, steps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["prune", "distill"])
+    ap.add_argument("what", choices=["prune", "distill", "slicegpt", "minitron"])
+    ap.add_argument("--preset", default="base", help="minitron: the teacher preset")
+    ap.add_argument("--out", default="runs/minitron", help="minitron: output folder")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     a = ap.parse_args()
-    out = bench_prune(a.threads) if a.what == "prune" else bench_distill(a.threads, a.steps)
+    out = {"prune": lambda: bench_prune(a.threads), "distill": lambda: bench_distill(a.threads, a.steps),
+           "slicegpt": lambda: bench_slicegpt(a.threads),
+           "minitron": lambda: minitron_study(a.out, a.preset, tokens=a.steps * 16 * 128, threads=a.threads)}[a.what]()
     print(json.dumps(out, indent=2))
+
+
+
+
+def bench_slicegpt(threads: int) -> dict:
+    """SliceGPT (shared rotation) against Minitron embedding-channel pruning at equal parameters, right
+    after pruning (no training): validation loss and KL to the unpruned tiny preset."""
+    from pocketlm.compress.calibration import CalibSpec, calibration_from_shards
+    from pocketlm.compress.structured.driver import prune_structured
+    from pocketlm.compress.structured.shapes import ROUND, Shape
+    from pocketlm.compress.structured.slicegpt import slicegpt
+    from pocketlm.data.shards import TokenSplit
+    from pocketlm.interop import load_model
+    from pocketlm.model.costs import param_counts
+    from pocketlm.train.batches import eval_windows
+    from pocketlm.train.distill import _folder_tokenizer, mean_forward_kl
+    from pocketlm.train.fixtures import trained_preset
+    from pocketlm.train.loop import evaluate_loss
+
+    torch.set_num_threads(threads)
+    teacher_dir, summary = trained_preset("tiny")
+    model = load_model(teacher_dir).eval()
+    data = summary["data_dir"]
+    calib, _ = calibration_from_shards(data, CalibSpec(data, 64, 128), _folder_tokenizer(Path(teacher_dir)))
+    val = eval_windows(TokenSplit.open(data, "val"), 128, 32)
+    rows = []
+    C = model.config.d_model
+    for keep in (0.875, 0.75, 0.625):
+        d = int(C * keep) // ROUND * ROUND
+        sg = slicegpt(model, calib, d)
+        p = param_counts(sg.config)["total"]
+        base = Shape.of(model.config)
+        # Minitron: embedding channels only, the residual width whose (tied) count is nearest SliceGPT's
+        width = min(range(ROUND, C + 1, ROUND), key=lambda w: abs(
+            Shape(base.n_layer, base.n_head, base.n_kv_head, base.intermediate, w).params(model.config) - p))
+        mt = prune_structured(model, calib, Shape(base.n_layer, base.n_head, base.n_kv_head, base.intermediate,
+                                                  width)).model
+        for name, m in (("slicegpt", sg), ("minitron_embedding", mt)):
+            rows.append({"method": name, "d_model": m.config.d_model, "params": param_counts(m.config)["total"],
+                         "val_loss": evaluate_loss(m, val), "kl": mean_forward_kl(model, m, val)})
+    return {"what": "slicegpt", "teacher_params": param_counts(model.config)["total"],
+            "teacher_val_loss": evaluate_loss(model, val), "rows": rows, "cpu": cpu_model(), "load": _load()}
 
 
 if __name__ == "__main__":
