@@ -3,6 +3,7 @@
     python benchmarks/bench_structured.py prune --threads 2     # SmolLM-135M shape, 128 x 512 calibration
     python benchmarks/bench_structured.py distill --threads 2   # distillation vs plain training tokens/s
     python benchmarks/bench_structured.py slicegpt              # SliceGPT vs Minitron embedding pruning
+    python benchmarks/bench_structured.py latency --threads 2   # decode ms/token, full vs two 0.5x prunings
     python benchmarks/bench_structured.py minitron --preset base --steps 100 --threads 1 --out runs/minitron
 
 `prune` scores a SmolLM-135M-shaped model (catalog architecture, seeded random weights) with Minitron's
@@ -114,16 +115,47 @@ def bench_distill(threads: int, steps: int) -> dict:
             "student_params": sum(p.numel() for p in student0.parameters()), "cpu": cpu_model(), "load": _load()}
 
 
+def bench_latency(threads: int) -> dict:
+    """Greedy decode latency (pocketlm's torch runtime, fp32) of a SmolLM-135M-shaped model and of two 0.5x
+    prunings (all layers, narrower FFN; half the layers, full width), in this process, interleaved."""
+    from pocketlm.compress.measure import decode_latency
+    from pocketlm.compress.structured.driver import plan_for, target_shapes
+    from pocketlm.compress.structured.magnitude import magnitude_importance
+    from pocketlm.compress.structured.slicing import slice_model
+    from pocketlm.model.costs import param_counts
+    from pocketlm.runtime import open_model
+
+    torch.set_num_threads(threads)
+    full = open_model("SmolLM-135M", "fp32")
+    cfg = full.config
+    shapes = target_shapes(cfg, "0.5x", max_candidates=64)
+    imp, by_depth = magnitude_importance(full), torch.arange(cfg.n_layer, 0, -1).float()  # random weights
+    models = {"full": full}
+    for name, shape in (("all layers", max(shapes, key=lambda s: (s.n_layer, s.d_model))),
+                        ("half the layers", min(shapes, key=lambda s: (s.n_layer, -s.d_model)))):
+        models[f"{name} {shape}"] = slice_model(full, plan_for(cfg, imp, shape, by_depth)).eval()
+    rows = {k: {"params": param_counts(m.config)["total"], "ms_per_token": []} for k, m in models.items()}
+    for _ in range(3):
+        for k, m in models.items():
+            rows[k]["ms_per_token"].append(decode_latency(m, depth=128, n_gen=16, repeat=1)["ms_per_token"])
+    base = sorted(rows["full"]["ms_per_token"])[1]
+    for r in rows.values():
+        r["median_ms"] = sorted(r["ms_per_token"])[1]
+        r["speedup"] = base / r["median_ms"]
+        r["param_ratio"] = r["params"] / rows["full"]["params"]
+    return {"what": "latency", "rows": rows, "threads": threads, "cpu": cpu_model(), "load": _load()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["prune", "distill", "slicegpt", "minitron"])
+    ap.add_argument("what", choices=["prune", "distill", "slicegpt", "minitron", "latency"])
     ap.add_argument("--preset", default="base", help="minitron: the teacher preset")
     ap.add_argument("--out", default="runs/minitron", help="minitron: output folder")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     a = ap.parse_args()
     out = {"prune": lambda: bench_prune(a.threads), "distill": lambda: bench_distill(a.threads, a.steps),
-           "slicegpt": lambda: bench_slicegpt(a.threads),
+           "slicegpt": lambda: bench_slicegpt(a.threads), "latency": lambda: bench_latency(a.threads),
            "minitron": lambda: minitron_study(a.out, a.preset, tokens=a.steps * 16 * 128, threads=a.threads)}[a.what]()
     print(json.dumps(out, indent=2))
 
