@@ -107,3 +107,23 @@ def test_teacher_with_a_foreign_tokenizer_is_refused(tmp_path):
     with pytest.raises(DistillError, match="tokenizers differ"):
         shrink(foreign, tmp_path / "out", ShrinkConfig(tokens=8 * 64, batch_size=8, seq_len=64, progress=False))
     assert not (tmp_path / "out").exists()
+
+
+def test_prune_structured_cli_writes_a_model_transformers_loads(tmp_path):
+    from typer.testing import CliRunner
+
+    from pocketlm.cli import app
+    from pocketlm.interop import load_model
+
+    teacher, _ = trained_preset("micro")
+    res = CliRunner().invoke(app, ["prune-structured", str(teacher), "--out", str(tmp_path / "p"), "--target-params",
+                                   "0.8x", "--calib", "bundled:12x32", "--max-candidates", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["format"] == "huggingface" and len(report["ranking"]) >= 2
+    assert abs(report["ratio"] - 0.8) <= 0.02
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "p", dtype=torch.float32).eval()
+    assert sum(p.numel() for p in hf.parameters()) == report["params_after"]
+    res = CliRunner().invoke(app, ["prune-structured", str(teacher), "--out", str(tmp_path / "q"), "--n-head", "3"])
+    assert res.exit_code != 0 and "choose 1..2" in str(res.exception)
+    assert load_model(teacher).config.n_head == 2
