@@ -38,7 +38,6 @@ def _load() -> str:
 
 
 def bench_prune(threads: int) -> dict:
-    from pocketlm.compress.structured import depth
     from pocketlm.compress.structured.activation import activation_importance
     from pocketlm.compress.structured.driver import plan_for
     from pocketlm.compress.structured.shapes import explicit_shape
@@ -56,11 +55,9 @@ def bench_prune(threads: int) -> dict:
             model(calib[i:i + 8])
     forward = time.perf_counter() - t
     t = time.perf_counter()
-    imp = activation_importance(model, calib)
+    imp = activation_importance(model, calib)  # measures block influence on the same pass
     t_imp = time.perf_counter() - t
-    t = time.perf_counter()
-    layers = depth.block_influence(model, calib)
-    t_bi = time.perf_counter() - t
+    layers, t_bi = imp.block_influence, 0.0
     shape = explicit_shape(cfg, width=0.5, depth=0.75)
     t = time.perf_counter()
     pruned = slice_model(model, plan_for(cfg, imp, shape, layers))

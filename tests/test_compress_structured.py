@@ -115,6 +115,7 @@ def test_block_influence_and_importance_see_a_dead_block_and_a_dead_head():
     assert int(bi.argmin()) == 1 and float(bi[1]) < 1e-6
     assert depth.removal_kl(m, _calib()).argmin() == 1
     imp = importance(m, "activation", _calib())
+    torch.testing.assert_close(imp.block_influence, bi, atol=1e-5, rtol=1e-4)  # measured on the scoring pass
     assert int(imp.group_scores(m.config)[2].argmin()) == 2 and float(imp.heads[2, 4:6].max()) == 0.0
 
 

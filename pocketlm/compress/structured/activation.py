@@ -6,6 +6,9 @@ Pruning and Knowledge Distillation", section 2.2), from one forward pass over th
 - an embedding channel: the magnitude of the normalised residual stream (every attn_norm / mlp_norm
   output, i.e. the inputs of q/k/v and gate/up), summed over layers.
 
+The same pass measures each block's Block Influence (`depth.block_influence`'s definition) from the
+block's input and output, so depth scoring costs no second forward.
+
 Per-token magnitudes are aggregated over the sequence, then the batch, by 'mean' or 'l2' (the paper's
 best for width: L2 over batch, mean over sequence; pocketlm's default). Statistics are gathered on the
 shared block walk, one block at a time, never holding more than one block boundary of activations.
@@ -73,6 +76,20 @@ def activation_importance(model: Transformer, calib: Tensor, seq: str = "mean", 
                 embed.add_(stat.value())
         return False
 
-    walk(model, calib, make_stat, collect, skip=(), batch_size=batch_size, progress=progress,
-         description="activation importance")
-    return Importance("activation", heads, ffn, embed)
+    influence, tokens = torch.zeros(cfg.n_layer), torch.zeros(cfg.n_layer)
+
+    def block_hook(i: int):
+        def fn(module, args, output):
+            cos = torch.nn.functional.cosine_similarity(args[0].float(), output.float(), dim=-1)
+            influence[i] += float((1 - cos).sum())
+            tokens[i] += cos.numel()
+        return fn
+
+    handles = [b.register_forward_hook(block_hook(i)) for i, b in enumerate(model.blocks)]
+    try:
+        walk(model, calib, make_stat, collect, skip=(), batch_size=batch_size, progress=progress,
+             description="activation importance")
+    finally:
+        for h in handles:
+            h.remove()
+    return Importance("activation", heads, ffn, embed, block_influence=influence / tokens)

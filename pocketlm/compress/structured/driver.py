@@ -106,7 +106,11 @@ def prune_structured(model: Transformer, calib: Tensor | None, shapes: list[Shap
         raise StructuredError(f"layer importance {layer_method!r} unknown; choose one of {sorted(depth.LAYER_SCORES)}")
     if needs_depth and score_calib is None:
         raise StructuredError("depth pruning needs calibration tokens (--calib)")
-    layer_scores = depth.LAYER_SCORES[layer_method](model, score_calib, batch_size) if needs_depth else None
+    layer_scores = None
+    if needs_depth:
+        reuse = layer_method == "block_influence" and imp.block_influence is not None
+        layer_scores = imp.block_influence if reuse else depth.LAYER_SCORES[layer_method](model, score_calib,
+                                                                                           batch_size)
     t_score = time.perf_counter() - t0
     before = param_counts(cfg)["total"]
     ranking, best = [], None

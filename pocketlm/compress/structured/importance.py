@@ -25,6 +25,7 @@ class Importance:
     ffn: Tensor  # [L, I] per FFN channel
     embed: Tensor  # [C] per residual-stream channel
     kv_groups: Tensor | None = None  # [L, K]; None: sum of each group's query heads
+    block_influence: Tensor | None = None  # [L], when the scoring pass measured it on the way (activation)
 
     def group_scores(self, cfg: ModelConfig) -> Tensor:
         """[L, K] importance of each kv group (with its query heads)."""
