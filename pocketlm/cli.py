@@ -15,8 +15,8 @@ import typer
 # in the order `--help` lists them; a new capability adds its cli module here
 COMMAND_MODULES = ("pocketlm.runtime.cli", "pocketlm.survey.cli", "pocketlm.data.cli", "pocketlm.train.cli",
                    "pocketlm.evaluate.cli", "pocketlm.profile.cli", "pocketlm.compress.cli", "pocketlm.demo",
-                   "pocketlm.fit.cli",
-                   "pocketlm.insights.cli", "pocketlm.runtime.export_cli")
+                   "pocketlm.compress.structured.cli", "pocketlm.fit.cli", "pocketlm.insights.cli",
+                   "pocketlm.runtime.export_cli")
 
 
 def build_app(modules: Sequence[str] = COMMAND_MODULES) -> typer.Typer:

@@ -2,8 +2,8 @@
 
 Steps (each a `demo_section` of its capability folder, run in order):
 build/train a tiny model -> describe it (survey axes, analytic costs, a sample) -> survey trends
--> evaluate -> profile -> shrink (pruning) -> merge (WARM) -> quant (RTN/GPTQ/AWQ) -> insights (the cheap
-ones) -> fit (a device budget).
+-> evaluate -> profile -> shrink (pruning) -> merge (WARM) -> quant (RTN/GPTQ/AWQ) -> structured (prune +
+distill) -> insights (the cheap ones) -> fit (a device budget).
 The report is `report.md` + `report.json` + `report.html` (one self-contained page) in the output folder.
 """
 
@@ -22,8 +22,8 @@ from pocketlm.htmlreport import write_report_html
 from pocketlm.utils import atomic_write_text
 
 console = Console()
-STEPS = ("train", "model", "survey", "evaluate", "profile", "shrink", "merge", "quant", "insights",
-         "fit")  # in order; each later step uses train's model
+STEPS = ("train", "model", "survey", "evaluate", "profile", "shrink", "merge", "quant", "structured",
+         "insights", "fit")  # in order; each later step uses train's model
 
 
 def _model_section(model_dir: Path) -> dict[str, Any]:
@@ -85,6 +85,7 @@ def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     from pocketlm.compress.demo import demo_section as shrink_section
     from pocketlm.compress.merge_demo import demo_section as merge_section
     from pocketlm.compress.quant_demo import run_quant_demo
+    from pocketlm.compress.structured_demo import demo_section as structured_section
     from pocketlm.evaluate.demo import demo_section as evaluate_section
     from pocketlm.fit.demo import demo_section as fit_section
     from pocketlm.insights.demo import demo_section as insights_section
@@ -103,6 +104,7 @@ def run_demo(out_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     step("shrink", lambda: shrink_section(model_dir, out_dir / "shrink"), out_dir / "shrink")
     step("merge", lambda: merge_section(model_dir, out_dir / "merge"), out_dir / "merge")
     step("quant", lambda: run_quant_demo(out_dir / "quant", model_dir), out_dir / "quant")
+    step("structured", lambda: structured_section(model_dir, out_dir / "structured"), out_dir / "structured")
     step("insights", lambda: insights_section(out_dir / "insights"), out_dir / "insights")
     step("fit", lambda: fit_section(model_dir, out_dir / "fit"), out_dir / "fit")
     return _write_report(out_dir, model_dir, sections, failures)

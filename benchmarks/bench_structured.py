@@ -1,0 +1,203 @@
+"""Structured pruning and distillation speed, each against its baseline in the same process.
+
+    python benchmarks/bench_structured.py prune --threads 2     # SmolLM-135M shape, 128 x 512 calibration
+    python benchmarks/bench_structured.py distill --threads 2   # distillation vs plain training tokens/s
+    python benchmarks/bench_structured.py slicegpt              # SliceGPT vs Minitron embedding pruning
+    python benchmarks/bench_structured.py latency --threads 2   # decode ms/token, full vs two 0.5x prunings
+    python benchmarks/bench_structured.py minitron --preset base --steps 100 --threads 1 --out runs/minitron
+
+`prune` scores a SmolLM-135M-shaped model (catalog architecture, seeded random weights) with Minitron's
+activation importance and block influence on 128 x 512 random-token calibration, then slices it to half
+the FFN and residual width and 3/4 of the layers; the baseline is one dense forward over the same
+calibration (the floor: scoring needs at least that). Target: scoring + slicing <= 3 min on 2 threads.
+`distill` trains the tiny preset's half-size student for the same steps at the same batch (16 x 128) with
+plain cross-entropy, with distillation from the live teacher, and from cached top-k teacher logits;
+target: distillation >= 0.8x the plain training tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pocketlm.compress.structured.study import minitron_study  # noqa: E402
+from pocketlm.profile.system import cpu_model  # noqa: E402
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def bench_prune(threads: int) -> dict:
+    from pocketlm.compress.structured.activation import activation_importance
+    from pocketlm.compress.structured.driver import plan_for
+    from pocketlm.compress.structured.shapes import explicit_shape
+    from pocketlm.compress.structured.slicing import slice_model
+    from pocketlm.model.costs import param_counts
+    from pocketlm.runtime import open_model
+
+    torch.set_num_threads(threads)
+    model = open_model("SmolLM-135M", "fp32")
+    cfg = model.config
+    calib = torch.randint(0, cfg.vocab_size, (128, 512), generator=torch.Generator().manual_seed(0))
+    t = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, 128, 8):
+            model(calib[i:i + 8])
+    forward = time.perf_counter() - t
+    t = time.perf_counter()
+    imp = activation_importance(model, calib)  # measures block influence on the same pass
+    t_imp = time.perf_counter() - t
+    layers, t_bi = imp.block_influence, 0.0
+    shape = explicit_shape(cfg, width=0.5, depth=0.75)
+    t = time.perf_counter()
+    pruned = slice_model(model, plan_for(cfg, imp, shape, layers))
+    t_slice = time.perf_counter() - t
+    total = t_imp + t_bi + t_slice
+    return {"what": "prune", "model": "SmolLM-135M shape", "calib": "128x512", "threads": threads,
+            "dense_forward_s": forward, "activation_importance_s": t_imp, "block_influence_s": t_bi,
+            "slice_s": t_slice, "total_s": total, "vs_forward": total / forward, "shape": str(shape),
+            "params": [param_counts(cfg)["total"], param_counts(pruned.config)["total"]],
+            "target_met": total <= 180, "cpu": cpu_model(), "load": _load()}
+
+
+def bench_distill(threads: int, steps: int) -> dict:
+    from pocketlm.compress.structured.driver import prune_structured
+    from pocketlm.compress.structured.shapes import explicit_shape
+    from pocketlm.data.shards import TokenSplit
+    from pocketlm.interop import load_model
+    from pocketlm.train.distill import DistillConfig, Distillation
+    from pocketlm.train.fixtures import trained_preset
+    from pocketlm.train.loop import finetune
+
+    torch.set_num_threads(threads)
+    teacher_dir, summary = trained_preset("tiny")
+    teacher = load_model(teacher_dir).eval()
+    split = TokenSplit.open(summary["data_dir"], "train")
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.from_numpy(split.tokens[: 200_000].astype("int64"))
+    starts = torch.randint(0, tokens.numel() - 130, (16 * steps,), generator=g)
+    windows = torch.stack([tokens[s:s + 129] for s in starts.tolist()])
+    student0 = prune_structured(teacher, None, explicit_shape(teacher.config, width=0.5), method="magnitude").model
+    rows = {}
+    with torch.no_grad():
+        top = [teacher(windows[i:i + 16, :-1]).topk(32, dim=-1) for i in range(0, windows.shape[0], 16)]
+    cached = {"values": torch.stack([t.values for t in top]), "indices": torch.stack([t.indices for t in top])}
+
+    def cached_batches(step: int):
+        i = step % steps
+        return {"tokens": windows[16 * i:16 * (i + 1)], "teacher_values": cached["values"][i],
+                "teacher_indices": cached["indices"][i]}, {}
+
+    for name in ("plain", "distill_live", "distill_cached_top32", "plain_again"):
+        student = copy.deepcopy(student0).train()
+        objective = None if name.startswith("plain") else Distillation(teacher, student, DistillConfig(alpha=1.0))
+        batches = cached_batches if name == "distill_cached_top32" else windows
+        t = time.perf_counter()
+        finetune(student, batches, steps, 1e-3, objective=objective, batch_size=16, threads=threads)
+        rows[name] = 16 * 128 * steps / (time.perf_counter() - t)
+    plain = (rows["plain"] + rows["plain_again"]) / 2
+    return {"what": "distill", "tokens_per_s": rows, "live_vs_plain": rows["distill_live"] / plain,
+            "cached_vs_plain": rows["distill_cached_top32"] / plain, "steps": steps, "batch": "16x128",
+            "threads": threads, "teacher_params": sum(p.numel() for p in teacher.parameters()),
+            "student_params": sum(p.numel() for p in student0.parameters()), "cpu": cpu_model(), "load": _load()}
+
+
+def bench_latency(threads: int) -> dict:
+    """Greedy decode latency (pocketlm's torch runtime, fp32) of a SmolLM-135M-shaped model and of two 0.5x
+    prunings (all layers, narrower FFN; half the layers, full width), in this process, interleaved."""
+    from pocketlm.compress.measure import decode_latency
+    from pocketlm.compress.structured.driver import plan_for, target_shapes
+    from pocketlm.compress.structured.magnitude import magnitude_importance
+    from pocketlm.compress.structured.slicing import slice_model
+    from pocketlm.model.costs import param_counts
+    from pocketlm.runtime import open_model
+
+    torch.set_num_threads(threads)
+    full = open_model("SmolLM-135M", "fp32")
+    cfg = full.config
+    shapes = target_shapes(cfg, "0.5x", max_candidates=64)
+    imp, by_depth = magnitude_importance(full), torch.arange(cfg.n_layer, 0, -1).float()  # random weights
+    models = {"full": full}
+    for name, shape in (("all layers", max(shapes, key=lambda s: (s.n_layer, s.d_model))),
+                        ("half the layers", min(shapes, key=lambda s: (s.n_layer, -s.d_model)))):
+        models[f"{name} {shape}"] = slice_model(full, plan_for(cfg, imp, shape, by_depth)).eval()
+    rows = {k: {"params": param_counts(m.config)["total"], "ms_per_token": []} for k, m in models.items()}
+    for _ in range(3):
+        for k, m in models.items():
+            rows[k]["ms_per_token"].append(decode_latency(m, depth=128, n_gen=16, repeat=1)["ms_per_token"])
+    base = sorted(rows["full"]["ms_per_token"])[1]
+    for r in rows.values():
+        r["median_ms"] = sorted(r["ms_per_token"])[1]
+        r["speedup"] = base / r["median_ms"]
+        r["param_ratio"] = r["params"] / rows["full"]["params"]
+    return {"what": "latency", "rows": rows, "threads": threads, "cpu": cpu_model(), "load": _load()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["prune", "distill", "slicegpt", "minitron", "latency"])
+    ap.add_argument("--preset", default="base", help="minitron: the teacher preset")
+    ap.add_argument("--out", default="runs/minitron", help="minitron: output folder")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=20)
+    a = ap.parse_args()
+    out = {"prune": lambda: bench_prune(a.threads), "distill": lambda: bench_distill(a.threads, a.steps),
+           "slicegpt": lambda: bench_slicegpt(a.threads), "latency": lambda: bench_latency(a.threads),
+           "minitron": lambda: minitron_study(a.out, a.preset, tokens=a.steps * 16 * 128, threads=a.threads)}[a.what]()
+    print(json.dumps(out, indent=2))
+
+
+
+
+def bench_slicegpt(threads: int) -> dict:
+    """SliceGPT (shared rotation) against Minitron embedding-channel pruning at equal parameters, right
+    after pruning (no training): validation loss and KL to the unpruned tiny preset."""
+    from pocketlm.compress.calibration import CalibSpec, calibration_from_shards
+    from pocketlm.compress.structured.driver import prune_structured
+    from pocketlm.compress.structured.shapes import ROUND, Shape
+    from pocketlm.compress.structured.slicegpt import slicegpt
+    from pocketlm.data.shards import TokenSplit
+    from pocketlm.interop import load_model
+    from pocketlm.model.costs import param_counts
+    from pocketlm.train.batches import eval_windows
+    from pocketlm.train.distill import _folder_tokenizer, mean_forward_kl
+    from pocketlm.train.fixtures import trained_preset
+    from pocketlm.train.loop import evaluate_loss
+
+    torch.set_num_threads(threads)
+    teacher_dir, summary = trained_preset("tiny")
+    model = load_model(teacher_dir).eval()
+    data = summary["data_dir"]
+    calib, _ = calibration_from_shards(data, CalibSpec(data, 64, 128), _folder_tokenizer(Path(teacher_dir)))
+    val = eval_windows(TokenSplit.open(data, "val"), 128, 32)
+    rows = []
+    C = model.config.d_model
+    for keep in (0.875, 0.75, 0.625):
+        d = int(C * keep) // ROUND * ROUND
+        sg = slicegpt(model, calib, d)
+        p = param_counts(sg.config)["total"]
+        base = Shape.of(model.config)
+        # Minitron: embedding channels only, the residual width whose (tied) count is nearest SliceGPT's
+        width = min(range(ROUND, C + 1, ROUND), key=lambda w: abs(
+            Shape(base.n_layer, base.n_head, base.n_kv_head, base.intermediate, w).params(model.config) - p))
+        mt = prune_structured(model, calib, Shape(base.n_layer, base.n_head, base.n_kv_head, base.intermediate,
+                                                  width)).model
+        for name, m in (("slicegpt", sg), ("minitron_embedding", mt)):
+            rows.append({"method": name, "d_model": m.config.d_model, "params": param_counts(m.config)["total"],
+                         "val_loss": evaluate_loss(m, val), "kl": mean_forward_kl(model, m, val)})
+    return {"what": "slicegpt", "teacher_params": param_counts(model.config)["total"],
+            "teacher_val_loss": evaluate_loss(model, val), "rows": rows, "cpu": cpu_model(), "load": _load()}
+
+
+if __name__ == "__main__":
+    main()
