@@ -123,3 +123,22 @@ def test_gguf_gptq_file_has_the_rtn_files_tensor_types_and_bytes(tmp_path: Path)
             load_gguf_weights(m, p)
             errs.append(float((m(x) - want).pow(2).mean()))
     assert errs[1] < errs[0]  # GPTQ's objective: the layer outputs on the calibration tokens
+
+
+@pytest.mark.slow
+def test_llamacpp_fit_chooses_gptqs_gguf_on_rtns_measurement(tiny_model: Path, tmp_path: Path) -> None:
+    """700 KB: only Q4_0 fits; its GPTQ file is chosen (lower KL) at the RTN file's measured cost."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (optional extra) not installed")
+    from pocketlm.fit.config import FitConfig
+    from pocketlm.fit.search import fit
+
+    run = dict(SMALL_RUN, runtime="llamacpp", candidates="gguf_qtype=Q4_0,Q4_0-gptq;prune_nm=none")
+    report = fit(FitConfig(str(tiny_model), Budget.parse(max_disk="700KB"), **run), tmp_path, progress=False)
+    recs = {r["candidate"]: r for r in report["candidates"]}
+    rtn, gptq = recs["gguf_qtype=Q4_0"], recs["gguf_qtype=Q4_0-gptq"]
+    assert report["counts"]["measured_this_run"] == 3  # Q4_0 and the two baselines (Q8_0, Q4_K_M); GPTQ shares Q4_0's
+    assert gptq["measured"] == rtn["measured"]
+    assert report["chosen"] == "gguf_qtype=Q4_0-gptq"
+    artifact = Path(report["artifact"]["gguf"])
+    assert artifact.name == "model-Q4_0-GPTQ.gguf" and artifact.stat().st_size == rtn["measured"]["disk_bytes"]
+    assert not report["verify"]["misses"]
