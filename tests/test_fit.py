@@ -72,8 +72,8 @@ def test_candidate_axes_are_data_and_unknown_values_are_refused() -> None:
     assert keys == ["precision=int8", "precision=int4", "prune_nm=2:4 + precision=int8", "prune_nm=2:4 + precision=int4"]
     with pytest.raises(CandidateError, match="unknown axis 'gptq'"):
         parse_axes("gptq=int4", "torch")
-    with pytest.raises(CandidateError, match="no value 'int3'"):
-        parse_axes("precision=int3", "torch")
+    with pytest.raises(CandidateError, match="no value 'int2'"):
+        parse_axes("precision=int2", "torch")
     assert "Q4_K_M" in parse_axes(None, "llamacpp")["gguf_qtype"]
 
 

@@ -6,11 +6,13 @@ A candidate is one value per axis, e.g. `prune_nm=2:4 + gguf_qtype=Q4_K_M`. Two 
   structured width/depth pruning and distillation register here when they land. `apply(model, value, ctx)`
   returns the changed float model; `config(cfg, value)` the architecture it has afterwards (the cost
   model's input); `"none"` is always a value and leaves the model as it is.
-- a *format* builder is what the runtime runs: `precision` (torch: fp32/bf16/int8/int4) and
-  `gguf_qtype` (llama.cpp). `dtype(value)` is the profile Setting's dtype; `bits(value)` the stored bits
+- a *format* builder is what the runtime runs: `precision` (torch: fp32/bf16/int8/int4, and int4/int3
+  codes chosen by GPTQ or AWQ: `int4-gptq`, `int3-awq`) and `gguf_qtype` (llama.cpp's types, and
+  `Q4_0-gptq` / `Q8_0-awq`: GPTQ's or AWQ's codes written into that type's blocks). `dtype(value)` is the profile Setting's dtype; `bits(value)` the stored bits
   per weight (scales included) the cost model reads; `emulate(model, value, ctx)` a model that computes
   what the runtime computes (for quality), and `write(model, value, out, ctx)` the deployable files.
-  GPTQ / AWQ register as format builders (values such as `gptq-int4`) whose emulate/write run the solver.
+  A runtime has one format axis, so a calibrated solver is a value suffix (`-gptq`, `-awq`) whose
+  `dtype` is the plain format's: same kernels and bytes, so same cost and one shared measurement.
 
 Only builders that work today are registered; see docs/fit.md for adding one.
 """
@@ -18,6 +20,7 @@ Only builders that work today are registered; see docs/fit.md for adding one.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import tempfile
 from dataclasses import dataclass
@@ -40,6 +43,15 @@ class BuildContext:
     threads: int | None = None
     scratch: Path | None = None
     group_size: int = 32
+    calibrate: Callable[[], torch.Tensor] | None = None  # computes `calib` on first use
+
+    def calibration(self) -> torch.Tensor:
+        """The calibration tokens, computed on first use (GPTQ / AWQ / Wanda need them, RTN does not)."""
+        if self.calib is None and self.calibrate is not None:
+            self.calib = self.calibrate()
+        if self.calib is None:
+            raise ValueError("this candidate needs calibration tokens: give BuildContext calib= or calibrate=")
+        return self.calib
 
 
 @dataclass(frozen=True)
@@ -125,6 +137,10 @@ def parse_axes(spec: str | None, runtime: str) -> dict[str, tuple[str, ...]]:
             raise CandidateError(f"--candidates {part!r}: give values, e.g. {name}={','.join(axes[name][:2])}")
         allowed = BUILDERS[name].values + (("none",) if BUILDERS[name].kind == "weights" else ())
         bad = [v for v in vals if v not in allowed and not _open_value(name, v)]
+        if bad and name == "gguf_qtype" and "-" in bad[0]:
+            raise CandidateError(f"--candidates: {bad[0]!r}: GPTQ / AWQ GGUF candidates are {GGUF_SOLVER_TYPES} "
+                                 f"with a suffix from {SOLVERS} (e.g. Q4_0-gptq); the other types' files mix in "
+                                 "tensors from llama.cpp's quantizer, so their cost is not the RTN file's")
         if bad:
             raise CandidateError(f"--candidates: {name} has no value {bad[0]!r}; choose from {allowed}")
         axes[name] = vals
@@ -139,6 +155,9 @@ def _open_value(axis: str, value: str) -> bool:
     if axis == "gguf_qtype":
         from pocketlm.export.gguf import GGUF_TYPES
 
+        qtype, _, method = value.partition("-")
+        if method:
+            return qtype.upper() in GGUF_SOLVER_TYPES and method.lower() in SOLVERS
         return value.upper() in GGUF_TYPES
     return False
 
@@ -163,7 +182,7 @@ def build_weights(base: Any, cand: Candidate, ctx: BuildContext) -> Any:
 def _prune_nm(model: Any, value: str, ctx: BuildContext) -> Any:
     from pocketlm.compress.prune.driver import prune
 
-    prune(model, "wanda", pattern=value, calib=ctx.calib)
+    prune(model, "wanda", pattern=value, calib=ctx.calibration())
     return model
 
 
@@ -177,11 +196,20 @@ register(Builder(
 
 # stored bits per weight of each format, scales included (int4: a bf16 scale and zero per group of 32)
 TORCH_BITS = {"fp32": 32.0, "bf16": 16.0, "fp16": 16.0, "int8": 8.0 + 32 / 4096, "int4": 4.0 + 32 / 32}
+SOLVERS = ("gptq", "awq")  # calibrated quantizers (compress/quantize), a `-method` suffix on a format value
+# torch: 3-bit codes live in the int4 kernel's container, so int3 runs (and costs) what int4 does
+TORCH_VALUES = ("fp32", "bf16", "int8", "int4", "int4-gptq", "int4-awq", "int3", "int3-gptq", "int3-awq")
 # llama.cpp's averages (ggml block layouts; K-quant mixes as llama.cpp's quantize tool lists them for 7B)
 GGUF_BITS = {"F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.5625, "Q5_K_M": 5.69,
              "Q5_K_S": 5.54, "Q5_1": 6.0, "Q5_0": 5.5, "Q4_K_M": 4.85, "Q4_K_S": 4.58, "Q4_1": 5.0,
              "Q4_0": 4.5, "IQ4_NL": 4.5, "IQ4_XS": 4.25, "Q3_K_L": 4.27, "Q3_K_M": 3.91, "Q3_K_S": 3.5,
              "Q2_K": 3.35}
+
+
+def torch_dtype(value: str) -> str:
+    """The runtime format of a precision value: `int3-gptq` -> `int4` (its kernels and bytes)."""
+    base = value.partition("-")[0]
+    return "int4" if base == "int3" else base
 
 
 def _torch_emulate(model: Any, value: str, ctx: BuildContext) -> Any:
@@ -191,13 +219,34 @@ def _torch_emulate(model: Any, value: str, ctx: BuildContext) -> Any:
     model = copy.deepcopy(model)
     if value in FLOAT_DTYPES:
         return model.to(FLOAT_DTYPES[value]).eval()
-    return quantize_model(model.to(torch.bfloat16), value, ctx.group_size, skip_unsupported=True).eval()
+    if value in ("int8", "int4"):
+        return quantize_model(model.to(torch.bfloat16), value, ctx.group_size, skip_unsupported=True).eval()
+    return _solver_int(model.to(torch.bfloat16), value, ctx).eval()
+
+
+def _solver_int(model: Any, value: str, ctx: BuildContext) -> Any:
+    """`int4-gptq`, `int3-awq`, `int3` (RTN): compress.quantize's driver on the block matrices, then the LM
+    head by RTN int4 as `quantize_model` does, so the model holds the int4 candidate's very tensors."""
+    from pocketlm.compress.quantize.driver import quantize
+    from pocketlm.model.quantize import round_to_grid, to_kernels
+
+    base, _, method = value.partition("-")
+    method = method or "rtn"
+    quantize(model, method, int(base.removeprefix("int")), ctx.group_size, sym=False,
+             calib=ctx.calibration() if method != "rtn" else None)
+    recipe = model.transforms.quantization
+    head = [n for n in recipe.float_layers if n == "lm_head"]
+    if head:
+        recipe = dataclasses.replace(recipe, float_layers=tuple(n for n in recipe.float_layers if n != "lm_head"))
+        to_kernels(model, lambda name, lin: round_to_grid(lin.weight, "int4", recipe.group_size)
+                   if name == "lm_head" else None, recipe)
+    return model
 
 
 def _torch_write(model: Any, value: str, out: Path, ctx: BuildContext) -> dict:
     from pocketlm.interop import UnsupportedModelError, save_hf, save_native
 
-    if value in ("int8", "int4"):  # integers: pocketlm's format keeps codes, scales and zeros
+    if torch_dtype(value) in ("int8", "int4"):  # integers: pocketlm's format keeps codes, scales and zeros
         save_native(_torch_emulate(model, value, ctx), out, tokenizer=ctx.tokenizer)
         return {"format": "pocketlm (quantized)", "model_dir": str(out)}
     try:
@@ -209,9 +258,10 @@ def _torch_write(model: Any, value: str, out: Path, ctx: BuildContext) -> dict:
 
 
 register(Builder(
-    "precision", "format", ("torch",), ("fp32", "bf16", "int8", "int4"), dtype=lambda v: v,
-    bits=lambda v, cfg=None: TORCH_BITS[v], emulate=_torch_emulate, write=_torch_write,
-    doc="pocketlm's torch runtime: float precisions and RTN weight-only int8 / int4 (group 32)."))
+    "precision", "format", ("torch",), TORCH_VALUES, dtype=torch_dtype,
+    bits=lambda v, cfg=None: TORCH_BITS[torch_dtype(v)], emulate=_torch_emulate, write=_torch_write,
+    doc="pocketlm's torch runtime: float precisions, RTN weight-only int8 / int4 (group 32), and int4 / "
+        "int3 codes by RTN, GPTQ or AWQ (compress/quantize) in the int4 kernels."))
 
 
 # llama.cpp's quantizer needs rows of 256 for the K-quants and IQ4_XS; other rows fall back to these
@@ -241,10 +291,27 @@ def gguf_bits(value: str, cfg: Any = None) -> float:
     return (GGUF_BITS[q] * rest + GGUF_BITS[K_FALLBACK[q]] * bad + head_bits * vocab) / total
 
 
+# the types whose every tensor pocketlm writes itself: GPTQ's / AWQ's blocks beside the others in the same
+# type make the very tensor types (and bytes) of the RTN file, so the two share one measurement
+GGUF_SOLVER_TYPES = ("Q8_0", "Q4_0")
+
+
+def gguf_dtype(value: str) -> str:
+    """The GGUF type of a gguf_qtype value: `Q4_0-gptq` -> `Q4_0`."""
+    return value.partition("-")[0].upper()
+
+
 def _gguf_file(model: Any, value: str, path: Path, ctx: BuildContext) -> Path:
     from pocketlm.export.gguf import export_gguf
 
-    return export_gguf(model, path, value.upper(), threads=ctx.threads)
+    qtype, _, method = value.partition("-")
+    if not method:
+        return export_gguf(model, path, qtype.upper(), threads=ctx.threads)
+    from pocketlm.compress.quantize.gguf_export import export_quantized_gguf
+
+    export_quantized_gguf(copy.deepcopy(model), path, qtype.upper(), method.lower(), ctx.calibration(),
+                          rest=qtype.upper())
+    return path
 
 
 def _gguf_emulate(model: Any, value: str, ctx: BuildContext) -> Any:
@@ -273,6 +340,9 @@ def _gguf_write(model: Any, value: str, out: Path, ctx: BuildContext) -> dict:
 
 register(Builder(
     "gguf_qtype", "format", ("llamacpp",),
-    ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "IQ4_XS", "Q3_K_M", "Q3_K_S", "Q2_K"),
-    dtype=lambda v: v.upper(), bits=gguf_bits, emulate=_gguf_emulate, write=_gguf_write,
-    doc="llama.cpp's tensor types, written by pocketlm's exporter and llama.cpp's own quantizer."))
+    ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "IQ4_XS", "Q3_K_M", "Q3_K_S", "Q2_K",
+     "Q4_0-gptq", "Q4_0-awq"),
+    dtype=gguf_dtype, bits=lambda v, cfg=None: gguf_bits(gguf_dtype(v), cfg), emulate=_gguf_emulate,
+    write=_gguf_write,
+    doc="llama.cpp's tensor types, written by pocketlm's exporter and llama.cpp's own quantizer; Q8_0 / "
+        "Q4_0 also with GPTQ's or AWQ's codes in their blocks (compress/quantize/gguf_export)."))

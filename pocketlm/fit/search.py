@@ -112,7 +112,7 @@ class Fit:
         self.scratch = out_dir / ".scratch"
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.ctx = BuildContext(calib=None, tokenizer=self.tokenizer, threads=cfg.threads or None,
-                                scratch=self.scratch)
+                                scratch=self.scratch, calibrate=self._calib)
         self.heldout = self._heldout()
         self.notes: list[str] = []
         self.measurements_run = 0
@@ -170,8 +170,10 @@ class Fit:
     # ---- measuring -----------------------------------------------------------------------------------
 
     def _cost_group(self, cand: Candidate) -> str:
-        """Candidates with the same architecture and format cost the same to run (zeros are stored densely)."""
-        return fingerprint(cand.config(self.base_cfg).to_dict(), cand.format)
+        """Candidates with the same architecture and runtime format cost the same to run: zeros are stored
+        densely, and GPTQ's / AWQ's codes fill the very tensors RTN's do (`int4-gptq` runs as `int4`)."""
+        axis, value = cand.format
+        return fingerprint(cand.config(self.base_cfg).to_dict(), (axis, self.fmt.dtype(value)))
 
     def measure(self, rec: Record) -> dict:
         """The candidate's measured cost, from the store or a fresh worker process."""
@@ -204,8 +206,6 @@ class Fit:
     def _weights(self, cand: Candidate):
         wk = cand.weights_key
         if wk not in self._weights_cache:
-            if wk != "dense":
-                self._calib()
             self._weights_cache[wk] = build_weights(self.ref_model, cand, self.ctx)
         return self._weights_cache[wk]
 
@@ -293,8 +293,11 @@ def _search(run: Fit) -> dict:
     recs = run.records
     fmt_values = run.axes[run.fmt.name]
 
+    def runtime_format(rec: Record) -> str:  # what the runtime runs: `int4-gptq` -> `int4`
+        return run.fmt.dtype(rec.candidate.format[1])
+
     def feats(rec: Record) -> dict:
-        v = rec.candidate.format[1]
+        v = runtime_format(rec)
         arch = rec.candidate.config(run.base_cfg)
         return features(arch, run.fmt.bits(v, arch), cfg.runtime, v, cfg.context, cfg.context - cfg.gen, cfg.prompt)
 
@@ -306,14 +309,14 @@ def _search(run: Fit) -> dict:
     for r in anchors.values():
         run.measure(r)
     model = CostModel.fit([(r.key, feats(r), r.measured) for r in anchors.values()],
-                          [r.candidate.format[1] for r in anchors.values()])
+                          [runtime_format(r) for r in anchors.values()])
 
     anchor_groups = {run._cost_group(r.candidate) for r in anchors.values()}
 
     # 2. predict every candidate; discard clear misses
     relaxed = _relaxed(budget, cfg.margin)
     for r in recs.values():
-        r.predicted = model.predict(feats(r), r.candidate.format[1])
+        r.predicted = model.predict(feats(r), runtime_format(r))
         if relaxed.misses(r.predicted) and r.key not in anchors:
             r.status, r.misses = "discarded by the cost model", budget.misses(r.predicted)
     alive = [r for r in recs.values() if r.status != "discarded by the cost model"]
@@ -458,9 +461,7 @@ def run_verify(run: Fit, rec: Record, artifact: dict) -> dict:
     """Re-measure the written artifact in a fresh process; does it still meet the budget?"""
     from pocketlm.profile.runner import run_setting
 
-    setting = run.setting(rec.candidate.format[1], artifact["model_dir"])
-    if run.cfg.runtime == "torch" and rec.candidate.format[1] in ("int8", "int4"):
-        setting = dataclasses.replace(setting, dtype=rec.candidate.format[1])
+    setting = run.setting(rec.candidate.format[1], artifact["model_dir"])  # the dtype the checkpoint holds
     measured = summarize_measurement(run_setting(setting), run.cfg)
     weights = [Path(artifact["gguf"])] if "gguf" in artifact else list(Path(artifact["model_dir"]).glob("*.safetensors"))
     measured["disk_bytes"] = sum(f.stat().st_size for f in weights)
