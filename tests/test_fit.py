@@ -116,7 +116,8 @@ def test_cost_model_recovers_a_linear_device_and_scales_anchored_formats() -> No
 def tiny_model() -> Path:
     from pocketlm.train.fixtures import trained_preset
 
-    return trained_preset("tiny")[0]
+    # the tiny architecture (its sizes set the budgets below), trained briefly: 60 steps, not the preset's 1000
+    return trained_preset("tiny", steps=60, warmup_steps=10, eval_every=30, ckpt_every=30)[0]
 
 
 @pytest.fixture(scope="module")
