@@ -26,6 +26,11 @@ T = TypeVar("T")
 _RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths in one atomic step
 
 
+def cache_root() -> Path:
+    """pocketlm's cache folder: $POCKETLM_CACHE, else ~/.cache/pocketlm (trained fixtures, calibration, kernels)."""
+    return Path(os.environ.get("POCKETLM_CACHE", Path.home() / ".cache" / "pocketlm"))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -117,7 +117,7 @@ def calibration_batches(spec: CalibSpec | str, tokenizer: Any, seed: int = 0, ca
     content hash, the tokenizer, N, L, seed and the sampler version, so a changed input resamples."""
     from safetensors.torch import load_file, save_file
 
-    from pocketlm.train.fixtures import cache_root
+    from pocketlm.utils import cache_root
     from pocketlm.utils import atomic_path
 
     spec = CalibSpec.parse(spec) if isinstance(spec, str) else spec

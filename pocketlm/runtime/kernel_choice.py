@@ -100,7 +100,7 @@ def _machine_id(machine: dict) -> str:
 
 
 def default_cache_path() -> Path:
-    from pocketlm.train.fixtures import cache_root
+    from pocketlm.utils import cache_root
 
     return cache_root() / "kernels.json"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from pocketlm.data.tokenizer import TextTokenizer
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import Transformer
 from pocketlm.train.config import TrainConfig, preset
-from pocketlm.utils import atomic_write_text
+from pocketlm.utils import atomic_write_text, cache_root
 
 PKG = Path(pocketlm.__file__).resolve().parent
 # the code whose changes alter prepared data or trained weights (not CLIs, demos, reports)
@@ -30,10 +29,6 @@ CODE_FILES = [PKG / "data" / f"{m}.py" for m in ("readers", "normalize", "dedup"
              [PKG / "model" / "transformer.py", PKG / "model" / "config.py"]
 # the bundled corpus is short stories: Gopher's 50-word minimum would drop a sixth of them
 BUNDLED_MIN_WORDS = 20
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("POCKETLM_CACHE", Path.home() / ".cache" / "pocketlm"))
 
 
 def _digest(*parts: bytes) -> str:
