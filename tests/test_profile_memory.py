@@ -28,7 +28,7 @@ def _cfg(**kw) -> ModelConfig:
 def test_kv_cache_memory_equals_analytic_bytes(dtype, nbytes) -> None:
     cfg = _cfg()
     model = Transformer(cfg).to(dtype)
-    ctx = 16384  # large enough that allocator noise (~0.3 MB seen) stays well inside 3%
+    ctx = 65536  # large enough that allocator noise (0.3-1.8 MB seen in a full run) stays well inside 3%
     analytic = costs.kv_cache_bytes(cfg, ctx, dtype_bytes=nbytes)
     release_memory()  # hand freed heap back to the OS so the new cache must fault in fresh pages
     before = rss_bytes()
