@@ -30,6 +30,9 @@ def register(app: typer.Typer) -> None:
         calib: str = typer.Option("bundled:64x256", help="calibration SOURCE:NxL"),
         tokenizer: Optional[str] = typer.Option(None, help="tokenizer folder/file when the model has none"),
         max_candidates: int = typer.Option(12, help="candidate shapes ranked for --target-params"),
+        per_layer: bool = typer.Option(False, "--per-layer", help="heterogeneous widths: each shape's kv groups "
+                                       "and FFN channels shared out over the layers by importance (saved in "
+                                       "pocketlm's format; `pocketlm export gguf` writes llama.cpp's deci arch)"),
         as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     ) -> None:
         """Remove heads, FFN channels, embedding channels and layers: a standard, smaller model."""
@@ -38,13 +41,16 @@ def register(app: typer.Typer) -> None:
         report = prune_structured_checkpoint(
             model, out, calib=calib, target_params=target_params, method=method, layer_method=layer_method,
             contiguous=contiguous, max_candidates=max_candidates, tokenizer=tokenizer, progress=not as_json,
+            per_layer=per_layer,
             width=width, depth=depth, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
             intermediate=intermediate, d_model=d_model)
         if as_json:
             typer.echo(json.dumps(report))
             return
         for row in report["ranking"]:
-            typer.echo(f"  {row['shape']:<24} {row['params']:>12,}" + (f"  KL {row['kl']:.4f}" if "kl" in row else ""))
+            typer.echo(f"  {row['shape']:<24} {row['params']:>12,}" + (f"  KL {row['kl']:.4f}" if "kl" in row else "")
+                       + (f"  heads {row['per_layer']['n_head']} FFN {row['per_layer']['intermediate']}"
+                          if "per_layer" in row else ""))
         typer.echo(f"{report['params_before']:,} -> {report['params_after']:,} parameters ({report['ratio']:.2f}x); "
                    f"wrote {out} ({report['format']})")
 
