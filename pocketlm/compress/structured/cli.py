@@ -65,6 +65,10 @@ def register(app: typer.Typer) -> None:
         method: str = typer.Option("activation", help="width importance: activation, magnitude, taylor"),
         layer_method: str = typer.Option("block_influence", help="layer importance: block_influence or removal_kl"),
         calib: str = typer.Option("64x128", help="NxL windows of the training data for importance and ranking"),
+        candidates: int = typer.Option(1, help="distil the top K ranked shapes briefly and keep the lowest "
+                                       "validation loss (Minitron's candidate selection); 1: the top shape"),
+        candidate_tokens: Optional[str] = typer.Option(None, help="tokens of each candidate's short distillation "
+                                                       "(default: a tenth of a round's)"),
         batch_size: int = typer.Option(16),
         seq_len: int = typer.Option(128),
         lr: float = typer.Option(1e-3),
@@ -79,7 +83,9 @@ def register(app: typer.Typer) -> None:
 
         scfg = ShrinkConfig(target_params=target_params, tokens=parse_count(tokens, 0), rounds=steps, method=method,
                             layer_method=layer_method, calib=calib, batch_size=batch_size, seq_len=seq_len, lr=lr,
-                            temperature=temperature, alpha=alpha, threads=threads, progress=progress)
+                            temperature=temperature, alpha=alpha, threads=threads, progress=progress,
+                            candidates=candidates,
+                            candidate_tokens=None if candidate_tokens is None else parse_count(candidate_tokens, 0))
         result = shrink(teacher, out, scfg, data_dir=data)
         f = result.report["final"]
         typer.echo(f"{f['shape']}: {f['params']:,} parameters ({f['ratio']:.2f}x), val loss {f['val_loss']:.4f} "

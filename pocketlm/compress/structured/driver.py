@@ -93,6 +93,7 @@ class StructuredResult:
     seconds: dict[str, float] = field(default_factory=dict)
     method: str = "activation"
     layer_method: str = "block_influence"
+    top: list[tuple[Shape, SlicePlan, Transformer]] = field(default_factory=list)  # best `keep`, by KL
 
     def summary(self) -> dict[str, Any]:
         out = {"shape": self.shape.to_dict(), "params_before": self.params_before, "params_after": self.params_after,
@@ -114,11 +115,13 @@ def layer_widths(cfg) -> dict[str, list[int]]:
 def prune_structured(model: Transformer, calib: Tensor | None, shapes: list[Shape] | Shape, *,
                      method: str = "activation", layer_method: str = "block_influence", contiguous: bool = False,
                      rank_tokens: int = 16, batch_size: int = 8, progress: bool = False,
-                     per_layer: bool = False) -> StructuredResult:
+                     per_layer: bool = False, keep: int = 1) -> StructuredResult:
     """Prune `model` (untouched) to the best of `shapes`: each candidate is sliced from the same scores and
     ranked by KL(unpruned || pruned) on the last `rank_tokens` calibration sequences (not used to score).
     `per_layer`: each shape's budget of kv groups and FFN channels is shared out over the layers by
-    importance (`plan_for`), giving per-layer widths with the shape's parameter count."""
+    importance (`plan_for`), giving per-layer widths with the shape's parameter count. `keep`: the best
+    `keep` candidates (shape, plan, pruned model) are returned in `top`, best first (for `shrink`'s
+    short distillation of the top few)."""
     shapes = [shapes] if isinstance(shapes, Shape) else list(shapes)
     cfg = model.config
     t0 = time.perf_counter()
@@ -138,7 +141,7 @@ def prune_structured(model: Transformer, calib: Tensor | None, shapes: list[Shap
                                                                                            batch_size)
     t_score = time.perf_counter() - t0
     before = param_counts(cfg)["total"]
-    ranking, best = [], None
+    ranking, top = [], []
     ref = depth.reference_logits(model, rank_calib, batch_size) if len(shapes) > 1 else None
     for shape in shapes:
         plan = plan_for(cfg, imp, shape, layer_scores, contiguous, per_layer)
@@ -149,13 +152,12 @@ def prune_structured(model: Transformer, calib: Tensor | None, shapes: list[Shap
         if ref is not None:
             row["kl"] = depth.kl_to(ref, pruned, rank_calib, batch_size)
         ranking.append(row)
-        if best is None or (ref is not None and row["kl"] < best[0]["kl"]):
-            best = (row, shape, plan, pruned)
+        top = sorted(top + [(row.get("kl", 0.0), len(ranking), shape, plan, pruned)], key=lambda t: t[:2])[:keep]
     ranking.sort(key=lambda r: r.get("kl", 0.0))
-    _, shape, plan, pruned = best
+    _, _, shape, plan, pruned = top[0]
     seconds = {"score": t_score, "total": time.perf_counter() - t0}
     return StructuredResult(pruned, shape, plan, before, param_counts(pruned.config)["total"], ranking,
-                            seconds, method, layer_method)
+                            seconds, method, layer_method, [t[2:] for t in top])
 
 
 def target_shapes(cfg, target_params: str | int | None = None, *, tolerance: float = 0.02,
