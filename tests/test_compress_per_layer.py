@@ -143,3 +143,11 @@ def test_prune_structured_cli_per_layer_writes_a_pocketlm_model(tmp_path):
     assert [student.config.ffn_dim(i) for i in range(cfg.n_layer)] == report["per_layer"]["intermediate"]
     assert sum(report["per_layer"]["intermediate"]) == cfg.n_layer * (cfg.ffn_dim(0) // 2)
     assert report["params_after"] == sum(p.numel() for p in student.parameters())
+
+
+def test_a_shape_transformers_refuses_is_refused_as_unsupported_so_it_saves_natively(tmp_path):
+    m = _model(n_kv_head=None, qkv_bias=False)
+    pruned = prune_structured(m, None, Shape(4, 3, 3, 96, 64), method="magnitude").model  # 64 % 3 != 0
+    with pytest.raises(UnsupportedModelError, match="transformers refuses .*not a multiple"):
+        save_hf(pruned, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
