@@ -161,27 +161,33 @@ def main() -> None:
 
 
 
-def bench_slicegpt(threads: int) -> dict:
-    """SliceGPT (shared rotation) against Minitron embedding-channel pruning at equal parameters, right
-    after pruning (no training): validation loss and KL to the unpruned tiny preset."""
+def _tiny_teacher(threads: int):
+    """The trained tiny preset, 64 x 128 calibration windows of its training split, 32 validation windows."""
     from pocketlm.compress.calibration import CalibSpec, calibration_from_shards
-    from pocketlm.compress.structured.driver import prune_structured
-    from pocketlm.compress.structured.shapes import ROUND, Shape
-    from pocketlm.compress.structured.slicegpt import slicegpt
     from pocketlm.data.shards import TokenSplit
     from pocketlm.interop import load_model
-    from pocketlm.model.costs import param_counts
     from pocketlm.train.batches import eval_windows
-    from pocketlm.train.distill import _folder_tokenizer, mean_forward_kl
+    from pocketlm.train.distill import _folder_tokenizer
     from pocketlm.train.fixtures import trained_preset
-    from pocketlm.train.loop import evaluate_loss
 
     torch.set_num_threads(threads)
     teacher_dir, summary = trained_preset("tiny")
-    model = load_model(teacher_dir).eval()
     data = summary["data_dir"]
     calib, _ = calibration_from_shards(data, CalibSpec(data, 64, 128), _folder_tokenizer(Path(teacher_dir)))
-    val = eval_windows(TokenSplit.open(data, "val"), 128, 32)
+    return load_model(teacher_dir).eval(), calib, eval_windows(TokenSplit.open(data, "val"), 128, 32)
+
+
+def bench_slicegpt(threads: int) -> dict:
+    """SliceGPT (shared rotation) against Minitron embedding-channel pruning at equal parameters, right
+    after pruning (no training): validation loss and KL to the unpruned tiny preset."""
+    from pocketlm.compress.structured.driver import prune_structured
+    from pocketlm.compress.structured.shapes import ROUND, Shape
+    from pocketlm.compress.structured.slicegpt import slicegpt
+    from pocketlm.model.costs import param_counts
+    from pocketlm.train.distill import mean_forward_kl
+    from pocketlm.train.loop import evaluate_loss
+
+    model, calib, val = _tiny_teacher(threads)
     rows = []
     C = model.config.d_model
     for keep in (0.875, 0.75, 0.625):
@@ -204,21 +210,11 @@ def bench_slicegpt(threads: int) -> dict:
 def bench_per_layer(threads: int) -> dict:
     """Uniform against per-layer widths under the same parameter budget, right after pruning (no
     training): the best ranked shape's validation loss and KL to the unpruned tiny preset, per method."""
-    from pocketlm.compress.calibration import CalibSpec, calibration_from_shards
     from pocketlm.compress.structured.driver import layer_widths, prune_structured, target_shapes
-    from pocketlm.data.shards import TokenSplit
-    from pocketlm.interop import load_model
-    from pocketlm.train.batches import eval_windows
-    from pocketlm.train.distill import _folder_tokenizer, mean_forward_kl
-    from pocketlm.train.fixtures import trained_preset
+    from pocketlm.train.distill import mean_forward_kl
     from pocketlm.train.loop import evaluate_loss
 
-    torch.set_num_threads(threads)
-    teacher_dir, summary = trained_preset("tiny")
-    model = load_model(teacher_dir).eval()
-    data = summary["data_dir"]
-    calib, _ = calibration_from_shards(data, CalibSpec(data, 64, 128), _folder_tokenizer(Path(teacher_dir)))
-    val = eval_windows(TokenSplit.open(data, "val"), 128, 32)
+    model, calib, val = _tiny_teacher(threads)
     rows = []
     for target in ("0.75x", "0.5x"):
         shapes = target_shapes(model.config, target, max_candidates=8)

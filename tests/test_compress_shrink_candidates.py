@@ -39,7 +39,7 @@ def test_candidates_keep_the_lowest_loss_after_the_short_distillation(runs):
     assert str(Shape(**rnd["pruning"]["shape"])) == best["shape"] and rnd["params"] == best["params"]
     assert rnd["pruned"]["val_loss"] == pytest.approx(best["val_loss_pruned"], abs=1e-6)  # its *pruned* weights
     by_loss = [r["proxy_rank"] for r in sorted(rows, key=lambda r: r["val_loss"])]
-    assert cands["ranking_changed"] == (by_loss != [1, 2, 3])
+    assert cands["order_after"] == by_loss and cands["ranking_changed"] == (by_loss != [1, 2, 3])
     for j in (1, 2, 3):
         assert (out / "round1" / "candidates" / f"c{j}" / "distill_log.jsonl").is_file()
     assert report["final"]["candidate_tokens"] == 3 * 3 * BATCH

@@ -216,13 +216,13 @@ def _pick_candidate(res, pruning: dict[str, Any], distil: Callable, folder: Path
         ranked = res.ranking[j]  # ranking and top share one order (KL, then candidate order)
         rows.append({"proxy_rank": j + 1, "shape": str(shape), "params": ranked["params"], "kl": ranked.get("kl"),
                      "val_loss_pruned": val_loss(model), "val_loss": kd.val_loss, "kl_after": kd.kl_after})
-    best = min(range(len(rows)), key=lambda j: (rows[j]["val_loss"], j))
-    shape, plan, model = res.top[best]
     by_loss = sorted(range(len(rows)), key=lambda j: (rows[j]["val_loss"], j))
+    best = by_loss[0]
+    shape, plan, model = res.top[best]
     pruning = {**pruning, "shape": shape.to_dict(), "kept_layers": plan.layers,
                "params_after": rows[best]["params"], "ratio": rows[best]["params"] / res.params_before,
                "candidates": {"tokens": tokens, "chosen": best + 1, "ranking_changed": by_loss != sorted(by_loss),
-                              "rows": rows}}
+                              "order_after": [j + 1 for j in by_loss], "rows": rows}}
     return model, pruning
 
 
@@ -276,8 +276,11 @@ def report_markdown(report: dict[str, Any]) -> str:
             lines += [f"| {c['proxy_rank']} | {c['shape']} | {c['params']:,} | {c['kl']:.4f} | "
                       f"{c['val_loss_pruned']:.4f} | {c['val_loss']:.4f} | {'yes' if c['proxy_rank'] == cands['chosen'] else ''} |"
                       for c in cands["rows"]]
+            order = ", ".join(map(str, cands["order_after"]))
             lines += ["", "The short distillation " + ("changed the ranking" if cands["ranking_changed"] else
-                                                       "kept the proxy's ranking") + "."]
+                                                       "kept the proxy's ranking") + f" (proxy ranks by loss after it: "
+                      f"{order}); " + ("the proxy's best is kept." if cands["chosen"] == 1 else
+                                       f"proxy rank {cands['chosen']} replaces the proxy's best.")]
     f = report["final"]
     lines += ["", f"Final: {f['shape']}, {f['params']:,} parameters ({f['ratio']:.2f}x), validation loss "
               f"{f['val_loss']:.4f}, KL to the teacher {f['kl']:.4f}, {f['tokens']:,} distillation tokens."]
