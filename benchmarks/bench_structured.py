@@ -5,7 +5,7 @@
     python benchmarks/bench_structured.py slicegpt              # SliceGPT vs Minitron embedding pruning
     python benchmarks/bench_structured.py latency --threads 2   # decode ms/token, full vs two 0.5x prunings
     python benchmarks/bench_structured.py minitron --preset base --steps 100 --threads 1 --out runs/minitron
-    python benchmarks/bench_structured.py per-layer --threads 1  # uniform vs per-layer widths, same budget
+    python benchmarks/bench_structured.py per-layer --threads 1 [--steps 50 --out runs/per_layer]  # uniform vs per-layer
 
 `prune` scores a SmolLM-135M-shaped model (catalog architecture, seeded random weights) with Minitron's
 activation importance and block influence on 128 x 512 random-token calibration, then slices it to half
@@ -154,7 +154,7 @@ def main() -> None:
     a = ap.parse_args()
     out = {"prune": lambda: bench_prune(a.threads), "distill": lambda: bench_distill(a.threads, a.steps),
            "slicegpt": lambda: bench_slicegpt(a.threads), "latency": lambda: bench_latency(a.threads),
-           "per-layer": lambda: bench_per_layer(a.threads),
+           "per-layer": lambda: bench_per_layer(a.threads, a.steps if "--steps" in sys.argv else 0, a.out),
            "minitron": lambda: minitron_study(a.out, a.preset, tokens=a.steps * 16 * 128, threads=a.threads)}[a.what]()
     print(json.dumps(out, indent=2))
 
@@ -207,14 +207,18 @@ def bench_slicegpt(threads: int) -> dict:
             "teacher_val_loss": evaluate_loss(model, val), "rows": rows, "cpu": cpu_model(), "load": _load()}
 
 
-def bench_per_layer(threads: int) -> dict:
-    """Uniform against per-layer widths under the same parameter budget, right after pruning (no
-    training): the best ranked shape's validation loss and KL to the unpruned tiny preset, per method."""
+def bench_per_layer(threads: int, steps: int = 0, out: str = "runs/per_layer") -> dict:
+    """Uniform against per-layer widths under the same parameter budget: the best ranked shape's
+    validation loss and KL to the unpruned tiny preset right after pruning, per method; with `steps`,
+    the 0.5x activation-pruned pair also distilled as `pocketlm shrink` distils (logit KL, cosine)."""
     from pocketlm.compress.structured.driver import layer_widths, prune_structured, target_shapes
-    from pocketlm.train.distill import mean_forward_kl
+    from pocketlm.compress.structured.shrink import ShrinkConfig, _train_config
+    from pocketlm.train.distill import DistillConfig, distill, mean_forward_kl
+    from pocketlm.train.fixtures import trained_preset
     from pocketlm.train.loop import evaluate_loss
 
     model, calib, val = _tiny_teacher(threads)
+    scfg = ShrinkConfig(threads=threads, progress=False)
     rows = []
     for target in ("0.75x", "0.5x"):
         shapes = target_shapes(model.config, target, max_candidates=8)
@@ -224,6 +228,12 @@ def bench_per_layer(threads: int) -> dict:
                 rows.append({"target": target, "method": method, "per_layer": per_layer, "shape": str(res.shape),
                              "params": res.params_after, **layer_widths(res.model.config),
                              "val_loss": evaluate_loss(res.model, val), "kl": mean_forward_kl(model, res.model, val)})
+                if steps and target == "0.5x" and method == "activation":
+                    tcfg = _train_config(scfg, Path(trained_preset("tiny")[1]["data_dir"]),
+                                         Path(out) / f"per_layer_{per_layer}", steps, scfg.seed + 1, True)
+                    kd = distill(model, res.model, tcfg, DistillConfig(temperature=1.0, alpha=1.0), resume=False)
+                    rows[-1].update(distilled_tokens=steps * scfg.batch_size * scfg.seq_len,
+                                    distilled_val_loss=kd.val_loss, distilled_kl=kd.kl_after)
     return {"what": "per-layer", "teacher_val_loss": evaluate_loss(model, val), "rows": rows, "cpu": cpu_model(),
             "load": _load()}
 
