@@ -5,6 +5,7 @@
     python benchmarks/bench_structured.py slicegpt              # SliceGPT vs Minitron embedding pruning
     python benchmarks/bench_structured.py latency --threads 2   # decode ms/token, full vs two 0.5x prunings
     python benchmarks/bench_structured.py minitron --preset base --steps 100 --threads 1 --out runs/minitron
+    python benchmarks/bench_structured.py per-layer --threads 1 [--steps 50 --out runs/per_layer]  # uniform vs per-layer
 
 `prune` scores a SmolLM-135M-shaped model (catalog architecture, seeded random weights) with Minitron's
 activation importance and block influence on 128 x 512 random-token calibration, then slices it to half
@@ -145,7 +146,7 @@ def bench_latency(threads: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["prune", "distill", "slicegpt", "minitron", "latency"])
+    ap.add_argument("what", choices=["prune", "distill", "slicegpt", "minitron", "latency", "per-layer"])
     ap.add_argument("--preset", default="base", help="minitron: the teacher preset")
     ap.add_argument("--out", default="runs/minitron", help="minitron: output folder")
     ap.add_argument("--threads", type=int, default=2)
@@ -153,33 +154,40 @@ def main() -> None:
     a = ap.parse_args()
     out = {"prune": lambda: bench_prune(a.threads), "distill": lambda: bench_distill(a.threads, a.steps),
            "slicegpt": lambda: bench_slicegpt(a.threads), "latency": lambda: bench_latency(a.threads),
+           "per-layer": lambda: bench_per_layer(a.threads, a.steps if "--steps" in sys.argv else 0, a.out),
            "minitron": lambda: minitron_study(a.out, a.preset, tokens=a.steps * 16 * 128, threads=a.threads)}[a.what]()
     print(json.dumps(out, indent=2))
 
 
 
 
-def bench_slicegpt(threads: int) -> dict:
-    """SliceGPT (shared rotation) against Minitron embedding-channel pruning at equal parameters, right
-    after pruning (no training): validation loss and KL to the unpruned tiny preset."""
+def _tiny_teacher(threads: int):
+    """The trained tiny preset, 64 x 128 calibration windows of its training split, 32 validation windows."""
     from pocketlm.compress.calibration import CalibSpec, calibration_from_shards
-    from pocketlm.compress.structured.driver import prune_structured
-    from pocketlm.compress.structured.shapes import ROUND, Shape
-    from pocketlm.compress.structured.slicegpt import slicegpt
     from pocketlm.data.shards import TokenSplit
     from pocketlm.interop import load_model
-    from pocketlm.model.costs import param_counts
     from pocketlm.train.batches import eval_windows
-    from pocketlm.train.distill import _folder_tokenizer, mean_forward_kl
+    from pocketlm.train.distill import _folder_tokenizer
     from pocketlm.train.fixtures import trained_preset
-    from pocketlm.train.loop import evaluate_loss
 
     torch.set_num_threads(threads)
     teacher_dir, summary = trained_preset("tiny")
-    model = load_model(teacher_dir).eval()
     data = summary["data_dir"]
     calib, _ = calibration_from_shards(data, CalibSpec(data, 64, 128), _folder_tokenizer(Path(teacher_dir)))
-    val = eval_windows(TokenSplit.open(data, "val"), 128, 32)
+    return load_model(teacher_dir).eval(), calib, eval_windows(TokenSplit.open(data, "val"), 128, 32)
+
+
+def bench_slicegpt(threads: int) -> dict:
+    """SliceGPT (shared rotation) against Minitron embedding-channel pruning at equal parameters, right
+    after pruning (no training): validation loss and KL to the unpruned tiny preset."""
+    from pocketlm.compress.structured.driver import prune_structured
+    from pocketlm.compress.structured.shapes import ROUND, Shape
+    from pocketlm.compress.structured.slicegpt import slicegpt
+    from pocketlm.model.costs import param_counts
+    from pocketlm.train.distill import mean_forward_kl
+    from pocketlm.train.loop import evaluate_loss
+
+    model, calib, val = _tiny_teacher(threads)
     rows = []
     C = model.config.d_model
     for keep in (0.875, 0.75, 0.625):
@@ -197,6 +205,37 @@ def bench_slicegpt(threads: int) -> dict:
                          "val_loss": evaluate_loss(m, val), "kl": mean_forward_kl(model, m, val)})
     return {"what": "slicegpt", "teacher_params": param_counts(model.config)["total"],
             "teacher_val_loss": evaluate_loss(model, val), "rows": rows, "cpu": cpu_model(), "load": _load()}
+
+
+def bench_per_layer(threads: int, steps: int = 0, out: str = "runs/per_layer") -> dict:
+    """Uniform against per-layer widths under the same parameter budget: the best ranked shape's
+    validation loss and KL to the unpruned tiny preset right after pruning, per method; with `steps`,
+    the 0.5x activation-pruned pair also distilled as `pocketlm shrink` distils (logit KL, cosine)."""
+    from pocketlm.compress.structured.driver import layer_widths, prune_structured, target_shapes
+    from pocketlm.compress.structured.shrink import ShrinkConfig, _train_config
+    from pocketlm.train.distill import DistillConfig, distill, mean_forward_kl
+    from pocketlm.train.fixtures import trained_preset
+    from pocketlm.train.loop import evaluate_loss
+
+    model, calib, val = _tiny_teacher(threads)
+    scfg = ShrinkConfig(threads=threads, progress=False)
+    rows = []
+    for target in ("0.75x", "0.5x"):
+        shapes = target_shapes(model.config, target, max_candidates=8)
+        for method in ("activation", "taylor"):
+            for per_layer in (False, True):
+                res = prune_structured(model, calib, shapes, method=method, per_layer=per_layer)
+                rows.append({"target": target, "method": method, "per_layer": per_layer, "shape": str(res.shape),
+                             "params": res.params_after, **layer_widths(res.model.config),
+                             "val_loss": evaluate_loss(res.model, val), "kl": mean_forward_kl(model, res.model, val)})
+                if steps and target == "0.5x" and method == "activation":
+                    tcfg = _train_config(scfg, Path(trained_preset("tiny")[1]["data_dir"]),
+                                         Path(out) / f"per_layer_{per_layer}", steps, scfg.seed + 1, True)
+                    kd = distill(model, res.model, tcfg, DistillConfig(temperature=1.0, alpha=1.0), resume=False)
+                    rows[-1].update(distilled_tokens=steps * scfg.batch_size * scfg.seq_len,
+                                    distilled_val_loss=kd.val_loss, distilled_kl=kd.kl_after)
+    return {"what": "per-layer", "teacher_val_loss": evaluate_loss(model, val), "rows": rows, "cpu": cpu_model(),
+            "load": _load()}
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ CATALOG_SHAPED = {
     "minicpm": ModelConfig(**BASE, embed_scale=12.0, residual_scale=1.4 / 2 ** 0.5, logit_scale=256 / 64 / 10),
     "openelm": ModelConfig(**{**BASE, "tie_embeddings": True, "n_head": [4, 6], "n_kv_head": [1, 2],
                               "intermediate_size": [64, 128]}, head_dim=16, qk_norm="head", norm_eps=1e-6),
+    # a llama pruned to per-layer widths (`prune-structured --per-layer`) runs as llama.cpp's deci
+    "deci": ModelConfig(**{**BASE, "tie_embeddings": True, "n_head": [4, 2], "n_kv_head": [2, 1],
+                           "intermediate_size": [64, 128]}, head_dim=16),  # (untied: test_compress_per_layer)
     "gpt_neox_sequential": config_from_hf(tiny_config("gpt_neox").to_dict()).replace(parallel_residual=False),
     "stablelm_parallel": config_from_hf(tiny_config("stablelm").to_dict()).replace(
         parallel_residual=True, parallel_shared_norm=True),

@@ -41,6 +41,11 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
 
 def hf_config_from(cfg: ModelConfig, model_type: str) -> dict[str, Any]:
     """config.json fields for `model_type` describing the network `cfg` describes."""
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
 
-    return AutoConfig.for_model(model_type, **get_family(model_type).write(cfg)).to_dict()
+    try:
+        return AutoConfig.for_model(model_type, **get_family(model_type).write(cfg)).to_dict()
+    except StrictDataclassError as e:  # transformers' own config rules (e.g. Llama: heads divide hidden_size)
+        raise UnsupportedModelError(f"transformers refuses this model as {model_type}: {str(e.__cause__ or e).rstrip('.')}. "
+                                    "Save it with save_native() instead.") from e

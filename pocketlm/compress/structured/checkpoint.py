@@ -1,5 +1,6 @@
 """`prune_structured_checkpoint`: open a MODEL argument, calibrate, prune to a target shape, save a Hugging
-Face folder (transformers loads it; a pocketlm checkpoint when no family expresses the model) with
+Face folder (transformers loads it; a pocketlm checkpoint when no family expresses the model, as with
+per-layer widths) with
 `structured_report.json` (the ranking of candidate shapes, what was kept, timings)."""
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ def prune_structured_checkpoint(model_ref: str | Path, out: str | Path, *, calib
                                 target_params: str | None = None, method: str = "activation",
                                 layer_method: str = "block_influence", contiguous: bool = False,
                                 max_candidates: int = 12, tolerance: float = 0.02, tokenizer: str | None = None,
-                                seed: int = 0, progress: bool = False, **explicit: Any) -> dict[str, Any]:
+                                seed: int = 0, progress: bool = False, per_layer: bool = False,
+                                **explicit: Any) -> dict[str, Any]:
     from pocketlm.compress.calibration import CalibSpec, calibration_batches
     from pocketlm.compress.prune.checkpoint import _save, open_model_and_tokenizer
 
@@ -29,7 +31,7 @@ def prune_structured_checkpoint(model_ref: str | Path, out: str | Path, *, calib
         spec = CalibSpec.parse(calib, default_seq_len=min(256, model.config.max_seq_len))
         ids, record = calibration_batches(spec, tok, seed=seed)
     res = prune_structured(model, ids, shapes, method=method, layer_method=layer_method, contiguous=contiguous,
-                           progress=progress)
+                           progress=progress, per_layer=per_layer)
     notes: list[str] = []
     out = Path(out)
     fmt = _save(res.model, tok, out, notes)

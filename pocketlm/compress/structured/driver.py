@@ -15,7 +15,8 @@ from pocketlm.compress.structured import depth
 from pocketlm.compress.structured.activation import activation_importance
 from pocketlm.compress.structured.importance import Importance, StructuredError, check_sliceable
 from pocketlm.compress.structured.magnitude import magnitude_importance
-from pocketlm.compress.structured.shapes import Shape, candidate_shapes, head_mode, spread
+from pocketlm.compress.structured.per_layer import allocate
+from pocketlm.compress.structured.shapes import ROUND, Shape, candidate_shapes, head_mode, spread
 from pocketlm.compress.structured.slicing import SlicePlan, slice_model
 from pocketlm.compress.structured.taylor import taylor_importance
 from pocketlm.model.costs import param_counts
@@ -44,8 +45,10 @@ def _top(scores: Tensor, k: int) -> list[int]:
 
 
 def plan_for(cfg, imp: Importance, shape: Shape, layer_scores: Tensor | None = None,
-             contiguous: bool = False) -> SlicePlan:
-    """What to keep for `shape`: the most important heads / channels, the least important layers dropped."""
+             contiguous: bool = False, per_layer: bool = False) -> SlicePlan:
+    """What to keep for `shape`: the most important heads / channels, the least important layers dropped.
+    `per_layer`: the shape's kv groups and FFN channels (times its layers) shared out over the layers by
+    one ranking across them (`per_layer.allocate`), whole GQA groups, at least one group per layer."""
     n_drop = cfg.n_layer - shape.n_layer
     if n_drop and layer_scores is None:
         raise StructuredError("depth pruning needs layer scores (block_influence or removal_kl)")
@@ -54,8 +57,17 @@ def plan_for(cfg, imp: Importance, shape: Shape, layer_scores: Tensor | None = N
     kv, mode = head_mode(cfg, shape.n_head, shape.n_kv_head)
     G = cfg.heads(0) // cfg.kv_heads(0)
     groups = imp.group_scores(cfg)
+    n_groups, n_ffn = [kv] * len(layers), [shape.intermediate] * len(layers)
+    if per_layer:
+        total_q = shape.n_head * len(layers)
+        if total_q % G:
+            raise StructuredError(f"per-layer widths keep whole kv groups of {G} query heads; {shape.n_head} heads "
+                                  f"x {len(layers)} layers is not a whole number of groups: choose a multiple of {G}")
+        mode = "groups"
+        n_groups = allocate([groups[i] for i in layers], total_q // G)
+        n_ffn = allocate([imp.ffn[i] for i in layers], shape.intermediate * len(layers), ROUND, ROUND)
     q_heads, kv_heads = [], []
-    for i in layers:
+    for i, kv in zip(layers, n_groups):
         if mode == "groups":
             keep = _top(groups[i], kv)
             q_heads.append([g * G + j for g in keep for j in range(G)])
@@ -64,8 +76,8 @@ def plan_for(cfg, imp: Importance, shape: Shape, layer_scores: Tensor | None = N
             per = shape.n_head // kv
             q_heads.append([g * G + j for g in keep for j in _top(imp.heads[i, g * G:(g + 1) * G], per)])
         kv_heads.append(keep)
-    ffn = [_top(imp.ffn[i], shape.intermediate) for i in layers]
-    return SlicePlan(layers, q_heads, kv_heads, ffn, _top(imp.embed, shape.d_model))
+    ffn = [_top(imp.ffn[i], n) for i, n in zip(layers, n_ffn)]
+    return SlicePlan(layers, q_heads, kv_heads, ffn, _top(imp.embed, shape.d_model), per_layer=per_layer)
 
 
 @dataclass
@@ -81,19 +93,35 @@ class StructuredResult:
     seconds: dict[str, float] = field(default_factory=dict)
     method: str = "activation"
     layer_method: str = "block_influence"
+    top: list[tuple[Shape, SlicePlan, Transformer]] = field(default_factory=list)  # best `keep`, by KL
 
     def summary(self) -> dict[str, Any]:
-        return {"shape": self.shape.to_dict(), "params_before": self.params_before, "params_after": self.params_after,
-                "ratio": self.params_after / self.params_before, "method": self.method,
-                "layer_method": self.layer_method, "kept_layers": self.plan.layers,
-                "ranking": self.ranking, "seconds": self.seconds}
+        out = {"shape": self.shape.to_dict(), "params_before": self.params_before, "params_after": self.params_after,
+               "ratio": self.params_after / self.params_before, "method": self.method,
+               "layer_method": self.layer_method, "kept_layers": self.plan.layers,
+               "ranking": self.ranking, "seconds": self.seconds}
+        if self.plan.per_layer:
+            out["per_layer"] = layer_widths(self.model.config)
+        return out
+
+
+def layer_widths(cfg) -> dict[str, list[int]]:
+    """Query heads, kv heads and FFN channels of every layer."""
+    L = range(cfg.n_layer)
+    return {"n_head": [cfg.heads(i) for i in L], "n_kv_head": [cfg.kv_heads(i) for i in L],
+            "intermediate": [cfg.ffn_dim(i) for i in L]}
 
 
 def prune_structured(model: Transformer, calib: Tensor | None, shapes: list[Shape] | Shape, *,
                      method: str = "activation", layer_method: str = "block_influence", contiguous: bool = False,
-                     rank_tokens: int = 16, batch_size: int = 8, progress: bool = False) -> StructuredResult:
+                     rank_tokens: int = 16, batch_size: int = 8, progress: bool = False,
+                     per_layer: bool = False, keep: int = 1) -> StructuredResult:
     """Prune `model` (untouched) to the best of `shapes`: each candidate is sliced from the same scores and
-    ranked by KL(unpruned || pruned) on the last `rank_tokens` calibration sequences (not used to score)."""
+    ranked by KL(unpruned || pruned) on the last `rank_tokens` calibration sequences (not used to score).
+    `per_layer`: each shape's budget of kv groups and FFN channels is shared out over the layers by
+    importance (`plan_for`), giving per-layer widths with the shape's parameter count. `keep`: the best
+    `keep` candidates (shape, plan, pruned model) are returned in `top`, best first (for `shrink`'s
+    short distillation of the top few)."""
     shapes = [shapes] if isinstance(shapes, Shape) else list(shapes)
     cfg = model.config
     t0 = time.perf_counter()
@@ -113,22 +141,23 @@ def prune_structured(model: Transformer, calib: Tensor | None, shapes: list[Shap
                                                                                            batch_size)
     t_score = time.perf_counter() - t0
     before = param_counts(cfg)["total"]
-    ranking, best = [], None
+    ranking, top = [], []
     ref = depth.reference_logits(model, rank_calib, batch_size) if len(shapes) > 1 else None
     for shape in shapes:
-        plan = plan_for(cfg, imp, shape, layer_scores, contiguous)
+        plan = plan_for(cfg, imp, shape, layer_scores, contiguous, per_layer)
         pruned = slice_model(model, plan)
         row = {"shape": str(shape), **shape.to_dict(), "params": param_counts(pruned.config)["total"]}
+        if per_layer:
+            row["per_layer"] = layer_widths(pruned.config)
         if ref is not None:
             row["kl"] = depth.kl_to(ref, pruned, rank_calib, batch_size)
         ranking.append(row)
-        if best is None or (ref is not None and row["kl"] < best[0]["kl"]):
-            best = (row, shape, plan, pruned)
+        top = sorted(top + [(row.get("kl", 0.0), len(ranking), shape, plan, pruned)], key=lambda t: t[:2])[:keep]
     ranking.sort(key=lambda r: r.get("kl", 0.0))
-    _, shape, plan, pruned = best
+    _, _, shape, plan, pruned = top[0]
     seconds = {"score": t_score, "total": time.perf_counter() - t0}
     return StructuredResult(pruned, shape, plan, before, param_counts(pruned.config)["total"], ranking,
-                            seconds, method, layer_method)
+                            seconds, method, layer_method, [t[2:] for t in top])
 
 
 def target_shapes(cfg, target_params: str | int | None = None, *, tolerance: float = 0.02,

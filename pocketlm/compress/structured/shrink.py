@@ -5,18 +5,26 @@ shared distillation code (so checkpoints, exact resume and DDP under torchrun co
 Then the final student is evaluated (validation loss, KL to the teacher) and saved (pocketlm folder,
 Hugging Face folder, GGUF when the exporter takes it), with `report.json` and `report.md`.
 
+`candidates=K` (Minitron's candidate selection): the top K shapes of the KL ranking are each distilled
+briefly (`candidate_tokens` tokens, the round's seed, so every candidate sees the same batches) and the
+one with the lowest validation loss afterwards is the round's student; it starts the round's
+distillation from its pruned weights (the short runs only choose). The report lists every candidate's
+proxy KL and its loss after the short distillation, and whether that reordered the ranking.
+
 Resume: a finished round leaves `roundN/round.json`; a started one its pruned model and the distillation
-checkpoints; a rerun with the same arguments skips finished rounds and resumes the distillation.
+checkpoints (candidates' too); a rerun with the same arguments skips finished rounds and resumes the
+distillation.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -44,6 +52,8 @@ class ShrinkConfig:
     alpha: float = 1.0  # 1: logit KL only (Minitron); below 1 mixes in cross-entropy
     top_k: int | None = None
     eval_windows: int = 32
+    candidates: int = 1  # K > 1: distil the top K ranked shapes briefly, keep the lowest validation loss
+    candidate_tokens: int | None = None  # tokens of each short distillation (default: a tenth of a round's)
     seed: int = 0
     threads: int | None = None
     progress: bool = True
@@ -54,6 +64,16 @@ class ShrinkConfig:
         if self.tokens < self.rounds * self.batch_size * self.seq_len:
             raise StructuredError(f"--tokens {self.tokens:,} is less than one batch ({self.batch_size} x "
                                   f"{self.seq_len}) per round; give more tokens or fewer rounds")
+        if self.candidates < 1:
+            raise StructuredError("--candidates must be at least 1 (1: the best ranked shape, no short distillation)")
+        if self.candidate_tokens is not None and self.candidate_tokens < self.batch_size * self.seq_len:
+            raise StructuredError(f"--candidate-tokens {self.candidate_tokens:,} is less than one batch "
+                                  f"({self.batch_size} x {self.seq_len})")
+
+    def candidate_steps(self) -> int:
+        """Steps of each candidate's short distillation."""
+        tokens = self.candidate_tokens or self.tokens // self.rounds // 10
+        return max(1, tokens // (self.batch_size * self.seq_len))
 
 
 @dataclass
@@ -87,7 +107,6 @@ def shrink(teacher_dir: str | Path, out_dir: str | Path, scfg: ShrinkConfig | No
                                         distill, mean_forward_kl)
     from pocketlm.train.fixtures import bundled_data_dir
     from pocketlm.train.loop import barrier, distributed, evaluate_loss, torch_threads
-    from pocketlm.train.config import TrainConfig
 
     scfg = scfg or ShrinkConfig()
     scfg.validate()
@@ -116,6 +135,10 @@ def shrink(teacher_dir: str | Path, out_dir: str | Path, scfg: ShrinkConfig | No
         teacher_loss = evaluate_loss(teacher, val)
         for r, round_target in enumerate(_round_targets(total, target, scfg.rounds), start=1):
             rdir = out / f"round{r}"
+
+            def round_train_config(folder: Path, n_steps: int, seed: int = scfg.seed + r):
+                return _train_config(scfg, data_dir, folder, n_steps, seed, rank == 0)
+
             done = rdir / "round.json"
             if resume and done.is_file():
                 rounds.append(json.loads(done.read_text()))
@@ -129,19 +152,21 @@ def shrink(teacher_dir: str | Path, out_dir: str | Path, scfg: ShrinkConfig | No
                                        max_candidates=scfg.max_candidates) if round_target < param_counts(
                     student.config)["total"] else [Shape.of(student.config)]
                 res = prune_structured(student, calib, shapes, method=scfg.method, layer_method=scfg.layer_method,
-                                       progress=scfg.progress and rank == 0)
+                                       progress=scfg.progress and rank == 0, keep=scfg.candidates)
                 student, pruning = res.model, res.summary()
+                if len(res.top) > 1:
+                    n_cand = scfg.candidate_steps()
+                    student, pruning = _pick_candidate(
+                        res, pruning, lambda m, sub: distill(teacher, m, round_train_config(sub, n_cand),
+                                                             dataclasses.replace(dcfg), resume=resume),
+                        rdir / "candidates", n_cand * scfg.batch_size * scfg.seq_len, lambda m: evaluate_loss(m, val))
                 if rank == 0:
                     _save_model(student, data_dir, rdir / "pruned")
                     atomic_write_text(rdir / "prune.json", json.dumps(pruning, indent=2))
                 barrier()
             pruned_metrics = {"val_loss": evaluate_loss(student, val), "kl": mean_forward_kl(teacher, student, val)}
-            tcfg = TrainConfig(data_dir=str(data_dir), out_dir=str(rdir / "distill"), seq_len=scfg.seq_len,
-                               batch_size=scfg.batch_size, steps=steps, lr=scfg.lr, schedule="cosine",
-                               warmup_steps=min(20, steps // 10), eval_every=max(steps // 4, 1),
-                               ckpt_every=max(steps // 4, 1), eval_windows=scfg.eval_windows, seed=scfg.seed + r,
-                               progress=scfg.progress and rank == 0, threads=scfg.threads)
-            kd = distill(teacher, student, tcfg, dataclasses.replace(dcfg), resume=resume)
+            kd = distill(teacher, student, round_train_config(rdir / "distill", steps), dataclasses.replace(dcfg),
+                         resume=resume)
             row = {"round": r, "target_params": round_target, "params": param_counts(student.config)["total"],
                    "shape": str(Shape.of(student.config)), "tokens": steps * scfg.batch_size * scfg.seq_len,
                    "steps": steps, "pruning": pruning, "pruned": pruned_metrics,
@@ -156,7 +181,9 @@ def shrink(teacher_dir: str | Path, out_dir: str | Path, scfg: ShrinkConfig | No
               "final": {"params": rounds[-1]["params"], "ratio": rounds[-1]["params"] / total,
                         "shape": rounds[-1]["shape"], "val_loss": rounds[-1]["distilled"]["val_loss"],
                         "kl": rounds[-1]["distilled"]["kl"],
-                        "tokens": sum(r["tokens"] for r in rounds)},
+                        "tokens": sum(r["tokens"] for r in rounds),
+                        "candidate_tokens": sum(len(r["pruning"]["candidates"]["rows"]) * r["pruning"]["candidates"][
+                            "tokens"] for r in rounds if "candidates" in r["pruning"])},
               "seconds": time.perf_counter() - t_start}
     model_dir = out / "model"
     if rank == 0:
@@ -166,6 +193,37 @@ def shrink(teacher_dir: str | Path, out_dir: str | Path, scfg: ShrinkConfig | No
         _figure(report, out / "shrink.png")
     barrier()
     return ShrinkResult(report, model_dir, out, student)
+
+
+def _train_config(scfg: ShrinkConfig, data_dir: Path, folder: Path, steps: int, seed: int, main: bool):
+    """One distillation of a round (the main one, or a candidate's short one: same seed, same batches)."""
+    from pocketlm.train.config import TrainConfig
+
+    return TrainConfig(data_dir=str(data_dir), out_dir=str(folder), seq_len=scfg.seq_len, batch_size=scfg.batch_size,
+                       steps=steps, lr=scfg.lr, schedule="cosine", warmup_steps=min(20, steps // 10),
+                       eval_every=max(steps // 4, 1), ckpt_every=max(steps // 4, 1), eval_windows=scfg.eval_windows,
+                       seed=seed, progress=scfg.progress and main, threads=scfg.threads)
+
+
+def _pick_candidate(res, pruning: dict[str, Any], distil: Callable, folder: Path, tokens: int,
+                    val_loss: Callable) -> tuple[Any, dict[str, Any]]:
+    """Distil a copy of each of `res.top` briefly (`distil(model, folder) -> DistillResult`); return the
+    pruned model of the one with the lowest validation loss after it, and `pruning` updated to that
+    choice with the candidates' table (proxy KL, loss before and after the short distillation)."""
+    rows = []
+    for j, (shape, _, model) in enumerate(res.top):
+        kd = distil(copy.deepcopy(model), folder / f"c{j + 1}")
+        ranked = res.ranking[j]  # ranking and top share one order (KL, then candidate order)
+        rows.append({"proxy_rank": j + 1, "shape": str(shape), "params": ranked["params"], "kl": ranked.get("kl"),
+                     "val_loss_pruned": val_loss(model), "val_loss": kd.val_loss, "kl_after": kd.kl_after})
+    by_loss = sorted(range(len(rows)), key=lambda j: (rows[j]["val_loss"], j))
+    best = by_loss[0]
+    shape, plan, model = res.top[best]
+    pruning = {**pruning, "shape": shape.to_dict(), "kept_layers": plan.layers,
+               "params_after": rows[best]["params"], "ratio": rows[best]["params"] / res.params_before,
+               "candidates": {"tokens": tokens, "chosen": best + 1, "ranking_changed": by_loss != sorted(by_loss),
+                              "order_after": [j + 1 for j in by_loss], "rows": rows}}
+    return model, pruning
 
 
 def _save_model(model, data_dir: Path, folder: Path) -> None:
@@ -209,6 +267,20 @@ def report_markdown(report: dict[str, Any]) -> str:
             lines += ["", f"Round {r['round']}: candidate shapes ranked by KL to the unpruned model right after pruning",
                       "", "| shape | params | KL |", "|---|---|---|"]
             lines += [f"| {c['shape']} | {c['params']:,} | {c['kl']:.4f} |" for c in ranking]
+        cands = r["pruning"].get("candidates")
+        if cands:
+            lines += ["", f"Round {r['round']}: the top {len(cands['rows'])} distilled briefly ({cands['tokens']:,} "
+                      "tokens each); the lowest validation loss afterwards is kept", "",
+                      "| proxy rank | shape | params | proxy KL | val loss pruned | val loss after | chosen |",
+                      "|---|---|---|---|---|---|---|"]
+            lines += [f"| {c['proxy_rank']} | {c['shape']} | {c['params']:,} | {c['kl']:.4f} | "
+                      f"{c['val_loss_pruned']:.4f} | {c['val_loss']:.4f} | {'yes' if c['proxy_rank'] == cands['chosen'] else ''} |"
+                      for c in cands["rows"]]
+            order = ", ".join(map(str, cands["order_after"]))
+            lines += ["", "The short distillation " + ("changed the ranking" if cands["ranking_changed"] else
+                                                       "kept the proxy's ranking") + f" (proxy ranks by loss after it: "
+                      f"{order}); " + ("the proxy's best is kept." if cands["chosen"] == 1 else
+                                       f"proxy rank {cands['chosen']} replaces the proxy's best.")]
     f = report["final"]
     lines += ["", f"Final: {f['shape']}, {f['params']:,} parameters ({f['ratio']:.2f}x), validation loss "
               f"{f['val_loss']:.4f}, KL to the teacher {f['kl']:.4f}, {f['tokens']:,} distillation tokens."]

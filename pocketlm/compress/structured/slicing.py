@@ -4,7 +4,9 @@ The plan names, by original index, the blocks kept (depth), and in every kept bl
 kv heads and FFN channels kept, plus the residual-stream channels kept everywhere (width). The result is
 a fresh `Transformer` of a *uniform* smaller `ModelConfig` (every layer the same widths, heads dividing,
 each kept kv group with the same number of query heads), so it saves to Hugging Face and GGUF like any
-other model. What a structure owns:
+other model. A plan marked `per_layer` may keep different counts in each layer: the config then holds
+per-layer lists (`n_head`, `n_kv_head`, `intermediate_size`, as OpenELM's layer-wise scaling does).
+What a structure owns:
 
 - query head h: rows h*D..(h+1)*D of q_proj (and its bias), the same columns of o_proj;
 - kv head g: those rows of k_proj and v_proj;
@@ -33,6 +35,7 @@ class SlicePlan:
     kv_heads: list[list[int]]  # per kept block: kept kv heads
     ffn: list[list[int]]  # per kept block: kept FFN channels
     embed: list[int] = field(default_factory=list)  # kept residual channels
+    per_layer: bool = False  # True: layers may keep different numbers of heads / FFN channels
 
     @classmethod
     def keep_all(cls, cfg: ModelConfig) -> "SlicePlan":
@@ -45,11 +48,13 @@ class SlicePlan:
         n = len(self.layers)
         if not n or len(self.q_heads) != n or len(self.kv_heads) != n or len(self.ffn) != n:
             raise StructuredError("a slice plan needs one entry per kept layer in q_heads, kv_heads and ffn")
-        for name, per_layer in (("query heads", self.q_heads), ("kv heads", self.kv_heads), ("FFN channels", self.ffn)):
-            sizes = {len(x) for x in per_layer}
-            if len(sizes) != 1 or 0 in sizes:
-                raise StructuredError(f"every kept layer must keep the same, positive number of {name} (got {sorted(sizes)}); "
-                                      "per-layer widths are not a uniform model")
+        for name, kept in (("query heads", self.q_heads), ("kv heads", self.kv_heads), ("FFN channels", self.ffn)):
+            sizes = {len(x) for x in kept}
+            if 0 in sizes:
+                raise StructuredError(f"every kept layer must keep at least one of its {name}")
+            if len(sizes) != 1 and not self.per_layer:
+                raise StructuredError(f"every kept layer must keep the same number of {name} (got {sorted(sizes)}); "
+                                      "per-layer widths are not a uniform model (ask for them with per_layer)")
         if not self.embed:
             raise StructuredError("a slice plan must keep at least one residual channel")
         group = cfg.heads(0) // cfg.kv_heads(0)
@@ -61,15 +66,21 @@ class SlicePlan:
                                       "with the same number of their own query heads each")
 
     def config(self, cfg: ModelConfig) -> ModelConfig:
-        """The uniform smaller ModelConfig this plan gives."""
+        """The smaller ModelConfig this plan gives (per-layer lists where the kept counts differ)."""
         self.check(cfg)
-        H, K, C = len(self.q_heads[0]), len(self.kv_heads[0]), len(self.embed)
-        hd = cfg.dim_head
+        H, K, F = (_widths(x) for x in (self.q_heads, self.kv_heads, self.ffn))
+        C, hd = len(self.embed), cfg.dim_head
         n_kv = None if cfg.n_kv_head is None and K == H else K
         window = None if cfg.layer_window is None else [cfg.layer_window[i] for i in self.layers]
+        uniform_heads = isinstance(H, int) and C % H == 0 and C // H == hd
         return cfg.replace(n_layer=len(self.layers), n_head=H, n_kv_head=n_kv, d_model=C,
-                           head_dim=None if C % H == 0 and C // H == hd else hd,
-                           intermediate_size=len(self.ffn[0]), layer_window=window)
+                           head_dim=None if uniform_heads else hd, intermediate_size=F, layer_window=window)
+
+
+def _widths(per_layer: list[list[int]]) -> int | list[int]:
+    """One count when every layer keeps the same number, else the per-layer list."""
+    counts = [len(x) for x in per_layer]
+    return counts[0] if len(set(counts)) == 1 else counts
 
 
 def _index(rows: list[int], width: int = 1) -> Tensor:

@@ -1,5 +1,5 @@
 """Architectures pocketlm builds (from the catalog) whose transformers code is remote, so no family
-here loads their checkpoints, but llama.cpp runs them: MiniCPM-1/2 and OpenELM (GGUF only)."""
+here loads their checkpoints, but llama.cpp runs them: MiniCPM-1/2, OpenELM and DeciLM (GGUF only)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 from pocketlm.interop.families.base import QKV, GGUFArch, failed_rules, gguf_name
 from pocketlm.interop.families.llama import (GGUF_ATTN, GGUF_EMBED, GGUF_FFN, GGUF_HEAD, GGUF_NORMS, GGUF_QK_NORM,
-                                             PAIR_ROPE, N, blocks, graph_rules, half_rope_rules, pair_rope_rules,
-                                             transformer_hparams)
+                                             PAIR_ROPE, N, blocks, graph_rules, half_rope_rules, llama3_rope_factors,
+                                             pair_rope_rules, transformer_hparams)
 from pocketlm.model.config import ModelConfig
 
 
@@ -36,4 +36,19 @@ OPENELM_GGUF = GGUFArch(
     lambda cfg: graph_rules(cfg, qk_norm=("head",), per_layer_shapes=True, tied=(True,))
     + failed_rules(half_rope_rules(cfg)))
 
-GGUF_ARCHS = (MINICPM_GGUF, OPENELM_GGUF)
+
+
+# DeciLM (Llama-3.1-Nemotron-51B, NVIDIA's NAS-pruned Llama): llama's tensors and pair RoPE, with a graph
+# that reads head_count / head_count_kv / feed_forward_length per layer (llama's graph takes layer 0's
+# for every layer). pocketlm writes it only for per-layer widths: uniform models stay `llama`.
+def _deci_rules(cfg: ModelConfig) -> list[str]:
+    lists = any(isinstance(getattr(cfg, f), list) for f in ("n_head", "n_kv_head", "intermediate_size"))
+    return graph_rules(cfg, qkv_bias=(False, True), out_bias=(False, True), per_layer_shapes=True,
+                       rope_scaling=("default", "linear", "llama3")) + failed_rules(pair_rope_rules(cfg) + [
+        (lists, "per-layer head counts or FFN widths (a uniform llama-shaped model is written as llama)")])
+
+
+DECI_GGUF = GGUFArch("deci", {**GGUF_EMBED, **blocks({**GGUF_NORMS, **GGUF_ATTN, **GGUF_FFN}), **GGUF_HEAD},
+                     transformer_hparams, _deci_rules, PAIR_ROPE, extra=llama3_rope_factors)
+
+GGUF_ARCHS = (MINICPM_GGUF, OPENELM_GGUF, DECI_GGUF)
