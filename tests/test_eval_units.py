@@ -183,7 +183,7 @@ def test_results_compare_kl_and_cli(two_models, tmp_path):
     ra, rb = tmp_path / "a.json", tmp_path / "b.json"
     for model, out in ((a, ra), (b, rb)):
         r = runner.invoke(app, ["eval", str(model), "--tasks", "arc_easy,boolq,gsm8k", "--shots", "0",
-                                "--limit", "4", "-o", str(out)])
+                                "--limit", "2", "-o", str(out)])
         assert r.exit_code == 0, r.output
         assert "arc_easy" in r.output
     res = load_results(ra)
