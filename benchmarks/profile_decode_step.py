@@ -55,26 +55,21 @@ def op_table(step, steps: int, top: int) -> tuple[int, list[tuple[str, float, in
 
 
 def pocketlm_step(precision: str, depth: int, compiled: bool):
+    """A `step()` decoding one token of the automatic choice's model after `depth` tokens (eager or compiled)."""
+    from pocketlm.model.flat_decode import FlatDecoder
+
     model = open_model(MODEL, precision, pack=None)
-    cache = model.new_cache(1, depth + 512)
+    run = FlatDecoder(model, compile=True) if compiled else model
+    cache = run.new_cache(1, depth + 256)
     tok = torch.tensor([[1]])
     with torch.inference_mode():
-        model(torch.randint(0, model.config.vocab_size, (1, depth)), cache=cache, last_only=True)
-    run = model
-    if compiled:
-        from pocketlm.runtime.decode_step import FlatDecoder
-
-        run = FlatDecoder(model, max_len=depth + 512, compile=True)
-        run.prefill_from(cache)
+        run(torch.randint(0, model.config.vocab_size, (1, depth)), cache=cache, last_only=True)
 
     def step() -> None:
         with torch.inference_mode():
-            if compiled:
-                run.step(tok)
-            else:
-                model(tok, cache=cache, last_only=True)
-        if (run.length if compiled else cache.length) > depth + 400:
-            (run if compiled else cache).length = depth
+            run(tok, cache=cache, last_only=True)
+        if cache.length > depth + 200:
+            cache.length = depth
 
     return model, step
 
@@ -115,7 +110,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     report = {}
     for precision in args.precisions.split(","):
-        model, step = pocketlm_step(precision, args.depth, compiled=False)
+        _, step = pocketlm_step(precision, args.depth, compiled=False)
         for _ in range(4):
             step()
         ms = step_ms(step, args.steps)

@@ -227,6 +227,8 @@ def _norm(spec: NormSpec, x: Tensor, p: list[Tensor]) -> Tensor:
     if spec.kind == "layernorm":
         return F.layer_norm(x, x.shape[-1:], w, None if spec.bias is None else p[spec.bias], spec.eps)
     dtype = x.dtype
+    if dtype == torch.float32 and w is not None and not spec.unit_offset:
+        return F.rms_norm(x, x.shape[-1:], w, spec.eps)
     y = F.rms_norm(x.float(), x.shape[-1:], None, spec.eps)
     if w is None:
         return y.to(dtype)

@@ -59,6 +59,8 @@ class Norm(nn.Module):
         if self.kind == "layernorm":
             return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
         dtype = x.dtype
+        if dtype == torch.float32 and self.weight is not None and not self.unit_offset:
+            return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)  # the same x * rstd * w, one op
         y = F.rms_norm(x.float(), x.shape[-1:], None, self.eps)  # one kernel: x * rsqrt(mean(x^2) + eps)
         if self.weight is None:
             return y.to(dtype)
