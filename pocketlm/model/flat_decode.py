@@ -237,26 +237,12 @@ def _norm(spec: NormSpec, x: Tensor, p: list[Tensor]) -> Tensor:
     return w * y.to(dtype)
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool) -> Tensor:
-    """`transformer.apply_rotary` for x [N, D] and cos/sin [rd]."""
-    rd = cos.shape[-1]
-    rot, rest = x[..., :rd], x[..., rd:]
-    if interleaved:
-        pairs = rot.unflatten(-1, (-1, 2))
-        rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
-    else:
-        half = rd // 2
-        rotated = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
-    out = rot * cos + rotated * sin
-    return out if rest.shape[-1] == 0 else torch.cat([out, rest], dim=-1)
-
-
 def make_decode_step(plan: Plan):
     """decode_step(params, k_cache, v_cache, cos, sin, token [1], pos 0-d long) -> logits [1, V].
 
     k_cache / v_cache: one [K, L, D] tensor per layer application (the model's KVCache tensors,
     batch row 0), written at `pos`; keys after `pos` are masked. cos / sin: [L, rotary dims]."""
-    from pocketlm.model.transformer import ACTIVATION_FNS
+    from pocketlm.model.transformer import ACTIVATION_FNS, apply_rotary
 
     act = ACTIVATION_FNS[plan.activation]
     D, s = plan.dim_head, plan.residual_scale
@@ -266,7 +252,7 @@ def make_decode_step(plan: Plan):
         qkv = _linears(spec.qkv, h, p)[0]  # [(H + 2K) D]
         qk = qkv[:(H + K) * D].view(H + K, D)
         if plan.rope:
-            qk = _rotate(qk, cos, sin, plan.interleaved)
+            qk = apply_rotary(qk, cos, sin, plan.interleaved)  # [H + K, D] by [rd]: the same elementwise ops
         q, k = qk.split([H, K], dim=0)
         v = qkv[(H + K) * D:].view(K, D)
         k_cache[i].index_copy_(1, at, k.unsqueeze(1))
