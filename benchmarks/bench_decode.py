@@ -7,7 +7,9 @@ numbers drift ±20% between processes and more under load: read the ratios):
   `pocketlm.runtime.kernel_choice`); llama.cpp F32 / F16 (bf16 is compared with F16, llama.cpp's
   16-bit CPU type);
 - int8 / int4 (RTN, bf16 activations; int4 groups of 32): pocketlm with the kernels on bf16
-  activations (`plain`) and the automatic choice; llama.cpp Q8_0 / Q4_0 (blocks of 32).
+  activations (`plain`) and the automatic choice; llama.cpp Q8_0 / Q4_0 (blocks of 32);
+- `--compiled`: the automatic choice again, decoding in the torch.compile'd flat step
+  (`generate(..., compile=True)`, `pocketlm.model.flat_decode`); its first-call cost is `compile_s`.
 The GGUF files come from pocketlm's `export_gguf` of the same weights; llama.cpp runs only when
 llama-cpp-python is installed.
 
@@ -16,7 +18,7 @@ Achieved bandwidth = bytes of weights read per token (every linear's weights onc
 against a ceiling measured in the same run (the best of several full reads of a 512 MiB tensor).
 
     python benchmarks/bench_decode.py [--threads 2] [--repeat 3] [--precisions fp32,bf16,int8,int4]
-                                      [--new 64] [--prompt 64] [--rss]
+                                      [--new 64] [--prompt 64] [--rss] [--compiled]
 
 `--rss` also runs `pocketlm profile` settings (each in a fresh process) for the peak RSS of fp32
 decode: pocketlm with the automatic choice and forced `--pack` vs llama.cpp F32.
@@ -140,7 +142,10 @@ def llama_runner(base, precision: str, threads: int, tmp: Path, n_ctx: int):
 def measure_precision(base, hf, precision: str, args, cache, tmp: Path, ceiling: float) -> dict:
     models, info = pocketlm_runners(base, precision, cache)
     runners = {name: (lambda p, n, m=m: m.generate(p, max_new_tokens=n)) for name, m in models.items()}
-    if precision in ("fp32", "bf16"):
+    if args.compiled:  # the automatic choice's kernels in the compiled flat decode step (first call compiles)
+        auto = models["pocketlm_auto"]
+        runners["pocketlm_auto_compiled"] = lambda p, n: auto.generate(p, max_new_tokens=n, compile=True)
+    if precision in ("fp32", "bf16") and args.transformers:
         hf_m = hf.to(DTYPES[precision])
 
         def hf_gen(p, n):
@@ -153,25 +158,35 @@ def measure_precision(base, hf, precision: str, args, cache, tmp: Path, ceiling:
     if llama is not None:
         runners["llamacpp"] = llama
     prompt = torch.randint(0, SMOLLM_135M["vocab_size"], (1, args.prompt), generator=torch.Generator().manual_seed(0))
-    if precision == "fp32":  # every path decodes the transformers tokens
+    if precision == "fp32" and args.transformers:  # every path decodes the transformers tokens
         ref = hf_gen(prompt, 8)
         assert all(torch.equal(m.generate(prompt, max_new_tokens=8), ref) for m in models.values()), "tokens differ"
+    t0 = time.perf_counter()
+    if args.compiled:
+        ref = models["pocketlm_auto"].generate(prompt, max_new_tokens=8)
+        assert torch.equal(runners["pocketlm_auto_compiled"](prompt, 8), ref), "compiled tokens differ"
+    compile_s = time.perf_counter() - t0
     times = decode_times(runners, prompt, args.new, args.repeat)
     n = args.new - 1
     out = {"kernels": info["plan"], "choice_s": round(info["choice_s"], 2), "tok_s": {}, "bandwidth_GBs": {}}
+    if args.compiled:
+        out["compile_s"] = round(compile_s, 1)
     for name, t in times.items():
         out["tok_s"][name] = round(n / t, 2)
-        same_weights = models[name if name in models else "pocketlm_linear"]  # transformers: the same tensors
+        weights_of = "pocketlm_auto" if name == "pocketlm_auto_compiled" else name
+        same_weights = models.get(weights_of, models.get("pocketlm_linear", models["pocketlm_auto"]))
         read = llama.file_bytes if name == "llamacpp" else bytes_per_token(same_weights)
         out["bandwidth_GBs"][name] = round(read * n / t / 1e9, 2)
     out["bandwidth_of_ceiling"] = {k: round(v * 1e9 / ceiling, 3) for k, v in out["bandwidth_GBs"].items()}
-    singles = [k for k in times if k.startswith("pocketlm_") and k != "pocketlm_auto"]
+    singles = [k for k in times if k.startswith("pocketlm_") and k not in ("pocketlm_auto", "pocketlm_auto_compiled")]
     best = min(singles, key=times.get)
     out["auto_vs_best_single"] = round(times[best] / times["pocketlm_auto"], 3)
     out["best_single"] = best
     for yardstick in ("transformers", "llamacpp"):
         if yardstick in times:
             out[f"auto_vs_{yardstick}"] = round(times[yardstick] / times["pocketlm_auto"], 3)
+            if "pocketlm_auto_compiled" in times:
+                out[f"compiled_vs_{yardstick}"] = round(times[yardstick] / times["pocketlm_auto_compiled"], 3)
     if llama is not None:
         llama.llm.close()
     del models, runners
@@ -211,6 +226,10 @@ def main() -> None:
     ap.add_argument("--precisions", default="fp32,bf16,int8,int4")
     ap.add_argument("--kernel-cache", default=None, help="kernel decisions JSON (default: the user cache)")
     ap.add_argument("--rss", action="store_true", help="also measure fp32 peak RSS in fresh processes")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also time the automatic choice in the torch.compile'd flat decode step (compiles per precision)")
+    ap.add_argument("--transformers", action=argparse.BooleanOptionalAction, default=True,
+                    help="--no-transformers: skip the transformers runner (llama.cpp stays)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -226,7 +245,9 @@ def main() -> None:
             print(f"{precision}: " + "  ".join(f"{k} {v:.1f} tok/s" for k, v in r["tok_s"].items())
                   + f" | auto/best single {r['auto_vs_best_single']:.2f}x ({r['best_single']})"
                   + "".join(f" | auto/{y} {r[f'auto_vs_{y}']:.2f}x" for y in ("transformers", "llamacpp")
-                            if f"auto_vs_{y}" in r), flush=True)
+                            if f"auto_vs_{y}" in r)
+                  + "".join(f" | compiled/{y} {r[f'compiled_vs_{y}']:.2f}x" for y in ("transformers", "llamacpp")
+                            if f"compiled_vs_{y}" in r), flush=True)
     report = {"bench": "decode", "threads": args.threads, "prompt": args.prompt, "new": args.new,
               "torch": torch.__version__, "transformers": transformers.__version__,
               "machine": kernel_choice.machine_key(args.threads), "read_ceiling_GBs": round(ceiling / 1e9, 2),

@@ -59,6 +59,8 @@ class Norm(nn.Module):
         if self.kind == "layernorm":
             return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
         dtype = x.dtype
+        if dtype == torch.float32 and self.weight is not None and not self.unit_offset:
+            return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)  # the same x * rstd * w, one op
         y = F.rms_norm(x.float(), x.shape[-1:], None, self.eps)  # one kernel: x * rsqrt(mean(x^2) + eps)
         if self.weight is None:
             return y.to(dtype)
@@ -673,6 +675,9 @@ class Block(nn.Module):
             m_in = h if self.cfg.parallel_shared_norm else self.mlp_norm(x)
             return x + self.attn(h, inp, cache) + mlp(m_in)
         if place == "pre":
+            if s == 1.0:  # the common case: one op less per branch, the same values
+                x = x + self.attn(self.attn_norm(x), inp, cache)
+                return x + mlp(self.mlp_norm(x))
             x = x + s * self.attn(self.attn_norm(x), inp, cache)
             return x + s * mlp(self.mlp_norm(x))
         if place == "post":
@@ -856,13 +861,16 @@ class Transformer(nn.Module):
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  stop_tokens: tuple[int, ...] | list[int] = (), pad_token_id: int = 0,
                  seed: int | None = None, use_cache: bool = True, draft: "Transformer | None" = None,
-                 k: int = 4) -> Tensor:
+                 k: int = 4, compile: bool = False) -> Tensor:
         """Greedy (temperature 0) or sampled continuation of (left-padded) prompts [B, T].
 
         Returns prompt + new tokens [B, T + n]; a row that emitted a stop token is padded after it.
         draft: a small model of the same vocabulary proposing `k` tokens per target forward
         (speculative decoding, `model/speculative.py`: the same greedy output, the same sampling
         distribution; one unpadded prompt).
+        compile: batch-1 decode steps run one torch.compile'd flat step (`model/flat_decode.py`; the
+        first call compiles, 30-140 s for 30 layers; later calls and lengths up to the same power of
+        two reuse it). The prompt still runs eagerly.
         """
         if draft is not None:
             from pocketlm.model.speculative import SpeculativeError, speculative_generate
@@ -879,9 +887,14 @@ class Transformer(nn.Module):
         generator = None
         if seed is not None:
             generator = torch.Generator(device=input_ids.device).manual_seed(seed)
-        cache = self.new_cache(B, T + max_new_tokens) if use_cache else None
+        run = self
+        if compile and use_cache:
+            from pocketlm.model.flat_decode import flat_decoder
+
+            run = flat_decoder(self, compile=True)
+        cache = run.new_cache(B, T + max_new_tokens) if use_cache else None
         tokens = input_ids
-        logits = self(input_ids, mask, cache=cache, last_only=True)[:, -1]
+        logits = run(input_ids, mask, cache=cache, last_only=True)[:, -1]
         done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=input_ids.device)
         for step in range(max_new_tokens):
@@ -895,7 +908,7 @@ class Transformer(nn.Module):
                 break
             if cache is not None:  # finished rows feed a valid id; their outputs are never used
                 feed = nxt.clamp(0, self.config.vocab_size - 1)[:, None]
-                logits = self(feed, mask, cache=cache, last_only=True)[:, -1]
+                logits = run(feed, mask, cache=cache, last_only=True)[:, -1]
             else:
                 logits = self(tokens.clamp(0, self.config.vocab_size - 1), mask, last_only=True)[:, -1]
         return tokens

@@ -46,8 +46,9 @@ def run_cmd(
     pack: Optional[bool] = typer.Option(None, "--pack/--no-pack", help="override the per-device kernel choice: "
                                         "--pack = oneDNN-packed fp32/bf16 weights, --no-pack = plain nn.Linear "
                                         "(default: each linear shape timed once on this CPU, cached)"),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model: fuses the small ops between "
-                                 "matmuls; compiling (1-3 min for 30 layers) is reported as compile_s"),
+    compile: bool = typer.Option(False, "--compile", help="decode in one torch.compile'd flat step (static KV cache, "
+                                 "one graph per power-of-two cache size; prefill stays eager; models it does not "
+                                 "cover compile the module); compiling (1-3 min for 30 layers) is reported as compile_s"),
     device: str = typer.Option(Setting.device, help="cpu or cuda"),
     draft: Optional[str] = typer.Option(None, help="a small MODEL of the same tokenizer: also time speculative "
                                         "decoding (acceptance rate, speedup over the target alone)"),

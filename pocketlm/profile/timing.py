@@ -100,15 +100,27 @@ def decode_stats(per_token: list[float], rates: list[float], depth: int, n_gen: 
 
 
 def compile_model(model, n_prompt: int, longest: int, device: str):
-    """torch.compile (dynamic shapes) and its first calls; returns the compiled model and their seconds.
+    """The compiled runtime and the seconds of its first calls.
 
-    An eager pass over `longest` positions first builds the lazy tables (RoPE) at full size, so
-    compiled code never sees them grow. The first calls then compile the three shapes a profile
-    meets: a prefill, a decode step after it, and a decode step into an empty cache; any later
-    specialization lands in the timing warm-up, not in the timings. The eager `model` is kept for
+    Where the flat decode step covers the model (`pocketlm.model.flat_decode`): decode steps run one
+    torch.compile'd flat function on a static KV cache (one graph per power-of-two cache size,
+    compiled here for the sizes a profile meets), prefill runs eagerly. Otherwise the module tree is
+    compiled with dynamic shapes: an eager pass over `longest` positions first builds the lazy tables
+    (RoPE) at full size, then the first calls compile the three shapes a profile meets (a prefill, a
+    decode step after it, a decode step into an empty cache). Any later specialization lands in the
+    timing warm-up; `compiled.compile_s` (flat step) keeps counting it. The eager `model` is kept for
     the breakdown, whose hooks need module boundaries."""
+    from pocketlm.model.flat_decode import FlatDecoder, cache_size, flat_unsupported
+
     vocab = model.config.vocab_size
     with torch.inference_mode():
+        if flat_unsupported(model) is None and device == "cpu":
+            compiled = FlatDecoder(model, compile=True)
+            t0 = time.perf_counter()
+            for size in sorted({cache_size(n_prompt + 2), cache_size(longest + 1)}):
+                cache = compiled.new_cache(1, size)
+                compiled(torch.randint(0, vocab, (1, 1), device=device), cache=cache, last_only=True)
+            return compiled, time.perf_counter() - t0
         model(torch.zeros(1, longest, dtype=torch.long, device=device), last_only=True)
         compiled = torch.compile(model, dynamic=True)
         t0 = time.perf_counter()

@@ -58,6 +58,9 @@ class TorchBackend:
         result["prefill"] = [time_prefill(timed, n, repeat, warmup, device) for n in setting.prompts]
         result["decode"] = [time_decode(timed, d, setting.gen, repeat, warmup, device) for d in setting.depths]
         result["run_peak_rss_bytes"] = peak_rss_bytes()  # with --compile, includes the compiler's memory
+        if setting.compile:
+            result["compile_s"] = max(result["compile_s"], getattr(timed, "compile_s", 0.0))
+            result["compiled_step"] = "flat" if hasattr(timed, "compile_s") else "module"
         if setting.breakdown:  # on the eager model: its hooks need module boundaries
             result["breakdown"] = time_breakdown(model, max(setting.prompts), setting.depths[0],
                                                  min(setting.gen, 16), repeat=2, device=device)
