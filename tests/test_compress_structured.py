@@ -190,3 +190,26 @@ def test_slicegpt_full_rotation_is_exact_and_sliced_model_loads_in_transformers(
     torch.testing.assert_close(hf.eval()(input_ids=x).logits, sliced(x), atol=1e-5, rtol=1e-5)
     with pytest.raises(StructuredError, match="RMSNorm"):
         slicegpt(_model(norm="layernorm"), calib, 32)
+
+
+@torch.no_grad()
+def test_bf16_calibration_forwards_keep_the_fp32_scores():
+    from pocketlm.compress.structured.activation import activation_importance
+
+    m = _model()
+    fp32 = activation_importance(m, _calib())
+    bf16 = activation_importance(m, _calib(), compute_dtype=torch.bfloat16)
+    for a, b in ((fp32.heads, bf16.heads), (fp32.ffn, bf16.ffn), (fp32.embed, bf16.embed)):
+        assert b.dtype == torch.float32 and not torch.equal(a, b)  # it did run in bf16
+        torch.testing.assert_close(b, a, rtol=0.05, atol=1e-3)  # bf16 keeps ~3 significant digits
+    keep = Shape(4, 4, 2, 48, 32)
+    assert plan_for(m.config, bf16, keep) == plan_for(m.config, fp32, keep)  # the same heads and channels survive
+
+
+def test_residual_width_stays_a_multiple_of_the_head_count():
+    cfg = _model().config  # 8 q / 4 kv heads, d_model 64: 6 heads (3 whole groups) need a width divisible by 6
+    shapes = [s for s, _ in candidate_shapes(cfg, costs.param_counts(cfg)["total"] // 2, tolerance=0.05)]
+    assert shapes and all(s.d_model % s.n_head == 0 for s in shapes) and any(s.n_head == 6 for s in shapes)
+    with pytest.raises(StructuredError, match="not a multiple of the 6 query heads.*48"):
+        explicit_shape(cfg, n_head=6)
+    assert explicit_shape(cfg, n_head=6, d_model=48) == Shape(4, 6, 3, 96, 48)

@@ -12,6 +12,8 @@ block's input and output, so depth scoring costs no second forward.
 Per-token magnitudes are aggregated over the sequence, then the batch, by 'mean' or 'l2' (the paper's
 best for width: L2 over batch, mean over sequence; pocketlm's default). Statistics are gathered on the
 shared block walk, one block at a time, never holding more than one block boundary of activations.
+`compute_dtype=torch.bfloat16` runs those forwards under bf16 autocast (statistics stay fp32), as the
+unstructured pruners' `--calib-dtype bf16` does.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def _leaf(target: Target) -> str:
 
 @torch.no_grad()
 def activation_importance(model: Transformer, calib: Tensor, seq: str = "mean", batch: str = "l2",
-                          batch_size: int = 8, progress: bool = False) -> Importance:
+                          batch_size: int = 8, progress: bool = False,
+                          compute_dtype: torch.dtype | None = None) -> Importance:
     """Minitron importance of every head, FFN channel and embedding channel of `model` on `calib` [N, L]."""
     check_aggregation(seq, batch)
     cfg = model.config
@@ -88,7 +91,7 @@ def activation_importance(model: Transformer, calib: Tensor, seq: str = "mean", 
     handles = [b.register_forward_hook(block_hook(i)) for i, b in enumerate(model.blocks)]
     try:
         walk(model, calib, make_stat, collect, skip=(), batch_size=batch_size, progress=progress,
-             description="activation importance")
+             description="activation importance", compute_dtype=compute_dtype)
     finally:
         for h in handles:
             h.remove()

@@ -3,7 +3,8 @@ into uniform smaller shapes of a model, with exact parameter counts from `model.
 
 GQA is kept one of two ways: whole kv groups with their query heads (the ratio holds: 8q/4kv -> 4q/2kv),
 or the same number of query heads dropped inside every group (8q/4kv -> 4q/4kv). A head count neither
-way reaches is refused."""
+way reaches is refused. The residual width stays a multiple of the query-head count (transformers' Llama
+config refuses anything else, even with an explicit head_dim)."""
 
 from __future__ import annotations
 
@@ -104,6 +105,11 @@ def explicit_shape(cfg: ModelConfig, *, n_layer: int | None = None, n_head: int 
                              base.intermediate), ("d-model", shape.d_model, base.d_model)):
         if not 0 < want <= have:
             raise StructuredError(f"--{name} {want}: pruning only removes; choose 1..{have}")
+    if shape.d_model % shape.n_head:
+        near = sorted({shape.d_model // m * m for m in (math.lcm(shape.n_head, ROUND), shape.n_head)} - {0})
+        raise StructuredError(f"--d-model {shape.d_model} is not a multiple of the {shape.n_head} query heads "
+                              f"(transformers' config refuses that shape); choose --d-model "
+                              f"{' or '.join(map(str, near))}, or another --n-head")
     return shape
 
 
@@ -128,7 +134,7 @@ def candidate_shapes(cfg: ModelConfig, target: int, tolerance: float = 0.02, min
                     reverse=True)
     for n_layer in range(base.n_layer, max(1, math.ceil(base.n_layer * min_fraction)) - 1, -1):
         for n_head, n_kv in _head_options(cfg, min_fraction):
-            for d_model in widths:
+            for d_model in (w for w in widths if w % n_head == 0):
                 lo = Shape(n_layer, n_head, n_kv, ROUND, d_model)
                 hi = Shape(n_layer, n_head, n_kv, 2 * ROUND, d_model)
                 p_lo = lo.params(cfg)

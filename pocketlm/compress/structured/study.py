@@ -49,9 +49,11 @@ def minitron_study(out_dir: str | Path, preset: str = "base", tokens: int = 160 
     one = shrink(teacher_dir, out / "shrink_1round", base, data_dir=data_dir)
     arms: dict[str, float] = {"pruned (no training)": one.report["rounds"][0]["pruned"]["val_loss"],
                               "pruned + distilled": one.report["final"]["val_loss"]}
+    shapes = {"pruned + distilled": [one.report["final"]["shape"], one.report["final"]["params"]]}
     if iterative:
         two = shrink(teacher_dir, out / "shrink_2rounds", dataclasses.replace(base, rounds=2), data_dir=data_dir)
         arms["pruned + distilled, 2 rounds"] = two.report["final"]["val_loss"]
+        shapes["pruned + distilled, 2 rounds"] = [[r["shape"], r["params"]] for r in two.report["rounds"]]
     student_cfg = one.student.config
     steps = one.report["rounds"][0]["steps"]
     teacher = load_model(teacher_dir).float().eval()
@@ -69,7 +71,7 @@ def minitron_study(out_dir: str | Path, preset: str = "base", tokens: int = 160 
     payload = {"preset": preset, "teacher_params": param_counts(teacher.config)["total"],
                "student_params": param_counts(student_cfg)["total"], "student_shape": one.report["final"]["shape"],
                "tokens": one.report["final"]["tokens"], "steps": steps, "teacher_val_loss": teacher_loss,
-               "val_loss": arms, "ranking": one.report["rounds"][0]["pruning"]["ranking"],
+               "val_loss": arms, "shapes": shapes, "ranking": one.report["rounds"][0]["pruning"]["ranking"],
                "prune_distill_best": min(arms, key=arms.get).startswith("pruned + distilled"),
                "seconds": time.perf_counter() - t0, "threads": threads}
     atomic_write_text(out / "minitron.json", json.dumps(payload, indent=2))
