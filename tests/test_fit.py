@@ -245,7 +245,7 @@ def test_structured_builder_distils_towards_the_original(tiny_model: Path) -> No
 
     heldout = torch.randint(0, V, (256,), generator=torch.Generator().manual_seed(2))
     kl = {}
-    for tokens in (0, 2048):
+    for tokens in (0, 4096):
         ctx = BuildContext(calib=torch.randint(0, V, (8, 64), generator=torch.Generator().manual_seed(0)),
                            distill_tokens=tokens, distill_windows=windows, threads=1)
         pruned = BUILDERS["prune_structured"].apply(model, "depth-0.5", ctx)
