@@ -255,8 +255,13 @@ class Fit:
             if (folder / "pocketlm.json").is_file():
                 model = load_model(folder).float().eval()
             else:
+                steps = [(a, v) for a, v in cand.weights if v != "none"]
+                base = self.ref_model
+                if len(steps) > 1:  # the built prefix (pruned and distilled), then only the last step
+                    base = self._weights(Candidate(tuple(steps[:-1]) + (cand.format,)))
+                    cand = Candidate((steps[-1], cand.format))
                 _say(self.progress, f"  building [bold]{wk}[/]")
-                model = build_weights(self.ref_model, cand, self.ctx).eval()
+                model = build_weights(base, cand, self.ctx).eval()
                 save_native(model, folder)
             while len(self._weights_cache) >= 2:
                 self._weights_cache.pop(next(iter(self._weights_cache)))
