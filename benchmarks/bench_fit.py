@@ -10,8 +10,8 @@ measured in the same run (quality and cost ratios).
 `--model small` (or tiny/base) is the preset trained on the bundled corpus (train.fixtures.trained_preset,
 cached). Targets (issue 15): the 135M shape's default search <= 30 minutes on 2 cores, <= 25% of the
 candidates measured. The catalog architecture has random weights and no tokenizer, so its quality is KL on
-seeded random tokens. Budget i runs in OUT/budget<i> on a copy of the previous budget's fit.sqlite (as a
-user re-running with a new budget would); rerunning the same command resumes (delete OUT for an uncached
+seeded random tokens. Budget i runs in OUT/budget<i> on a copy of the previous budget's fit.sqlite and built weights
+(.scratch/weights-*; as a user re-running with a new budget in the same folder would); rerunning the same command resumes (delete OUT for an uncached
 time).
 """
 
@@ -70,8 +70,10 @@ def main() -> None:
     for i, text in enumerate(budgets):
         out = a.out / f"budget{i}"
         out.mkdir(parents=True, exist_ok=True)
-        if previous is not None and not (out / "fit.sqlite").exists():
+        if previous is not None and not (out / "fit.sqlite").exists():  # the scores, and the built weights
             shutil.copy(previous / "fit.sqlite", out / "fit.sqlite")
+            for built in (previous / ".scratch").glob("weights-*"):
+                shutil.copytree(built, out / ".scratch" / built.name, dirs_exist_ok=True)
         load = os.getloadavg()[0]
         t0 = time.perf_counter()
         report = fit(FitConfig(model, Budget.parse(**_budget(text)), runtime=a.runtime, candidates=a.candidates,
