@@ -495,9 +495,12 @@ def screen(run: Fit, alive: list[Record]) -> list[Record]:
     base = rec_of(dense, widest).quality["kl_mean"]
     for r in alive:
         w, f = r.candidate.weights, r.candidate.format[1]
+        if r.key in probes:  # exact by construction: not an estimate
+            continue
         r.estimate = max(rec_of(w, widest).quality["kl_mean"] + rec_of(dense, f).quality["kl_mean"] - base, 0.0)
     pool = [r for r in alive if not budget.misses(r.predicted)] or alive
-    points = {r.key: (r.estimate, r.predicted["decode_ms"], r.predicted["memory_bytes"]) for r in pool}
+    kl = {r.key: r.quality["kl_mean"] if r.key in probes else r.estimate for r in alive}
+    points = {r.key: (kl[r.key], r.predicted["decode_ms"], r.predicted["memory_bytes"]) for r in pool}
     keep = set(front(points))
     keep |= set(front({k: p for k, p in points.items() if k not in keep}))
     keep |= {r.key for r in alive if r.baseline or r.key in probes}
@@ -508,7 +511,8 @@ def screen(run: Fit, alive: list[Record]) -> list[Record]:
 
 
 def _screen_error(recs: list[Record]) -> dict | None:
-    """How far the additive estimate was from the scored KL (rung 0 and 1 scores both count)."""
+    """How far the additive estimate was from the scored KL (rung 0 and 1 scores both count; the probes,
+    exact by construction, are not estimates)."""
     pairs = [(r.estimate, r.quality["kl_mean"]) for r in recs if r.quality is not None]
     errs = sorted(abs(e - q) / max(q, 1e-9) for e, q in pairs if q > 0)
     if not errs:
