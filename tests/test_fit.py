@@ -255,6 +255,25 @@ def test_structured_builder_distils_towards_the_original(tiny_model: Path) -> No
     assert kl["distilled"] < 0.8 * kl["pruned"]  # 0.050 -> 0.031 on the 60-step tiny model
 
 
+def test_structured_candidates_on_a_model_that_cannot_be_sliced(tmp_path: Path) -> None:
+    """An MoE model: by default the structured axis is dropped with a note; asked for, one clear error."""
+    from pocketlm.compress.structured.importance import StructuredError
+    from pocketlm.fit.config import FitConfig
+    from pocketlm.fit.search import Fit
+    from pocketlm.model.config import ModelConfig
+
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layer=2, n_head=2, n_experts=4, top_k=2, intermediate_size=32,
+                      max_seq_len=128)
+    (tmp_path / "moe.json").write_text(json.dumps(cfg.to_dict()))
+    run = dict(SMALL_RUN, candidates="precision=int8")
+    fit_run = Fit(FitConfig(str(tmp_path / "moe.json"), Budget.parse(max_disk="1GB"), **run), tmp_path / "a", False)
+    fit_run.store.close()
+    assert fit_run.axes["prune_structured"] == ("none",) and "mixture of experts" in fit_run.notes[0]
+    with pytest.raises(StructuredError, match="mixture of experts"):
+        Fit(FitConfig(str(tmp_path / "moe.json"), Budget.parse(max_disk="1GB"),
+                      **dict(run, candidates="precision=int8;prune_structured=depth-0.5")), tmp_path / "b", False)
+
+
 @pytest.mark.slow
 def test_infeasible_budget_names_the_nearest_candidates(two_fits: dict, tiny_model: Path) -> None:
     from pocketlm.fit.config import FitConfig
