@@ -215,7 +215,8 @@ class Fit:
         target = None
         if changed:  # a new architecture: measure the saved folder of the built float model
             target = self._weights_dir(cand)
-            self._weights(cand)
+            if not (target / "pocketlm.json").is_file():
+                self._weights(cand)  # builds and saves it
         setting = self.setting(fmt_value, str(target) if target else None)
         key = fingerprint(self.model_fp, self._cost_group(cand), dataclasses.replace(setting, model="").to_dict())
         hit = self.store.get("measure", key)
