@@ -12,7 +12,7 @@ from pocketlm.fit.budget import Budget
 from pocketlm.fit.candidates import BUILDERS, BuildContext, CandidateError, parse_axes
 from tests.test_fit import tiny_model  # noqa: F401  (the module-scoped trained preset)
 
-AXES = "precision=int4,int4-gptq,int4-awq,int3,int3-gptq;prune_nm=none"
+AXES = "precision=int4,int4-gptq,int4-awq,int3,int3-gptq;prune_nm=none;prune_structured=none"
 SMALL_RUN = dict(candidates=AXES, tokens=512, window=64, prompt=32, context=64, gen=8, repeat=2, threads=1)
 
 
@@ -132,7 +132,8 @@ def test_llamacpp_fit_chooses_gptqs_gguf_on_rtns_measurement(tiny_model: Path, t
     from pocketlm.fit.config import FitConfig
     from pocketlm.fit.search import fit
 
-    run = dict(SMALL_RUN, runtime="llamacpp", candidates="gguf_qtype=Q4_0,Q4_0-gptq;prune_nm=none")
+    run = dict(SMALL_RUN, runtime="llamacpp",
+               candidates="gguf_qtype=Q4_0,Q4_0-gptq;prune_nm=none;prune_structured=none")
     report = fit(FitConfig(str(tiny_model), Budget.parse(max_disk="700KB"), **run), tmp_path, progress=False)
     recs = {r["candidate"]: r for r in report["candidates"]}
     rtn, gptq = recs["gguf_qtype=Q4_0"], recs["gguf_qtype=Q4_0-gptq"]

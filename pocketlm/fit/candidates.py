@@ -2,8 +2,9 @@
 
 A candidate is one value per axis, e.g. `prune_nm=2:4 + gguf_qtype=Q4_K_M`. Two kinds of builder:
 
-- a *weights* builder changes the float weights (or the architecture) before export: `prune_nm` today;
-  structured width/depth pruning and distillation register here when they land. `apply(model, value, ctx)`
+- a *weights* builder changes the float weights (or the architecture) before export: `prune_structured`
+  (width / depth pruning by compress/structured, then a short distillation when the fit has a token budget)
+  and `prune_nm` (Wanda N:M), applied in that order. `apply(model, value, ctx)`
   returns the changed float model; `config(cfg, value)` the architecture it has afterwards (the cost
   model's input); `"none"` is always a value and leaves the model as it is.
 - a *format* builder is what the runtime runs: `precision` (torch: fp32/bf16/int8/int4, and int4/int3
@@ -44,6 +45,8 @@ class BuildContext:
     scratch: Path | None = None
     group_size: int = 32
     calibrate: Callable[[], torch.Tensor] | None = None  # computes `calib` on first use
+    distill_tokens: int = 0  # recovery distillation after structured pruning (0: none)
+    distill_windows: Callable[[int, int], torch.Tensor] | None = None  # (n, length) -> token windows [n, length]
 
     def calibration(self) -> torch.Tensor:
         """The calibration tokens, computed on first use (GPTQ / AWQ / Wanda need them, RTN does not)."""
@@ -149,6 +152,12 @@ def parse_axes(spec: str | None, runtime: str) -> dict[str, tuple[str, ...]]:
 
 def _open_value(axis: str, value: str) -> bool:
     """Values outside the default list that a builder still accepts (N:M patterns, GGUF types)."""
+    if axis == "prune_structured":
+        kind, _, ratio = value.partition("-")
+        try:
+            return kind in ("width", "depth") and 0 < float(ratio) < 1
+        except ValueError:
+            return False
     if axis == "prune_nm":
         n, _, m = value.partition(":")
         return n.isdigit() and m.isdigit() and 0 < int(n) < int(m)
@@ -178,6 +187,62 @@ def build_weights(base: Any, cand: Candidate, ctx: BuildContext) -> Any:
 
 
 # ---- weights builders -------------------------------------------------------------------------------
+
+STRUCTURED_ROUND = 32  # pruned widths stay multiples of 32: ggml's blocks and the int4 groups of 32 need it
+DISTILL_SEQ_LEN = 128
+
+
+def structured_shape(cfg: Any, value: str):
+    """The uniform shape `width-0.75` / `depth-0.5` names: width scales the FFN and residual widths
+    (Minitron's best width axes; heads kept), depth the number of blocks."""
+    from pocketlm.compress.structured.shapes import Shape
+
+    kind, _, ratio = value.partition("-")
+    r, base = float(ratio), Shape.of(cfg)
+    if kind == "depth":
+        return dataclasses.replace(base, n_layer=max(1, round(base.n_layer * r)))
+
+    def narrow(width: int) -> int:
+        return min(width, max(STRUCTURED_ROUND, int(width * r / STRUCTURED_ROUND + 0.5) * STRUCTURED_ROUND))
+
+    return dataclasses.replace(base, intermediate=narrow(base.intermediate), d_model=narrow(base.d_model))
+
+
+def _prune_structured(model: Any, value: str, ctx: BuildContext) -> Any:
+    """Minitron's recipe on a budget: activation importance (and Block Influence for depth) on the
+    calibration tokens, slice to the shape, then distil from the unpruned model on `ctx.distill_tokens`."""
+    from pocketlm.compress.structured.driver import prune_structured
+
+    shape = structured_shape(model.config, value)
+    student = prune_structured(model, ctx.calibration(), shape).model
+    if ctx.distill_tokens:
+        distil(model, student, ctx)
+    return student.eval()
+
+
+def distil(teacher: Any, student: Any, ctx: BuildContext, lr: float = 1e-4, batch_size: int = 8) -> None:
+    """Logit KL from `teacher` (Minitron: alpha 1, temperature 1) on `ctx.distill_tokens` tokens, in place."""
+    from pocketlm.train.distill import DistillConfig, Distillation
+    from pocketlm.train.loop import finetune
+
+    if ctx.distill_windows is None:
+        raise ValueError("distillation needs token windows: give BuildContext distill_windows=")
+    length = min(DISTILL_SEQ_LEN, teacher.config.max_seq_len - 1)
+    steps = max(1, ctx.distill_tokens // (batch_size * length))
+    windows = ctx.distill_windows(min(steps * batch_size, 4096), length + 1)
+    teacher.eval()
+    finetune(student, windows, steps, lr, batch_size=batch_size, threads=ctx.threads,
+             objective=Distillation(teacher, student, DistillConfig(alpha=1.0, temperature=1.0)))
+
+
+register(Builder(
+    "prune_structured", "weights", ("torch", "llamacpp"), ("none", "width-0.75", "depth-0.75"),
+    apply=_prune_structured, config=lambda cfg, v: structured_shape(cfg, v).config(cfg),
+    doc="width / depth pruning at a ratio (compress/structured: Minitron activation importance, Block "
+        "Influence), then a short logit distillation from the original under --distill-tokens; any "
+        "`width-R` / `depth-R` with 0 < R < 1 on request. A smaller architecture: the cost model predicts "
+        "it from the pruned config and it gets its own measurement."))
+
 
 def _prune_nm(model: Any, value: str, ctx: BuildContext) -> Any:
     from pocketlm.compress.prune.driver import prune

@@ -28,6 +28,8 @@ def register(app: typer.Typer) -> None:
                                     "front, e.g. kl,arc_easy,hellaswag"),
         calib: str = typer.Option(FitConfig.calib, help="calibration for pruning, SOURCE:NxL"),
         tokens: int = typer.Option(FitConfig.tokens, help="held-out tokens for KL / perplexity"),
+        distill_tokens: int = typer.Option(FitConfig.distill_tokens, help="distillation tokens for each "
+                                           "structured-pruning candidate (0: prune only)"),
         prompt: int = typer.Option(FitConfig.prompt, help="prompt tokens of the prefill test"),
         context: int = typer.Option(FitConfig.context, help="context the KV cache and decode test are sized for"),
         gen: int = typer.Option(FitConfig.gen, help="tokens per decode test"),
@@ -42,8 +44,8 @@ def register(app: typer.Typer) -> None:
         budget = Budget.parse(max_memory, min_decode_tok_s, max_disk, max_prefill_ms)
         cfg = FitConfig(model=model, budget=budget, runtime=runtime, candidates=candidates,
                         quality=tuple(q.strip() for q in quality.split(",") if q.strip()), calib=calib,
-                        tokens=tokens, prompt=prompt, context=context, gen=gen, repeat=repeat, threads=threads,
-                        margin=margin, task_limit=task_limit)
+                        tokens=tokens, distill_tokens=distill_tokens, prompt=prompt, context=context, gen=gen,
+                        repeat=repeat, threads=threads, margin=margin, task_limit=task_limit)
         report = fit(cfg, out)
         console = output_console()
         console.print(report["sections"][0]["markdown"])

@@ -19,6 +19,7 @@ class FitConfig:
     quality: tuple[str, ...] = ("kl",)  # kl | ppl, then optional task names (scored on the front only)
     calib: str = "bundled:16x128"
     tokens: int = 4096  # held-out tokens scored at the last rung (a quarter at the first)
+    distill_tokens: int = 0  # recovery distillation of each structured-pruning candidate (0: prune only)
     window: int = 128
     prompt: int = 64  # prefill test: prompt tokens
     context: int = 256  # decode measured after context - gen tokens; KV cache sized for context
@@ -27,6 +28,7 @@ class FitConfig:
     threads: int = 0  # 0: torch's default
     margin: float = 0.25  # discard unmeasured only when the prediction misses a limit by more than this
     max_extra_measurements: int = 3  # when nothing promoted fits: how many more to try
+    screen_above: int = 16  # more candidates alive than this (and several weights variants): screen rung 0
     task_limit: int = 100
     seed: int = 0
 

@@ -9,7 +9,8 @@ from pocketlm.fit.config import FitConfig
 
 # a budget that binds on the demo model: fp32 (4.3 MB), bf16 and int8 (1.6 MB) miss the disk limit
 DEMO_BUDGET = {"max_disk": "1.5MB", "min_decode_tok_s": "50"}
-DEMO_RUN = dict(runtime="torch", candidates="precision=fp32,bf16,int8,int4;prune_nm=none", tokens=1024,
+DEMO_RUN = dict(runtime="torch", candidates="precision=fp32,bf16,int8,int4;prune_nm=none;prune_structured=none",
+                tokens=1024,
                 window=128, prompt=32, context=128, gen=8, repeat=2, threads=1)
 
 

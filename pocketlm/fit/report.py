@@ -70,6 +70,35 @@ def front_figure(report: dict, path: Path) -> Path | None:
     return path
 
 
+def baseline_verdicts(chosen: dict, baselines: list[dict]) -> list[str]:
+    """One line per "one type everywhere" baseline: is fit's choice at least as good on quality at no higher
+    measured cost, and if not, why."""
+    lines, c = [], chosen["measured"]
+    for b in baselines:
+        name, m, q = f"`{b['candidate']}`", b["measured"], b["quality"]
+        if b["candidate"] == chosen["candidate"]:
+            lines.append(f"{name} is fit's choice: nothing that fits scores better.")
+        elif not m or not q:
+            lines.append(f"{name} was not measured (the cost model put it {'; '.join(b['misses']) or 'aside'}).")
+        elif b["misses"]:
+            lines.append(f"{name} misses the budget ({'; '.join(b['misses'])}); the choice fits.")
+        else:
+            kl = chosen["quality"]["kl_mean"]
+            cost = (c["decode_ms"] / m["decode_ms"], c["memory_bytes"] / m["memory_bytes"])
+            ratios = f"decode time x{cost[0]:.2f}, memory x{cost[1]:.2f} of the baseline's"
+            if kl <= q["kl_mean"] and max(cost) <= 1:
+                lines.append(f"{name} fits; the choice is at least as good on quality (KL {kl:.4f} vs "
+                             f"{q['kl_mean']:.4f}) at no higher measured cost ({ratios}).")
+            elif kl <= q["kl_mean"]:
+                lines.append(f"{name} fits and costs less ({ratios}), but the choice has lower KL ({kl:.4f} vs "
+                             f"{q['kl_mean']:.4f}): fit spends the budget on quality; ask for a tighter budget to "
+                             "trade it back.")
+            else:
+                lines.append(f"{name} fits with lower KL ({q['kl_mean']:.4f} vs {kl:.4f}); the choice ranks first "
+                             "on the task mean of --quality.")
+    return lines
+
+
 def sections(report: dict, figure: str | None) -> list[dict]:
     """The fit's report as ordered sections (shared by report.md, report.html and the demo)."""
     counts, cm = report["counts"], report["cost_model"]
@@ -98,6 +127,13 @@ def sections(report: dict, figure: str | None) -> list[dict]:
                f"measured cost from {counts['measurement_processes']} fresh-process measurements "
                f"({counts['measured_this_run']} run now, the rest reused from `fit.sqlite`); "
                f"{report['seconds']} s."]
+    if counts.get("screened_out"):
+        se = report.get("screen_error") or {}
+        result += ["", f"{counts['screened_out']} of {counts['alive']} candidates the cost model kept were left "
+                   "unscored: their KL, estimated as the sum of their parts' (each weights step at the widest "
+                   "format, each format on the dense model), was dominated at its predicted cost"
+                   + (f" (the estimate's median error on the {se['n']} scored: {se['median_rel']:.0%})." if se
+                      else ".")]
     head = "| candidate | KL | ppl | decode tok/s | prefill ms | memory MB | disk MB | tasks | status |"
     rule = "|---|---:|---:|---:|---:|---:|---:|---|---|"
 
@@ -111,11 +147,7 @@ def sections(report: dict, figure: str | None) -> list[dict]:
         front_md += ["", f"![Pareto front]({figure})"]
     baseline_md = [head, rule] + [row(b, b["measured"]) for b in report["baselines"]]
     if chosen:
-        worse = [b["candidate"] for b in report["baselines"] if b["quality"] and b["measured"] and not b["misses"]
-                 and b["quality"]["kl_mean"] < chosen["quality"]["kl_mean"]]
-        baseline_md += ["", "Fit's choice is the best-quality point that fits; " + (
-            f"these baselines fit and score better: {', '.join(worse)} (they are on the front)." if worse else
-            "no baseline that fits the budget has lower KL.")]
+        baseline_md += [""] + [f"- {line}" for line in baseline_verdicts(chosen, report["baselines"])]
     err = report["prediction_error"]
     cm_md = [f"Calibrated on {len(cm['anchors'])} anchors ({', '.join(cm['anchors'])}): effective decode bandwidth "
              f"{cm['effective_bandwidth_GBps'] or 0:.2f} GB/s, decode overhead {cm['decode_overhead_ms']:.2f} ms/token, "

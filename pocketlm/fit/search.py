@@ -51,6 +51,7 @@ class Record:
     status: str = "considered"
     misses: list[str] = field(default_factory=list)
     baseline: bool = False
+    estimate: float | None = None  # the screen's additive KL estimate (large spaces only)
 
     @property
     def key(self) -> str:
@@ -67,6 +68,7 @@ class Record:
         return {"candidate": self.key or "(original)", "steps": self.candidate.to_dict()["steps"],
                 "status": self.status, "baseline": self.baseline, "predicted": self.predicted,
                 "measured": self.measured, "quality": self.quality, "rung": self.rung, "tasks": self.tasks,
+                "kl_estimate": self.estimate,
                 "misses": self.misses,
                 "prediction_error": relative_error(self.predicted, self.measured) if self.measured else None}
 
@@ -92,12 +94,16 @@ class Fit:
         if cfg.context > self.base_cfg.max_seq_len or cfg.prompt > self.base_cfg.max_seq_len:
             raise ValueError(f"--context {cfg.context} / --prompt {cfg.prompt} exceed the model's context length "
                              f"{self.base_cfg.max_seq_len}; lower them")
+        if cfg.distill_tokens < 0:
+            raise ValueError(f"--distill-tokens {cfg.distill_tokens}: give 0 (prune only) or a positive token count")
         if cfg.gen >= cfg.context:
             raise ValueError(f"--gen {cfg.gen} must be below --context {cfg.context}")
         from pocketlm.model import costs
 
         cfg.budget.check_model(costs.kv_cache_bytes(self.base_cfg, cfg.context, 2), cfg.context)
         self.axes = parse_axes(cfg.candidates, cfg.runtime)
+        self.notes: list[str] = []
+        self._check_structured()
         self.fmt = format_axis(cfg.runtime)
         for b in BASELINES[cfg.runtime]:  # the by-hand baselines are always in the space
             if b not in self.axes[self.fmt.name]:
@@ -112,9 +118,9 @@ class Fit:
         self.scratch = out_dir / ".scratch"
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.ctx = BuildContext(calib=None, tokenizer=self.tokenizer, threads=cfg.threads or None,
-                                scratch=self.scratch, calibrate=self._calib)
+                                scratch=self.scratch, calibrate=self._calib, distill_tokens=cfg.distill_tokens,
+                                distill_windows=self._distill_windows)
         self.heldout = self._heldout()
-        self.notes: list[str] = []
         self.measurements_run = 0
         self._weights_cache: dict[str, Any] = {}
         self._check_settings()
@@ -140,6 +146,30 @@ class Fit:
         g = torch.Generator().manual_seed(self.cfg.seed + 1)
         self.random_tokens = True
         return torch.randint(0, self.base_cfg.vocab_size, (self.cfg.tokens,), generator=g)
+
+    def _check_structured(self) -> None:
+        """Structured pruning needs a sliceable model: asked for, refuse clearly; by default, leave it out."""
+        from pocketlm.compress.structured.importance import StructuredError, check_sliceable
+
+        if self.axes.get("prune_structured", ("none",)) == ("none",):
+            return
+        try:
+            check_sliceable(self.base_cfg)
+        except StructuredError as e:
+            if "prune_structured" in (self.cfg.candidates or ""):
+                raise
+            self.axes["prune_structured"] = ("none",)
+            self.notes.append(f"No structured-pruning candidates: {e}")
+
+    def _distill_windows(self, n: int, length: int) -> torch.Tensor:
+        """Distillation windows from the calibration source (never the held-out text), seeded apart."""
+        from pocketlm.compress.calibration import CalibSpec, calibration_batches
+
+        source = CalibSpec.parse(self.cfg.calib).source
+        if self.tokenizer is not None:
+            return calibration_batches(CalibSpec(source, n, length), self.tokenizer, seed=self.cfg.seed + 3)[0]
+        g = torch.Generator().manual_seed(self.cfg.seed + 3)
+        return torch.randint(0, self.base_cfg.vocab_size, (n, length), generator=g)
 
     def _calib(self) -> torch.Tensor:
         if self.ctx.calib is None:
@@ -183,12 +213,10 @@ class Fit:
         fmt_value = cand.format[1]
         changed = cand.config(self.base_cfg) != self.base_cfg
         target = None
-        if changed:  # a new architecture: save the built float model and measure that folder
-            target = self.scratch / f"arch-{fingerprint(cand.weights_key)}"
-            if not (target / "pocketlm.json").exists():
-                from pocketlm.interop import save_native
-
-                save_native(self._weights(cand), target)
+        if changed:  # a new architecture: measure the saved folder of the built float model
+            target = self._weights_dir(cand)
+            if not (target / "pocketlm.json").is_file():
+                self._weights(cand)  # builds and saves it
         setting = self.setting(fmt_value, str(target) if target else None)
         key = fingerprint(self.model_fp, self._cost_group(cand), dataclasses.replace(setting, model="").to_dict())
         hit = self.store.get("measure", key)
@@ -203,10 +231,42 @@ class Fit:
 
     # ---- building and scoring ------------------------------------------------------------------------
 
+    def _distilled(self, cand: Candidate) -> tuple:
+        """The distillation budget when it shapes this candidate's weights (structured steps only), else ()."""
+        pruned = any(a == "prune_structured" and v != "none" for a, v in cand.weights)
+        return ("distill", self.cfg.distill_tokens) if pruned and self.cfg.distill_tokens else ()
+
+    def _build_key(self, cand: Candidate) -> str:
+        """What a built float model depends on: the model, its weights steps, calibration and distillation."""
+        return fingerprint(self.model_fp, cand.weights_key, self.cfg.calib, self.cfg.seed, *self._distilled(cand))
+
+    def _weights_dir(self, cand: Candidate) -> Path:
+        return self.scratch / f"weights-{self._build_key(cand)}"
+
     def _weights(self, cand: Candidate):
+        """The candidate's float model. Built once and saved under .scratch (a rerun, or a later step,
+        loads it instead of pruning and distilling again); two kept in memory (135M: 0.5 GB each)."""
         wk = cand.weights_key
+        if wk == "dense":
+            return self.ref_model
         if wk not in self._weights_cache:
-            self._weights_cache[wk] = build_weights(self.ref_model, cand, self.ctx)
+            from pocketlm.interop import load_model, save_native
+
+            folder = self._weights_dir(cand)
+            if (folder / "pocketlm.json").is_file():
+                model = load_model(folder).float().eval()
+            else:
+                steps = [(a, v) for a, v in cand.weights if v != "none"]
+                base = self.ref_model
+                if len(steps) > 1:  # the built prefix (pruned and distilled), then only the last step
+                    base = self._weights(Candidate(tuple(steps[:-1]) + (cand.format,)))
+                    cand = Candidate((steps[-1], cand.format))
+                _say(self.progress, f"  building [bold]{wk}[/]")
+                model = build_weights(base, cand, self.ctx).eval()
+                save_native(model, folder)
+            while len(self._weights_cache) >= 2:
+                self._weights_cache.pop(next(iter(self._weights_cache)))
+            self._weights_cache[wk] = model
         return self._weights_cache[wk]
 
     def emulated(self, cand: Candidate):
@@ -217,7 +277,8 @@ class Fit:
         from pocketlm.compress.measure import compare_on_tokens
 
         n = self.cfg.tokens if rung else max(self.cfg.tokens // 4, self.cfg.window)
-        key = fingerprint(self.model_fp, rec.key, n, self.cfg.window, self.cfg.calib, self.cfg.seed)
+        key = fingerprint(self.model_fp, rec.key, n, self.cfg.window, self.cfg.calib, self.cfg.seed,
+                          *self._distilled(rec.candidate))
         hit = self.store.get("quality", key)
         if hit is None:
             model = self.emulated(rec.candidate)
@@ -322,12 +383,14 @@ def _search(run: Fit) -> dict:
     alive = [r for r in recs.values() if r.status != "discarded by the cost model"]
     _say(run.progress, f"fit: {len(recs) - len(alive)} discarded by the cost model; scoring {len(alive)}")
 
-    # 3. quality, rung 0 on everything alive; rung 1 on the rung-0 front (predicted cost) and the baselines
-    for r in alive:
+    # 3. quality, rung 0 on everything alive (or, in a large space, on what the additive screen keeps);
+    #    rung 1 on the rung-0 front (predicted cost) and the baselines
+    rung0 = screen(run, alive) if len(alive) > cfg.screen_above else alive
+    for r in rung0:
         run.score(r, 0)
-    feasible0 = {r.key: r.point() for r in alive if not budget.misses(r.cost())} or {r.key: r.point() for r in alive}
-    promoted = set(front(feasible0)) | {r.key for r in alive if r.baseline}
-    for r in alive:
+    feasible0 = {r.key: r.point() for r in rung0 if not budget.misses(r.cost())} or {r.key: r.point() for r in rung0}
+    promoted = set(front(feasible0)) | {r.key for r in rung0 if r.baseline}
+    for r in rung0:
         if r.key in promoted:
             run.score(r, 1)
         else:
@@ -359,6 +422,11 @@ def _search(run: Fit) -> dict:
             if settle(r):
                 break
 
+    if any(r.status == "measured: fits" for r in recs.values()):
+        for r in ranked:
+            if r.measured is None:
+                r.status = "scored, not measured: a fitting candidate has lower KL"
+
     # 5. the front on measured records (rung 1 only: the same held-out tokens) and the choice
     measured = {r.key: r for r in recs.values() if r.measured is not None and r.rung == 1}
     fits = {k: r for k, r in measured.items() if not r.misses}
@@ -376,6 +444,7 @@ def _search(run: Fit) -> dict:
         verify = run_verify(run, chosen, artifact)
     nearest = [] if chosen is not None else _nearest(recs.values())
     n_cost_measured = sum(r.measured is not None for r in recs.values())
+    screened = [r for r in recs.values() if r.estimate is not None]
     return {
         "format": "pocketlm.fit/1", "config": cfg.to_dict(), "model": run.ref.name,
         "budget": budget.describe(), "runtime": cfg.runtime, "axes": {k: list(v) for k, v in run.axes.items()},
@@ -387,14 +456,69 @@ def _search(run: Fit) -> dict:
             "The model has no tokenizer: quality is scored on seeded random token ids."]
             if getattr(run, "random_tokens", False) else []),
         "counts": {"considered": len(recs), "discarded_by_cost_model": len(recs) - len(alive),
-                   "scored": len(alive), "promoted": len(promoted), "with_measured_cost": n_cost_measured,
+                   "alive": len(alive), "scored": sum(r.quality is not None for r in recs.values()),
+                   "screened_out": sum(r.status == SCREENED for r in recs.values()),
+                   "promoted": len(promoted), "with_measured_cost": n_cost_measured,
                    "measurement_processes": run.store.count("measure"), "measured_this_run": run.measurements_run,
                    "store_hits": run.store.hits},
         "prediction_error": _error_summary(r for r in recs.values()
                                            if run._cost_group(r.candidate) not in anchor_groups),
+        "screen_error": _screen_error(screened),
         "verify_prediction_error": relative_error(chosen.predicted, verify["measured"]) if verify else None,
         "format_values": list(fmt_values),
     }
+
+
+SCREENED = "screened out (estimated KL x predicted cost dominated)"
+
+
+def screen(run: Fit, alive: list[Record]) -> list[Record]:
+    """Rung 0 for a large space: score each weights variant at the widest format and the dense model at each
+    format (of the alive candidates), estimate every combination's KL as the sum of its parts' increments (KL(w + f) ~ KL(w + widest)
+    + KL(dense + f) - KL(dense + widest): small perturbations add to first order), and keep for scoring
+    the candidates on the first two Pareto layers of (estimated KL, predicted decode ms, predicted memory)
+    among those predicted to fit (all alive when none is), plus the baselines."""
+    budget, recs = run.cfg.budget, run.records
+    variants = sorted({r.candidate.weights for r in alive})
+    if len(variants) < 2:
+        return alive
+    fmt_values = sorted({r.candidate.format[1] for r in alive})  # only the parts an alive candidate uses
+    widest = max(fmt_values, key=lambda v: run.fmt.bits(run.fmt.dtype(v)))
+
+    def rec_of(weights: tuple, fmt: str) -> Record:
+        return recs[Candidate(weights + ((run.fmt.name, fmt),)).key]
+
+    dense = next(w for w in recs.values() if w.candidate.weights_key == "dense").candidate.weights
+    probes = {rec_of(w, widest).key: rec_of(w, widest) for w in variants}
+    probes.update({rec_of(dense, f).key: rec_of(dense, f) for f in fmt_values})
+    for r in probes.values():
+        run.score(r, 0)
+    base = rec_of(dense, widest).quality["kl_mean"]
+    for r in alive:
+        w, f = r.candidate.weights, r.candidate.format[1]
+        if r.key in probes:  # exact by construction: not an estimate
+            continue
+        r.estimate = max(rec_of(w, widest).quality["kl_mean"] + rec_of(dense, f).quality["kl_mean"] - base, 0.0)
+    pool = [r for r in alive if not budget.misses(r.predicted)] or alive
+    kl = {r.key: r.quality["kl_mean"] if r.key in probes else r.estimate for r in alive}
+    points = {r.key: (kl[r.key], r.predicted["decode_ms"], r.predicted["memory_bytes"]) for r in pool}
+    keep = set(front(points))
+    keep |= set(front({k: p for k, p in points.items() if k not in keep}))
+    keep |= {r.key for r in alive if r.baseline or r.key in probes}
+    for r in alive:
+        if r.key not in keep:
+            r.status = SCREENED
+    return [r for r in alive if r.key in keep]
+
+
+def _screen_error(recs: list[Record]) -> dict | None:
+    """How far the additive estimate was from the scored KL (rung 0 and 1 scores both count; the probes,
+    exact by construction, are not estimates)."""
+    pairs = [(r.estimate, r.quality["kl_mean"]) for r in recs if r.quality is not None]
+    errs = sorted(abs(e - q) / max(q, 1e-9) for e, q in pairs if q > 0)
+    if not errs:
+        return None
+    return {"median_rel": errs[len(errs) // 2], "max_rel": errs[-1], "n": len(errs)}
 
 
 def _choose(front_recs: list[Record], quality: tuple[str, ...]) -> Record | None:
