@@ -1,0 +1,155 @@
+"""Quantized codes -> a Hugging Face folder in the compressed-tensors layout (what llm-compressor writes and
+vLLM serves as W4A16 / W8A16; transformers decompresses it with the `compressed-tensors` package).
+
+Layout (compressed-tensors 0.20, format "pack-quantized"), per quantized linear `<m>` of the HF model:
+- `<m>.weight_packed` int32 [N, ceil(K bits / 32)]: each row's codes, shifted to unsigned (q + 2^(bits-1)),
+  laid end to end as one bit stream (code i at bits i*bits .. i*bits+bits-1, low bit first; a code may
+  straddle two words) and cut into little-endian 32-bit words;
+- `<m>.weight_scale` [N, K / group_size] (strategy "group") or [N, 1] ("channel"), in the model's dtype;
+- `<m>.weight_zero_point` (asymmetric only) int32 [ceil(N bits / 32), G]: the signed integer zero points
+  packed the same way down each column;
+- `<m>.weight_shape` int64 [2] = (N, K).
+A weight decompresses as w = (q - z) * s with q, z signed in [-2^(bits-1), 2^(bits-1)), z = 0 when symmetric.
+`config.json` gains the `quantization_config` that compressed-tensors' ModelCompressor writes: one config
+group targeting every `Linear`, `ignore` naming the linears left float (always `lm_head`).
+
+The codes are the ones the quantizer chose (`QuantReport.codes`, on an `IntGrid`), never re-rounded: a
+symmetric grid is the format's as is; an asymmetric one must have integer zero points
+(`IntGrid(integer_zero=True)`, which `quantize_checkpoint(..., fmt="compressed-tensors")` uses), since the
+format has no float offsets. Before writing, every matrix is decompressed by the rule above and compared
+with the model's own dequantized weight, bit for bit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pocketlm.interop.hf import hf_checkpoint, hf_tensor_name, write_hf_folder
+from pocketlm.model.quantize import IntGrid
+from pocketlm.model.transformer import Transformer
+
+FORMAT = "pack-quantized"
+QUANT_METHOD = "compressed-tensors"
+LAYOUT_VERSION = "0.20.1"  # the compressed-tensors release whose layout this writes (config `version`)
+BITS = (4, 8)  # W4A16 / W8A16: what vLLM's compressed-tensors WNA16 kernels serve
+_ROWS_PER_CHUNK = 256  # bound the bit-stream expansion's memory on wide matrices
+
+
+class CompressedTensorsError(ValueError):
+    """Codes or a model the compressed-tensors layout cannot hold; the message names the problem and the fix."""
+
+
+def check_grid(grid: Any) -> None:
+    """Refuse grids the layout cannot express before any work is done."""
+    if not isinstance(grid, IntGrid):
+        raise CompressedTensorsError(f"compressed-tensors holds integer grids; {getattr(grid, 'name', grid)!r} is not "
+                                     "one (GGUF block grids go to --gguf).")
+    if grid.bits not in BITS:
+        raise CompressedTensorsError(
+            f"{grid.bits}-bit codes: the compressed-tensors W4A16/W8A16 layout that vLLM serves holds 4 or 8 bits; "
+            "use --bits 4 or 8, or keep 2/3-bit codes in pocketlm's own checkpoint (--format pocketlm).")
+    if not grid.sym and not grid.integer_zero:
+        raise CompressedTensorsError(
+            "compressed-tensors stores integer zero points, and this asymmetric grid has float offsets: quantize "
+            "with IntGrid(integer_zero=True) (what --format compressed-tensors does) or sym=True.")
+
+
+def pack_codes(codes: Tensor, bits: int, dim: int = 1) -> Tensor:
+    """Signed codes [R, C] in [-2^(bits-1), 2^(bits-1)) -> int32 words, packed densely along `dim`."""
+    if dim == 0:
+        return pack_codes(codes.t(), bits).t().contiguous()
+    rows, cols = codes.shape
+    words = -(-cols * bits // 32)
+    place = torch.arange(bits, dtype=torch.int64)
+    weight = torch.ones(32, dtype=torch.int64) << torch.arange(32, dtype=torch.int64)
+    out = torch.empty(rows, words, dtype=torch.int32)
+    for r0 in range(0, rows, _ROWS_PER_CHUNK):
+        unsigned = codes[r0:r0 + _ROWS_PER_CHUNK].to(torch.int64) + (1 << (bits - 1))
+        stream = ((unsigned[..., None] >> place) & 1).reshape(unsigned.shape[0], cols * bits)
+        stream = torch.nn.functional.pad(stream, (0, words * 32 - cols * bits))
+        value = (stream.reshape(-1, words, 32) * weight).sum(-1)  # each word's unsigned value, < 2^32
+        out[r0:r0 + _ROWS_PER_CHUNK] = torch.where(value >= 1 << 31, value - (1 << 32), value).to(torch.int32)
+    return out
+
+
+def signed_codes(grid: IntGrid, q: Tensor, scales: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(codes, zero points) in the format's signed range from an IntGrid's codes and (scale, offset) per group."""
+    half = 1 << (grid.bits - 1)
+    if grid.sym:
+        return q.to(torch.int8), None
+    zero = -offsets / scales
+    if not torch.equal(zero, zero.round()) or zero.min() < 0 or zero.max() > grid.qmax:
+        raise CompressedTensorsError("the asymmetric offsets are not integer zero points on this grid; quantize "
+                                     "with IntGrid(integer_zero=True).")
+    return (q - half).to(torch.int8), (zero - half).to(torch.int8)
+
+
+def quantization_config(grid: IntGrid, ignore: list[str]) -> dict[str, Any]:
+    """config.json's `quantization_config` for one grid over every Linear (compressed-tensors' own field set)."""
+    weights = {"num_bits": grid.bits, "type": "int", "symmetric": grid.sym, "dynamic": False,
+               "group_size": grid.group_size, "strategy": "group" if grid.group_size else "channel"}
+    return {"version": LAYOUT_VERSION, "quant_method": QUANT_METHOD, "format": FORMAT,
+            "quantization_status": "compressed", "global_compression_ratio": None,
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": None,
+                                          "output_activations": None, "format": FORMAT}},
+            "ignore": ignore, "kv_cache_scheme": None, "moe_sparsity_config": None,
+            "sparsity_config": {}, "transform_config": {}}
+
+
+def compressed_tensors(grid: IntGrid, q: Tensor, scales: Tensor, offsets: Tensor, dtype: torch.dtype) -> dict[str, Tensor]:
+    """One matrix's tensors in the layout (names relative to its module), from its grid codes."""
+    codes, zero = signed_codes(grid, q, scales, offsets)
+    out = {"weight_packed": pack_codes(codes, grid.bits), "weight_scale": scales.to(dtype).contiguous(),
+           "weight_shape": torch.tensor(list(q.shape), dtype=torch.int64)}
+    if zero is not None:
+        out["weight_zero_point"] = pack_codes(zero, grid.bits, dim=0)
+    return out
+
+
+def _decompressed(grid: IntGrid, q: Tensor, scales: Tensor, offsets: Tensor, dtype: torch.dtype) -> Tensor:
+    """The format's rule w = (q - z) s on these codes, group by group, in `dtype`."""
+    codes, zero = signed_codes(grid, q, scales, offsets)
+    g = grid.group_of(q.shape[1])
+    z = 0 if zero is None else zero.to(dtype).repeat_interleave(g, 1)
+    return (codes.to(dtype) - z) * scales.to(dtype).repeat_interleave(g, 1)
+
+
+@torch.no_grad()
+def save_compressed_tensors(model: Transformer, codes: dict[str, tuple[Tensor, tuple[Tensor, ...]]], grid: IntGrid,
+                            out_dir: str | Path, tokenizer: Any = None, model_type: str | None = None) -> Path:
+    """Write `model` (float, its quantized matrices holding their dequantized values) with the matrices named in
+    `codes` (`QuantReport.codes`: name -> (codes [N, K], (scales, offsets) [N, G])) in the compressed-tensors
+    layout; transformers.AutoModelForCausalLM.from_pretrained(out_dir) loads it. Written atomically."""
+    check_grid(grid)
+    experts = sorted(n for n in codes if ".experts." in n)
+    if experts or model.config.n_experts:
+        raise CompressedTensorsError("mixture-of-experts models: transformers stacks routed experts into 3-D tensors, "
+                                     "not Linear modules, so compressed-tensors' Linear targets cannot reach them; "
+                                     "write pocketlm's own checkpoint (--format pocketlm) or a GGUF.")
+    hf_cfg, state, family = hf_checkpoint(model, model_type)
+    dtype = next(model.parameters()).dtype
+    ignore = []
+    for name in model.named_linears():
+        hf_name = hf_tensor_name(family, f"{name}.weight")
+        if name not in codes:
+            ignore.append(hf_name.removesuffix(".weight") if hf_name else name)
+            continue
+        if hf_name is None or hf_name not in state:
+            raise CompressedTensorsError(f"the {family.model_type} family stores {name!r} packed with other matrices "
+                                         "(e.g. one fused qkv tensor), and compressed-tensors quantizes one HF Linear "
+                                         "per matrix; save this family with --format pocketlm or as a GGUF.")
+        q, (scales, offsets) = codes[name]
+        if not torch.equal(_decompressed(grid, q, scales, offsets, dtype), state[hf_name]):
+            raise CompressedTensorsError(f"{name!r}: its codes do not decompress to the model's weight; pass the "
+                                         "codes the quantizer wrote into this model (quantize(..., kernels=False)).")
+        del state[hf_name]
+        base = hf_name.removesuffix("weight")
+        state.update({base + k: v for k, v in compressed_tensors(grid, q, scales, offsets, dtype).items()})
+    if "lm_head" not in ignore:
+        ignore.append("lm_head")  # a tied head is still a Linear in transformers, and stays float
+    hf_cfg["quantization_config"] = quantization_config(grid, sorted(ignore))
+    return write_hf_folder(out_dir, hf_cfg, state, tokenizer)
