@@ -118,6 +118,27 @@ def _decompressed(grid: IntGrid, q: Tensor, scales: Tensor, offsets: Tensor, dty
     return (codes.to(dtype) - z) * scales.to(dtype).repeat_interleave(g, 1)
 
 
+def check_model(model: Transformer, model_type: str | None = None) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, str]]:
+    """(config.json, HF state, HF name of every linear) when the layout can hold `model`'s matrices, else one
+    clear error: before quantizing, so a refusal costs nothing."""
+    if model.config.n_experts:
+        raise CompressedTensorsError("mixture-of-experts models: transformers stacks routed experts into 3-D tensors, "
+                                     "not Linear modules, so compressed-tensors' Linear targets cannot reach them; "
+                                     "write pocketlm's own checkpoint (--format pocketlm) or a GGUF.")
+    hf_cfg, state, family = hf_checkpoint(model, model_type)
+    names = {}
+    for name in model.named_linears():
+        hf_name = hf_tensor_name(family, f"{name}.weight")
+        if hf_name is None or hf_name not in state:
+            if not name.startswith("blocks."):
+                continue  # a tied LM head has no tensor of its own
+            raise CompressedTensorsError(f"the {family.model_type} family stores {name!r} packed with other matrices "
+                                         "(e.g. one fused qkv tensor), and compressed-tensors quantizes one HF Linear "
+                                         "per matrix; save this family with --format pocketlm or as a GGUF.")
+        names[name] = hf_name
+    return hf_cfg, state, names
+
+
 @torch.no_grad()
 def save_compressed_tensors(model: Transformer, codes: dict[str, tuple[Tensor, tuple[Tensor, ...]]], grid: IntGrid,
                             out_dir: str | Path, tokenizer: Any = None, model_type: str | None = None) -> Path:
@@ -125,23 +146,13 @@ def save_compressed_tensors(model: Transformer, codes: dict[str, tuple[Tensor, t
     `codes` (`QuantReport.codes`: name -> (codes [N, K], (scales, offsets) [N, G])) in the compressed-tensors
     layout; transformers.AutoModelForCausalLM.from_pretrained(out_dir) loads it. Written atomically."""
     check_grid(grid)
-    experts = sorted(n for n in codes if ".experts." in n)
-    if experts or model.config.n_experts:
-        raise CompressedTensorsError("mixture-of-experts models: transformers stacks routed experts into 3-D tensors, "
-                                     "not Linear modules, so compressed-tensors' Linear targets cannot reach them; "
-                                     "write pocketlm's own checkpoint (--format pocketlm) or a GGUF.")
-    hf_cfg, state, family = hf_checkpoint(model, model_type)
+    hf_cfg, state, names = check_model(model, model_type)
     dtype = next(model.parameters()).dtype
-    ignore = []
-    for name in model.named_linears():
-        hf_name = hf_tensor_name(family, f"{name}.weight")
+    ignore = {"lm_head"}  # a tied head is still a Linear in transformers, and stays float
+    for name, hf_name in names.items():
         if name not in codes:
-            ignore.append(hf_name.removesuffix(".weight") if hf_name else name)
+            ignore.add(hf_name.removesuffix(".weight"))
             continue
-        if hf_name is None or hf_name not in state:
-            raise CompressedTensorsError(f"the {family.model_type} family stores {name!r} packed with other matrices "
-                                         "(e.g. one fused qkv tensor), and compressed-tensors quantizes one HF Linear "
-                                         "per matrix; save this family with --format pocketlm or as a GGUF.")
         q, (scales, offsets) = codes[name]
         if not torch.equal(_decompressed(grid, q, scales, offsets, dtype), state[hf_name]):
             raise CompressedTensorsError(f"{name!r}: its codes do not decompress to the model's weight; pass the "
@@ -149,7 +160,8 @@ def save_compressed_tensors(model: Transformer, codes: dict[str, tuple[Tensor, t
         del state[hf_name]
         base = hf_name.removesuffix("weight")
         state.update({base + k: v for k, v in compressed_tensors(grid, q, scales, offsets, dtype).items()})
-    if "lm_head" not in ignore:
-        ignore.append("lm_head")  # a tied head is still a Linear in transformers, and stays float
+    unknown = sorted(set(codes) - set(names))
+    if unknown:
+        raise CompressedTensorsError(f"codes for {unknown[:3]}, which are not linears of this model")
     hf_cfg["quantization_config"] = quantization_config(grid, sorted(ignore))
     return write_hf_folder(out_dir, hf_cfg, state, tokenizer)
