@@ -265,7 +265,8 @@ def save_hf(model: Transformer, out_dir: str | Path, tokenizer: Any = None, mode
     return write_hf_folder(out_dir, hf_cfg, state, tokenizer)
 
 
-def hf_checkpoint(model: Transformer, model_type: str | None = None) -> tuple[dict[str, Any], dict[str, Tensor], Family]:
+def hf_checkpoint(model: Transformer,
+                  model_type: str | None = None) -> tuple[dict[str, Any], dict[str, Tensor], Family]:
     """(config.json contents, HF state dict on CPU, family) of `model` saved as `model_type` (default: its family),
     refused with UnsupportedModelError when that family cannot express the model."""
     model.check_savable("hf")
@@ -298,7 +299,8 @@ def hf_tensor_name(family: Family, name: str) -> str | None:
     return family.layer_prefix.format(i=i) + family.block[rel] if rel in family.block else None
 
 
-def write_hf_folder(out_dir: str | Path, hf_cfg: dict[str, Any], state: dict[str, Tensor], tokenizer: Any = None) -> Path:
+def write_hf_folder(out_dir: str | Path, hf_cfg: dict[str, Any], state: dict[str, Tensor],
+                    tokenizer: Any = None) -> Path:
     """config.json + model.safetensors (+ tokenizer files), built beside `out_dir` and swapped in whole."""
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, MODEL_FOLDER_FILES, "model folder") as tmp:  # an old model is replaced whole

@@ -5,8 +5,9 @@ checkpoint (`pocketlm.json` + `model.safetensors` holding codes, scales and zero
 into the int kernels by `pocketlm eval` / `profile`), or with `gguf=QTYPE` a `model.gguf` holding the
 codes on that GGUF type's grid, or with `fmt="compressed-tensors"` a Hugging Face folder in the
 compressed-tensors pack-quantized layout (`compressed_tensors_format`: what vLLM serves; asymmetric
-grids then use integer zero points, the only kind the format holds); plus `quant_report.json`: per-layer error, held-out perplexity, KL
-(float || quantized) mean / p99, top-1 agreement, disk bytes, wall time and peak RSS.
+grids then use integer zero points, the only kind the format holds); plus `quant_report.json`:
+per-layer error, held-out perplexity, KL (float || quantized) mean / p99, top-1 agreement, disk bytes,
+wall time and peak RSS.
 """
 
 from __future__ import annotations

@@ -100,7 +100,8 @@ def quantization_config(grid: IntGrid, ignore: list[str]) -> dict[str, Any]:
             "sparsity_config": {}, "transform_config": {}}
 
 
-def compressed_tensors(grid: IntGrid, q: Tensor, scales: Tensor, offsets: Tensor, dtype: torch.dtype) -> dict[str, Tensor]:
+def compressed_tensors(grid: IntGrid, q: Tensor, scales: Tensor, offsets: Tensor,
+                       dtype: torch.dtype) -> dict[str, Tensor]:
     """One matrix's tensors in the layout (names relative to its module), from its grid codes."""
     codes, zero = signed_codes(grid, q, scales, offsets)
     out = {"weight_packed": pack_codes(codes, grid.bits), "weight_scale": scales.to(dtype).contiguous(),
@@ -118,7 +119,8 @@ def _decompressed(grid: IntGrid, q: Tensor, scales: Tensor, offsets: Tensor, dty
     return (codes.to(dtype) - z) * scales.to(dtype).repeat_interleave(g, 1)
 
 
-def check_model(model: Transformer, model_type: str | None = None) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, str]]:
+def check_model(model: Transformer,
+                model_type: str | None = None) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, str]]:
     """(config.json, HF state, HF name of every linear) when the layout can hold `model`'s matrices, else one
     clear error: before quantizing, so a refusal costs nothing."""
     if model.config.n_experts:

@@ -114,11 +114,11 @@ class IntGrid:
             scale = _round_to((w.abs().amax(dim=1) / max(self.qmax, 1)).clamp(min=1e-12), self.scale_dtype)
             return scale, torch.zeros_like(scale)
         lo, hi = w.amin(dim=1), w.amax(dim=1)
-        if self.integer_zero:  # 0 stays on the grid, at the integer code z
+        if self.integer_zero:  # the range holds 0, which sits exactly on the integer code z
             lo, hi = lo.clamp(max=0), hi.clamp(min=0)
-            scale = _round_to(((hi - lo) / self.qmax).clamp(min=1e-12), self.scale_dtype)
-            return scale, -torch.round(-lo / scale).clamp(0, self.qmax) * scale
         scale = _round_to(((hi - lo) / self.qmax).clamp(min=1e-12), self.scale_dtype)
+        if self.integer_zero:
+            return scale, -torch.round(-lo / scale).clamp(0, self.qmax) * scale
         if self.bits <= 4:  # the int4 kernel stores zero = offset + 8 * scale
             return scale, _round_to(lo + 8 * scale, self.scale_dtype) - 8 * scale
         return scale, _round_to(lo, self.scale_dtype)
