@@ -71,7 +71,7 @@ def _assert_same_network(hf, model):
 
 
 @pytest.mark.parametrize("family,bits,group,method", [("llama", 4, 32, "rtn"), ("llama", 4, None, "gptq"),
-                                                      ("qwen2", 8, 32, "gptq"), ("qwen2", 4, None, "rtn")])
+                                                      ("qwen2", 8, 32, "gptq"), ("qwen2", 4, None, "awq")])
 def test_transformers_loads_symmetric_folders_as_pocketlm_dequantized(sources, tmp_path, family, bits, group, method):
     grid = IntGrid(bits, group, sym=True)
     model, codes = _quantized(sources[family], grid, method)

@@ -35,7 +35,7 @@ from pocketlm.model.transformer import Transformer
 FORMAT = "pack-quantized"
 QUANT_METHOD = "compressed-tensors"
 LAYOUT_VERSION = "0.20.1"  # the compressed-tensors release whose layout this writes (config `version`)
-BITS = (4, 8)  # W4A16 / W8A16: what vLLM's compressed-tensors WNA16 kernels serve
+BITS = (4, 8)  # W4A16 / W8A16: what vLLM's compressed-tensors WNA16 scheme (Marlin) has always served
 _ROWS_PER_CHUNK = 256  # bound the bit-stream expansion's memory on wide matrices
 
 
@@ -50,8 +50,8 @@ def check_grid(grid: Any) -> None:
                                      "one (GGUF block grids go to --gguf).")
     if grid.bits not in BITS:
         raise CompressedTensorsError(
-            f"{grid.bits}-bit codes: the compressed-tensors W4A16/W8A16 layout that vLLM serves holds 4 or 8 bits; "
-            "use --bits 4 or 8, or keep 2/3-bit codes in pocketlm's own checkpoint (--format pocketlm).")
+            f"{grid.bits}-bit codes: --format compressed-tensors writes W4A16 / W8A16, the 4 or 8 bits every vLLM "
+            "serves; use --bits 4 or 8, or keep 2/3-bit codes in pocketlm's own checkpoint (--format pocketlm).")
     if not grid.sym and not grid.integer_zero:
         raise CompressedTensorsError(
             "compressed-tensors stores integer zero points, and this asymmetric grid has float offsets: quantize "
