@@ -3,8 +3,8 @@ vLLM serves as W4A16 / W8A16; transformers decompresses it with the `compressed-
 
 Layout (compressed-tensors 0.20, format "pack-quantized"), per quantized linear `<m>` of the HF model:
 - `<m>.weight_packed` int32 [N, ceil(K bits / 32)]: each row's codes, shifted to unsigned (q + 2^(bits-1)),
-  laid end to end as one bit stream (code i at bits i*bits .. i*bits+bits-1, low bit first; a code may
-  straddle two words) and cut into little-endian 32-bit words;
+  laid end to end as one bit stream (code i at bits i*bits .. i*bits+bits-1, low bit first) and cut into
+  32-bit words: at 4 and 8 bits, word j holds codes j*32/bits ... (j+1)*32/bits - 1;
 - `<m>.weight_scale` [N, K / group_size] (strategy "group") or [N, 1] ("channel"), in the model's dtype;
 - `<m>.weight_zero_point` (asymmetric only) int32 [ceil(N bits / 32), G]: the signed integer zero points
   packed the same way down each column;
@@ -36,7 +36,7 @@ FORMAT = "pack-quantized"
 QUANT_METHOD = "compressed-tensors"
 LAYOUT_VERSION = "0.20.1"  # the compressed-tensors release whose layout this writes (config `version`)
 BITS = (4, 8)  # W4A16 / W8A16: what vLLM's compressed-tensors WNA16 scheme (Marlin) has always served
-_ROWS_PER_CHUNK = 256  # bound the bit-stream expansion's memory on wide matrices
+_CHUNK_CODES = 1 << 22  # rows are packed in chunks of about this many codes (32 MiB as int64)
 
 
 class CompressedTensorsError(ValueError):
@@ -50,8 +50,8 @@ def check_grid(grid: Any) -> None:
                                      "one (GGUF block grids go to --gguf).")
     if grid.bits not in BITS:
         raise CompressedTensorsError(
-            f"{grid.bits}-bit codes: --format compressed-tensors writes W4A16 / W8A16, the 4 or 8 bits every vLLM "
-            "serves; use --bits 4 or 8, or keep 2/3-bit codes in pocketlm's own checkpoint (--format pocketlm).")
+            f"{grid.bits}-bit codes: --format compressed-tensors writes W4A16 / W8A16, the 4 or 8 bits vLLM's Marlin "
+            "kernels serve; use --bits 4 or 8, or keep 2/3-bit codes in pocketlm's own checkpoint (--format pocketlm).")
     if not grid.sym and not grid.integer_zero:
         raise CompressedTensorsError(
             "compressed-tensors stores integer zero points, and this asymmetric grid has float offsets: quantize "
@@ -59,20 +59,23 @@ def check_grid(grid: Any) -> None:
 
 
 def pack_codes(codes: Tensor, bits: int, dim: int = 1) -> Tensor:
-    """Signed codes [R, C] in [-2^(bits-1), 2^(bits-1)) -> int32 words, packed densely along `dim`."""
+    """Signed codes [R, C] in [-2^(bits-1), 2^(bits-1)) -> int32 words, packed densely along `dim` (bits dividing
+    32, so no code straddles two words: word j holds codes j*32/bits ..., the first in the lowest bits)."""
+    if 32 % bits:
+        raise CompressedTensorsError(f"{bits}-bit codes straddle int32 words; this writer packs 1, 2, 4 or 8 bits")
     if dim == 0:
         return pack_codes(codes.t(), bits).t().contiguous()
     rows, cols = codes.shape
-    words = -(-cols * bits // 32)
-    place = torch.arange(bits, dtype=torch.int64)
-    weight = torch.ones(32, dtype=torch.int64) << torch.arange(32, dtype=torch.int64)
+    per = 32 // bits
+    words = -(-cols // per)
+    shifts = torch.arange(per, dtype=torch.int64) * bits
     out = torch.empty(rows, words, dtype=torch.int32)
-    for r0 in range(0, rows, _ROWS_PER_CHUNK):
-        unsigned = codes[r0:r0 + _ROWS_PER_CHUNK].to(torch.int64) + (1 << (bits - 1))
-        stream = ((unsigned[..., None] >> place) & 1).reshape(unsigned.shape[0], cols * bits)
-        stream = torch.nn.functional.pad(stream, (0, words * 32 - cols * bits))
-        value = (stream.reshape(-1, words, 32) * weight).sum(-1)  # each word's unsigned value, < 2^32
-        out[r0:r0 + _ROWS_PER_CHUNK] = torch.where(value >= 1 << 31, value - (1 << 32), value).to(torch.int32)
+    chunk = max(1, _CHUNK_CODES // max(1, cols))
+    for r0 in range(0, rows, chunk):
+        unsigned = codes[r0:r0 + chunk].to(torch.int64) + (1 << (bits - 1))
+        unsigned = torch.nn.functional.pad(unsigned, (0, words * per - cols))
+        value = (unsigned.reshape(-1, words, per) << shifts).sum(-1)  # each word's unsigned value, < 2^32
+        out[r0:r0 + chunk] = torch.where(value >= 1 << 31, value - (1 << 32), value).to(torch.int32)
     return out
 
 
