@@ -17,10 +17,13 @@ from pocketlm.cli import app
 from pocketlm.compress.calibration import CalibSpec, calibration_batches
 from pocketlm.compress.quantize import quantize
 from pocketlm.compress.quantize.checkpoint import quantize_checkpoint
-from pocketlm.compress.quantize.compressed_tensors_format import (CompressedTensorsError, check_model, pack_codes,
+from pocketlm.compress.quantize.compressed_tensors_format import (CompressedTensorsError, check_model,
+                                                                 convert_checkpoint, pack_codes,
                                                                  save_compressed_tensors, signed_codes)
 from pocketlm.interop import load_model, load_tokenizer, save_hf
+from pocketlm.model.linears import Int4Linear
 from pocketlm.model.quantize import GridError, IntGrid
+from pocketlm.model.quantize.grids import dequantize_int4
 from pocketlm.train.fixtures import trained_preset
 from tests.hf_tiny import tiny_config
 from tests.test_compress_prune import one_thread  # noqa: F401  (autouse: one thread for tiny matrices)
@@ -222,3 +225,38 @@ def test_cli_refuses_what_the_layout_cannot_hold_before_any_work(tmp_path):
                                        "--calib", "", "--format", "compressed-tensors", *args])
         assert isinstance(res.exception, error) and message in str(res.exception), res.output
         assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("bits,group", [(4, 32), (3, 32), (8, None)])
+def test_a_saved_pocketlm_checkpoint_converts_with_its_own_integers(tmp_path, bits, group):
+    """The int kernels' saved codes and scales, not re-rounded: transformers decompresses them into exactly the
+    weights pocketlm's own dequantization (`dequantize_int4`, q * s for int8) gives, and the same logits."""
+    micro = trained_preset("micro")[0]
+    quantize_checkpoint(micro, tmp_path / "ck", "gptq", bits, group, True, calib="bundled:16x64", eval_tokens=1024)
+    kernels = load_model(tmp_path / "ck")
+    convert_checkpoint(tmp_path / "ck", tmp_path / "ct")
+    model = load_model(micro)  # pocketlm's dequantized model: the float one holding the kernels' values
+    with torch.no_grad():
+        for block, quantized in zip(model.blocks, kernels.blocks):
+            for fused, parts in ((quantized.attn.qkv, (block.attn.q_proj, block.attn.k_proj, block.attn.v_proj)),
+                                 (quantized.attn.o_proj, (block.attn.o_proj,)),
+                                 (quantized.mlp.gate_up, (block.mlp.gate_proj, block.mlp.up_proj)),
+                                 (quantized.mlp.down_proj, (block.mlp.down_proj,))):
+                if isinstance(fused, Int4Linear):
+                    scales, zeros = fused.scales_and_zeros.float().unbind(-1)
+                    w = dequantize_int4(fused.codes(), scales.t(), zeros.t(), fused.group_size)
+                else:
+                    w = fused.qweight.float() * fused.scales.float()[:, None]
+                for part, rows in zip(parts, w.split([p.out_features for p in parts])):
+                    part.weight.copy_(rows)
+    _assert_same_network(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ct").eval(), model)
+    assert json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]["config_groups"][
+        "group_0"]["weights"]["num_bits"] == (8 if bits == 8 else 4)
+
+
+def test_an_asymmetric_pocketlm_checkpoint_is_refused(tmp_path):
+    micro = trained_preset("micro")[0]
+    quantize_checkpoint(micro, tmp_path / "ck", "rtn", 4, 32, calib="", eval_tokens=1024)
+    with pytest.raises(CompressedTensorsError, match="asymmetric grid"):
+        convert_checkpoint(tmp_path / "ck", tmp_path / "ct")
+    assert not (tmp_path / "ct").exists()

@@ -22,13 +22,15 @@ with the model's own dequantized weight, bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pocketlm.interop.hf import hf_checkpoint, hf_tensor_name, write_hf_folder
+from pocketlm.model.linears import INT_LINEARS, Int8Linear
 from pocketlm.model.quantize import IntGrid
 from pocketlm.model.transformer import Transformer
 
@@ -122,14 +124,18 @@ def _decompressed(grid: IntGrid, q: Tensor, scales: Tensor, offsets: Tensor, dty
     return (codes.to(dtype) - z) * scales.to(dtype).repeat_interleave(g, 1)
 
 
-def check_model(model: Transformer,
-                model_type: str | None = None) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, str]]:
-    """(config.json, HF state, HF name of every linear) when the layout can hold `model`'s matrices, else one
-    clear error: before quantizing, so a refusal costs nothing."""
+def check_dense(model: Transformer) -> None:
     if model.config.n_experts:
         raise CompressedTensorsError("mixture-of-experts models: transformers stacks routed experts into 3-D tensors, "
                                      "not Linear modules, so compressed-tensors' Linear targets cannot reach them; "
                                      "write pocketlm's own checkpoint (--format pocketlm) or a GGUF.")
+
+
+def check_model(model: Transformer,
+                model_type: str | None = None) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, str]]:
+    """(config.json, HF state, HF name of every linear) when the layout can hold `model`'s matrices, else one
+    clear error: before quantizing, so a refusal costs nothing."""
+    check_dense(model)
     hf_cfg, state, family = hf_checkpoint(model, model_type)
     names = {}
     for name in model.named_linears():
@@ -170,3 +176,54 @@ def save_compressed_tensors(model: Transformer, codes: dict[str, tuple[Tensor, t
         raise CompressedTensorsError(f"codes for {unknown[:3]}, which are not linears of this model")
     hf_cfg["quantization_config"] = quantization_config(grid, sorted(ignore))
     return write_hf_folder(out_dir, hf_cfg, state, tokenizer)
+
+
+@torch.no_grad()
+def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: Any = None) -> Path:
+    """pocketlm's quantized checkpoint (int8 / int4 kernel layers) -> the compressed-tensors folder holding the same
+    integers and scales, never re-rounded. Symmetric checkpoints only: the int4 kernel's asymmetric grid keeps a
+    float zero per group, which the format cannot hold (re-quantize with `--format compressed-tensors`). A 2- or
+    3-bit symmetric code is a 4-bit one that uses fewer levels, so it is written as 4 bits, exactly."""
+    from pocketlm.interop import load_model
+
+    model = load_model(checkpoint)
+    check_dense(model)
+    recipe = model.transforms.quantization
+    if recipe is None or recipe.scheme not in ("int8", "int4"):
+        raise CompressedTensorsError(f"{checkpoint} is not a weight-only int8/int4 pocketlm checkpoint "
+                                     f"({recipe.scheme if recipe else 'float'}); quantize it with --format "
+                                     "compressed-tensors instead.")
+    if isinstance(model.lm_head, INT_LINEARS):
+        raise CompressedTensorsError("the LM head is quantized, and compressed-tensors checkpoints keep lm_head float "
+                                     "(ignore); quantize without the head.")
+    grid = IntGrid(8 if recipe.scheme == "int8" else 4, recipe.group_size, sym=True)
+    codes: dict[str, tuple[Tensor, tuple[Tensor, ...]]] = {}
+
+    def to_float(name: str, layer: nn.Module) -> nn.Linear:
+        if isinstance(layer, Int8Linear):
+            q, scales = layer.qweight.to(torch.int32), layer.scales.float()[:, None]
+        else:
+            scales, zeros = layer.scales_and_zeros.float().unbind(-1)
+            if zeros.any():
+                raise CompressedTensorsError(
+                    f"{name!r} is on the int4 kernel's asymmetric grid (a float zero per group), which "
+                    "compressed-tensors cannot hold; re-quantize with --format compressed-tensors (integer zero "
+                    "points) or --sym.")
+            q, scales = layer.codes() - 8, scales.t().contiguous()
+        linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        linear.weight.copy_(grid.dequantize(q, scales, torch.zeros_like(scales)))
+        if layer.bias is not None:
+            linear.bias.copy_(layer.bias)
+        linear.splits = list(layer.splits)
+        prefix, _, leaf = name.rpartition(".")
+        parts = {"qkv": ("q_proj", "k_proj", "v_proj"), "gate_up": ("gate_proj", "up_proj")}.get(leaf, (leaf,))
+        for part, rows in zip(parts, torch.arange(layer.out_features).split(layer.splits)):
+            codes[f"{prefix}.{part}"] = (q[rows], (scales[rows], torch.zeros_like(scales[rows])))
+        return linear
+
+    for name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, INT_LINEARS)]:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, to_float(name, layer))
+    model.transforms = dataclasses.replace(model.transforms, quantization=None)
+    model.unfuse()
+    return save_compressed_tensors(model, codes, grid, out_dir, tokenizer)
