@@ -250,6 +250,7 @@ def test_a_saved_pocketlm_checkpoint_converts_with_its_own_integers(tmp_path, bi
                 for part, rows in zip(parts, w.split([p.out_features for p in parts])):
                     part.weight.copy_(rows)
     _assert_same_network(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ct").eval(), model)
+    assert (tmp_path / "ct" / "tokenizer.json").is_file()
     assert json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]["config_groups"][
         "group_0"]["weights"]["num_bits"] == (8 if bits == 8 else 4)
 

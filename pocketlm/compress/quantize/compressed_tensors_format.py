@@ -155,7 +155,9 @@ def save_compressed_tensors(model: Transformer, codes: dict[str, tuple[Tensor, t
                             out_dir: str | Path, tokenizer: Any = None, model_type: str | None = None) -> Path:
     """Write `model` (float, its quantized matrices holding their dequantized values) with the matrices named in
     `codes` (`QuantReport.codes`: name -> (codes [N, K], (scales, offsets) [N, G])) in the compressed-tensors
-    layout; transformers.AutoModelForCausalLM.from_pretrained(out_dir) loads it. Written atomically."""
+    layout, atomically. transformers.AutoModelForCausalLM.from_pretrained(out_dir) loads a symmetric folder as
+    is; with transformers 5.23 + compressed-tensors 0.20.1 no asymmetric pack-quantized folder loads there
+    (llm-compressor issue #1618), while the package's own decompressor reads ours (tested)."""
     check_grid(grid)
     hf_cfg, state, names = check_model(model, model_type)
     dtype = next(model.parameters()).dtype
@@ -184,9 +186,10 @@ def convert_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: A
     integers and scales, never re-rounded. Symmetric checkpoints only: the int4 kernel's asymmetric grid keeps a
     float zero per group, which the format cannot hold (re-quantize with `--format compressed-tensors`). A 2- or
     3-bit symmetric code is a 4-bit one that uses fewer levels, so it is written as 4 bits, exactly."""
-    from pocketlm.interop import load_model
+    from pocketlm.interop import load_model, load_tokenizer
 
     model = load_model(checkpoint)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(checkpoint)
     check_dense(model)
     recipe = model.transforms.quantization
     if recipe is None or recipe.scheme not in ("int8", "int4"):
