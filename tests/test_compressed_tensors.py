@@ -88,6 +88,31 @@ def test_transformers_loads_symmetric_folders_as_pocketlm_dequantized(sources, t
     _assert_same_network(hf, model)
 
 
+def test_a_bfloat16_folder_decompresses_to_pocketlm_weights_rounded_once(sources, tmp_path):
+    """dtype=bf16 (what vLLM serves in): the grid's scales are bf16 already, and (q - z) * s computed in bf16 is
+    the exact product rounded once, so each weight equals pocketlm's fp32 dequantized weight cast to bf16."""
+    grid = IntGrid(4, 32, sym=True)
+    model, codes = _quantized(sources["llama"], grid)
+    save_compressed_tensors(model, codes, grid, tmp_path / "ct", dtype=torch.bfloat16)
+    assert json.loads((tmp_path / "ct" / "config.json").read_text())["dtype"] == "bfloat16"
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ct").eval()
+    ids = _ids(model.config.vocab_size)
+    with torch.no_grad():
+        agree = (hf(ids).logits.argmax(-1) == model(ids).argmax(-1)).float().mean()
+    assert agree >= 0.9
+    for name, hf_name in check_model(model)[2].items():
+        weight = hf.get_parameter(hf_name)
+        assert weight.dtype == torch.bfloat16 and torch.equal(weight, model.get_parameter(f"{name}.weight").bfloat16())
+    q, (scales, offsets) = codes["blocks.0.attn.q_proj"]
+    tiny = scales.clone()
+    tiny[0, 0] = 2.0 ** -30  # below fp16's subnormals, a bf16 value
+    with torch.no_grad():
+        model.blocks[0].attn.q_proj.weight.copy_(grid.dequantize(q, tiny, offsets))
+    with pytest.raises(CompressedTensorsError, match="not exact in torch.float16"):
+        save_compressed_tensors(model, {"blocks.0.attn.q_proj": (q, (tiny, offsets))}, grid, tmp_path / "h",
+                                dtype=torch.float16)
+
+
 def _decompress_with_library(folder, family):
     """The folder's weights as compressed-tensors' PackedQuantizationCompressor decompresses them, in an HF model.
     (transformers 5.23 + compressed-tensors 0.20.1 cannot load asymmetric pack-quantized folders, the package's
@@ -211,8 +236,9 @@ def test_quantize_command_writes_a_folder_transformers_loads(tmp_path):
 def test_quantize_command_asymmetric_uses_integer_zero_points(tmp_path):
     micro = trained_preset("micro")[0]
     asym = quantize_checkpoint(micro, tmp_path / "asym", "rtn", 8, None, calib="", eval_tokens=1024,
-                               fmt="compressed-tensors")
+                               fmt="compressed-tensors", dtype="bfloat16")
     assert asym.grid == "asym8 per-channel int-zero"
+    assert json.loads((tmp_path / "asym" / "config.json").read_text())["dtype"] == "bfloat16"
     assert "model.layers.1.mlp.down_proj.weight_zero_point" in load_file(tmp_path / "asym" / "model.safetensors")
 
 
@@ -220,6 +246,7 @@ def test_cli_refuses_what_the_layout_cannot_hold_before_any_work(tmp_path):
     micro = trained_preset("micro")[0]
     for args, error, message in ((["--bits", "3"], CompressedTensorsError, "4 or 8 bits"),
                                  (["--gguf", "Q4_0"], ValueError, "choose one"),
+                                 (["--dtype", "int8"], ValueError, "float dtype, one of"),
                                  (["--group-size", "64"], GridError, "not divisible by group_size=64")):
         res = CliRunner().invoke(app, ["quantize", str(micro), "--out", str(tmp_path / "b"), "--method", "rtn",
                                        "--calib", "", "--format", "compressed-tensors", *args])

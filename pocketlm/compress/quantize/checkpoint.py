@@ -30,21 +30,27 @@ from pocketlm.model.quantize import IntGrid
 from pocketlm.utils import atomic_dir
 
 FORMATS = ("pocketlm", "compressed-tensors")
+OUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str = "gptq", bits: int = 4,
                         group_size: int | None = 128, sym: bool = False, *, calib: str = "bundled:128x512",
                         seed: int = 0, gguf: str | None = None, tokenizer: str | Path | None = None,
                         eval_text: str | Path | None = None, eval_tokens: int = 16384, overwrite: bool = False,
-                        progress: bool = False, fmt: str = "pocketlm", **options: Any) -> QuantReport:
+                        progress: bool = False, fmt: str = "pocketlm", dtype: str | None = None,
+                        **options: Any) -> QuantReport:
     """Load `model_ref` in fp32, quantize it, measure it against the float model and write `out_dir`.
 
     `options` go to the driver (act_order, static_groups, damp, skip, ...). `fmt`: "pocketlm" (the int kernels'
-    checkpoint) or "compressed-tensors"; `gguf` replaces either."""
+    checkpoint) or "compressed-tensors", whose float tensors and scales `dtype` sets (float32 default, bfloat16 or
+    float16: what vLLM serves in); `gguf` replaces either."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if gguf and fmt != "pocketlm":
         raise ValueError(f"--gguf writes a GGUF file and --format {fmt} an HF folder: choose one")
+    if dtype is not None and (fmt != "compressed-tensors" or dtype not in OUT_DTYPES):
+        raise ValueError(f"--dtype {dtype}: the compressed-tensors folder's float dtype, one of "
+                         f"{', '.join(OUT_DTYPES)} (pocketlm checkpoints keep the kernels' own dtypes)")
     ct_grid = None
     if fmt == "compressed-tensors":
         ct_grid = IntGrid(bits, group_size, sym, options.get("compute_dtype", torch.bfloat16), integer_zero=not sym)
@@ -74,7 +80,8 @@ def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str 
                                            tokenizer_json=tok_json if tok_json.is_file() else None, **options)
         elif ct_grid is not None:
             report = quantize(model, method, calib=calib_ids, grid=ct_grid, kernels=False, progress=progress, **options)
-            save_compressed_tensors(model, report.codes, ct_grid, tmp, tokenizer=tok)
+            save_compressed_tensors(model, report.codes, ct_grid, tmp, tokenizer=tok,
+                                    dtype=OUT_DTYPES[dtype] if dtype else None)
             report.disk_bytes = (tmp / "model.safetensors").stat().st_size
         else:
             from pocketlm.interop import save_native

@@ -152,30 +152,38 @@ def check_model(model: Transformer,
 
 @torch.no_grad()
 def save_compressed_tensors(model: Transformer, codes: dict[str, tuple[Tensor, tuple[Tensor, ...]]], grid: IntGrid,
-                            out_dir: str | Path, tokenizer: Any = None, model_type: str | None = None) -> Path:
+                            out_dir: str | Path, tokenizer: Any = None, model_type: str | None = None,
+                            dtype: torch.dtype | None = None) -> Path:
     """Write `model` (float, its quantized matrices holding their dequantized values) with the matrices named in
     `codes` (`QuantReport.codes`: name -> (codes [N, K], (scales, offsets) [N, G])) in the compressed-tensors
-    layout, atomically. transformers.AutoModelForCausalLM.from_pretrained(out_dir) loads a symmetric folder as
+    layout, atomically; `dtype` (default: the model's) for the float tensors and scales, e.g. torch.bfloat16,
+    what vLLM serves in (scales must be exact in it: the grid's bf16 scales are). transformers.AutoModelForCausalLM.from_pretrained(out_dir) loads a symmetric folder as
     is; with transformers 5.23 + compressed-tensors 0.20.1 no asymmetric pack-quantized folder loads there
     (llm-compressor issue #1618), while the package's own decompressor reads ours (tested)."""
     check_grid(grid)
     hf_cfg, state, names = check_model(model, model_type)
-    dtype = next(model.parameters()).dtype
+    own = next(model.parameters()).dtype
+    dtype = dtype or own
     ignore = {"lm_head"}  # a tied head is still a Linear in transformers, and stays float
     for name, hf_name in names.items():
         if name not in codes:
             ignore.add(hf_name.removesuffix(".weight"))
             continue
         q, (scales, offsets) = codes[name]
-        if not torch.equal(_decompressed(grid, q, scales, offsets, dtype), state[hf_name]):
+        if not torch.equal(_decompressed(grid, q, scales, offsets, own), state[hf_name]):
             raise CompressedTensorsError(f"{name!r}: its codes do not decompress to the model's weight; pass the "
                                          "codes the quantizer wrote into this model (quantize(..., kernels=False)).")
+        if not torch.equal(scales.to(dtype).to(scales.dtype), scales):
+            raise CompressedTensorsError(f"{name!r}: its scales are not exact in {dtype}; write in the dtype the "
+                                         "grid rounded them to (IntGrid.scale_dtype, bf16 by default).")
         del state[hf_name]
         base = hf_name.removesuffix("weight")
         state.update({base + k: v for k, v in compressed_tensors(grid, q, scales, offsets, dtype).items()})
     unknown = sorted(set(codes) - set(names))
     if unknown:
         raise CompressedTensorsError(f"codes for {unknown[:3]}, which are not linears of this model")
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    hf_cfg["dtype"] = str(dtype).removeprefix("torch.")
     hf_cfg["quantization_config"] = quantization_config(grid, sorted(ignore))
     return write_hf_folder(out_dir, hf_cfg, state, tokenizer)
 
