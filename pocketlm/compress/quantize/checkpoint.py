@@ -53,7 +53,8 @@ def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str 
                          f"{', '.join(OUT_DTYPES)} (pocketlm checkpoints keep the kernels' own dtypes)")
     ct_grid = None
     if fmt == "compressed-tensors":
-        ct_grid = IntGrid(bits, group_size, sym, options.get("compute_dtype", torch.bfloat16), integer_zero=not sym)
+        # scales on the bf16 grid (what vLLM serves in), zero points integers: the format's own grid
+        ct_grid = IntGrid(bits, group_size, sym, torch.bfloat16, integer_zero=not sym)
         check_grid(ct_grid)
     out = Path(out_dir)
     if out.exists() and not overwrite:
