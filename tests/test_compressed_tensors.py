@@ -88,6 +88,16 @@ def test_transformers_loads_symmetric_folders_as_pocketlm_dequantized(sources, t
     _assert_same_network(hf, model)
 
 
+@pytest.mark.parametrize("family", ["gemma2", "minicpm3", "opt", "phi", "stablelm"])
+def test_other_families_load_in_transformers_as_pocketlm_dequantized(tmp_path, family):
+    """Any dense family whose HF checkpoint keeps one tensor per matrix: soft-capped / (1 + w) norms (gemma2),
+    MLA's low-rank projections (minicpm3), OPT's biased fc1/fc2, partial rotary (phi, stablelm)."""
+    grid = IntGrid(4, None, sym=True)
+    model, codes = _quantized(_hf_folder(tiny_config(family), tmp_path / "src"), grid)
+    save_compressed_tensors(model, codes, grid, tmp_path / "ct")
+    _assert_same_network(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ct").eval(), model)
+
+
 def test_a_bfloat16_folder_decompresses_to_pocketlm_weights_rounded_once(sources, tmp_path):
     """dtype=bf16 (what vLLM serves in): the grid's scales are bf16 already, and (q - z) * s computed in bf16 is
     the exact product rounded once, so each weight equals pocketlm's fp32 dequantized weight cast to bf16."""
