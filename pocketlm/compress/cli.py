@@ -221,6 +221,10 @@ def quantize_cmd(
     seed: int = typer.Option(0, help="calibration sampling seed"),
     gguf: Optional[str] = typer.Option(None, help="write model.gguf with the codes on this GGUF type's grid "
                                        "(Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K) instead of a pocketlm checkpoint"),
+    fmt: str = typer.Option("pocketlm", "--format", help="pocketlm (int kernels) or compressed-tensors (an HF "
+                            "folder vLLM serves as W4A16/W8A16; 4 or 8 bits, any group size)"),
+    dtype: Optional[str] = typer.Option(None, help="compressed-tensors: float32 (default), bfloat16 or float16 "
+                                        "for the float tensors and scales (vLLM serves bf16/fp16)"),
     skip: List[str] = typer.Option([], help="glob of matrix names to leave float (repeatable)"),
     eval_text: Optional[Path] = typer.Option(None, help="held-out text (default: bundled TinyStories validation)"),
     eval_tokens: int = typer.Option(16384, help="at most this many held-out tokens"),
@@ -230,8 +234,9 @@ def quantize_cmd(
     from pocketlm.compress.quantize.checkpoint import quantize_checkpoint
     from pocketlm.compress.targets import DEFAULT_SKIP
 
-    sym = sym or bits == 8
+    sym = sym or (bits == 8 and fmt == "pocketlm")
     report = quantize_checkpoint(model, out, method, bits, group_size or None, sym, calib=calib, seed=seed, gguf=gguf,
+                                 fmt=fmt, dtype=dtype,
                                  eval_text=eval_text, eval_tokens=eval_tokens, overwrite=overwrite, progress=True,
                                  act_order=act_order, static_groups=static_groups,
                                  skip=tuple(DEFAULT_SKIP) + tuple(skip))

@@ -261,6 +261,14 @@ def _comparable(cfg: ModelConfig) -> dict[str, Any]:
 
 def save_hf(model: Transformer, out_dir: str | Path, tokenizer: Any = None, model_type: str | None = None) -> Path:
     """Write a directory that transformers.AutoModelForCausalLM.from_pretrained loads as the same network."""
+    hf_cfg, state, _ = hf_checkpoint(model, model_type)
+    return write_hf_folder(out_dir, hf_cfg, state, tokenizer)
+
+
+def hf_checkpoint(model: Transformer,
+                  model_type: str | None = None) -> tuple[dict[str, Any], dict[str, Tensor], Family]:
+    """(config.json contents, HF state dict on CPU, family) of `model` saved as `model_type` (default: its family),
+    refused with UnsupportedModelError when that family cannot express the model."""
     model.check_savable("hf")
     cfg = model.config
     model_type = model_type or export_family(cfg)
@@ -278,6 +286,22 @@ def save_hf(model: Transformer, out_dir: str | Path, tokenizer: Any = None, mode
     state = {k: v.detach().to("cpu") for k, v in _hf_state(model, family).items()}
     hf_cfg["architectures"] = [family.architecture]
     hf_cfg["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return hf_cfg, state, family
+
+
+def hf_tensor_name(family: Family, name: str) -> str | None:
+    """The HF name of pocketlm tensor `name` when the family stores it as one tensor under its own name
+    (None when it is packed with others, e.g. a fused qkv, or has no place)."""
+    layer = _layer_of(name)
+    if layer is None:
+        return family.top.get(name)
+    i, rel = layer
+    return family.layer_prefix.format(i=i) + family.block[rel] if rel in family.block else None
+
+
+def write_hf_folder(out_dir: str | Path, hf_cfg: dict[str, Any], state: dict[str, Tensor],
+                    tokenizer: Any = None) -> Path:
+    """config.json + model.safetensors (+ tokenizer files), built beside `out_dir` and swapped in whole."""
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, MODEL_FOLDER_FILES, "model folder") as tmp:  # an old model is replaced whole
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})

@@ -3,8 +3,11 @@
 Output (built in a hidden sibling folder, renamed into place at the end): pocketlm's quantized
 checkpoint (`pocketlm.json` + `model.safetensors` holding codes, scales and zeros, loaded straight
 into the int kernels by `pocketlm eval` / `profile`), or with `gguf=QTYPE` a `model.gguf` holding the
-codes on that GGUF type's grid; plus `quant_report.json`: per-layer error, held-out perplexity, KL
-(float || quantized) mean / p99, top-1 agreement, disk bytes, wall time and peak RSS.
+codes on that GGUF type's grid, or with `fmt="compressed-tensors"` a Hugging Face folder in the
+compressed-tensors pack-quantized layout (`compressed_tensors_format`: what vLLM serves; asymmetric
+grids then use integer zero points, the only kind the format holds); plus `quant_report.json`:
+per-layer error, held-out perplexity, KL (float || quantized) mean / p99, top-1 agreement, disk bytes,
+wall time and peak RSS.
 """
 
 from __future__ import annotations
@@ -19,25 +22,47 @@ import torch
 from pocketlm.compress.calibration import CalibSpec, calibration_batches, encode_text
 from pocketlm.compress.measure import compare_on_tokens
 from pocketlm.compress.prune.checkpoint import DEFAULT_EVAL_TEXT, OutputExistsError, open_model_and_tokenizer
+from pocketlm.compress.quantize.compressed_tensors_format import check_grid, check_model, save_compressed_tensors
 from pocketlm.compress.quantize.driver import quantize
 from pocketlm.compress.quantize.gguf_export import export_quantized_gguf
 from pocketlm.compress.report import QuantReport, peak_rss_bytes
+from pocketlm.model.quantize import IntGrid
 from pocketlm.utils import atomic_dir
+
+FORMATS = ("pocketlm", "compressed-tensors")
+OUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str = "gptq", bits: int = 4,
                         group_size: int | None = 128, sym: bool = False, *, calib: str = "bundled:128x512",
                         seed: int = 0, gguf: str | None = None, tokenizer: str | Path | None = None,
                         eval_text: str | Path | None = None, eval_tokens: int = 16384, overwrite: bool = False,
-                        progress: bool = False, **options: Any) -> QuantReport:
+                        progress: bool = False, fmt: str = "pocketlm", dtype: str | None = None,
+                        **options: Any) -> QuantReport:
     """Load `model_ref` in fp32, quantize it, measure it against the float model and write `out_dir`.
 
-    `options` go to the driver (act_order, static_groups, damp, skip, ...)."""
+    `options` go to the driver (act_order, static_groups, damp, skip, ...). `fmt`: "pocketlm" (the int kernels'
+    checkpoint) or "compressed-tensors", whose float tensors and scales `dtype` sets (float32 default, bfloat16 or
+    float16: what vLLM serves in); `gguf` replaces either."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if gguf and fmt != "pocketlm":
+        raise ValueError(f"--gguf writes a GGUF file and --format {fmt} an HF folder: choose one")
+    if dtype is not None and (fmt != "compressed-tensors" or dtype not in OUT_DTYPES):
+        raise ValueError(f"--dtype {dtype}: the compressed-tensors folder's float dtype, one of "
+                         f"{', '.join(OUT_DTYPES)} (pocketlm checkpoints keep the kernels' own dtypes)")
+    ct_grid = None
+    if fmt == "compressed-tensors":
+        # scales on the bf16 grid (what vLLM serves in), zero points integers: the format's own grid
+        ct_grid = IntGrid(bits, group_size, sym, torch.bfloat16, integer_zero=not sym)
+        check_grid(ct_grid)
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; choose another --out or pass --overwrite")
     t0 = time.perf_counter()
     model, tok = open_model_and_tokenizer(model_ref, tokenizer)
+    if ct_grid is not None:
+        check_model(model)  # refused before any calibration or quantization work
     calib_ids, record = None, None
     if method != "rtn" or calib:
         if tok is None:
@@ -54,6 +79,11 @@ def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str 
             tok_json = Path(model_ref) / "tokenizer.json"
             report = export_quantized_gguf(model, tmp / "model.gguf", gguf, method, calib_ids, progress=progress,
                                            tokenizer_json=tok_json if tok_json.is_file() else None, **options)
+        elif ct_grid is not None:
+            report = quantize(model, method, calib=calib_ids, grid=ct_grid, kernels=False, progress=progress, **options)
+            save_compressed_tensors(model, report.codes, ct_grid, tmp, tokenizer=tok,
+                                    dtype=OUT_DTYPES[dtype] if dtype else None)
+            report.disk_bytes = (tmp / "model.safetensors").stat().st_size
         else:
             from pocketlm.interop import save_native
 

@@ -11,6 +11,8 @@ them, and `pocketlm.model.quantize.kernels.to_kernels` turns them into kernel la
 `fit` a group's parameters (scale, offset per row) from a block of columns, `encode` columns onto
 them, `decode` codes back. Bits 8/4/3/2, symmetric (w = q s) or asymmetric (w = q s + m, m the
 group's minimum), one group per `group_size` input columns or per output row (`group_size=None`).
+`integer_zero` (asymmetric only) is the grid of compressed-tensors and the GPTQ reference instead: the
+range widened to hold 0, and the offset an integer number of steps, w = (q - z) s with z in [0, 2^bits).
 Scales and offsets are rounded to the dtype the kernel stores them in when fitted, so the values a
 method sees are the values the kernel computes with. `to_grid_weight` puts the codes in a kernel
 container: 8-bit symmetric per-row in int8; 2-, 3- and 4-bit codes in the int4 kernel (a 3-bit code
@@ -68,6 +70,7 @@ class IntGrid:
     group_size: int | None = 128
     sym: bool = False
     scale_dtype: torch.dtype | None = torch.bfloat16  # how the kernel stores scales and offsets (None: fp32)
+    integer_zero: bool = False  # asymmetric: offset = -z * scale with an integer z (compressed-tensors' grid)
 
     def __post_init__(self) -> None:
         if self.bits not in GRID_BITS:
@@ -87,7 +90,8 @@ class IntGrid:
     @property
     def name(self) -> str:
         group = "per-channel" if self.group_size is None else f"g{self.group_size}"
-        return f"{'sym' if self.sym else 'asym'}{self.bits} {group}"
+        zero = " int-zero" if self.integer_zero and not self.sym else ""
+        return f"{'sym' if self.sym else 'asym'}{self.bits} {group}{zero}"
 
     @property
     def bits_per_weight(self) -> float:
@@ -110,7 +114,11 @@ class IntGrid:
             scale = _round_to((w.abs().amax(dim=1) / max(self.qmax, 1)).clamp(min=1e-12), self.scale_dtype)
             return scale, torch.zeros_like(scale)
         lo, hi = w.amin(dim=1), w.amax(dim=1)
+        if self.integer_zero:  # the range holds 0, which sits exactly on the integer code z
+            lo, hi = lo.clamp(max=0), hi.clamp(min=0)
         scale = _round_to(((hi - lo) / self.qmax).clamp(min=1e-12), self.scale_dtype)
+        if self.integer_zero:
+            return scale, -torch.round(-lo / scale).clamp(0, self.qmax) * scale
         if self.bits <= 4:  # the int4 kernel stores zero = offset + 8 * scale
             return scale, _round_to(lo + 8 * scale, self.scale_dtype) - 8 * scale
         return scale, _round_to(lo, self.scale_dtype)
@@ -145,6 +153,10 @@ class IntGrid:
 
     def check_kernel(self, in_features: int) -> str:
         """The kernel scheme ('int8' | 'int4') that holds this grid for a matrix of this width, or GridError."""
+        if self.integer_zero and not self.sym:
+            raise GridError("integer zero points are compressed-tensors' asymmetric grid; pocketlm's int4 kernel "
+                            "stores zeros in bf16, which would round them: write --format compressed-tensors, "
+                            "or use the kernel's own asymmetric grid (integer_zero=False).")
         if self.bits < 8 and self.group_size is not None and self.group_size not in KERNEL_GROUP_SIZES:
             raise GridError(f"group_size {self.group_size} is not one of the int4 kernel's group sizes "
                             f"{KERNEL_GROUP_SIZES[::-1]}; choose one of them or per channel (group_size=None).")
