@@ -225,7 +225,7 @@ def test_key_value_shots_carry_the_answer_and_match_the_training_sequences():
 
     from pocketlm.evaluate.prompts import build_examples, load_docs, resolve_data_dir
     from pocketlm.evaluate.spec import get_spec
-    from pocketlm.insights.icl_tasks import mapping_documents
+    from pocketlm.insights.icl_tasks import training_sequences
 
     spec = get_spec("key_value")
     docs, few = load_docs(spec, resolve_data_dir(None))
@@ -237,8 +237,47 @@ def test_key_value_shots_carry_the_answer_and_match_the_training_sequences():
         assert all(a == e.label for a, e in zip(answers, examples) if a is not None)
         assert sum(a is not None for a in answers) / len(examples) == pytest.approx(expected, abs=0.08)
     line = re.compile(r"(\w+) = (\w+)")
-    for doc in mapping_documents(50):
+    for i, doc in enumerate(training_sequences(50)):
         matches = [line.fullmatch(x) for x in doc.split("\n\n")]
         assert all(matches) and 6 <= len(matches) <= 16
         pairs = [m.groups() for m in matches]
-        assert len(dict(pairs)) == len(set(pairs))  # one value per key within a sequence
+        if i % 2:  # one hidden answer for the whole sequence
+            assert len({v for _, v in pairs}) == 1
+        else:  # a mapping: one value per key
+            assert len(dict(pairs)) == len(set(pairs))
+
+
+def test_repeat_answer_shots_show_the_answer_and_never_a_distractor():
+    from pocketlm.evaluate.prompts import build_examples, load_docs, resolve_data_dir
+    from pocketlm.evaluate.spec import get_spec
+    from pocketlm.insights.icl_tasks import repeat_records
+
+    spec = get_spec("repeat_answer")
+    docs, few = load_docs(spec, resolve_data_dir(None))
+    assert [{k: v for k, v in d.items() if k != "_file"} for d in docs] == repeat_records()
+    for e in build_examples(spec, docs, few, 5):
+        *demos, question = e.requests[0][0].split("\n\n")
+        shown = {line.split(" = ")[1] for line in demos}
+        assert shown == {e.choices[e.label]} and question == e.doc["key"] + " ="
+
+
+def test_trained_preset_takes_model_changes_into_the_model_and_its_cache_key(monkeypatch, tmp_path):
+    """The changed ModelConfig is the one trained, under its own cache folder (training itself stubbed out)."""
+    import pocketlm.train.trainer as trainer
+    from pocketlm.train.fixtures import bundled_data_dir, trained_preset
+
+    data = bundled_data_dir()
+    monkeypatch.setenv("POCKETLM_CACHE", str(tmp_path))  # nothing cached: every call reaches train()
+    seen = []
+
+    def fake_train(tcfg, model_cfg):
+        seen.append((tcfg.out_dir, model_cfg))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    for model in (None, {"n_layer": 1, "d_model": 64}):
+        with pytest.raises(RuntimeError, match="stop"):
+            trained_preset("micro", data_dir=data, model=model)
+    (base_dir, base), (one_dir, one) = seen
+    assert (one.n_layer, one.d_model) == (1, 64) and (base.n_layer, base.d_model) == (2, 32)
+    assert base_dir != one_dir

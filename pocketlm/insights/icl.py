@@ -1,10 +1,11 @@
-"""Insight 6: in-context learning grows with size — a ladder of presets trained on the same data, scored at
-0/1/5 shots on `key_value`, a synthetic look-up task whose few-shot demonstrations carry the answer
-(pocketlm/evaluate/tasks/key_value.yaml; the records and training sequences: `icl_tasks`).
+"""Insight 6: in-context learning grows with size — a ladder of models trained on the same data, scored at
+0/1/5 shots on two synthetic tasks whose few-shot demonstrations carry the answer: `repeat_answer` (the
+demonstrations share it) and `key_value` (a random mapping to look up); task specs in
+pocketlm/evaluate/tasks/, records and training sequences in `icl_tasks`.
 
-For this insight only, the training corpus is the bundled stories plus a small share of "key = value"
-sequences (`icl_tasks.mapping_documents`), so that the models can acquire the look-up at all; every rung
-trains on the same batches of that mixture, for the same steps."""
+For this insight only, the training corpus is the bundled stories plus "key = value" sequences of both kinds
+(`icl_tasks.training_sequences`, 28 % of the tokens), so that the models can acquire the skills at all; every
+rung trains on the same batches of that mixture, for the same steps."""
 
 from __future__ import annotations
 
@@ -14,18 +15,23 @@ import shutil
 from pathlib import Path
 
 from pocketlm.insights.analysis import verdict
-from pocketlm.insights.icl_tasks import MAPPING_TASK, mapping_documents
+from pocketlm.insights.icl_tasks import MAPPING_TASK, REPEAT_TASK, training_sequences
 from pocketlm.insights.record import Record
 from pocketlm.survey.figures import write_csv
 from pocketlm.utils import atomic_write_text, cache_root
 
 CLAIM = ("In-context learning improves with model size: larger SLMs gain more from few-shot demonstrations "
          "over zero-shot.")
-TASK = MAPPING_TASK
+TASKS = (REPEAT_TASK, MAPPING_TASK)
 CHANCE = 0.25
-LADDER = ("micro", "tiny", "small")
+# rung -> (preset, ModelConfig changes): micro 0.09M, mini 0.32M (between the presets), tiny 1.07M parameters;
+# "small" (3.0M) is a preset too, but three times tiny's training time did not fit a loaded 2-core machine
+RUNGS = {"micro": ("micro", {}), "mini": ("tiny", {"d_model": 64, "n_head": 2, "intermediate_size": 160,
+                                                   "name": "pocketlm-mini"}),
+         "tiny": ("tiny", {}), "small": ("small", {})}
+LADDER = ("micro", "mini", "tiny")
 STEPS, QUICK_STEPS = 600, 40  # every rung sees the same batches: 16 x 128 tokens per step
-MIX_DOCUMENTS = 550  # 13 % of the mixture's tokens (40.7k of 303k)
+MIX_DOCUMENTS = 1400  # 28 % of the mixture's tokens (half mappings, half repeated answers)
 SHOTS = (0, 1, 5)
 
 
@@ -48,7 +54,7 @@ def mixed_data_dir(documents: int = MIX_DOCUMENTS) -> tuple[Path, dict]:
     from pocketlm.insights.filtering import permissive
     from pocketlm.train.fixtures import bundled_data_dir
 
-    texts = mapping_documents(documents)
+    texts = training_sequences(documents)
     bundled = bundled_data_dir()
     key = hashlib.sha256(json.dumps([bundled.name, texts]).encode()).hexdigest()[:16]
     dest = cache_root() / "data" / f"icl-mix-{key}"
@@ -70,7 +76,7 @@ def synthetic_token_share(data_dir: Path, manifest: dict, documents: int = MIX_D
     from pocketlm.data.tokenizer import TextTokenizer
 
     tok = TextTokenizer.load(data_dir / "tokenizer.json")
-    synthetic = sum(len(ids) + 1 for ids in tok.encode_batch(mapping_documents(documents)))
+    synthetic = sum(len(ids) + 1 for ids in tok.encode_batch(training_sequences(documents)))
     return synthetic / sum(manifest["splits"][split]["tokens"] for split in ("train", "val"))  # hq: a subset
 
 
@@ -85,26 +91,28 @@ def run(out_dir: Path, quick: bool = False, ladder: tuple[str, ...] = LADDER) ->
     share = synthetic_token_share(data_dir, manifest)
     models, losses = [], {}
     for name in ladder:
-        model_dir, summary = trained_preset(name, data_dir=data_dir, steps=steps, batch_size=16, seq_len=128,
-                                            hq_weight=0.0, warmup_steps=max(steps // 10, 1), eval_every=steps,
-                                            ckpt_every=steps)
+        preset, model = RUNGS[name]
+        model_dir, summary = trained_preset(preset, data_dir=data_dir, model=model, steps=steps, batch_size=16,
+                                            seq_len=128, hq_weight=0.0, warmup_steps=max(steps // 10, 1),
+                                            eval_every=steps, ckpt_every=steps)
         losses[name] = summary["val_loss"]
         models.append((name, open_model(model_dir), open_tokenizer(model_dir), summary["params"]))
-    study = icl_study(models, tasks=(TASK,), shots=SHOTS, limit=60 if quick else None, out_dir=out_dir)
+    study = icl_study(models, tasks=TASKS, shots=SHOTS, limit=60 if quick else None, out_dir=out_dir)
     rows = study["rows"]
-    score = {(r["model"], r["shots"]): r["score"] for r in rows}
-    gain = {k: [score[(m, k)] - score[(m, 0)] for m in ladder] for k in SHOTS[1:]}
+    score = {(r["model"], r["task"], r["shots"]): r["score"] for r in rows}
+    mean = {(m, k): sum(score[(m, t, k)] for t in TASKS) / len(TASKS) for m in ladder for k in SHOTS}
+    gain = {k: [mean[(m, k)] - mean[(m, 0)] for m in ladder] for k in SHOTS[1:]}
     best = max(score.values())
     csv = write_csv(rows, out_dir / "icl.csv")
     params = {name: p for name, _, _, p in models}
-    summary = ("gain over 0-shot at 1 / 5 shots by size: " + ", ".join(
+    summary = ("mean gain over 0-shot at 1 / 5 shots by size: " + ", ".join(
         f"{m} ({params[m] / 1e6:.2f}M) {g1:+.3f} / {g5:+.3f}" for m, g1, g5 in zip(ladder, gain[1], gain[5]))
         + f"; best score {best:.3f} (chance {CHANCE}); each rung trained {steps} steps on the same batches of the "
         f"bundled stories + {mix['documents_kept']} key = value sequences ({share:.0%} of the tokens).")
     return Record("icl", "In-context learning grows with size", CLAIM, "pocketlm insights icl --out insights_out", {
         "metric": rows[0]["metric"], "params": params, "val_loss": {k: round(v, 3) for k, v in losses.items()},
-        "scores_0_1_5": {m: " / ".join(f"{score[(m, k)]:.3f}" for k in SHOTS) for m in ladder},
-        "gain_1shot": {m: round(g, 3) for m, g in zip(ladder, gain[1])},
-        "gain_5shot": {m: round(g, 3) for m, g in zip(ladder, gain[5])},
+        **{f"{t}_0_1_5": {m: " / ".join(f"{score[(m, t, k)]:.3f}" for k in SHOTS) for m in ladder} for t in TASKS},
+        "mean_gain_1shot": {m: round(g, 3) for m, g in zip(ladder, gain[1])},
+        "mean_gain_5shot": {m: round(g, 3) for m, g in zip(ladder, gain[5])},
         "synthetic_share_of_tokens": round(share, 3), "steps": steps},
         icl_verdict(gain[5], best), summary, str(out_dir / "icl_gain.png"), str(csv))

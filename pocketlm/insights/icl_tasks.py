@@ -9,6 +9,11 @@ same "key = value" form, separated by blank lines like the few-shot prompt) to t
 rung of the ladder has seen the format and can learn the look-up; the evaluation mappings are drawn from
 another seed and, being random, cannot be memorised.
 
+`repeat_answer`: the easier skill. Each group hides one attribute that every document of the group answers,
+whatever its key; the demonstrations show it, the question's three distractors never appear in them. A model
+that copies the answer its demonstrations share scores well from one shot on; at 0 shots it is chance.
+`training_sequences()` interleaves both kinds of sequence.
+
 `pattern_completion` (bundled, the earlier task): the pattern sits in the question itself ("cat dog cat dog ->"),
 so demonstrations only show the format."""
 
@@ -25,7 +30,7 @@ VALUES = ("red", "blue", "green", "pink", "yellow", "big", "small", "happy", "sa
           "slow", "hot", "cold", "old", "new")
 PATTERN_WORDS = ("cat", "dog", "ball", "tree", "sun", "bird", "fish", "cake", "hat", "box", "car", "boat", "bed",
                  "cup", "toy", "park", "red", "blue", "big", "happy")
-MAPPING_TASK, PATTERN_TASK = "key_value", "pattern_completion"
+MAPPING_TASK, REPEAT_TASK, PATTERN_TASK = "key_value", "repeat_answer", "pattern_completion"
 SEP = "\n\n"  # the task spec's fewshot_delimiter: training sequences are laid out like a few-shot prompt
 
 
@@ -54,16 +59,37 @@ def mapping_records(groups: int = 20, keys_per_group: int = 3, per_key: int = 4,
     return records
 
 
-def mapping_documents(n: int, seed: int = 1, keys: tuple[int, int] = (2, 4), lines: tuple[int, int] = (6, 16)
-                      ) -> list[str]:
-    """`n` training sequences, each a fresh random mapping of 2-4 keys shown as 6-16 "key = value" lines in
-    random order (every key at least once), blank-line separated."""
+def repeat_records(groups: int = 20, per_group: int = 12, seed: int = 0) -> list[dict]:
+    """`groups` hidden answers, `per_group` documents each (random keys); choices: the answer and three values
+    no document of the group shows."""
+    rng = random.Random(seed)
+    records = []
+    for g in range(groups):
+        answer, *others = rng.sample(VALUES, 4)
+        for _ in range(per_group):
+            choices = [answer, *others]
+            rng.shuffle(choices)
+            records.append({"id": len(records), "group": g, "key": rng.choice(KEYS), "choices": choices,
+                            "label": choices.index(answer)})
+    return records
+
+
+def training_sequences(n: int, seed: int = 1, keys: tuple[int, int] = (2, 4), lines: tuple[int, int] = (6, 16)
+                       ) -> list[str]:
+    """`n` training sequences of "key = value" lines, blank-line separated, alternating two kinds: a fresh
+    random mapping of 2-4 keys (6-16 lines in random order, every key at least once), and a fresh hidden
+    value shown after 6-16 random keys."""
     rng = random.Random(seed)
     out = []
-    for _ in range(n):
+    for i in range(n):
+        n_lines = rng.randint(*lines)
+        if i % 2:
+            value = rng.choice(VALUES)
+            out.append(SEP.join(pair(rng.choice(KEYS), value) for _ in range(n_lines)))
+            continue
         k = rng.randint(*keys)
         mapping = dict(zip(rng.sample(KEYS, k), rng.sample(VALUES, k)))
-        shown = list(mapping) + [rng.choice(list(mapping)) for _ in range(rng.randint(*lines) - k)]
+        shown = list(mapping) + [rng.choice(list(mapping)) for _ in range(n_lines - k)]
         rng.shuffle(shown)
         out.append(SEP.join(pair(key, mapping[key]) for key in shown))
     return out
