@@ -43,7 +43,7 @@ def icl_verdict(gain5: list[float], best: float) -> str:
 
 
 def mixed_data_dir(documents: int = MIX_DOCUMENTS) -> tuple[Path, dict]:
-    """Token shards of the bundled corpus plus `documents` mapping sequences, with the bundled tokenizer;
+    """Token shards of the bundled corpus plus `documents` key = value sequences, with the bundled tokenizer;
     prepared once per input and cached. No Gopher/C4 rule and no perplexity cut (both would drop the
     synthetic lines, which is their job); exact and near duplicates are still removed."""
     from dataclasses import replace
@@ -72,7 +72,7 @@ def mixed_data_dir(documents: int = MIX_DOCUMENTS) -> tuple[Path, dict]:
 
 
 def synthetic_token_share(data_dir: Path, manifest: dict, documents: int = MIX_DOCUMENTS) -> float:
-    """The mapping sequences' share of the mixture's tokens (each + its end-of-text token)."""
+    """The key = value sequences' share of the mixture's tokens (each + its end-of-text token)."""
     from pocketlm.data.tokenizer import TextTokenizer
 
     tok = TextTokenizer.load(data_dir / "tokenizer.json")

@@ -4,7 +4,7 @@
 ("cat = red", "dog = blue", ...). A document asks for one key's value among four choices; its few-shot
 demonstrations come from its own group (`fewshot_group_by: group`), so only the demonstrations carry the
 mapping: at 0 shots the answer is a guess (chance 0.25), at k shots a model that looks the key up in its
-context can read it off. The training mixture adds `mapping_documents()` (fresh random mappings written in the
+context can read it off. The training mixture adds `training_sequences()` (fresh random mappings written in the
 same "key = value" form, separated by blank lines like the few-shot prompt) to the bundled stories, so every
 rung of the ladder has seen the format and can learn the look-up; the evaluation mappings are drawn from
 another seed and, being random, cannot be memorised.
