@@ -140,7 +140,7 @@ def test_open_data_gaps_by_hand():
 
 
 def test_pattern_task_records_are_consistent():
-    from pocketlm.insights.icl import pattern_records
+    from pocketlm.insights.icl_tasks import pattern_records
 
     recs = pattern_records(50)
     for r in recs:
@@ -154,7 +154,7 @@ def test_pattern_task_records_are_consistent():
 def test_bundled_pattern_task_is_the_generated_one():
     from pocketlm.evaluate.spec import get_spec
     from pocketlm.evaluate.prompts import load_docs, resolve_data_dir
-    from pocketlm.insights.icl import pattern_records
+    from pocketlm.insights.icl_tasks import pattern_records
 
     docs, _ = load_docs(get_spec("pattern_completion"), resolve_data_dir(None))
     assert len(docs) == 200 and [d["label"] for d in docs] == [r["label"] for r in pattern_records()]
@@ -181,3 +181,103 @@ def test_icl_verdict_needs_growth_above_chance():
     assert icl_verdict([0.01, 0.05, 0.12], best=0.3) == "partly"  # grows, but on a task at chance
     assert icl_verdict([-0.005, -0.005], best=0.235) == "disagree"  # flat at chance: shows nothing
     assert icl_verdict([0.05, 0.01, 0.12], best=0.6) == "partly"  # not monotone
+
+
+def test_key_value_records_share_a_mapping_per_group():
+    from pocketlm.insights.icl_tasks import mapping_records
+
+    recs = mapping_records(groups=6)
+    assert len(recs) == 6 * 12 and len({r["id"] for r in recs}) == len(recs) and mapping_records(groups=6) == recs
+    mapping: dict[tuple[int, str], str] = {}
+    for r in recs:
+        answer = r["choices"][r["label"]]
+        assert mapping.setdefault((r["group"], r["key"]), answer) == answer and len(set(r["choices"])) == 4
+    for g in range(6):
+        values = {v for (grp, _), v in mapping.items() if grp == g}
+        assert len(values) == 3  # a one-to-one mapping of three keys
+        assert all(values < set(r["choices"]) for r in recs if r["group"] == g)  # + one value outside it
+
+
+def test_bundled_key_value_task_is_the_generated_one():
+    from pocketlm.evaluate.prompts import load_docs, resolve_data_dir
+    from pocketlm.evaluate.spec import get_spec
+    from pocketlm.insights.icl_tasks import mapping_records
+
+    docs, _ = load_docs(get_spec("key_value"), resolve_data_dir(None))
+    assert [{k: v for k, v in d.items() if k != "_file"} for d in docs] == mapping_records()
+
+
+def _look_up(context: str, choices: list[str]) -> int | None:
+    """An ideal in-context learner: the value the context's demonstrations give the asked key, else None."""
+    *demos, question = context.split("\n\n")
+    seen = dict(line.split(" = ") for line in demos)
+    key = question.removesuffix(" =")
+    return choices.index(seen[key]) if key in seen else None
+
+
+def test_key_value_shots_carry_the_answer_and_match_the_training_sequences():
+    """Prompts built by pocketlm.evaluate from the task spec: at 0 shots they hold nothing but the key; at k
+    shots a perfect look-up over the demonstrations answers most items (5 shots: the asked key is among the
+    demonstrations ~88 % of the time, hypergeometric over the group's 11 other documents), never wrongly; and
+    the training sequences are laid out exactly like those prompts."""
+    import re
+    from math import comb
+
+    from pocketlm.evaluate.prompts import build_examples, load_docs, resolve_data_dir
+    from pocketlm.evaluate.spec import get_spec
+    from pocketlm.insights.icl_tasks import training_sequences
+
+    spec = get_spec("key_value")
+    docs, few = load_docs(spec, resolve_data_dir(None))
+    zero = build_examples(spec, docs, few, 0)
+    assert all(re.fullmatch(r"\w+ =", e.requests[0][0]) for e in zero)
+    for shots, expected in ((1, 3 / 11), (5, 1 - comb(8, 5) / comb(11, 5))):
+        examples = build_examples(spec, docs, few, shots)
+        answers = [_look_up(e.requests[0][0], e.choices) for e in examples]
+        assert all(a == e.label for a, e in zip(answers, examples) if a is not None)
+        assert sum(a is not None for a in answers) / len(examples) == pytest.approx(expected, abs=0.08)
+    line = re.compile(r"(\w+) = (\w+)")
+    for i, doc in enumerate(training_sequences(50)):
+        matches = [line.fullmatch(x) for x in doc.split("\n\n")]
+        assert all(matches) and 6 <= len(matches) <= 16
+        pairs = [m.groups() for m in matches]
+        if i % 2:  # one hidden answer for the whole sequence
+            assert len({v for _, v in pairs}) == 1
+        else:  # a mapping: one value per key
+            assert len(dict(pairs)) == len(set(pairs))
+
+
+def test_repeat_answer_shots_show_the_answer_and_never_a_distractor():
+    from pocketlm.evaluate.prompts import build_examples, load_docs, resolve_data_dir
+    from pocketlm.evaluate.spec import get_spec
+    from pocketlm.insights.icl_tasks import repeat_records
+
+    spec = get_spec("repeat_answer")
+    docs, few = load_docs(spec, resolve_data_dir(None))
+    assert [{k: v for k, v in d.items() if k != "_file"} for d in docs] == repeat_records()
+    for e in build_examples(spec, docs, few, 5):
+        *demos, question = e.requests[0][0].split("\n\n")
+        shown = {line.split(" = ")[1] for line in demos}
+        assert shown == {e.choices[e.label]} and question == e.doc["key"] + " ="
+
+
+def test_trained_preset_takes_model_changes_into_the_model_and_its_cache_key(monkeypatch, tmp_path):
+    """The changed ModelConfig is the one trained, under its own cache folder (training itself stubbed out)."""
+    import pocketlm.train.trainer as trainer
+    from pocketlm.train.fixtures import bundled_data_dir, trained_preset
+
+    data = bundled_data_dir()
+    monkeypatch.setenv("POCKETLM_CACHE", str(tmp_path))  # nothing cached: every call reaches train()
+    seen = []
+
+    def fake_train(tcfg, model_cfg):
+        seen.append((tcfg.out_dir, model_cfg))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    for model in (None, {"n_layer": 1, "d_model": 64}):
+        with pytest.raises(RuntimeError, match="stop"):
+            trained_preset("micro", data_dir=data, model=model)
+    (base_dir, base), (one_dir, one) = seen
+    assert (one.n_layer, one.d_model) == (1, 64) and (base.n_layer, base.d_model) == (2, 32)
+    assert base_dir != one_dir

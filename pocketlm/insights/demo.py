@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pocketlm.insights.record import markdown
-from pocketlm.insights.suite import run_suite
+from pocketlm.insights.suite import INSIGHTS, run_suite
 
 DEMO_INSIGHTS = ("gqa", "memory", "overtraining", "open_data")
 
@@ -16,6 +16,8 @@ def demo_section(out_dir: Path) -> dict:
     if failed:
         raise RuntimeError(f"insights failed: {', '.join(failed)} (see {out_dir}/<name>/error.txt)")
     md = ("The survey's insights this demo can afford (`pocketlm insights --quick`; the full suite, with "
-          "training runs, is `pocketlm insights --out DIR`, see docs/insights.md).\n\n" + markdown(records, out_dir))
+          "training runs, is `pocketlm insights --out DIR`, see docs/insights.md).\n\n" + markdown(records, out_dir)
+          + "\n\nNot run here (training runs or minutes of timing): "
+          + ", ".join(f"`pocketlm insights {n}`" for n in INSIGHTS if n not in DEMO_INSIGHTS) + ".")
     return {"title": "Insights", "markdown": md,
             "metrics": {r.name: {"verdict": r.verdict, "seconds": r.seconds, **r.measured} for r in records}}

@@ -32,8 +32,9 @@ def run(out_dir: Path, quick: bool = False, depths: tuple[int, ...] | None = Non
     depths = depths or (QUICK_DEPTHS if quick else DEPTHS)
     cfgs = configs(max(depths))
     paths = write_configs(cfgs, out_dir)
-    results = profile_models(paths, rounds=2, dtype="fp32", threads=threads, prompts=(16,), gen=4 if quick else 8,
-                             depths=depths, repeat=1, warmup=0, pack=True)
+    # the fastest of 3 rounds x 32 tokens per depth: a ~10 ms step on a loaded machine is rarely uninterrupted
+    results = profile_models(paths, rounds=2 if quick else 3, dtype="fp32", threads=threads, prompts=(16,),
+                             gen=4 if quick else 32, depths=depths, repeat=1, warmup=0, pack=True)
     rows, decode, kv = [], {}, {}
     for label, cfg in cfgs.items():
         dec = by_depth(results[label])

@@ -82,9 +82,12 @@ def sample(model: Transformer, tok: TextTokenizer, prompt: str, max_new_tokens: 
 
 
 def trained_preset(name: str = "tiny", progress: bool = False, threads: int | None = 1,
-                   data_dir: str | Path | None = None, **overrides) -> tuple[Path, dict]:
+                   data_dir: str | Path | None = None, model: dict | None = None,
+                   **overrides) -> tuple[Path, dict]:
     """Train preset `name` on the bundled corpus (or on the prepared shards in `data_dir`), or reuse the
     cached result; return the model folder (pocketlm checkpoint + tokenizer) and its training summary.
+    `model` changes ModelConfig fields of the preset (e.g. a size between two presets), `overrides`
+    TrainConfig fields; both are part of the cache key.
 
     `threads` defaults to 1: on a shared 2-core machine torch's default of 2 OpenMP threads per
     process collapsed to ~200 tokens/s (threads spin-waiting on each other) while 1 thread kept
@@ -94,6 +97,7 @@ def trained_preset(name: str = "tiny", progress: bool = False, threads: int | No
     data_dir = Path(data_dir) if data_dir is not None else bundled_data_dir(progress)
     vocab = json.loads((data_dir / MANIFEST).read_text())["tokenizer"]["vocab_size"]
     model_cfg, train_overrides = preset(name, vocab)
+    model_cfg = model_cfg.replace(**(model or {}))
     train_overrides.update(overrides)
     tcfg = TrainConfig(data_dir=str(data_dir), progress=progress, threads=threads, **train_overrides)
     key = fixture_key(model_cfg, tcfg, data_dir)
