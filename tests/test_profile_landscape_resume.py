@@ -13,7 +13,7 @@ from pocketlm.survey.figures import write_csv
 def _row(model: str, params: float, dtype: str = "Q4_0", k: float = 1.0, vocab: int = 32000) -> dict:
     row = {f: 0 for f in POINT_FIELDS}
     row.update(model=model, params=int(params), attention="GQA", n_layer=12, d_model=512, vocab_size=vocab,
-               backend="llamacpp", dtype=dtype, threads=2, prefill_ms=k * params / 1e6, decode_ms=k * params / 1e7,
+               backend="llamacpp", dtype=dtype, threads=2, n_prompt=64, depth=64, prefill_ms=k * params / 1e6, decode_ms=k * params / 1e7,
                prefill_best_ms=k * params / 1e6, decode_best_ms=k * params / 1e7, peak_rss_mb=params / 1e6)
     return row
 
@@ -23,7 +23,7 @@ def test_measured_models_are_not_measured_again(tmp_path, monkeypatch) -> None:
     import pocketlm.profile.landscape as ls
 
     monkeypatch.setattr(ls, "_measure", lambda *a, **k: pytest.fail("a measured model was measured again"))
-    done = landscape(names=["SmolLM-135M", "GPT2"], backend="llamacpp", dtype="Q4_0", out_dir=tmp_path)
+    done = landscape(names=["SmolLM-135M", "GPT2"], backend="llamacpp", dtype="Q4_0", threads=2, out_dir=tmp_path)
     assert (done["measured_now"], done["skipped_measured"], done["models"]) == (0, 2, 2)
     assert (tmp_path / "landscape_llamacpp_Q4_0.png").exists()
     assert [p["model"] for p in read_points(tmp_path / "landscape.csv")] == ["GPT2", "SmolLM-135M"]
@@ -43,3 +43,65 @@ def test_write_findings(tmp_path) -> None:
     write_csv(rows, tmp_path / "landscape.csv")
     found = write_findings(tmp_path / "landscape.csv")
     assert found["models"] == 3 and (tmp_path / "findings.json").exists() and (tmp_path / "dtypes.png").exists()
+
+
+def test_other_settings_are_measured_again_and_failures_are_recorded(tmp_path, monkeypatch) -> None:
+    """A row of another thread count / prompt is not this run's; a model that fails is written to
+    not_measured.csv with its error, and leaves it once measured."""
+    import csv
+
+    import pocketlm.profile.landscape as ls
+
+    write_csv([_row("SmolLM-135M", 1.35e8), _row("GPT2", 1.24e8)], tmp_path / "landscape.csv")
+    asked = []
+
+    def fake(names, *a, failed, on_point, **k):
+        asked.append(list(names))
+        failed.append({"model": "GPT2", "error": "out of memory"})
+        on_point(dict(_row("SmolLM-135M", 1.35e8), threads=1, n_prompt=32, depth=32))
+        return []
+
+    monkeypatch.setattr(ls, "_measure", fake)
+    done = landscape(names=["SmolLM-135M", "GPT2"], backend="llamacpp", dtype="Q4_0", threads=1, prompt=32,
+                     depth=32, out_dir=tmp_path)
+    assert asked == [["SmolLM-135M", "GPT2"]] and done["models"] == 1
+    assert len(read_points(tmp_path / "landscape.csv")) == 3  # the 2-thread rows are kept beside the new one
+    rows = list(csv.DictReader(open(tmp_path / "not_measured.csv")))
+    assert [(r["model"], r["stage"], r["reason"]) for r in rows] == [("GPT2", "failed", "out of memory")]
+    monkeypatch.setattr(ls, "_measure", lambda names, *a, on_point, **k: on_point(
+        dict(_row("GPT2", 1.24e8), threads=1, n_prompt=32, depth=32)))
+    landscape(names=["GPT2"], backend="llamacpp", dtype="Q4_0", threads=1, prompt=32, depth=32, out_dir=tmp_path)
+    assert not (tmp_path / "not_measured.csv").exists()
+
+
+def test_the_catalog_llama_cpp_does_not_run_is_named_with_why() -> None:
+    from pocketlm.profile.landscape import catalog_models, catalog_not_runnable
+
+    runs, not_run = catalog_models(2e9, backend="llamacpp"), catalog_not_runnable(2e9)
+    assert set(runs).isdisjoint(r["model"] for r in not_run) and len(runs) + len(not_run) == len(catalog_models(2e9))
+    assert any(r["model"].startswith("OPT") and "runtime" in r["reason"].lower() for r in not_run)
+
+
+def test_labels_of_a_dense_cluster_do_not_overlap() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pocketlm.profile.landscape import place_labels
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    xs = [1.0 + 0.01 * i for i in range(12)]
+    ys = [100.0 + 3 * (i % 4) for i in range(12)]
+    ax.scatter(xs, ys)
+    ax.set_xlim(0, 8)
+    ax.set_ylim(0, 400)
+    offsets = place_labels(ax, xs, ys, [f"model-{i}" for i in range(12)])
+    assert len(set(offsets)) > 4  # crowded markers are pushed to different offsets
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    boxes = [Text.get_window_extent(t) for t in ax.texts]  # the text alone, not its leader line
+    overlaps = sum(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert overlaps <= 2
+    plt.close(fig)
