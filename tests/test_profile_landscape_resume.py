@@ -105,3 +105,22 @@ def test_labels_of_a_dense_cluster_do_not_overlap() -> None:
     overlaps = sum(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     assert overlaps <= 2
     plt.close(fig)
+
+
+def test_architecture_effects_find_the_shape_that_moves_latency() -> None:
+    """Synthetic rows over real catalog shapes: prefill grows with depth at equal size, memory with
+    the vocabulary; the residual correlations name those shapes, the spread is a factor >= 1."""
+    from pocketlm.model import costs
+    from pocketlm.profile.landscape import architecture_effects
+    from pocketlm.survey.catalog import entry_to_config, get_entry
+
+    rows = []
+    for name in ("GPT2", "SmolLM-135M", "Pythia-160M", "GPT2-MEDIUM", "SmolLM-360M", "Qwen2.5-0.5B", "BLOOM-560M"):
+        cfg = entry_to_config(get_entry(name))
+        n = costs.param_counts(cfg)["total"]
+        rows.append(dict(_row(name, n), prefill_best_ms=n / 1e6 * cfg.n_layer, decode_best_ms=n / 1e7,
+                         peak_rss_mb=n / 1e6 + cfg.vocab_size / 1e3))
+    found = architecture_effects(rows)
+    assert found["prefill_best_ms"]["residual_spearman"]["layers"] > 0.7
+    assert found["peak_rss_mb"]["residual_spearman"]["vocab_share"] > 0.7
+    assert found["decode_best_ms"]["spread_factor"] == 1.0 and found["prefill_best_ms"]["spread_factor"] > 1.2

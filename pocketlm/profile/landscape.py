@@ -112,6 +112,7 @@ def landscape_figure(points: list[dict], path: Path, title: str, best: bool = Tr
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     colors = {"MHA": "tab:blue", "GQA": "tab:orange", "MQA": "tab:green", "MLA": "tab:red"}
     which = "best of repeats" if best else "median"
@@ -125,6 +126,9 @@ def landscape_figure(points: list[dict], path: Path, title: str, best: bool = Tr
         ax.scatter(xs, ys, color=[colors.get(p["attention"], "gray") for p in points], s=30, zorder=3)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # plain numbers (0.5, 300) instead of 5 x 10^-1 on log axes
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
         ax.set_xlabel("parameters (billions, log)")
         ax.set_ylabel(ylabel + ", log")
         ax.grid(alpha=0.3, which="both")
@@ -400,6 +404,44 @@ def landscape_findings(points: list[dict], rel_size: float = 0.15) -> dict:
                               "layers": (slow["n_layer"], fast["n_layer"]), "vocab": (slow["vocab_size"],
                                                                                        fast["vocab_size"])})
     out["equal_size_pairs"] = sorted(pairs, key=lambda p: -p["prefill_ratio"])
+    out["architecture_at_equal_size"] = architecture_effects(points)
+    return out
+
+
+def architecture_effects(points: list[dict]) -> dict:
+    """How far architecture moves each metric at equal size: the spread (std of log residuals against
+    the log-log fit on parameters, as a factor) and the rank correlation of those residuals with the
+    shape (depth: layers; FFN width: ffn_dim / d_model; vocabulary: embedding share of parameters;
+    KV heads: n_kv_head / n_head). Shapes come from the catalog (a name it lacks is left out)."""
+    import numpy as np
+
+    from pocketlm.survey.catalog import CatalogError, entry_to_config, get_entry, load_catalog
+
+    entries = load_catalog()
+    shapes, kept = [], []
+    for p in points:
+        try:
+            cfg = entry_to_config(get_entry(p["model"], entries))
+        except CatalogError:
+            continue
+        kept.append(p)
+        shapes.append({"layers": cfg.n_layer, "ffn_ratio": cfg.ffn_dim(0) / cfg.d_model,
+                       "vocab_share": cfg.vocab_size * cfg.d_model / p["params"],
+                       "kv_ratio": cfg.kv_heads(0) / cfg.heads(0)})
+    if len(kept) < 4:
+        return {}
+
+    def rank(x: np.ndarray) -> np.ndarray:
+        return np.argsort(np.argsort(x)).astype(float)
+
+    logp = np.log([p["params"] for p in kept])
+    out = {}
+    for key in ("prefill_best_ms", "decode_best_ms", "peak_rss_mb"):
+        y = np.log([p[key] for p in kept])
+        resid = y - np.polyval(np.polyfit(logp, y, 1), logp)
+        out[key] = {"spread_factor": round(float(np.exp(resid.std())), 3),
+                    "residual_spearman": {k: round(float(np.corrcoef(rank(resid), rank(np.array(
+                        [s[k] for s in shapes])))[0, 1]), 3) for k in shapes[0]}}
     return out
 
 
