@@ -124,3 +124,23 @@ def test_architecture_effects_find_the_shape_that_moves_latency() -> None:
     assert found["prefill_best_ms"]["residual_spearman"]["layers"] > 0.7
     assert found["peak_rss_mb"]["residual_spearman"]["vocab_share"] > 0.7
     assert found["decode_best_ms"]["spread_factor"] == 1.0 and found["prefill_best_ms"]["spread_factor"] > 1.2
+
+
+def test_gguf_cache_reuses_only_random_weights_of_the_same_config(tmp_path) -> None:
+    import dataclasses
+
+    from pocketlm.profile.llamacpp_backend import _export, cached_gguf
+    from pocketlm.profile.setting import Setting
+    from pocketlm.runtime import resolve
+
+    ref = resolve("SmolLM-135M")
+    s = Setting(model="SmolLM-135M", backend="llamacpp", dtype="Q4_0", gguf_dir=str(tmp_path))
+    path = cached_gguf(ref, s, "Q4_0")
+    assert path.parent == tmp_path and path.name.startswith("SmolLM-135M-") and path.name.endswith("seed0-Q4_0.gguf")
+    assert cached_gguf(ref, dataclasses.replace(s, gguf_dir=None), "Q4_0") is None
+    assert cached_gguf(dataclasses.replace(ref, kind="checkpoint"), s, "Q4_0") is None  # real weights: never cached
+    assert cached_gguf(ref, dataclasses.replace(s, seed=1), "Q4_0") != path != cached_gguf(ref, s, "Q8_0")
+    wider = dataclasses.replace(ref, config=ref.config.replace(n_layer=31))
+    assert cached_gguf(wider, s, "Q4_0") != path  # a changed catalog entry is exported again
+    path.write_bytes(b"GGUF")
+    assert _export(ref, s, "Q4_0", path) == (path, None)  # found: no model is built, no export timed
