@@ -276,7 +276,8 @@ def _save_not_measured(path: Path, backend: str, dtype: str, failed: list[dict],
                                              "stage": "not run by llama.cpp", "reason": r["reason"]}
     for r in failed:
         rows[(r["model"], backend, dtype)] = {"model": r["model"], "backend": backend, "dtype": dtype,
-                                             "stage": "failed", "reason": r["error"].replace("\n", " ")[:500]}
+                                             "stage": r.get("stage", "failed"),
+                                             "reason": r["error"].replace("\n", " ")[:500]}
     for m in measured:
         rows.pop((m, backend, dtype), None)
     if rows:
