@@ -5,10 +5,11 @@
    `convert_hf_to_gguf.py --outtype f16` on the same directory (run from its checkout, never vendored:
    `--convert /path/to/llama.cpp/convert_hf_to_gguf.py`; skipped when absent);
 2. decode tokens/s in llama.cpp (llama-cpp-python) for F16, Q8_0, Q4_0 and Q4_K_M against this
-   machine's memory-bandwidth ceiling: a numpy copy's bandwidth (measured in the same run) divided by
-   the bytes one token reads (the GGUF tensors).
+   machine's memory-bandwidth ceiling: the read bandwidth on the same thread count
+   (`memory_bandwidth_gbs`, measured in the same run) divided by the bytes one token reads (the GGUF
+   tensors); a numpy copy's bandwidth is reported beside it.
 
-    python benchmarks/bench_gguf.py --convert /tmp/llama_cpp_convert/convert_hf_to_gguf.py
+    python benchmarks/bench_gguf.py --convert /tmp/llama_cpp_convert/convert_hf_to_gguf.py --threads 1,2
 """
 
 from __future__ import annotations
@@ -104,14 +105,15 @@ def decode_tok_s(path: Path, threads: int, n: int = 32, repeat: int = 3) -> floa
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--convert", type=Path, default=None, help="llama.cpp's convert_hf_to_gguf.py")
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--threads", default=str(os.cpu_count()),
+                    help="comma-separated thread counts for decode and the bandwidth ceiling, e.g. 1,2")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     import gguf
 
     from pocketlm.export.gguf import export_gguf
     from pocketlm.interop import load_model
-    from pocketlm.profile.system import cpu_model
+    from pocketlm.profile.system import cpu_model, memory_bandwidth_gbs
 
     result = {"cpu": cpu_model(), "uptime_before": os.popen("uptime").read().strip(), "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,17 +132,21 @@ def main() -> None:
                 result["max_abs_tensor_diff"] = float(max(
                     np.abs(np.asarray(ta[k].data, dtype=np.float32) - np.asarray(tb[k].data, dtype=np.float32)).max()
                     for k in ta if k in tb))
-        bandwidth = copy_bandwidth()
-        result["copy_bandwidth_gb_s"] = round(bandwidth / 1e9, 2)
+        result["copy_bandwidth_gb_s"] = round(copy_bandwidth() / 1e9, 2)
         model = load_model(model_dir)
+        files = {q: export_gguf(model, tmp / f"m-{q}.gguf", q) for q in ("F16", "Q8_0", "Q4_0", "Q4_K_M")}
         rows = []
-        for qtype in ("F16", "Q8_0", "Q4_0", "Q4_K_M"):
-            path = export_gguf(model, tmp / f"m-{qtype}.gguf", qtype)
-            tensor_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors)
-            tok_s = decode_tok_s(path, args.threads)
-            ceiling = bandwidth / tensor_bytes
-            rows.append({"qtype": qtype, "tensor_mb": round(tensor_bytes / 1e6, 1), "decode_tok_s": round(tok_s, 1),
-                         "ceiling_tok_s": round(ceiling, 1), "fraction_of_ceiling": round(tok_s / ceiling, 3)})
+        for threads in (int(t) for t in args.threads.split(",")):
+            # the ceiling: a full read of 512 MiB (a sum) on the same number of threads as the decode
+            read_gb_s = memory_bandwidth_gbs(threads=threads)
+            result[f"read_bandwidth_gb_s_{threads}t"] = round(read_gb_s, 2)
+            for qtype, path in files.items():
+                tensor_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors)
+                tok_s = decode_tok_s(path, threads)
+                ceiling = read_gb_s * 1e9 / tensor_bytes
+                rows.append({"threads": threads, "qtype": qtype, "tensor_mb": round(tensor_bytes / 1e6, 1),
+                             "decode_tok_s": round(tok_s, 1), "ceiling_tok_s": round(ceiling, 1),
+                             "fraction_of_ceiling": round(tok_s / ceiling, 3)})
         result["decode"] = rows
     result["uptime_after"] = os.popen("uptime").read().strip()
     print(json.dumps(result, indent=1))

@@ -13,7 +13,7 @@ from pocketlm.survey.figures import write_csv
 def _row(model: str, params: float, dtype: str = "Q4_0", k: float = 1.0, vocab: int = 32000) -> dict:
     row = {f: 0 for f in POINT_FIELDS}
     row.update(model=model, params=int(params), attention="GQA", n_layer=12, d_model=512, vocab_size=vocab,
-               backend="llamacpp", dtype=dtype, threads=2, prefill_ms=k * params / 1e6, decode_ms=k * params / 1e7,
+               backend="llamacpp", dtype=dtype, threads=2, n_prompt=64, depth=64, prefill_ms=k * params / 1e6, decode_ms=k * params / 1e7,
                prefill_best_ms=k * params / 1e6, decode_best_ms=k * params / 1e7, peak_rss_mb=params / 1e6)
     return row
 
@@ -23,7 +23,7 @@ def test_measured_models_are_not_measured_again(tmp_path, monkeypatch) -> None:
     import pocketlm.profile.landscape as ls
 
     monkeypatch.setattr(ls, "_measure", lambda *a, **k: pytest.fail("a measured model was measured again"))
-    done = landscape(names=["SmolLM-135M", "GPT2"], backend="llamacpp", dtype="Q4_0", out_dir=tmp_path)
+    done = landscape(names=["SmolLM-135M", "GPT2"], backend="llamacpp", dtype="Q4_0", threads=2, out_dir=tmp_path)
     assert (done["measured_now"], done["skipped_measured"], done["models"]) == (0, 2, 2)
     assert (tmp_path / "landscape_llamacpp_Q4_0.png").exists()
     assert [p["model"] for p in read_points(tmp_path / "landscape.csv")] == ["GPT2", "SmolLM-135M"]
@@ -43,3 +43,104 @@ def test_write_findings(tmp_path) -> None:
     write_csv(rows, tmp_path / "landscape.csv")
     found = write_findings(tmp_path / "landscape.csv")
     assert found["models"] == 3 and (tmp_path / "findings.json").exists() and (tmp_path / "dtypes.png").exists()
+
+
+def test_other_settings_are_measured_again_and_failures_are_recorded(tmp_path, monkeypatch) -> None:
+    """A row of another thread count / prompt is not this run's; a model that fails is written to
+    not_measured.csv with its error, and leaves it once measured."""
+    import csv
+
+    import pocketlm.profile.landscape as ls
+
+    write_csv([_row("SmolLM-135M", 1.35e8), _row("GPT2", 1.24e8)], tmp_path / "landscape.csv")
+    asked = []
+
+    def fake(names, *a, failed, on_point, **k):
+        asked.append(list(names))
+        failed.append({"model": "GPT2", "error": "out of memory"})
+        on_point(dict(_row("SmolLM-135M", 1.35e8), threads=1, n_prompt=32, depth=32))
+        return []
+
+    monkeypatch.setattr(ls, "_measure", fake)
+    done = landscape(names=["SmolLM-135M", "GPT2"], backend="llamacpp", dtype="Q4_0", threads=1, prompt=32,
+                     depth=32, out_dir=tmp_path)
+    assert asked == [["SmolLM-135M", "GPT2"]] and done["models"] == 1
+    assert len(read_points(tmp_path / "landscape.csv")) == 3  # the 2-thread rows are kept beside the new one
+    rows = list(csv.DictReader(open(tmp_path / "not_measured.csv")))
+    assert [(r["model"], r["stage"], r["reason"]) for r in rows] == [("GPT2", "failed", "out of memory")]
+    monkeypatch.setattr(ls, "_measure", lambda names, *a, on_point, **k: on_point(
+        dict(_row("GPT2", 1.24e8), threads=1, n_prompt=32, depth=32)))
+    landscape(names=["GPT2"], backend="llamacpp", dtype="Q4_0", threads=1, prompt=32, depth=32, out_dir=tmp_path)
+    assert not (tmp_path / "not_measured.csv").exists()
+
+
+def test_the_catalog_llama_cpp_does_not_run_is_named_with_why() -> None:
+    from pocketlm.profile.landscape import catalog_models, catalog_not_runnable
+
+    runs, not_run = catalog_models(2e9, backend="llamacpp"), catalog_not_runnable(2e9)
+    assert set(runs).isdisjoint(r["model"] for r in not_run) and len(runs) + len(not_run) == len(catalog_models(2e9))
+    assert any(r["model"].startswith("OPT") and "runtime" in r["reason"].lower() for r in not_run)
+
+
+def test_labels_of_a_dense_cluster_do_not_overlap() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pocketlm.profile.landscape import place_labels
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    xs = [1.0 + 0.01 * i for i in range(12)]
+    ys = [100.0 + 3 * (i % 4) for i in range(12)]
+    ax.scatter(xs, ys)
+    ax.set_xlim(0, 8)
+    ax.set_ylim(0, 400)
+    offsets = place_labels(ax, xs, ys, [f"model-{i}" for i in range(12)])
+    assert len(set(offsets)) > 4  # crowded markers are pushed to different offsets
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    boxes = [Text.get_window_extent(t) for t in ax.texts]  # the text alone, not its leader line
+    overlaps = sum(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert overlaps <= 2
+    plt.close(fig)
+
+
+def test_architecture_effects_find_the_shape_that_moves_latency() -> None:
+    """Synthetic rows over real catalog shapes: prefill grows with depth at equal size, memory with
+    the vocabulary; the residual correlations name those shapes, the spread is a factor >= 1."""
+    from pocketlm.model import costs
+    from pocketlm.profile.landscape import architecture_effects
+    from pocketlm.survey.catalog import entry_to_config, get_entry
+
+    rows = []
+    for name in ("GPT2", "SmolLM-135M", "Pythia-160M", "GPT2-MEDIUM", "SmolLM-360M", "Qwen2.5-0.5B", "BLOOM-560M"):
+        cfg = entry_to_config(get_entry(name))
+        n = costs.param_counts(cfg)["total"]
+        rows.append(dict(_row(name, n), prefill_best_ms=n / 1e6 * cfg.n_layer, decode_best_ms=n / 1e7,
+                         peak_rss_mb=n / 1e6 + cfg.vocab_size / 1e3))
+    found = architecture_effects(rows)
+    assert found["prefill_best_ms"]["residual_spearman"]["layers"] > 0.7
+    assert found["peak_rss_mb"]["residual_spearman"]["vocab_share"] > 0.7
+    assert found["decode_best_ms"]["spread_factor"] == 1.0 and found["prefill_best_ms"]["spread_factor"] > 1.2
+
+
+def test_gguf_cache_reuses_only_random_weights_of_the_same_config(tmp_path) -> None:
+    import dataclasses
+
+    from pocketlm.profile.llamacpp_backend import _export, cached_gguf
+    from pocketlm.profile.setting import Setting
+    from pocketlm.runtime import resolve
+
+    ref = resolve("SmolLM-135M")
+    s = Setting(model="SmolLM-135M", backend="llamacpp", dtype="Q4_0", gguf_dir=str(tmp_path))
+    path = cached_gguf(ref, s, "Q4_0")
+    assert path.parent == tmp_path and path.name.startswith("SmolLM-135M-") and path.name.endswith("seed0-Q4_0.gguf")
+    assert cached_gguf(ref, dataclasses.replace(s, gguf_dir=None), "Q4_0") is None
+    assert cached_gguf(dataclasses.replace(ref, kind="checkpoint"), s, "Q4_0") is None  # real weights: never cached
+    assert cached_gguf(ref, dataclasses.replace(s, seed=1), "Q4_0") != path != cached_gguf(ref, s, "Q8_0")
+    wider = dataclasses.replace(ref, config=ref.config.replace(n_layer=31))
+    assert cached_gguf(wider, s, "Q4_0") != path  # a changed catalog entry is exported again
+    path.write_bytes(b"GGUF")
+    assert _export(ref, s, "Q4_0", path) == (path, None)  # found: no model is built, no export timed

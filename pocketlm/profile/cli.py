@@ -92,9 +92,13 @@ def landscape_cmd(
                                         "(--pack: oneDNN-packed fp32/bf16; a tied LM head then holds a 2nd copy)"),
     backend: str = typer.Option("torch", help="torch | llamacpp (GGUF export, timed in llama.cpp)"),
     qtype: str = typer.Option("", help="llamacpp backend: the GGUF type (Q4_0, Q8_0, F16...; default Q4_0)"),
+    gguf_dir: Optional[Path] = typer.Option(None, help="llamacpp backend: keep the exported GGUF files here and "
+                                            "reuse them (random weights: same config, seed and type)"),
+    export_only: bool = typer.Option(False, "--export-only", help="llamacpp backend: only fill --gguf-dir "
+                                     "(the slow exports, ahead of a timing window); measure nothing"),
 ) -> None:
     """Latency and memory vs parameters over the catalog's architectures (random weights); resumable."""
-    from pocketlm.profile.landscape import landscape
+    from pocketlm.profile.landscape import catalog_models, export_ggufs, landscape
     from pocketlm.utils import check_writable
 
     check_writable(out, "--out")
@@ -103,9 +107,17 @@ def landscape_cmd(
         raise typer.BadParameter("--qtype is the GGUF type of the llamacpp backend; add --backend llamacpp")
     if backend == "llamacpp":
         dtype = qtype or "Q4_0"
+    if (gguf_dir or export_only) and backend != "llamacpp":
+        raise typer.BadParameter("--gguf-dir / --export-only are for the llamacpp backend; add --backend llamacpp")
+    if export_only:
+        if not gguf_dir:
+            raise typer.BadParameter("--export-only writes the GGUF files into --gguf-dir; give one")
+        names = _words(models) or catalog_models(max_params, min_params, "llamacpp")
+        print(json.dumps({"exported": export_ggufs(names, dtype, gguf_dir, threads=threads)}))
+        return
     done = landscape(max_params=max_params, min_params=min_params, dtype=dtype, prompt=prompt, gen=gen,
                      depth=depth, threads=threads, repeat=repeat, names=_words(models) or None, out_dir=out,
-                     pack=pack, backend=backend)
+                     pack=pack, backend=backend, gguf_dir=gguf_dir)
     done.pop("points")
     print(json.dumps(done))
 

@@ -24,6 +24,18 @@ INT_FIELDS = ("params", "n_layer", "d_model", "vocab_size", "threads", "n_prompt
 def catalog_models(max_params: float, min_params: float = 0, backend: str = "torch") -> list[str]:
     """Buildable catalog entries with min_params <= total params <= max_params, smallest first;
     for the llamacpp backend, only those a llama.cpp architecture runs."""
+    return [name for name, reasons in _catalog_in_range(max_params, min_params)
+            if backend != "llamacpp" or not reasons]
+
+
+def catalog_not_runnable(max_params: float, min_params: float = 0) -> list[dict]:
+    """Buildable catalog entries in range that llama.cpp does not run, each with the reason."""
+    return [{"model": name, "reason": "; ".join(reasons)}
+            for name, reasons in _catalog_in_range(max_params, min_params) if reasons]
+
+
+def _catalog_in_range(max_params: float, min_params: float) -> list[tuple[str, list[str]]]:
+    """(name, what llama.cpp's graph lacks for it) for buildable entries in range, smallest first."""
     from pocketlm.export.gguf import unsupported_reasons
     from pocketlm.model import costs
     from pocketlm.survey.catalog import entry_to_config, load_catalog
@@ -34,9 +46,9 @@ def catalog_models(max_params: float, min_params: float = 0, backend: str = "tor
             continue
         cfg = entry_to_config(e)
         n = costs.param_counts(cfg)["total"]
-        if min_params <= n <= max_params and (backend != "llamacpp" or not unsupported_reasons(cfg)):
-            picked.append((n, e.name))
-    return [name for _, name in sorted(picked)]
+        if min_params <= n <= max_params:
+            picked.append((n, e.name, unsupported_reasons(cfg)))
+    return [(name, reasons) for _, name, reasons in sorted(picked)]
 
 
 def point(result: dict) -> dict:
@@ -60,14 +72,15 @@ def point(result: dict) -> dict:
 
 def _measure(names: list[str], dtype: str, prompt: int, gen: int, depth: int, threads: int, repeat: int,
              label: str, keep_going: bool = False, failed: list | None = None, pack: bool | None = None,
-             backend: str = "torch", on_point=None) -> list[dict]:
+             backend: str = "torch", on_point=None, gguf_dir: str | Path | None = None) -> list[dict]:
     """One point per model (each in a fresh worker); `on_point(point)` after each (to save progress)."""
     failed = failed if failed is not None else []
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
     settings = [Setting(model=n, backend=backend, dtype=dtype, threads=threads, prompts=(prompt,), gen=gen,
-                        depths=(depth,), repeat=repeat, warmup=1, pack=pack) for n in names]
+                        depths=(depth,), repeat=repeat, warmup=1, pack=pack,
+                        gguf_dir=str(gguf_dir) if gguf_dir else None) for n in names]
     validate(settings)
     points = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -91,35 +104,86 @@ def _measure(names: list[str], dtype: str, prompt: int, gen: int, depth: int, th
 def landscape_figure(points: list[dict], path: Path, title: str, best: bool = True) -> Path:
     """Prefill latency, decode latency and peak memory vs parameters; one labelled marker per model.
 
-    `best`: plot the fastest repeat (robust on a shared machine, where other jobs only add time)
-    instead of the median.
+    Log-log axes (the catalog spans 20x in size and more in latency) and labels placed where they
+    overlap no other label or marker (`place_labels`), so ~40 models stay readable. `best`: plot the
+    fastest repeat (robust on a shared machine, where other jobs only add time) instead of the median.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     colors = {"MHA": "tab:blue", "GQA": "tab:orange", "MQA": "tab:green", "MLA": "tab:red"}
     which = "best of repeats" if best else "median"
     panels = [("prefill_best_ms" if best else "prefill_ms", f"prefill latency (ms, {which})"),
               ("decode_best_ms" if best else "decode_ms", f"decode latency (ms / token, {which})"),
               ("peak_rss_mb", "peak memory (MB RSS)")]
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
+    fig, axes = plt.subplots(1, 3, figsize=(22, 9))
+    xs = [p["params"] / 1e9 for p in points]
     for ax, (key, ylabel) in zip(axes, panels):
-        for p in points:
-            ax.scatter(p["params"] / 1e9, p[key], color=colors.get(p["attention"], "gray"), s=36, zorder=3)
-            ax.annotate(p["model"], (p["params"] / 1e9, p[key]), fontsize=6.5, xytext=(3, 3),
-                        textcoords="offset points")
-        ax.set_xlabel("parameters (billions)")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
+        ys = [p[key] for p in points]
+        ax.scatter(xs, ys, color=[colors.get(p["attention"], "gray") for p in points], s=30, zorder=3)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # plain numbers (0.5, 300) instead of 5 x 10^-1 on log axes
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+        ax.set_xlabel("parameters (billions, log)")
+        ax.set_ylabel(ylabel + ", log")
+        ax.grid(alpha=0.3, which="both")
     for kind, c in colors.items():
         if any(p["attention"] == kind for p in points):
             axes[0].scatter([], [], color=c, label=kind)
-    axes[0].legend(title="attention", fontsize=8)
+    axes[0].legend(title="attention", fontsize=8, loc="upper left")
     fig.suptitle(title)
     fig.tight_layout()
+    for ax, (key, _) in zip(axes, panels):  # after the layout: labels are placed in final pixels
+        place_labels(ax, xs, [p[key] for p in points], [p["model"] for p in points])
     return save_figure(fig, path)
+
+
+# label offsets tried in turn (points from the marker, right then left, moving out; the first free one wins)
+_OFFSETS = [(side * (4 + 8 * (k // 2)), dy) for k, dy in enumerate((3, -10, 13, -20, 23, -30, 33, -40, 43, -50))
+            for side in (1, -1)]
+
+
+def place_labels(ax, xs: list[float], ys: list[float], labels: list[str], fontsize: float = 6.5) -> list[tuple]:
+    """Annotate each point with its label at the first offset (`_OFFSETS`) whose text box overlaps
+    no label already placed and no marker; the least crowded offset if none is free. Far offsets get
+    a thin leader line. Returns the chosen offsets (points), in input order."""
+    ax.get_xlim(), ax.get_ylim()  # settles the autoscaled limits the data -> pixel transform uses
+    to_px = ax.transData.transform
+    pt = ax.figure.dpi / 72
+    markers = [tuple(to_px((x, y))) for x, y in zip(xs, ys)]
+    placed: list[tuple[float, float, float, float]] = []
+
+    def box(mx: float, my: float, dx: float, dy: float, text: str) -> tuple[float, float, float, float]:
+        w, h = 0.62 * fontsize * pt * len(text), 1.3 * fontsize * pt
+        x0 = mx + dx * pt if dx >= 0 else mx + dx * pt - w
+        y0 = my + dy * pt - 0.3 * fontsize * pt  # the descent below the baseline
+        return x0, y0, x0 + w, y0 + h
+
+    def crowding(b: tuple[float, float, float, float], own: int) -> float:
+        over = sum(max(0.0, min(b[2], c[2]) - max(b[0], c[0])) * max(0.0, min(b[3], c[3]) - max(b[1], c[1]))
+                   for c in placed)
+        hits = sum(1 for i, (mx, my) in enumerate(markers) if i != own and b[0] - 3 <= mx <= b[2] + 3
+                   and b[1] - 3 <= my <= b[3] + 3)
+        return over + hits * 100.0
+
+    chosen = []
+    for i in sorted(range(len(labels)), key=lambda i: xs[i]):
+        mx, my = markers[i]
+        scored = [(crowding(box(mx, my, dx, dy, labels[i]), i), k) for k, (dx, dy) in enumerate(_OFFSETS)]
+        best = next((k for c, k in scored if c == 0), min(scored)[1])
+        dx, dy = _OFFSETS[best]
+        placed.append(box(mx, my, dx, dy, labels[i]))
+        far = abs(dy) > 12
+        ax.annotate(labels[i], (xs[i], ys[i]), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                    ha="left" if dx >= 0 else "right",
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "gray"} if far else None)
+        chosen.append((i, (dx, dy)))
+    return [off for _, off in sorted(chosen)]
 
 
 def _system_line(threads: int, dtype: str) -> str:
@@ -144,21 +208,29 @@ def read_points(path: Path) -> list[dict]:
 
 def landscape(max_params: float = 2e9, min_params: float = 0, dtype: str = "bf16", prompt: int = 64,
               gen: int = 8, depth: int = 64, threads: int = 0, repeat: int = 3, names: list[str] | None = None,
-              out_dir: str | Path = "docs/profile_landscape", pack: bool | None = None, backend: str = "torch") -> dict:
+              out_dir: str | Path = "docs/profile_landscape", pack: bool | None = None, backend: str = "torch",
+              gguf_dir: str | Path | None = None) -> dict:
     """Profile every catalog architecture in range (each in a fresh process); write CSV + figure.
 
-    Resumable: rows already in `out_dir/landscape.csv` for the same backend and dtype are kept and
-    their models not measured again; the CSV is rewritten after every model. `threads` 0: all cores;
-    for the llamacpp backend `dtype` is a GGUF type (Q4_0, Q8_0, F16...) and only the catalog
-    architectures llama.cpp runs are measured."""
+    Resumable: rows already in `out_dir/landscape.csv` for the same backend, dtype, threads, prompt
+    and depth are kept and their models not measured again; the CSV is rewritten after every model.
+    Models that failed, and (llamacpp) catalog architectures llama.cpp does not run, are written with
+    the reason to `out_dir/not_measured.csv`. `threads` 0: all cores; for the llamacpp backend `dtype`
+    is a GGUF type (Q4_0, Q8_0, F16...) and `gguf_dir` keeps the exported files for reuse
+    (`export_ggufs` fills it ahead of a timing window)."""
     threads = threads or torch.get_num_threads()
+    whole_catalog = not names
     names = names or catalog_models(max_params, min_params, backend)
     if not names:
         raise ProfileError(f"no buildable catalog model has between {min_params:.3g} and {max_params:.3g} "
                            "parameters; raise --max-params")
     out = Path(out_dir)
     csv_file = out / "landscape.csv"
-    same = lambda p: p.get("backend", "torch") == backend and p["dtype"].lower() == dtype.lower()  # noqa: E731
+
+    def same(p: dict) -> bool:
+        return (p.get("backend", "torch") == backend and p["dtype"].lower() == dtype.lower()
+                and (p.get("threads"), p.get("n_prompt"), p.get("depth")) == (threads, prompt, depth))
+
     kept = read_points(csv_file)
     done = {p["model"] for p in kept if same(p)}
     todo = [n for n in names if n not in done]
@@ -172,7 +244,10 @@ def landscape(max_params: float = 2e9, min_params: float = 0, dtype: str = "bf16
     if todo:
         _measure(todo, dtype, prompt, gen, depth, threads, repeat, f"landscape ({backend}, {dtype})",
                  keep_going=True, failed=failed, pack=pack, backend=backend,
-                 on_point=lambda p: (fresh.append(p), save(kept + fresh)))
+                 on_point=lambda p: (fresh.append(p), save(kept + fresh)), gguf_dir=gguf_dir)
+    not_runnable = catalog_not_runnable(max_params, min_params) if backend == "llamacpp" and whole_catalog else []
+    _save_not_measured(out / "not_measured.csv", backend, dtype, failed, not_runnable,
+                       measured={p["model"] for p in fresh} | done)
     points = [p for p in kept + fresh if same(p)]
     if not points:
         raise ProfileError(f"every model failed: {failed[:3]}")
@@ -184,6 +259,55 @@ def landscape(max_params: float = 2e9, min_params: float = 0, dtype: str = "bf16
                            + _system_line(threads, dtype))
     return {"models": len(points), "measured_now": len(fresh), "skipped_measured": len(done & set(names)),
             "csv": str(csv_path), "figure": str(fig), "failed": failed, "points": points}
+
+
+def _save_not_measured(path: Path, backend: str, dtype: str, failed: list[dict], not_runnable: list[dict],
+                       measured: set[str]) -> None:
+    """Keep one row per (model, backend, dtype) that has no measurement, with why; a model measured
+    since leaves the file. Rows of other backends / dtypes are kept as they are."""
+    import csv
+
+    rows = {}
+    if path.exists():
+        with open(path, newline="") as f:
+            rows = {(r["model"], r["backend"], r["dtype"]): r for r in csv.DictReader(f)}
+    for r in not_runnable:
+        rows[(r["model"], backend, dtype)] = {"model": r["model"], "backend": backend, "dtype": dtype,
+                                             "stage": "not run by llama.cpp", "reason": r["reason"]}
+    for r in failed:
+        rows[(r["model"], backend, dtype)] = {"model": r["model"], "backend": backend, "dtype": dtype,
+                                             "stage": r.get("stage", "failed"),
+                                             "reason": r["error"].replace("\n", " ")[:500]}
+    for m in measured:
+        rows.pop((m, backend, dtype), None)
+    if rows:
+        write_csv(list(rows.values()), path)
+    elif path.exists():
+        path.unlink()
+
+
+def export_ggufs(names: list[str], qtype: str, gguf_dir: str | Path, seed: int = 0, threads: int = 0) -> list[str]:
+    """Export each catalog model's random-weight GGUF (`qtype`) into `gguf_dir`, where the llamacpp
+    backend with the same `gguf_dir` finds it: the slow export done ahead, outside a timing window.
+    Files already there are kept. Returns the paths."""
+    from rich.progress import Progress
+
+    from pocketlm.profile.llamacpp_backend import _export, cached_gguf, gguf_type
+    from pocketlm.runtime import resolve
+
+    qtype = gguf_type(qtype)
+    Path(gguf_dir).mkdir(parents=True, exist_ok=True)
+    paths = []
+    with Progress() as bar:
+        task = bar.add_task(f"GGUF {qtype}", total=len(names))
+        for name in names:
+            bar.update(task, description=f"GGUF {qtype}: {name}")
+            ref = resolve(name)
+            setting = Setting(model=name, backend="llamacpp", dtype=qtype, threads=threads, seed=seed,
+                              gguf_dir=str(gguf_dir))
+            paths.append(str(_export(ref, setting, qtype, cached_gguf(ref, setting, qtype))[0]))
+            bar.advance(task)
+    return paths
 
 
 def compare(models: list[str], dtype: str = "bf16", prompt: int = 128, gen: int = 16, depth: int = 128,
@@ -281,6 +405,44 @@ def landscape_findings(points: list[dict], rel_size: float = 0.15) -> dict:
                               "layers": (slow["n_layer"], fast["n_layer"]), "vocab": (slow["vocab_size"],
                                                                                        fast["vocab_size"])})
     out["equal_size_pairs"] = sorted(pairs, key=lambda p: -p["prefill_ratio"])
+    out["architecture_at_equal_size"] = architecture_effects(points)
+    return out
+
+
+def architecture_effects(points: list[dict]) -> dict:
+    """How far architecture moves each metric at equal size: the spread (std of log residuals against
+    the log-log fit on parameters, as a factor) and the rank correlation of those residuals with the
+    shape (depth: layers; FFN width: ffn_dim / d_model; vocabulary: embedding share of parameters;
+    KV heads: n_kv_head / n_head). Shapes come from the catalog (a name it lacks is left out)."""
+    import numpy as np
+
+    from pocketlm.survey.catalog import CatalogError, entry_to_config, get_entry, load_catalog
+
+    entries = load_catalog()
+    shapes, kept = [], []
+    for p in points:
+        try:
+            cfg = entry_to_config(get_entry(p["model"], entries))
+        except CatalogError:
+            continue
+        kept.append(p)
+        shapes.append({"layers": cfg.n_layer, "ffn_ratio": cfg.ffn_dim(0) / cfg.d_model,
+                       "vocab_share": cfg.vocab_size * cfg.d_model / p["params"],
+                       "kv_ratio": cfg.kv_heads(0) / cfg.heads(0)})
+    if len(kept) < 4:
+        return {}
+
+    def rank(x: np.ndarray) -> np.ndarray:
+        return np.argsort(np.argsort(x)).astype(float)
+
+    logp = np.log([p["params"] for p in kept])
+    out = {}
+    for key in ("prefill_best_ms", "decode_best_ms", "peak_rss_mb"):
+        y = np.log([p[key] for p in kept])
+        resid = y - np.polyval(np.polyfit(logp, y, 1), logp)
+        out[key] = {"spread_factor": round(float(np.exp(resid.std())), 3),
+                    "residual_spearman": {k: round(float(np.corrcoef(rank(resid), rank(np.array(
+                        [s[k] for s in shapes])))[0, 1]), 3) for k in shapes[0]}}
     return out
 
 

@@ -45,7 +45,8 @@ class LlamaCppBackend:
         qtype = gguf_type(setting.dtype)
         n_ctx = setting.longest + 1
         with tempfile.TemporaryDirectory(prefix="pocketlm-gguf-") as tmp:
-            path, export_s = _export(ref, setting, qtype, Path(tmp) / f"model-{qtype}.gguf")
+            cached = cached_gguf(ref, setting, qtype)
+            path, export_s = _export(ref, setting, qtype, cached or Path(tmp) / f"model-{qtype}.gguf")
             file_bytes = path.stat().st_size
             rss_base = rss_bytes()
             reset_peak_rss()
@@ -107,10 +108,26 @@ def kv_bytes_f16(cfg: ModelConfig, n_ctx: int) -> int:
     return per_slot * n_ctx * 2
 
 
-def _export(ref: ModelRef, setting: Setting, qtype: str, path: Path) -> tuple[Path, float]:
-    """The GGUF file of the model (from fp32 for F32, else bf16) and the seconds the export took."""
+def cached_gguf(ref: ModelRef, setting: Setting, qtype: str) -> Path | None:
+    """Where `setting.gguf_dir` keeps this model's GGUF file, or None (no cache dir, or a checkpoint:
+    only random weights are a function of the config and seed, so only they are cached). The name
+    holds a hash of the config, so a changed catalog entry is exported again."""
+    if not setting.gguf_dir or ref.kind not in ("catalog", "config"):
+        return None
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps(ref.config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(setting.gguf_dir) / f"{ref.name}-{key}-seed{setting.seed}-{qtype}.gguf"
+
+
+def _export(ref: ModelRef, setting: Setting, qtype: str, path: Path) -> tuple[Path, float | None]:
+    """The GGUF file of the model (from fp32 for F32, else bf16) and the seconds the export took
+    (None: a cached file, `cached_gguf`, was reused; export_gguf writes atomically, so it is whole)."""
     from pocketlm.export.gguf import export_gguf
 
+    if path.exists() and path == cached_gguf(ref, setting, qtype):
+        return path, None
     model = open_model(ref, "fp32" if qtype == "F32" else "bf16", seed=setting.seed)
     t0 = time.perf_counter()
     export_gguf(model, path, qtype, threads=setting.threads)
