@@ -168,7 +168,7 @@ def gguf_bench(args) -> dict:
                                    rest_f16=True, threads=args.threads,
                                    imatrix_dataset=f"bundled:{args.n}x{args.length}")
                 files[f"{label} {qtype}"] = path
-            for method in ("rtn", "gptq", "awq"):
+            for method in args.methods.split(","):
                 path = tmp / f"{method}_{qtype}.gguf"
                 export_quantized_gguf(copy.deepcopy(model), path, qtype, method, calib)
                 files[f"pocketlm {method} {qtype}"] = path
@@ -187,7 +187,7 @@ def gguf_bench(args) -> dict:
         print(f"| {r['file']} | {r['ppl']:.4f} | {r['kl']:.5f} | {r['bytes']:,} |")
     kl = {r["file"]: r["kl"] for r in rows}
     for qtype in args.qtypes.split(","):
-        for m in ("gptq", "awq"):
+        for m in [m for m in args.methods.split(",") if m != "rtn"]:
             print(f"{qtype}: KL pocketlm {m} / llama.cpp = {kl[f'pocketlm {m} {qtype}'] / kl[f'llama.cpp {qtype}']:.2f}, "
                   f"/ llama.cpp + imatrix = {kl[f'pocketlm {m} {qtype}'] / kl[f'llama.cpp + imatrix {qtype}']:.2f}")
     print(f"{cpu_model()}, {_load()}")
@@ -206,6 +206,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=128, help="calibration sequences")
     ap.add_argument("--length", type=int, default=128, help="calibration / scoring window (trained context)")
     ap.add_argument("--eval-tokens", type=int, default=16384)
+    ap.add_argument("--methods", default="rtn,gptq,awq", help="gguf: pocketlm methods written per type")
     ap.add_argument("--qtypes", default="Q4_0", help="GGUF types (K-quants need rows of multiples of 256)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: small matrices on a shared machine)")
     ap.add_argument("--json", type=Path, help="also write the results here")
