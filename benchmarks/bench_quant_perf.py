@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_prune import _cpu_s, smollm_model  # noqa: E402
+from bench_prune import _cpu_s, perf_one, smollm_model  # noqa: E402
 from pocketlm.profile.system import cpu_model  # noqa: E402
 
 
@@ -33,24 +33,24 @@ def run_one(method: str, n: int, length: int, threads: int, save: str, group: in
     from pocketlm.compress.quantize.driver import quantize
     from pocketlm.compress.report import peak_rss_bytes
 
+    def fp32_bytes(model) -> int:
+        return sum(p.numel() * p.element_size() for p in model.parameters())
+
+    if method == "dense-forward":  # bench_prune's baseline, unchanged (its RSS is read before this model exists)
+        return {**perf_one(method, n, length, threads), "model_bytes": fp32_bytes(smollm_model())}
     torch.set_num_threads(threads)
     model = smollm_model()
-    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    model_bytes = fp32_bytes(model)
     calib = torch.randint(0, model.config.vocab_size, (n, length), generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
-    if method == "dense-forward":
-        with torch.no_grad():
-            for i in range(0, n, 8):
-                model.forward_hidden(calib[i:i + 8])
-    else:
-        quantize(model, "gptq", 4, group, calib=calib)
-    wall = time.perf_counter() - t0
-    if save and method == "gptq":
+    quantize(model, "gptq", 4, group, calib=calib)
+    out = {"method": method, "wall_s": time.perf_counter() - t0, "cpu_s": _cpu_s(), "peak_rss_bytes": peak_rss_bytes(),
+           "model_bytes": model_bytes}
+    if save:  # after the measurement
         from pocketlm.interop import save_native
 
         save_native(model, save)
-    return {"method": method, "wall_s": wall, "cpu_s": _cpu_s(), "peak_rss_bytes": peak_rss_bytes(),
-            "model_bytes": model_bytes}
+    return out
 
 
 def main() -> None:
