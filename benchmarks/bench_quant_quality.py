@@ -95,10 +95,11 @@ def quality(args) -> dict:
     log = lambda s: print(s, flush=True)  # noqa: E731
     out = {}
     for g in [int(x) for x in str(args.group_size).split(",")]:
-        rows = quant_sweep(model, calib, heldout, args.length, (4, 3), g or None, log=log)
+        bits = tuple(int(b) for b in args.bits.split(","))
+        rows = quant_sweep(model, calib, heldout, args.length, bits, g or None, methods=args.methods.split(","), log=log)
         variants = [v for v in args.gptq_variants.split(",") if v]
         for name in variants:
-            for row in quant_sweep(model, calib, heldout, args.length, (4, 3), g or None, methods=("gptq",),
+            for row in quant_sweep(model, calib, heldout, args.length, bits, g or None, methods=("gptq",),
                                    log=log, **GPTQ_VARIANTS[name]):
                 rows.append({**row, "method": f"gptq {name}"})
         label = f"g{g}" if g else "per channel"
@@ -206,7 +207,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=128, help="calibration sequences")
     ap.add_argument("--length", type=int, default=128, help="calibration / scoring window (trained context)")
     ap.add_argument("--eval-tokens", type=int, default=16384)
-    ap.add_argument("--methods", default="rtn,gptq,awq", help="gguf: pocketlm methods written per type")
+    ap.add_argument("--methods", default="rtn,gptq,awq", help="pocketlm methods (gguf: written per type)")
+    ap.add_argument("--bits", default="4,3", help="quality: bit widths")
     ap.add_argument("--qtypes", default="Q4_0", help="GGUF types (K-quants need rows of multiples of 256)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: small matrices on a shared machine)")
     ap.add_argument("--json", type=Path, help="also write the results here")
