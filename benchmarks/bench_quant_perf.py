@@ -69,7 +69,8 @@ def main() -> None:
     rows = []
     for method in args.methods.split(","):
         out = subprocess.run([sys.executable, __file__, "--one", method, "--n", str(args.n), "--length",
-                              str(args.length), "--threads", str(args.threads), "--save", args.save, "--group-size", str(args.group_size)],
+                              str(args.length), "--threads", str(args.threads), "--save", args.save,
+                              "--group-size", str(args.group_size)],
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  {method}: {rows[-1]['wall_s']:.1f} s", flush=True)
@@ -80,7 +81,8 @@ def main() -> None:
     for r in rows:
         print(f"{r['method']:14s} {r['wall_s']:8.1f} {r['cpu_s']:8.1f} {r['peak_rss_bytes'] / 2**30:12.2f} "
               f"{r['peak_rss_bytes'] / r['model_bytes']:15.2f}x")
-    print(json.dumps({"bench": "quant_perf", "rows": rows, "threads": args.threads, "calib": f"{args.n}x{args.length}"}))
+    print(json.dumps({"bench": "quant_perf", "rows": rows, "threads": args.threads,
+                      "calib": f"{args.n}x{args.length}"}))
 
 
 if __name__ == "__main__":

@@ -96,7 +96,8 @@ def quality(args) -> dict:
     out = {}
     for g in [int(x) for x in str(args.group_size).split(",")]:
         bits = tuple(int(b) for b in args.bits.split(","))
-        rows = quant_sweep(model, calib, heldout, args.length, bits, g or None, methods=args.methods.split(","), log=log)
+        rows = quant_sweep(model, calib, heldout, args.length, bits, g or None, methods=args.methods.split(","),
+                           log=log)
         variants = [v for v in args.gptq_variants.split(",") if v]
         for name in variants:
             for row in quant_sweep(model, calib, heldout, args.length, bits, g or None, methods=("gptq",),
@@ -189,8 +190,9 @@ def gguf_bench(args) -> dict:
     kl = {r["file"]: r["kl"] for r in rows}
     for qtype in args.qtypes.split(","):
         for m in [m for m in args.methods.split(",") if m != "rtn"]:
-            print(f"{qtype}: KL pocketlm {m} / llama.cpp = {kl[f'pocketlm {m} {qtype}'] / kl[f'llama.cpp {qtype}']:.2f}, "
-                  f"/ llama.cpp + imatrix = {kl[f'pocketlm {m} {qtype}'] / kl[f'llama.cpp + imatrix {qtype}']:.2f}")
+            ours = kl[f"pocketlm {m} {qtype}"]
+            print(f"{qtype}: KL pocketlm {m} / llama.cpp = {ours / kl[f'llama.cpp {qtype}']:.2f}, "
+                  f"/ llama.cpp + imatrix = {ours / kl[f'llama.cpp + imatrix {qtype}']:.2f}")
     print(f"{cpu_model()}, {_load()}")
     return {"f32_ppl": base_ppl, "rows": rows}
 
