@@ -5,7 +5,10 @@ fp32 (nn.Linear), fp32 and bf16 packed for CPU (oneDNN, fused q/k/v and gate/up)
 --compile, each packed / quantized variant is also timed under torch.compile (compiled once, up
 front; about a minute per variant).
 
-    python benchmarks/bench_decode_dtypes.py [--threads 2] [--rounds 3] [--steps 30] [--compile]
+    python benchmarks/bench_decode_dtypes.py [--threads 2] [--rounds 3] [--steps 30] [--compile] [--checkpoint DIR]
+
+`--checkpoint DIR` adds a saved quantized checkpoint of the same shape (`bench_quant_perf.py --save`:
+GPTQ int4 g64) opened by the runtime as `pocketlm eval` / `profile` open it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--depth", type=int, default=128)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd variants")
+    ap.add_argument("--checkpoint", default="", help="also time this saved (e.g. GPTQ int4) checkpoint, opened by "
+                    "the runtime at its stored precision")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -46,9 +51,13 @@ def main() -> None:
         "int8": quantize_model(copy.deepcopy(base), "int8", 32),
         "int4": quantize_model(copy.deepcopy(base).to(torch.bfloat16), "int4", 32),
     }
+    if args.checkpoint:
+        from pocketlm.runtime import open_model
+
+        variants["checkpoint"] = open_model(args.checkpoint).eval()
     if args.compile:
         torch._dynamo.config.recompile_limit = 64  # four compiled models share Transformer.forward's cache
-        for name in ("fp32 packed", "bf16 packed", "int8", "int4"):
+        for name in ("fp32 packed", "bf16 packed", "int8", "int4") + (("checkpoint",) if args.checkpoint else ()):
             t0 = time.perf_counter()
             variants[f"{name} compiled"], _ = compile_model(variants[name], args.depth, args.depth + args.steps + 8,
                                                             "cpu")

@@ -16,7 +16,7 @@ import typer
 COMMAND_MODULES = ("pocketlm.runtime.cli", "pocketlm.survey.cli", "pocketlm.data.cli", "pocketlm.train.cli",
                    "pocketlm.evaluate.cli", "pocketlm.profile.cli", "pocketlm.compress.cli", "pocketlm.demo",
                    "pocketlm.compress.structured.cli", "pocketlm.fit.cli", "pocketlm.insights.cli",
-                   "pocketlm.runtime.export_cli")
+                   "pocketlm.compress.export_cli")
 
 
 def build_app(modules: Sequence[str] = COMMAND_MODULES) -> typer.Typer:

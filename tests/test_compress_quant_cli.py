@@ -79,3 +79,40 @@ def test_quant_demo_section_writes_table_figure_and_a_kernel_checkpoint(micro_di
     by = {(r["method"], r["bits"]): r for r in rows}
     assert by[("gptq", 3)]["kl"] < by[("rtn", 3)]["kl"]  # the GPTQ paper's ordering, on a trained model
     assert isinstance(open_model(tmp_path / "gptq_int4").blocks[0].mlp.down_proj, Int4Linear)
+
+
+def test_export_gguf_method_writes_the_quantize_gguf_file(micro_dir, tmp_path) -> None:
+    """`pocketlm export gguf --method gptq` holds the very blocks `pocketlm quantize --gguf` writes."""
+    import gguf
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from pocketlm.cli import app
+
+    quantize_checkpoint(micro_dir, tmp_path / "q", "gptq", gguf="Q4_0", calib=CALIB, eval_tokens=512)
+    out = tmp_path / "m.gguf"
+    result = CliRunner().invoke(app, ["export", "gguf", str(micro_dir), "--qtype", "Q4_0", "--method", "gptq",
+                                      "--calib", CALIB, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["bytes"] == out.stat().st_size
+    ours = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}
+    theirs = {t.name: t for t in gguf.GGUFReader(str(tmp_path / "q" / "model.gguf")).tensors}
+    assert ours.keys() == theirs.keys() and ours["blk.0.attn_q.weight"].tensor_type.name == "Q4_0"
+    for name, t in theirs.items():
+        assert ours[name].tensor_type == t.tensor_type and np.array_equal(np.asarray(ours[name].data),
+                                                                         np.asarray(t.data)), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "q"]  # nothing left beside the file
+
+
+def test_export_gguf_bad_method_is_one_clear_error(micro_dir, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from pocketlm.cli import app
+
+    out = tmp_path / "m.gguf"
+    result = CliRunner().invoke(app, ["export", "gguf", str(micro_dir), "--method", "gptx", "--out", str(out)])
+    assert result.exit_code == 2 and "unknown method 'gptx'; choose rtn, gptq or awq" in result.output
+    result = CliRunner().invoke(app, ["export", "gguf", str(micro_dir), "--method", "gptq", "--qtype", "Q3_K_M",
+                                      "--out", str(out)])
+    assert result.exit_code != 0 and "GPTQ / AWQ write GGUF types" in str(result.exception)
+    assert not out.exists()

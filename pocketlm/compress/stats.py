@@ -70,6 +70,23 @@ class MeanAbs:
         return self.total / max(self.tokens, 1)
 
 
+class SquareMeans:
+    """Per-channel mean of x² over tokens: llama.cpp's importance matrix (llama-imatrix sums x² over every
+    token row a matrix multiplies and divides by the row count; the quantizer reads the quotient)."""
+
+    def __init__(self, in_features: int):
+        self.total = torch.zeros(in_features, dtype=torch.float64)
+        self.tokens = 0
+
+    def add_batch(self, x: Tensor) -> None:
+        rows, _ = _rows(x)
+        self.total += rows.double().pow(2).sum(0)
+        self.tokens += rows.shape[0]
+
+    def mean(self) -> Tensor:
+        return (self.total / self.tokens).float() if self.tokens else torch.ones_like(self.total, dtype=torch.float32)
+
+
 class Gram:
     """X Xᵀ over the first `max_samples` sequences: measures ||W X - Ŵ X||² exactly on those inputs."""
 

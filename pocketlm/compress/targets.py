@@ -49,7 +49,7 @@ def _expert_targets(prefix: str, block: int, experts: Experts) -> list[Target]:
             return x[torch.where(top_idx == e)[0]]
 
         def hidden_of(args: tuple, e: int = e) -> Tensor:
-            x = tokens_of(args)
+            x = tokens_of(args, e)  # `e` passed: the free name `tokens_of` is the last expert's by call time
             gate, up = nn.functional.linear(x, experts.gate_up_proj[e]).chunk(2, dim=-1)
             return experts.act(gate) * up
 

@@ -259,23 +259,13 @@ def _check_overrides(overrides: Mapping[str, tuple[np.ndarray, Any]], tensors: d
 
 
 def _quantize_with_llama_cpp(model, path: Path, qtype: str, tokenizer_json, threads: int | None) -> Path:
-    try:
-        import llama_cpp
-    except ImportError as e:
-        raise GGUFExportError(
-            f"GGUF type {qtype} needs llama.cpp's quantizer: pip install llama-cpp-python "
-            f"(builds from source in ~5 min), or use one of {DIRECT_TYPES}.") from e
-    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
+    from pocketlm.export.llama_quantize import llama_cpp_quantize
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmpdir, atomic_path(path) as dst:
         src = Path(tmpdir) / "f32.gguf"
         export_gguf(model, src, "F32", tokenizer_json)
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = ftype
-        params.nthread = threads or 0
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
-        if rc != 0:
-            raise GGUFExportError(f"llama.cpp's quantizer failed ({rc}) for {qtype}")
+        llama_cpp_quantize(src, dst, qtype, threads=threads)
     moved = fallbacks(path, qtype)
     if moved:
         log.warning("%s: %d tensor(s) fell back from %s (width not a multiple of its block): %s", path.name,

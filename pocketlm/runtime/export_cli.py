@@ -1,13 +1,12 @@
-"""`pocketlm export gguf MODEL`: a model (catalog name, HF or pocketlm directory, config) as the
-llama.cpp GGUF file of its architecture."""
+"""`export_model`: a model (catalog name, HF or pocketlm directory, config) as the llama.cpp GGUF file of
+its architecture, float or quantized by the GGUF writer / llama.cpp's quantizer. The `pocketlm export`
+command lives in `compress/export_cli.py`, which also writes GPTQ / AWQ / RTN codes (`--method`)."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-
-import typer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
@@ -33,23 +32,3 @@ def export_model(model: str, out: Path, qtype: str = "Q4_0", tokenizer: Path | N
             "bytes": path.stat().st_size, "seconds": round(time.perf_counter() - t0, 2),
             "tokenizer": str(tokenizer) if tokenizer else "stand-in (token ids only)",
             "fallbacks": fallbacks(path, qtype)}
-
-
-def register(app: typer.Typer) -> None:
-    export_app = typer.Typer(help="Write a model in another runtime's format: `pocketlm export gguf MODEL`.",
-                             no_args_is_help=True)
-    app.add_typer(export_app, name="export")
-
-    @export_app.command("gguf")
-    def gguf_cmd(model: str = typer.Argument(..., help="catalog name, HF / pocketlm directory, or config JSON"),
-                 qtype: str = typer.Option("Q4_0", help="F32, F16, BF16, Q8_0, Q4_0, or llama.cpp's K-quants "
-                                           "(Q4_K_M, ...)"),
-                 out: Path = typer.Option(None, help="the .gguf file (default: <model name>-<qtype>.gguf)"),
-                 tokenizer: Path = typer.Option(None, help="tokenizer.json / tokenizer.model (default: the "
-                                                "model directory's)"),
-                 stand_in_vocab: bool = typer.Option(True, help="without a tokenizer, write a stand-in "
-                                                     "vocabulary (llama.cpp runs on token ids)"),
-                 seed: int = typer.Option(0, help="seed of random weights (catalog names)")) -> None:
-        """Export MODEL as the llama.cpp architecture of its family, tensors of type QTYPE."""
-        out = out or Path(f"{Path(model).name}-{qtype.upper()}.gguf")
-        print(json.dumps(export_model(model, out, qtype, tokenizer, stand_in_vocab, seed)))

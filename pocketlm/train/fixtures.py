@@ -92,13 +92,24 @@ def trained_preset(name: str = "tiny", progress: bool = False, threads: int | No
     `threads` defaults to 1: on a shared 2-core machine torch's default of 2 OpenMP threads per
     process collapsed to ~200 tokens/s (threads spin-waiting on each other) while 1 thread kept
     ~5,500 tokens/s for the tiny preset; pass None to use torch's default on a dedicated machine."""
-    from pocketlm.train.trainer import train
-
     data_dir = Path(data_dir) if data_dir is not None else bundled_data_dir(progress)
     vocab = json.loads((data_dir / MANIFEST).read_text())["tokenizer"]["vocab_size"]
     model_cfg, train_overrides = preset(name, vocab)
     model_cfg = model_cfg.replace(**(model or {}))
     train_overrides.update(overrides)
+    return trained_model(name, model_cfg, train_overrides, progress, threads, data_dir)
+
+
+def trained_model(name: str, model_cfg: ModelConfig, train_overrides: dict, progress: bool = False,
+                  threads: int | None = 1, data_dir: str | Path | None = None) -> tuple[Path, dict]:
+    """`trained_preset` for any architecture: train `model_cfg` (its `vocab_size` must be the data's)
+    with `TrainConfig(**train_overrides)`, cached under `name` and the hash of all inputs."""
+    from pocketlm.train.trainer import train
+
+    data_dir = Path(data_dir) if data_dir is not None else bundled_data_dir(progress)
+    vocab = json.loads((data_dir / MANIFEST).read_text())["tokenizer"]["vocab_size"]
+    if model_cfg.vocab_size != vocab:
+        raise ValueError(f"model vocab_size {model_cfg.vocab_size} is not the data's tokenizer's {vocab}")
     tcfg = TrainConfig(data_dir=str(data_dir), progress=progress, threads=threads, **train_overrides)
     key = fixture_key(model_cfg, tcfg, data_dir)
     root = cache_root() / "models" / f"{name}-{key}"

@@ -13,6 +13,8 @@ wall time and peak RSS.
 from __future__ import annotations
 
 import copy
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,9 +39,10 @@ def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str 
                         group_size: int | None = 128, sym: bool = False, *, calib: str = "bundled:128x512",
                         seed: int = 0, gguf: str | None = None, tokenizer: str | Path | None = None,
                         eval_text: str | Path | None = None, eval_tokens: int = 16384, overwrite: bool = False,
-                        progress: bool = False, fmt: str = "pocketlm", dtype: str | None = None,
-                        **options: Any) -> QuantReport:
-    """Load `model_ref` in fp32, quantize it, measure it against the float model and write `out_dir`.
+                        measure: bool = True, progress: bool = False, fmt: str = "pocketlm",
+                        dtype: str | None = None, **options: Any) -> QuantReport:
+    """Load `model_ref` in fp32, quantize it, measure it against the float model (unless not `measure`)
+    and write `out_dir`.
 
     `options` go to the driver (act_order, static_groups, damp, skip, ...). `fmt`: "pocketlm" (the int kernels'
     checkpoint) or "compressed-tensors", whose float tensors and scales `dtype` sets (float32 default, bfloat16 or
@@ -91,7 +94,7 @@ def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str 
             save_native(model, tmp, tokenizer=tok)
             report.disk_bytes = (tmp / "model.safetensors").stat().st_size
         report.calibration = record
-        if tok is not None:
+        if tok is not None and measure:
             text_path = Path(eval_text) if eval_text else DEFAULT_EVAL_TEXT
             ids = torch.tensor(encode_text(tok, text_path.read_text())[:eval_tokens])
             window = calib_ids.shape[1] if calib_ids is not None else min(512, model.config.max_seq_len)
@@ -99,4 +102,19 @@ def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str 
         report.options["total_s"] = time.perf_counter() - t0
         report.peak_rss_bytes = peak_rss_bytes()
         report.write(tmp / "quant_report.json")
+    return report
+
+
+def quantized_gguf(model_ref: str | Path, path: str | Path, qtype: str = "Q4_K", method: str = "gptq", *,
+                   calib: str = "bundled:128x512", seed: int = 0, tokenizer: str | Path | None = None,
+                   progress: bool = False, **options: Any) -> QuantReport:
+    """`pocketlm export gguf MODEL --method`: the `model.gguf` that `quantize_checkpoint(gguf=qtype)` writes,
+    alone at `path` (moved into place whole; no held-out measurement). RTN needs no calibration."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        report = quantize_checkpoint(model_ref, Path(tmp) / "out", method, gguf=qtype, seed=seed, tokenizer=tokenizer,
+                                     calib="" if method == "rtn" else calib, measure=False, progress=progress,
+                                     **options)
+        os.replace(Path(tmp) / "out" / "model.gguf", path)
     return report

@@ -11,7 +11,7 @@ head, routers and a shared FFN outside the blocks stay float, as in the referenc
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor
@@ -65,8 +65,9 @@ def check_calibration(calib: Tensor | None, method: str, targets: list[Target]) 
             f"{widest} tokens (e.g. --calib bundled:128x512).")
 
 
-def kernel_grids(model: Transformer, grids: dict[str, GridWeight]) -> dict[str, GridWeight]:
-    """The codes of each kernel layer of the fused model, stacked from its targets' codes."""
+def kernel_parts(model: Transformer, available: Iterable[str]) -> dict[str, list[str]]:
+    """Each kernel layer of the fused model -> the targets whose codes it stacks (when all are `available`)."""
+    available = set(available)
     out = {}
     for name in model.named_linears(experts=True):
         prefix, _, leaf = name.rpartition(".")
@@ -78,9 +79,15 @@ def kernel_grids(model: Transformer, grids: dict[str, GridWeight]) -> dict[str, 
         elif prefix.endswith(".experts.gate_up") or prefix.endswith(".experts.down"):
             experts, kind = prefix.rsplit(".", 1)
             parts = [f"{experts}.{leaf}.{p}" for p in (("gate_proj", "up_proj") if kind == "gate_up" else ("down_proj",))]
-        if all(p in grids for p in parts):
-            out[name] = GridWeight.cat([grids[p] for p in parts])
+        if all(p in available for p in parts):
+            out[name] = parts
     return out
+
+
+def compact(q: Tensor) -> Tensor:
+    """Integer codes in the narrowest signed type holding them (int8 for every <= 7-bit grid): the codes
+    of all matrices are kept until the end, and int32 copies would cost as much as the fp32 weights."""
+    return q.to(torch.int8) if q.numel() == 0 or (int(q.min()) >= -128 and int(q.max()) <= 127) else q.to(torch.int16)
 
 
 @torch.no_grad()
@@ -120,7 +127,7 @@ def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size
     def finish(t: Target, result_codes: Tensor, params: tuple, error: Gram | None, t0: float) -> None:
         before = unclipped.pop(t.name) if t.name in unclipped else t.weight.float().clone()
         t.weight.copy_(grid.dequantize(result_codes, *params))
-        codes[t.name] = (result_codes, params)
+        codes[t.name] = (compact(result_codes), params)
         report.layers.append(LayerError(t.name, t.shape, error.relative_error(before, t.weight.float())
                                         if error is not None and error.n else None, time.perf_counter() - t0))
 
@@ -162,15 +169,23 @@ def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size
     report.codes = codes
     if kernels:
         group = grid.kernel_group([t.shape[1] for t in targets])
-        grids = {name: grid.to_grid_weight(q, *params, kernel_group=group) for name, (q, params) in codes.items()}
+        del targets  # their views keep the unfused float weights alive through fuse()
         model.fuse()
-        by_kernel = kernel_grids(model, grids)
-        scheme = next(iter(by_kernel.values())).scheme
-        recipe = QuantRecipe(scheme, next(iter(by_kernel.values())).group_size, method, DTYPE_NAMES[compute_dtype],
-                             tuple(n for n in model.named_linears(experts=True) if n not in by_kernel),
+        parts = kernel_parts(model, codes)
+
+        def grid_of(name: str, _linear: Any = None) -> GridWeight | None:  # one layer's int32 codes at a time
+            if name not in parts:
+                return None
+            return GridWeight.cat([grid.to_grid_weight(codes[p][0].int(), *codes[p][1], kernel_group=group)
+                                   for p in parts[name]])
+
+        sample = grid_of(next(iter(parts)))
+        recipe = QuantRecipe(sample.scheme, sample.group_size, method, DTYPE_NAMES[compute_dtype],
+                             tuple(n for n in model.named_linears(experts=True) if n not in parts),
                              {"bits": getattr(grid, "bits", None), "group_size": getattr(grid, "group_size", None),
                               "sym": getattr(grid, "sym", None), **report.options})
-        to_kernels(model, by_kernel, recipe)
+        del sample
+        to_kernels(model, grid_of, recipe)
     report.wall_s = time.perf_counter() - t_start
     report.peak_rss_bytes = peak_rss_bytes()
     report.weight_bytes = sum(b.numel() * b.element_size() for b in list(model.parameters()) + list(model.buffers()))

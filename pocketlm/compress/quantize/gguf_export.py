@@ -51,7 +51,7 @@ def gguf_overrides(model: Transformer, codes: dict[str, tuple], grid: BlockGrid)
         if not all(t in codes for t in targets) or len(p.dst) > 1:
             raise GGUFExportError(f"GGUF tensor {p.dst[0]} is not one quantized matrix or a row stack of them; "
                                   "its codes cannot be written exactly (export with --method rtn)")
-        raw = np.concatenate([grid.to_bytes(codes[t][0], *codes[t][1]) for t in targets])
+        raw = np.concatenate([grid.to_bytes(codes[t][0].int(), *codes[t][1]) for t in targets])
         if p.key in arch.transforms:
             rows = sum(state[n].shape[0] for n in p.src)
             raw = raw[_row_permutation(arch.transforms[p.key], (rows, state[p.src[0]].shape[1]), cfg, p.layer)]

@@ -202,5 +202,6 @@ def gguf_grid(qtype: str) -> BlockGrid:
     key = qtype.upper()
     if key not in GGUF_GRIDS:
         raise GridError(f"GPTQ / AWQ write GGUF types {', '.join(GGUF_GRIDS)} exactly; {qtype!r} is not one of "
-                        "them (its codes come from llama.cpp's own quantizer: --method rtn via export gguf).")
+                        "them (llama.cpp's own quantizer writes it: `pocketlm export gguf MODEL --qtype TYPE` "
+                        "without --method).")
     return GGUF_GRIDS[key]()

@@ -1,0 +1,89 @@
+"""GPTQ's cost on the SmolLM-135M shape: wall time and peak RSS of `quantize(model, "gptq", 4, 64)` with
+128 x 512 calibration tokens on random weights (the work does not depend on their values), each run in a
+fresh process so peak RSS is its own; the dense calibration forward is the baseline of the same run.
+
+    python benchmarks/bench_quant_perf.py --threads 2 --n 128 --length 512 [--save DIR]
+
+`--save DIR` also writes the GPTQ-quantized checkpoint (pocketlm's int4 format) for the decode
+benchmark: `python benchmarks/bench_decode_dtypes.py --checkpoint DIR`. Targets (issue 11): GPTQ
+<= 5 min on 2 threads, peak RSS <= 2.5x the fp32 model's bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_prune import _cpu_s, perf_one, smollm_model  # noqa: E402
+from pocketlm.profile.system import cpu_model  # noqa: E402
+
+
+def run_one(method: str, n: int, length: int, threads: int, save: str, group: int) -> dict:
+    import time
+
+    from pocketlm.compress.quantize.driver import quantize
+    from pocketlm.compress.report import peak_rss_bytes
+
+    def fp32_bytes(model) -> int:
+        return sum(p.numel() * p.element_size() for p in model.parameters())
+
+    if method == "dense-forward":  # bench_prune's baseline, unchanged (its RSS is read before this model exists)
+        return {**perf_one(method, n, length, threads), "model_bytes": fp32_bytes(smollm_model())}
+    torch.set_num_threads(threads)
+    model = smollm_model()
+    model_bytes = fp32_bytes(model)
+    calib = torch.randint(0, model.config.vocab_size, (n, length), generator=torch.Generator().manual_seed(0))
+    t0 = time.perf_counter()
+    quantize(model, "gptq", 4, group, calib=calib)
+    out = {"method": method, "wall_s": time.perf_counter() - t0, "cpu_s": _cpu_s(), "peak_rss_bytes": peak_rss_bytes(),
+           "model_bytes": model_bytes}
+    if save:  # after the measurement
+        from pocketlm.interop import save_native
+
+        save_native(model, save)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n", type=int, default=128)
+    ap.add_argument("--length", type=int, default=512)
+    ap.add_argument("--methods", default="dense-forward,gptq")
+    ap.add_argument("--group-size", type=int, default=64, help="SmolLM's 576 columns take 32 or 64, not 128")
+    ap.add_argument("--save", default="", help="write the GPTQ checkpoint here")
+    ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # the child process
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.n, args.length, args.threads, args.save, args.group_size)))
+        return
+    rows = []
+    for method in args.methods.split(","):
+        out = subprocess.run([sys.executable, __file__, "--one", method, "--n", str(args.n), "--length",
+                              str(args.length), "--threads", str(args.threads), "--save", args.save,
+                              "--group-size", str(args.group_size)],
+                             capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"  {method}: {rows[-1]['wall_s']:.1f} s", flush=True)
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nSmolLM-135M-shaped (random weights), GPTQ 4-bit g{args.group_size}, calibration {args.n}x{args.length}, "
+          f"{args.threads} threads, {cpu_model()}, load average {load}")
+    print(f"{'method':14s} {'wall s':>8s} {'CPU s':>8s} {'peak RSS GiB':>12s} {'RSS / fp32 model':>16s}")
+    for r in rows:
+        print(f"{r['method']:14s} {r['wall_s']:8.1f} {r['cpu_s']:8.1f} {r['peak_rss_bytes'] / 2**30:12.2f} "
+              f"{r['peak_rss_bytes'] / r['model_bytes']:15.2f}x")
+    print(json.dumps({"bench": "quant_perf", "rows": rows, "threads": args.threads,
+                      "calib": f"{args.n}x{args.length}"}))
+
+
+if __name__ == "__main__":
+    main()
