@@ -161,7 +161,7 @@ CASES = {
     **{f"mmlu_{s}": (f"mmlu/default/mmlu_{s}.yaml", (lambda s=s: {"test": _mmlu(s, "test"), "dev": _mmlu(s, "dev")}))
        for s in MMLU_SUBJECTS},
 }
-N_DOCS = {"gsm8k": 2, "boolq": 6}  # long prompts / 256-token generations: fewer documents
+N_DOCS = {"gsm8k": 1, "boolq": 6}  # long prompts / 256-token generations: fewer documents
 DEFAULT_N = 8
 FEWSHOT_N = 4  # a 5-shot prompt is ~6x longer: half the documents keep every code path and the CI time
 
