@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,6 +19,7 @@ from pocketlm.compress.structured.slicing import SlicePlan, slice_model
 from pocketlm.interop import UnsupportedModelError, load_model, save_hf, save_native
 from pocketlm.model import costs
 from tests.test_compress_structured import _calib, _model
+from tests.llamacpp import llamacpp_logits
 
 
 def test_per_layer_keeping_everything_gives_identical_logits():
@@ -105,7 +105,7 @@ def test_per_layer_model_saves_natively_and_runs_in_llama_cpp_as_deci(tmp_path):
     from pocketlm.export.gguf import export_gguf
     from pocketlm.interop.families import gguf_arch
 
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (optional extra) is not installed")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (optional extra) is not installed")
     m = _uneven_model()
     pruned = slice_model(m, plan_for(m.config, importance(m, "magnitude"), Shape(4, 4, 2, 48, 48), per_layer=True))
     assert isinstance(pruned.config.n_head, list) and gguf_arch(pruned.config).arch == "deci"
@@ -116,12 +116,7 @@ def test_per_layer_model_saves_natively_and_runs_in_llama_cpp_as_deci(tmp_path):
     assert json.loads((tmp_path / "native" / "pocketlm.json").read_text())["n_head"] == pruned.config.n_head
     path = export_gguf(pruned, tmp_path / "m.gguf", "F32")
     ids = [5, 17, 90, 42, 9, 77, 13, 8, 60, 1]
-    llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
-    try:
-        llm.eval(ids)
-        got = torch.tensor(np.array(llm.scores[:len(ids)]))
-    finally:
-        llm.close()
+    got = llamacpp_logits(path, ids)
     ref = pruned(torch.tensor([ids]))[0]
     assert (got - ref).abs().max() / ref.abs().max() <= 1e-3
 

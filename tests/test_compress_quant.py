@@ -21,6 +21,7 @@ from pocketlm.model.quantize import GridError, IntGrid, quantize_int4
 from pocketlm.model.transformer import Transformer
 from pocketlm.runtime import open_model
 from tests.test_compress_prune import one_thread  # noqa: F401  (autouse: one thread for tiny matrices)
+from tests.llamacpp import llamacpp_logits
 
 CFG = dict(vocab_size=256, d_model=64, n_layer=2, n_head=4, n_kv_head=4, intermediate_size=128, max_seq_len=64,
            tie_embeddings=False)
@@ -193,7 +194,7 @@ def test_gguf_grid_bad_input() -> None:
 def test_llama_cpp_runs_the_written_codes_as_pocketlm_dequantized_them(tmp_path, qtype, method) -> None:
     """llama.cpp's logits on the GGUF file equal pocketlm's on the dequantized weights (up to llama.cpp's
     8-bit activation rounding inside quantized dot products), and the file holds exactly those weights."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (optional extra) is not installed")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (optional extra) is not installed")
     import numpy as np
 
     from pocketlm.compress.quantize.gguf_export import export_quantized_gguf
@@ -208,12 +209,7 @@ def test_llama_cpp_runs_the_written_codes_as_pocketlm_dequantized_them(tmp_path,
     for name, p in model.named_parameters():
         assert torch.equal(reread.get_parameter(name), p), name
     ids = list(range(1, 60, 3))
-    llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
-    try:
-        llm.eval(ids)
-        theirs = torch.tensor(np.array(llm.scores[: len(ids)]))
-    finally:
-        llm.close()
+    theirs = llamacpp_logits(tmp_path / "m.gguf", ids)
     with torch.no_grad():
         ours = model(torch.tensor([ids]))[0]
     assert sqnr_db(ours, theirs) > 30

@@ -19,6 +19,7 @@ import transformers
 
 from pocketlm.train.distill import DistillError
 from pocketlm.train.fixtures import trained_preset
+from tests.llamacpp import llamacpp_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -130,23 +131,16 @@ def test_prune_structured_cli_writes_a_model_transformers_loads(tmp_path):
 
 
 def test_shrunk_gguf_runs_in_llama_cpp_with_the_students_logits(runs):
-    import numpy as np
-
     from pocketlm.interop import load_model
     from pocketlm.model.quantize import sqnr_db
 
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (optional extra) is not installed")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (optional extra) is not installed")
     _, full, _, _ = runs
     report = json.loads((full / "report.json").read_text())
     assert report["artifacts"].get("gguf"), report["artifacts"]
     student = load_model(full / "model").eval()
     ids = [5, 17, 300, 42, 9, 77, 123, 8]
-    llm = llama_cpp.Llama(report["artifacts"]["gguf"], n_ctx=64, logits_all=True, verbose=False, n_threads=1)
-    try:
-        llm.eval(ids)
-        out = torch.tensor(np.array(llm.scores[:len(ids)]))
-    finally:
-        llm.close()
+    out = llamacpp_logits(report["artifacts"]["gguf"], ids)
     with torch.no_grad():
         ref = student(torch.tensor([ids]))[0]
     assert sqnr_db(ref, out) > 50 and (out.argmax(-1) == ref.argmax(-1)).all()  # F16 weights

@@ -14,6 +14,7 @@ from pocketlm.export.gguf import GGUFExportError, export_gguf, load_gguf_weights
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import Transformer
 from tests.test_gguf_families import random_model
+from tests.llamacpp import llamacpp_logits
 
 IDS = list(range(1, 60, 3))
 
@@ -25,13 +26,7 @@ def _tiny(tie: bool = True, qkv_bias: bool = False) -> Transformer:
 
 
 def _llama_logits(path) -> torch.Tensor:
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (optional extra) is not installed")
-    llm = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
-    try:
-        llm.eval(IDS)
-        return torch.tensor(np.array(llm.scores[: len(IDS)]))
-    finally:
-        llm.close()
+    return llamacpp_logits(path, IDS)
 
 
 def _logits(model: Transformer) -> torch.Tensor:

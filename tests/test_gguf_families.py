@@ -3,7 +3,6 @@ logits in llama.cpp (llama-cpp-python) on the same tokens."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,6 +12,7 @@ from pocketlm.interop.families import gguf_arch
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import Transformer
 from tests.hf_tiny import TINY, tiny_config
+from tests.llamacpp import llamacpp_logits
 
 IDS = [1, 7, 3, 99, 42, 5, 17, 64, 2, 88, 31, 12, 77, 9, 50, 23, 110, 6, 71, 40]
 
@@ -67,17 +67,12 @@ LLAMA_CPP_RUNS = sorted([n for n in TINY if n not in ("opt", "opt_postln", "mist
 
 @pytest.mark.parametrize("name", LLAMA_CPP_RUNS)
 def test_f32_gguf_gives_pocketlm_logits_in_llama_cpp(name, tmp_path):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (optional extra) is not installed")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python (optional extra) is not installed")
     cfg = _config(name)
     assert not unsupported_reasons(cfg), unsupported_reasons(cfg)
     model = random_model(cfg)
     path = export_gguf(model, tmp_path / f"{name}.gguf", "F32")
-    llm = llama_cpp.Llama(str(path), n_ctx=64, n_batch=64, logits_all=True, verbose=False, n_threads=1)
-    try:
-        llm.eval(IDS)
-        got = torch.tensor(np.array(llm.scores[: len(IDS)]))
-    finally:
-        llm.close()
+    got = llamacpp_logits(path, IDS)
     with torch.no_grad():
         ref = model(torch.tensor([IDS]))[0]
     err = (got - ref).abs().max().item() / ref.abs().max().item()
