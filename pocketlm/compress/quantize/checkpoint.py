@@ -76,7 +76,8 @@ def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str 
             raise ValueError(f"calibration length {spec.seq_len} exceeds the model's context "
                              f"{model.config.max_seq_len}; use e.g. --calib {spec.source}:{spec.n}x{model.config.max_seq_len}")
         calib_ids, record = calibration_batches(spec, tok, seed=seed)
-    dense = copy.deepcopy(model)
+    measured = measure and tok is not None
+    dense = copy.deepcopy(model) if measured else None  # the float reference, only when something is compared
     with atomic_dir(out) as tmp:
         if gguf:
             tok_json = Path(model_ref) / "tokenizer.json"
@@ -94,7 +95,7 @@ def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str 
             save_native(model, tmp, tokenizer=tok)
             report.disk_bytes = (tmp / "model.safetensors").stat().st_size
         report.calibration = record
-        if tok is not None and measure:
+        if measured:
             text_path = Path(eval_text) if eval_text else DEFAULT_EVAL_TEXT
             ids = torch.tensor(encode_text(tok, text_path.read_text())[:eval_tokens])
             window = calib_ids.shape[1] if calib_ids is not None else min(512, model.config.max_seq_len)
