@@ -374,7 +374,7 @@ def landscape_findings(points: list[dict], rel_size: float = 0.15) -> dict:
     """The survey's runtime findings, recomputed from landscape rows of one backend and dtype:
     how latency and memory follow parameters (log-log slope, Spearman rank correlation), the spread at
     equal size (pairs within `rel_size` of each other's parameters), and the memory outliers
-    (residual of log memory against log parameters, with their vocabulary share of the parameters)."""
+    (`memory_outliers` against total and against non-embedding parameters)."""
     import numpy as np
 
     def rank(x: np.ndarray) -> np.ndarray:
@@ -384,16 +384,9 @@ def landscape_findings(points: list[dict], rel_size: float = 0.15) -> dict:
     out: dict = {"models": len(points)}
     for key in ("prefill_best_ms", "decode_best_ms", "peak_rss_mb"):
         y = np.array([p[key] for p in points], dtype=float)
-        slope, intercept = np.polyfit(np.log(params), np.log(y), 1)
+        slope, _ = np.polyfit(np.log(params), np.log(y), 1)
         out[key] = {"loglog_slope": round(float(slope), 3),
                     "spearman": round(float(np.corrcoef(rank(params), rank(y))[0, 1]), 3)}
-        if key == "peak_rss_mb":
-            resid = np.log(y) - (slope * np.log(params) + intercept)
-            order = np.argsort(resid)[::-1][:3]
-            out["memory_outliers"] = [
-                {"model": points[i]["model"], "above_fit": round(float(np.exp(resid[i])), 2),
-                 "vocab_share": round(points[i]["vocab_size"] * points[i]["d_model"] / points[i]["params"], 2)}
-                for i in order]
     pairs = []
     for i, a in enumerate(points):
         for b in points[i + 1:]:
@@ -405,8 +398,42 @@ def landscape_findings(points: list[dict], rel_size: float = 0.15) -> dict:
                               "layers": (slow["n_layer"], fast["n_layer"]), "vocab": (slow["vocab_size"],
                                                                                        fast["vocab_size"])})
     out["equal_size_pairs"] = sorted(pairs, key=lambda p: -p["prefill_ratio"])
+    out["memory_outliers"] = memory_outliers(points, "params")
+    out["memory_outliers_non_embedding"] = memory_outliers(points, "non_embedding")
     out["architecture_at_equal_size"] = architecture_effects(points)
     return out
+
+
+def memory_outliers(points: list[dict], size: str = "params", top: int = 4) -> dict:
+    """Peak memory against a line with a floor (the process and llama.cpp's buffers), fitted on total
+    (`size="params"`) or non-embedding parameters (catalog counts; otherwise params minus vocab x width):
+    the floor and MB per million parameters, the `top` models furthest above the line (peak / fit) with
+    their vocabulary, and the rank correlation of peak / fit with the vocabulary size."""
+    import numpy as np
+
+    from pocketlm.model import costs
+    from pocketlm.survey.catalog import CatalogError, entry_to_config, get_entry, load_catalog
+
+    entries = load_catalog()
+
+    def non_embedding(p: dict) -> float:
+        try:
+            return costs.param_counts(entry_to_config(get_entry(p["model"], entries)))["non_embedding"]
+        except CatalogError:
+            return p["params"] - p["vocab_size"] * p["d_model"]
+
+    x = np.array([p["params"] if size == "params" else non_embedding(p) for p in points], dtype=float)
+    y = np.array([p["peak_rss_mb"] for p in points], dtype=float)
+    per_param, floor = np.polyfit(x, y, 1)
+    ratio = y / (floor + per_param * x)
+    vocab = np.array([p["vocab_size"] for p in points], dtype=float)
+    spearman = np.corrcoef(np.argsort(np.argsort(ratio)), np.argsort(np.argsort(vocab)))[0, 1]
+    return {"floor_mb": round(float(floor), 1), "mb_per_mparam": round(float(per_param * 1e6), 3),
+            "vocab_spearman": round(float(spearman), 3) if np.isfinite(spearman) else None,
+            "above_fit": [{"model": points[i]["model"], "above_fit": round(float(ratio[i]), 3),
+                           "vocab": points[i]["vocab_size"],
+                           "vocab_share": round(points[i]["vocab_size"] * points[i]["d_model"] / points[i]["params"], 2)}
+                          for i in np.argsort(-ratio)[:top]]}
 
 
 def architecture_effects(points: list[dict]) -> dict:
