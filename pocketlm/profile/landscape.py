@@ -474,7 +474,8 @@ def architecture_effects(points: list[dict]) -> dict:
 
 
 def dtype_ratios(points: list[dict], base: str = "F16") -> list[dict]:
-    """Per model measured in several dtypes: prefill and decode speed-ups over `base` (the same model)."""
+    """Per model measured in several dtypes: prefill and decode speed-ups over `base` (the same model),
+    largest file first."""
     by_model: dict[str, dict[str, dict]] = {}
     for p in points:
         by_model.setdefault(p["model"], {})[p["dtype"].upper()] = p
@@ -483,7 +484,7 @@ def dtype_ratios(points: list[dict], base: str = "F16") -> list[dict]:
         if base not in runs or len(runs) < 2:
             continue
         ref = runs[base]
-        for dtype, p in sorted(runs.items()):
+        for dtype, p in sorted(runs.items(), key=lambda kv: -kv[1]["weights_mb"]):  # F16, Q8_0, Q4_0
             rows.append({"model": model, "dtype": dtype, "weights_mb": p["weights_mb"],
                          "prefill_speedup": round(ref["prefill_best_ms"] / p["prefill_best_ms"], 2),
                          "decode_speedup": round(ref["decode_best_ms"] / p["decode_best_ms"], 2)})
