@@ -56,6 +56,19 @@ def test_memory_outliers_are_measured_from_a_line_with_a_floor() -> None:
     assert memory_outliers(rows, "non_embedding")["above_fit"][0]["model"] == "m2"
 
 
+def test_twins_count_once_and_give_the_noise() -> None:
+    """Qwen2-0.5B and Qwen2.5-0.5B are one graph (configs equal but for the name); GPT2 and
+    LaMini-GPT-774M are not (a different size); the twin's ratios to the kept row come back."""
+    from pocketlm.profile.landscape import distinct_graphs
+
+    rows = [_row("Qwen2-0.5B", 4.94e8), _row("Qwen2.5-0.5B", 4.94e8, k=1.1), _row("GPT2", 1.24e8),
+            _row("LaMini-GPT-774M", 7.74e8), _row("not-in-catalog", 2e8)]
+    kept, twins = distinct_graphs(rows)
+    assert [p["model"] for p in kept] == ["Qwen2-0.5B", "GPT2", "LaMini-GPT-774M", "not-in-catalog"]
+    assert twins == [{"model": "Qwen2.5-0.5B", "same_as": "Qwen2-0.5B", "prefill_best_ms_ratio": 1.1,
+                      "decode_best_ms_ratio": 1.1, "peak_rss_mb_ratio": 1.0}]
+
+
 def test_write_findings(tmp_path) -> None:
     rows = [_row("a", 1e8, "F16", k=2.0), _row("a", 1e8), _row("b", 3e8), _row("c", 9e8)]
     write_csv(rows, tmp_path / "landscape.csv")

@@ -517,8 +517,42 @@ def dtype_figure(rows: list[dict], path: Path, title: str) -> Path:
     return save_figure(fig, path)
 
 
+def distinct_graphs(points: list[dict]) -> tuple[list[dict], list[dict]]:
+    """One row per computation graph. Catalog entries whose configs differ only in name, source, RoPE
+    base, context length or a vocabulary that pads to the same multiple of 64 are the same measurement
+    with random weights; the first is kept and each later one is returned as a twin, with its prefill /
+    decode / memory ratios to the kept row. Names the catalog lacks are kept as they are."""
+    from dataclasses import asdict
+
+    from pocketlm.survey.catalog import CatalogError, entry_to_config, get_entry, load_catalog
+
+    entries = load_catalog()
+    first: dict[str, dict] = {}
+    kept, twins = [], []
+    for p in points:
+        try:
+            cfg = asdict(entry_to_config(get_entry(p["model"], entries)))
+        except CatalogError:
+            kept.append(p)
+            continue
+        for field in ("name", "extra", "rope_theta", "max_seq_len"):
+            cfg.pop(field, None)
+        cfg["vocab_size"] = -(-cfg["vocab_size"] // 64)
+        key = repr(sorted(cfg.items()))
+        if key not in first:
+            first[key] = p
+            kept.append(p)
+            continue
+        twin = first[key]
+        twins.append({"model": p["model"], "same_as": twin["model"],
+                      **{f"{k}_ratio": round(p[k] / twin[k], 3) for k in ("prefill_best_ms", "decode_best_ms",
+                                                                          "peak_rss_mb")}})
+    return kept, twins
+
+
 def write_findings(csv_path: str | Path, dtype: str = "Q4_0", backend: str = "llamacpp") -> dict:
-    """`landscape_findings` of one backend and dtype, and the F16 / Q8_0 / Q4_0 ratios (with their
+    """`landscape_findings` of one backend and dtype over distinct graphs (`distinct_graphs`: each
+    twin's ratios to its kept row are the run's noise), and the F16 / Q8_0 / Q4_0 ratios (with their
     figure) of the models measured in several dtypes; written beside the CSV as findings.json."""
     import json
 
@@ -526,7 +560,9 @@ def write_findings(csv_path: str | Path, dtype: str = "Q4_0", backend: str = "ll
 
     csv_path = Path(csv_path)
     points = [p for p in read_points(csv_path) if p.get("backend", "torch") == backend]
-    found = landscape_findings([p for p in points if p["dtype"].upper() == dtype.upper()])
+    distinct, twins = distinct_graphs([p for p in points if p["dtype"].upper() == dtype.upper()])
+    found = landscape_findings(distinct)
+    found["twins"] = twins
     found["dtype_ratios"] = dtype_ratios(points)
     if found["dtype_ratios"]:
         found["dtype_figure"] = str(dtype_figure(found["dtype_ratios"], csv_path.parent / "dtypes.png",
