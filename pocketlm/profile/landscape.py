@@ -191,7 +191,7 @@ def _system_line(threads: int, dtype: str) -> str:
 
     import os
 
-    return f"{cpu_model()} ({os.cpu_count()} cores), {threads} threads, {dtype}, random weights"
+    return f"{cpu_model()} ({os.cpu_count()} cores), {threads} thread{'' if threads == 1 else 's'}, {dtype}, random weights"
 
 
 def read_points(path: Path) -> list[dict]:
