@@ -38,6 +38,37 @@ def test_findings_are_the_analytic_values() -> None:
     assert {r["dtype"]: r["decode_speedup"] for r in ratios} == {"F16": 1.0, "Q4_0": 4.0}
 
 
+def test_memory_outliers_are_measured_from_a_line_with_a_floor() -> None:
+    """peak = 300 MB + 1 MB per million parameters, one model 20% above: the floor and slope come back,
+    and that model leads the outliers; against non-embedding parameters a vocabulary-heavy model stands out."""
+    from pocketlm.profile.landscape import memory_outliers
+
+    rows = [_row(f"m{i}", p) for i, p in enumerate((1e8, 2e8, 4e8, 8e8, 1.6e9))]
+    for r in rows:
+        r["peak_rss_mb"] = 300 + r["params"] / 1e6
+    rows[2]["peak_rss_mb"] *= 1.2
+    found = memory_outliers(rows)
+    assert found["above_fit"][0]["model"] == "m2" and found["above_fit"][0]["above_fit"] > 1.1
+    exact = memory_outliers([r for i, r in enumerate(rows) if i != 2])
+    assert (exact["floor_mb"], exact["mb_per_mparam"]) == (300.0, 1.0)
+    rows[2]["peak_rss_mb"] /= 1.2
+    rows[2]["vocab_size"] = 250_000  # 128M of its 400M parameters are the embedding
+    assert memory_outliers(rows, "non_embedding")["above_fit"][0]["model"] == "m2"
+
+
+def test_twins_count_once_and_give_the_noise() -> None:
+    """Qwen2-0.5B and Qwen2.5-0.5B are one graph (configs equal but for the name); GPT2 and
+    LaMini-GPT-774M are not (a different size); the twin's ratios to the kept row come back."""
+    from pocketlm.profile.landscape import distinct_graphs
+
+    rows = [_row("Qwen2-0.5B", 4.94e8), _row("Qwen2.5-0.5B", 4.94e8, k=1.1), _row("GPT2", 1.24e8),
+            _row("LaMini-GPT-774M", 7.74e8), _row("not-in-catalog", 2e8)]
+    kept, twins = distinct_graphs(rows)
+    assert [p["model"] for p in kept] == ["Qwen2-0.5B", "GPT2", "LaMini-GPT-774M", "not-in-catalog"]
+    assert twins == [{"model": "Qwen2.5-0.5B", "same_as": "Qwen2-0.5B", "prefill_best_ms_ratio": 1.1,
+                      "decode_best_ms_ratio": 1.1, "peak_rss_mb_ratio": 1.0}]
+
+
 def test_write_findings(tmp_path) -> None:
     rows = [_row("a", 1e8, "F16", k=2.0), _row("a", 1e8), _row("b", 3e8), _row("c", 9e8)]
     write_csv(rows, tmp_path / "landscape.csv")

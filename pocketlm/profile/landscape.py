@@ -191,7 +191,7 @@ def _system_line(threads: int, dtype: str) -> str:
 
     import os
 
-    return f"{cpu_model()} ({os.cpu_count()} cores), {threads} threads, {dtype}, random weights"
+    return f"{cpu_model()} ({os.cpu_count()} cores), {threads} thread{'' if threads == 1 else 's'}, {dtype}, random weights"
 
 
 def read_points(path: Path) -> list[dict]:
@@ -374,7 +374,7 @@ def landscape_findings(points: list[dict], rel_size: float = 0.15) -> dict:
     """The survey's runtime findings, recomputed from landscape rows of one backend and dtype:
     how latency and memory follow parameters (log-log slope, Spearman rank correlation), the spread at
     equal size (pairs within `rel_size` of each other's parameters), and the memory outliers
-    (residual of log memory against log parameters, with their vocabulary share of the parameters)."""
+    (`memory_outliers` against total and against non-embedding parameters)."""
     import numpy as np
 
     def rank(x: np.ndarray) -> np.ndarray:
@@ -384,16 +384,9 @@ def landscape_findings(points: list[dict], rel_size: float = 0.15) -> dict:
     out: dict = {"models": len(points)}
     for key in ("prefill_best_ms", "decode_best_ms", "peak_rss_mb"):
         y = np.array([p[key] for p in points], dtype=float)
-        slope, intercept = np.polyfit(np.log(params), np.log(y), 1)
+        slope, _ = np.polyfit(np.log(params), np.log(y), 1)
         out[key] = {"loglog_slope": round(float(slope), 3),
                     "spearman": round(float(np.corrcoef(rank(params), rank(y))[0, 1]), 3)}
-        if key == "peak_rss_mb":
-            resid = np.log(y) - (slope * np.log(params) + intercept)
-            order = np.argsort(resid)[::-1][:3]
-            out["memory_outliers"] = [
-                {"model": points[i]["model"], "above_fit": round(float(np.exp(resid[i])), 2),
-                 "vocab_share": round(points[i]["vocab_size"] * points[i]["d_model"] / points[i]["params"], 2)}
-                for i in order]
     pairs = []
     for i, a in enumerate(points):
         for b in points[i + 1:]:
@@ -405,8 +398,42 @@ def landscape_findings(points: list[dict], rel_size: float = 0.15) -> dict:
                               "layers": (slow["n_layer"], fast["n_layer"]), "vocab": (slow["vocab_size"],
                                                                                        fast["vocab_size"])})
     out["equal_size_pairs"] = sorted(pairs, key=lambda p: -p["prefill_ratio"])
+    out["memory_outliers"] = memory_outliers(points, "params")
+    out["memory_outliers_non_embedding"] = memory_outliers(points, "non_embedding")
     out["architecture_at_equal_size"] = architecture_effects(points)
     return out
+
+
+def memory_outliers(points: list[dict], size: str = "params", top: int = 4) -> dict:
+    """Peak memory against a line with a floor (the process and llama.cpp's buffers), fitted on total
+    (`size="params"`) or non-embedding parameters (catalog counts; otherwise params minus vocab x width):
+    the floor and MB per million parameters, the `top` models furthest above the line (peak / fit) with
+    their vocabulary, and the rank correlation of peak / fit with the vocabulary size."""
+    import numpy as np
+
+    from pocketlm.model import costs
+    from pocketlm.survey.catalog import CatalogError, entry_to_config, get_entry, load_catalog
+
+    entries = load_catalog()
+
+    def non_embedding(p: dict) -> float:
+        try:
+            return costs.param_counts(entry_to_config(get_entry(p["model"], entries)))["non_embedding"]
+        except CatalogError:
+            return p["params"] - p["vocab_size"] * p["d_model"]
+
+    x = np.array([p["params"] if size == "params" else non_embedding(p) for p in points], dtype=float)
+    y = np.array([p["peak_rss_mb"] for p in points], dtype=float)
+    per_param, floor = np.polyfit(x, y, 1)
+    ratio = y / (floor + per_param * x)
+    vocab = np.array([p["vocab_size"] for p in points], dtype=float)
+    spearman = np.corrcoef(np.argsort(np.argsort(ratio)), np.argsort(np.argsort(vocab)))[0, 1]
+    return {"floor_mb": round(float(floor), 1), "mb_per_mparam": round(float(per_param * 1e6), 3),
+            "vocab_spearman": round(float(spearman), 3) if np.isfinite(spearman) else None,
+            "above_fit": [{"model": points[i]["model"], "above_fit": round(float(ratio[i]), 3),
+                           "vocab": points[i]["vocab_size"],
+                           "vocab_share": round(points[i]["vocab_size"] * points[i]["d_model"] / points[i]["params"], 2)}
+                          for i in np.argsort(-ratio)[:top]]}
 
 
 def architecture_effects(points: list[dict]) -> dict:
@@ -447,7 +474,8 @@ def architecture_effects(points: list[dict]) -> dict:
 
 
 def dtype_ratios(points: list[dict], base: str = "F16") -> list[dict]:
-    """Per model measured in several dtypes: prefill and decode speed-ups over `base` (the same model)."""
+    """Per model measured in several dtypes: prefill and decode speed-ups over `base` (the same model),
+    largest file first."""
     by_model: dict[str, dict[str, dict]] = {}
     for p in points:
         by_model.setdefault(p["model"], {})[p["dtype"].upper()] = p
@@ -456,7 +484,7 @@ def dtype_ratios(points: list[dict], base: str = "F16") -> list[dict]:
         if base not in runs or len(runs) < 2:
             continue
         ref = runs[base]
-        for dtype, p in sorted(runs.items()):
+        for dtype, p in sorted(runs.items(), key=lambda kv: -kv[1]["weights_mb"]):  # F16, Q8_0, Q4_0
             rows.append({"model": model, "dtype": dtype, "weights_mb": p["weights_mb"],
                          "prefill_speedup": round(ref["prefill_best_ms"] / p["prefill_best_ms"], 2),
                          "decode_speedup": round(ref["decode_best_ms"] / p["decode_best_ms"], 2)})
@@ -489,8 +517,42 @@ def dtype_figure(rows: list[dict], path: Path, title: str) -> Path:
     return save_figure(fig, path)
 
 
+def distinct_graphs(points: list[dict]) -> tuple[list[dict], list[dict]]:
+    """One row per computation graph. Catalog entries whose configs differ only in name, source, RoPE
+    base, context length or a vocabulary that pads to the same multiple of 64 are the same measurement
+    with random weights; the first is kept and each later one is returned as a twin, with its prefill /
+    decode / memory ratios to the kept row. Names the catalog lacks are kept as they are."""
+    from dataclasses import asdict
+
+    from pocketlm.survey.catalog import CatalogError, entry_to_config, get_entry, load_catalog
+
+    entries = load_catalog()
+    first: dict[str, dict] = {}
+    kept, twins = [], []
+    for p in points:
+        try:
+            cfg = asdict(entry_to_config(get_entry(p["model"], entries)))
+        except CatalogError:
+            kept.append(p)
+            continue
+        for field in ("name", "extra", "rope_theta", "max_seq_len"):
+            cfg.pop(field, None)
+        cfg["vocab_size"] = -(-cfg["vocab_size"] // 64)
+        key = repr(sorted(cfg.items()))
+        if key not in first:
+            first[key] = p
+            kept.append(p)
+            continue
+        twin = first[key]
+        twins.append({"model": p["model"], "same_as": twin["model"],
+                      **{f"{k}_ratio": round(p[k] / twin[k], 3) for k in ("prefill_best_ms", "decode_best_ms",
+                                                                          "peak_rss_mb")}})
+    return kept, twins
+
+
 def write_findings(csv_path: str | Path, dtype: str = "Q4_0", backend: str = "llamacpp") -> dict:
-    """`landscape_findings` of one backend and dtype, and the F16 / Q8_0 / Q4_0 ratios (with their
+    """`landscape_findings` of one backend and dtype over distinct graphs (`distinct_graphs`: each
+    twin's ratios to its kept row are the run's noise), and the F16 / Q8_0 / Q4_0 ratios (with their
     figure) of the models measured in several dtypes; written beside the CSV as findings.json."""
     import json
 
@@ -498,7 +560,9 @@ def write_findings(csv_path: str | Path, dtype: str = "Q4_0", backend: str = "ll
 
     csv_path = Path(csv_path)
     points = [p for p in read_points(csv_path) if p.get("backend", "torch") == backend]
-    found = landscape_findings([p for p in points if p["dtype"].upper() == dtype.upper()])
+    distinct, twins = distinct_graphs([p for p in points if p["dtype"].upper() == dtype.upper()])
+    found = landscape_findings(distinct)
+    found["twins"] = twins
     found["dtype_ratios"] = dtype_ratios(points)
     if found["dtype_ratios"]:
         found["dtype_figure"] = str(dtype_figure(found["dtype_ratios"], csv_path.parent / "dtypes.png",
