@@ -127,6 +127,10 @@ def sections(report: dict, figure: str | None) -> list[dict]:
                f"measured cost from {counts['measurement_processes']} fresh-process measurements "
                f"({counts['measured_this_run']} run now, the rest reused from `fit.sqlite`); "
                f"{report['seconds']} s."]
+    if report.get("stage_seconds"):
+        result += ["", "Where the time went (s): " + ", ".join(
+            f"{k} {v}" for k, v in sorted(report["stage_seconds"].items(), key=lambda kv: -kv[1]))
+            + f"; {counts.get('runtime_files_written', 0)} runtime files written (each candidate's once)."]
     if counts.get("screened_out"):
         se = report.get("screen_error") or {}
         result += ["", f"{counts['screened_out']} of {counts['alive']} candidates the cost model kept were left "
