@@ -297,7 +297,7 @@ class Fit:
             return None
         path = self.scratch / f"{axis}-{self._build_key(cand)}-{value}{builder.file_suffix}"
         if not path.is_file():
-            _say(self.progress, f"  writing [bold]{cand.key or value}[/]'s {axis} file")
+            _say(self.progress, f"  writing the {builder.file_suffix.lstrip('.').upper()} file of [bold]{cand.key}[/]")
             weights = self._weights(cand)
             with self.timed("write runtime files"):
                 builder.file(weights, value, path, self.ctx)
