@@ -85,12 +85,13 @@ def baseline_verdicts(chosen: dict, baselines: list[dict]) -> list[str]:
         else:
             kl = chosen["quality"]["kl_mean"]
             cost = (c["decode_ms"] / m["decode_ms"], c["memory_bytes"] / m["memory_bytes"])
-            ratios = f"decode time x{cost[0]:.2f}, memory x{cost[1]:.2f} of the baseline's"
+            ratios = f"the choice's decode time x{cost[0]:.2f}, memory x{cost[1]:.2f} of the baseline's"
+            cheaper = " and ".join(n for n, r in zip(("decode time", "memory"), cost) if r > 1)
             if kl <= q["kl_mean"] and max(cost) <= 1:
                 lines.append(f"{name} fits; the choice is at least as good on quality (KL {kl:.4f} vs "
                              f"{q['kl_mean']:.4f}) at no higher measured cost ({ratios}).")
             elif kl <= q["kl_mean"]:
-                lines.append(f"{name} fits and costs less ({ratios}), but the choice has lower KL ({kl:.4f} vs "
+                lines.append(f"{name} fits and costs less in {cheaper} ({ratios}), but the choice has lower KL ({kl:.4f} vs "
                              f"{q['kl_mean']:.4f}): fit spends the budget on quality; ask for a tighter budget to "
                              "trade it back.")
             else:
