@@ -10,8 +10,9 @@ measured in the same run (quality and cost ratios).
 `--model small` (or tiny/base) is the preset trained on the bundled corpus (train.fixtures.trained_preset,
 cached). Targets (issue 15): the 135M shape's default search <= 30 minutes on 2 cores, <= 25% of the
 candidates measured. The catalog architecture has random weights and no tokenizer, so its quality is KL on
-seeded random tokens. Budget i runs in OUT/budget<i> on a copy of the previous budget's fit.sqlite and built weights
-(.scratch/weights-*; as a user re-running with a new budget in the same folder would); rerunning the same command resumes (delete OUT for an uncached
+seeded random tokens. Budget i runs in OUT/budget<i> on a copy of the previous budget's fit.sqlite and built files
+(.scratch: weights-* folders and each candidate's GGUF, hard-linked; as a user re-running with a new budget in
+the same folder would); rerunning the same command resumes (delete OUT for an uncached
 time).
 """
 
@@ -70,10 +71,14 @@ def main() -> None:
     for i, text in enumerate(budgets):
         out = a.out / f"budget{i}"
         out.mkdir(parents=True, exist_ok=True)
-        if previous is not None and not (out / "fit.sqlite").exists():  # the scores, and the built weights
+        if previous is not None and not (out / "fit.sqlite").exists():  # the scores, the built files
             shutil.copy(previous / "fit.sqlite", out / "fit.sqlite")
-            for built in (previous / ".scratch").glob("weights-*"):
-                shutil.copytree(built, out / ".scratch" / built.name, dirs_exist_ok=True)
+            (out / ".scratch").mkdir(exist_ok=True)
+            for built in (previous / ".scratch").iterdir():  # hard links: written once, never changed in place
+                if built.name.startswith("weights-"):
+                    shutil.copytree(built, out / ".scratch" / built.name, dirs_exist_ok=True, copy_function=os.link)
+                elif built.is_file() and not built.name.startswith("."):
+                    os.link(built, out / ".scratch" / built.name)
         load = os.getloadavg()[0]
         t0 = time.perf_counter()
         report = fit(FitConfig(model, Budget.parse(**_budget(text)), runtime=a.runtime, candidates=a.candidates,
@@ -88,7 +93,8 @@ def main() -> None:
             "chosen": report["chosen"], "verify": v and {"misses": v["misses"], **{
                 k: v["measured"][k] for k in ("decode_tok_s", "prefill_ms", "memory_bytes", "disk_bytes")}},
             "prediction_error": report["prediction_error"], "screen_error": report["screen_error"],
-            "baselines": _baseline_rows(report), "nearest": report["nearest"]})
+            "baselines": _baseline_rows(report), "nearest": report["nearest"],
+            "stage_seconds": report["stage_seconds"], "runtime_files_written": c["runtime_files_written"]})
         previous = out
     print(json.dumps(results, indent=2))
 

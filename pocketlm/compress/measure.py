@@ -20,9 +20,20 @@ class EvalTextError(ValueError):
 
 
 @torch.no_grad()
-def compare_on_tokens(dense: Any, compressed: Any, ids: Tensor, window: int) -> dict[str, float]:
+def window_logprobs(model: Any, ids: Tensor, window: int) -> list[Tensor]:
+    """`model`'s next-token log-probabilities [window - 1, vocab] on each full window of `ids`: the dense
+    side of `compare_on_tokens`, computed once when many candidates are compared with one original."""
+    return [model(ids[w * window:(w + 1) * window][None])[0, :-1].float().log_softmax(-1)
+            for w in range(ids.numel() // window)]
+
+
+@torch.no_grad()
+def compare_on_tokens(dense: Any, compressed: Any, ids: Tensor, window: int,
+                      dense_logprobs: list[Tensor] | None = None) -> dict[str, float]:
     """Perplexity of both models, KL(dense || compressed) mean and 99th percentile over tokens (what
-    `llama-perplexity --kl-divergence` reports) and top-1 agreement on `ids` [tokens]."""
+    `llama-perplexity --kl-divergence` reports) and top-1 agreement on `ids` [tokens]. `dense_logprobs`:
+    `window_logprobs(dense, ids_or_longer, window)` from before (its first windows are these), so the
+    original is not run again."""
     n_windows = ids.numel() // window
     if n_windows == 0:
         raise EvalTextError(f"held-out text has {ids.numel()} tokens, fewer than one window of {window}; "
@@ -31,7 +42,7 @@ def compare_on_tokens(dense: Any, compressed: Any, ids: Tensor, window: int) -> 
     count, per_token = 0, []
     for w in range(n_windows):
         chunk = ids[w * window:(w + 1) * window][None]
-        la = dense(chunk)[0, :-1].float().log_softmax(-1)
+        la = dense_logprobs[w] if dense_logprobs is not None else dense(chunk)[0, :-1].float().log_softmax(-1)
         lb = compressed(chunk)[0, :-1].float().log_softmax(-1)
         tgt = chunk[0, 1:, None]
         nll_a -= float(la.gather(-1, tgt).sum())

@@ -11,7 +11,9 @@ A candidate is one value per axis, e.g. `prune_nm=2:4 + gguf_qtype=Q4_K_M`. Two 
   codes chosen by GPTQ or AWQ: `int4-gptq`, `int3-awq`) and `gguf_qtype` (llama.cpp's types, and
   `Q4_0-gptq` / `Q8_0-awq`: GPTQ's or AWQ's codes written into that type's blocks). `dtype(value)` is the profile Setting's dtype; `bits(value)` the stored bits
   per weight (scales included) the cost model reads; `emulate(model, value, ctx)` a model that computes
-  what the runtime computes (for quality), and `write(model, value, out, ctx)` the deployable files.
+  what the runtime computes (for quality), `write(model, value, out, ctx)` the deployable files, and
+  `file(model, value, path, ctx)` the runtime's own weights file where it has one (GGUF): fit builds it
+  once per candidate and passes it (`file=`) to `emulate`, `write` and the measurement.
   A runtime has one format axis, so a calibrated solver is a value suffix (`-gptq`, `-awq`) whose
   `dtype` is the plain format's: same kernels and bytes, so same cost and one shared measurement.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +71,11 @@ class Builder:
     dtype: Callable[[str], str] | None = None  # format: the profile Setting's dtype
     bits: Callable[..., float] | None = None  # format: (value, cfg=None) -> stored bits per weight, scales included
     emulate: Callable[[Any, str, BuildContext], Any] | None = None  # format: what the runtime computes
-    write: Callable[[Any, str, Path, BuildContext], dict] | None = None  # format: the deployable files
+    write: Callable[..., dict] | None = None  # format: (model, value, out, ctx, file=None) -> the deployable files
+    # format: (model, value, path, ctx) -> the runtime's own weights file (GGUF), when it has one; fit writes
+    # it once per candidate and hands it to `emulate` / `write` (`file=`) and to the measurement
+    file: Callable[[Any, str, Path, BuildContext], Path] | None = None
+    file_suffix: str = ""
     doc: str = ""
 
 
@@ -379,18 +386,21 @@ def _gguf_file(model: Any, value: str, path: Path, ctx: BuildContext) -> Path:
     return path
 
 
-def _gguf_emulate(model: Any, value: str, ctx: BuildContext) -> Any:
-    """The float model with the GGUF file's dequantized weights: what llama.cpp multiplies by."""
+def _gguf_emulate(model: Any, value: str, ctx: BuildContext, file: Path | None = None) -> Any:
+    """The float model with the GGUF file's dequantized weights: what llama.cpp multiplies by. `file`: the
+    candidate's GGUF already written (fit's cache); without it, one is exported to a temporary file."""
     from pocketlm.export.gguf import load_gguf_weights
 
     with tempfile.TemporaryDirectory(prefix="pocketlm-fit-", dir=ctx.scratch) as tmp:
-        path = _gguf_file(model, value, Path(tmp) / "m.gguf", ctx)
+        path = file or _gguf_file(model, value, Path(tmp) / "m.gguf", ctx)
         emulated = copy.deepcopy(model)
         load_gguf_weights(emulated, path)
     return emulated.eval()
 
 
-def _gguf_write(model: Any, value: str, out: Path, ctx: BuildContext) -> dict:
+def _gguf_write(model: Any, value: str, out: Path, ctx: BuildContext, file: Path | None = None) -> dict:
+    """The float weights (HF directory, or pocketlm's where HF cannot hold them) and the GGUF file beside
+    them: `file` copied when the candidate's was written already, else exported."""
     from pocketlm.interop import UnsupportedModelError, save_hf, save_native
 
     try:
@@ -399,7 +409,11 @@ def _gguf_write(model: Any, value: str, out: Path, ctx: BuildContext) -> dict:
     except UnsupportedModelError:
         save_native(model, out, tokenizer=ctx.tokenizer)
         fmt = "pocketlm + GGUF"
-    path = _gguf_file(model, value, out / f"model-{value.upper()}.gguf", ctx)
+    path = out / f"model-{value.upper()}.gguf"
+    if file is not None:
+        shutil.copyfile(file, path)
+    else:
+        _gguf_file(model, value, path, ctx)
     return {"format": fmt, "model_dir": str(out), "gguf": str(path)}
 
 
@@ -408,6 +422,6 @@ register(Builder(
     ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "IQ4_XS", "Q3_K_M", "Q3_K_S", "Q2_K",
      "Q4_0-gptq", "Q4_0-awq"),
     dtype=gguf_dtype, bits=lambda v, cfg=None: gguf_bits(gguf_dtype(v), cfg), emulate=_gguf_emulate,
-    write=_gguf_write,
+    write=_gguf_write, file=_gguf_file, file_suffix=".gguf",
     doc="llama.cpp's tensor types, written by pocketlm's exporter and llama.cpp's own quantizer; Q8_0 / "
         "Q4_0 also with GPTQ's or AWQ's codes in their blocks (compress/quantize/gguf_export)."))

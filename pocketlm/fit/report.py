@@ -85,12 +85,13 @@ def baseline_verdicts(chosen: dict, baselines: list[dict]) -> list[str]:
         else:
             kl = chosen["quality"]["kl_mean"]
             cost = (c["decode_ms"] / m["decode_ms"], c["memory_bytes"] / m["memory_bytes"])
-            ratios = f"decode time x{cost[0]:.2f}, memory x{cost[1]:.2f} of the baseline's"
+            ratios = f"the choice's decode time x{cost[0]:.2f}, memory x{cost[1]:.2f} of the baseline's"
+            cheaper = " and ".join(n for n, r in zip(("decode time", "memory"), cost) if r > 1)
             if kl <= q["kl_mean"] and max(cost) <= 1:
                 lines.append(f"{name} fits; the choice is at least as good on quality (KL {kl:.4f} vs "
                              f"{q['kl_mean']:.4f}) at no higher measured cost ({ratios}).")
             elif kl <= q["kl_mean"]:
-                lines.append(f"{name} fits and costs less ({ratios}), but the choice has lower KL ({kl:.4f} vs "
+                lines.append(f"{name} fits and costs less in {cheaper} ({ratios}), but the choice has lower KL ({kl:.4f} vs "
                              f"{q['kl_mean']:.4f}): fit spends the budget on quality; ask for a tighter budget to "
                              "trade it back.")
             else:
@@ -127,6 +128,10 @@ def sections(report: dict, figure: str | None) -> list[dict]:
                f"measured cost from {counts['measurement_processes']} fresh-process measurements "
                f"({counts['measured_this_run']} run now, the rest reused from `fit.sqlite`); "
                f"{report['seconds']} s."]
+    if report.get("stage_seconds"):
+        result += ["", "Where the time went (s): " + ", ".join(
+            f"{k} {v}" for k, v in sorted(report["stage_seconds"].items(), key=lambda kv: -kv[1]))
+            + f"; {counts.get('runtime_files_written', 0)} runtime files written (each candidate's once)."]
     if counts.get("screened_out"):
         se = report.get("screen_error") or {}
         result += ["", f"{counts['screened_out']} of {counts['alive']} candidates the cost model kept were left "

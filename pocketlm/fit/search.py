@@ -16,6 +16,7 @@ Every measurement and score is a SQLite row committed as it completes (`store.py
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -123,7 +124,18 @@ class Fit:
         self.heldout = self._heldout()
         self.measurements_run = 0
         self._weights_cache: dict[str, Any] = {}
+        self._ref_logprobs: list[torch.Tensor] | None = None
+        self.stage_seconds: dict[str, float] = {}  # where this run's time went (report: `stage_seconds`)
+        self.files_written = 0
         self._check_settings()
+
+    @contextlib.contextmanager
+    def timed(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.perf_counter() - t0
 
     # ---- inputs --------------------------------------------------------------------------------------
 
@@ -218,11 +230,16 @@ class Fit:
             if not (target / "pocketlm.json").is_file():
                 self._weights(cand)  # builds and saves it
         setting = self.setting(fmt_value, str(target) if target else None)
-        key = fingerprint(self.model_fp, self._cost_group(cand), dataclasses.replace(setting, model="").to_dict())
+        key = fingerprint(self.model_fp, self._cost_group(cand), _protocol(setting))
         hit = self.store.get("measure", key)
         if hit is None:
+            file = self.runtime_file(cand)  # the very file the candidate's quality is scored on
+            if file is not None:
+                setting = dataclasses.replace(setting, gguf_file=str(file))
             _say(self.progress, f"  measuring [bold]{cand.key}[/] in a fresh process")
-            hit = self.store.put("measure", key, summarize_measurement(run_setting(setting), self.cfg))
+            with self.timed("measure (fresh processes)"):
+                result = run_setting(setting)
+            hit = self.store.put("measure", key, summarize_measurement(result, self.cfg))
             self.measurements_run += 1
         rec.measured = dict(hit)
         if "weights_bytes" in (rec.quality or {}):  # torch: the saved tensors of this very candidate
@@ -262,16 +279,53 @@ class Fit:
                     base = self._weights(Candidate(tuple(steps[:-1]) + (cand.format,)))
                     cand = Candidate((steps[-1], cand.format))
                 _say(self.progress, f"  building [bold]{wk}[/]")
-                model = build_weights(base, cand, self.ctx).eval()
-                save_native(model, folder)
+                with self.timed("build weights"):
+                    model = build_weights(base, cand, self.ctx).eval()
+                    save_native(model, folder)
             while len(self._weights_cache) >= 2:
                 self._weights_cache.pop(next(iter(self._weights_cache)))
             self._weights_cache[wk] = model
         return self._weights_cache[wk]
 
+    def runtime_file(self, cand: Candidate) -> Path | None:
+        """The candidate's runtime weights file (GGUF), written once under .scratch and reused by every
+        quality rung, the cost measurement and the artifact (a rerun or a second budget finds it there);
+        None for a format without one (torch). Written atomically: a killed build leaves no file."""
+        axis, value = cand.format
+        builder = BUILDERS[axis]
+        if builder.file is None:
+            return None
+        path = self.scratch / f"{axis}-{self._build_key(cand)}-{value}{builder.file_suffix}"
+        if not path.is_file():
+            _say(self.progress, f"  writing the {builder.file_suffix.lstrip('.').upper()} file of [bold]{cand.key}[/]")
+            weights = self._weights(cand)
+            with self.timed("write runtime files"):
+                builder.file(weights, value, path, self.ctx)
+            self.files_written += 1
+        return path
+
+    def _file_kwargs(self, cand: Candidate) -> dict:
+        file = self.runtime_file(cand)
+        return {"file": file} if file is not None else {}
+
     def emulated(self, cand: Candidate):
         axis, value = cand.format
-        return BUILDERS[axis].emulate(self._weights(cand), value, self.ctx)
+        file, weights = self._file_kwargs(cand), self._weights(cand)
+        with self.timed("emulate (load for scoring)"):
+            return BUILDERS[axis].emulate(weights, value, self.ctx, **file)
+
+    def reference_logprobs(self) -> list[torch.Tensor] | None:
+        """The original's log-probabilities on every held-out window, computed once and shared by every
+        score (None when they would take more than ~1.5 GB: each score then runs the original again)."""
+        if self._ref_logprobs is None:
+            windows = self.cfg.tokens // self.cfg.window
+            if windows * self.cfg.window * self.base_cfg.vocab_size * 4 > 1.5e9:
+                return None
+            from pocketlm.compress.measure import window_logprobs
+
+            with torch.inference_mode(), self.timed("score"):
+                self._ref_logprobs = window_logprobs(self.ref_model, self.heldout, self.cfg.window)
+        return self._ref_logprobs
 
     def score(self, rec: Record, rung: int) -> dict:
         from pocketlm.compress.measure import compare_on_tokens
@@ -282,8 +336,9 @@ class Fit:
         hit = self.store.get("quality", key)
         if hit is None:
             model = self.emulated(rec.candidate)
-            with torch.inference_mode():
-                hit = compare_on_tokens(self.ref_model, model, self.heldout[:n], self.cfg.window)
+            with torch.inference_mode(), self.timed("score"):
+                hit = compare_on_tokens(self.ref_model, model, self.heldout[:n], self.cfg.window,
+                                        dense_logprobs=self.reference_logprobs())
             if self.cfg.runtime == "torch":
                 from pocketlm.profile.memory import tensor_bytes
 
@@ -322,6 +377,15 @@ def summarize_measurement(result: dict, cfg: FitConfig) -> dict:
             "peak_rss_bytes": result["run_peak_rss_bytes"], "disk_bytes": result["memory"]["weights_bytes"],
             "weights_bytes": result["memory"]["weights_bytes"], "threads": result["setting"]["threads"],
             "wall_s": result.get("wall_s")}
+
+
+def _protocol(setting) -> dict:
+    """What a measurement's key holds of its setting: the protocol, not where the weights are (the
+    model's path or the GGUF file timed), so candidates of one cost group share it and a moved folder
+    still resumes."""
+    d = dataclasses.replace(setting, model="").to_dict()
+    d.pop("gguf_file", None)
+    return d
 
 
 def _relaxed(budget: Budget, margin: float) -> Budget:
@@ -440,8 +504,10 @@ def _search(run: Fit) -> dict:
         recs[k].status += " (front)"
     artifact = verify = None
     if chosen is not None:
-        artifact = write_artifact(run, chosen)
-        verify = run_verify(run, chosen, artifact)
+        with run.timed("artifact"):
+            artifact = write_artifact(run, chosen)
+        with run.timed("re-measure the artifact"):
+            verify = run_verify(run, chosen, artifact)
     nearest = [] if chosen is not None else _nearest(recs.values())
     n_cost_measured = sum(r.measured is not None for r in recs.values())
     screened = [r for r in recs.values() if r.estimate is not None]
@@ -460,7 +526,8 @@ def _search(run: Fit) -> dict:
                    "screened_out": sum(r.status == SCREENED for r in recs.values()),
                    "promoted": len(promoted), "with_measured_cost": n_cost_measured,
                    "measurement_processes": run.store.count("measure"), "measured_this_run": run.measurements_run,
-                   "store_hits": run.store.hits},
+                   "store_hits": run.store.hits, "runtime_files_written": run.files_written},
+        "stage_seconds": {k: round(v, 1) for k, v in run.stage_seconds.items()},
         "prediction_error": _error_summary(r for r in recs.values()
                                            if run._cost_group(r.candidate) not in anchor_groups),
         "screen_error": _screen_error(screened),
@@ -564,7 +631,8 @@ def write_artifact(run: Fit, rec: Record) -> dict:
     axis, value = rec.candidate.format
     tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=run.out))
     try:
-        info = BUILDERS[axis].write(run._weights(rec.candidate), value, tmp / "model", run.ctx)
+        info = BUILDERS[axis].write(run._weights(rec.candidate), value, tmp / "model", run.ctx,
+                                    **run._file_kwargs(rec.candidate))
         old = None
         if final.exists():
             old = run.out / f".model-old-{os.getpid()}"
@@ -586,6 +654,8 @@ def run_verify(run: Fit, rec: Record, artifact: dict) -> dict:
     from pocketlm.profile.runner import run_setting
 
     setting = run.setting(rec.candidate.format[1], artifact["model_dir"])  # the dtype the checkpoint holds
+    if "gguf" in artifact:  # the artifact's own GGUF file, timed as it is
+        setting = dataclasses.replace(setting, gguf_file=artifact["gguf"])
     measured = summarize_measurement(run_setting(setting), run.cfg)
     weights = [Path(artifact["gguf"])] if "gguf" in artifact else list(Path(artifact["model_dir"]).glob("*.safetensors"))
     measured["disk_bytes"] = sum(f.stat().st_size for f in weights)

@@ -35,6 +35,9 @@ class LlamaCppBackend:
             raise ProfileError("the llamacpp backend is measured on CPU here; drop it for --device cuda")
         require_llama_cpp()
         gguf_type(setting.dtype)
+        if setting.gguf_file and not Path(setting.gguf_file).is_file():
+            raise ProfileError(f"gguf_file {setting.gguf_file} does not exist; give a GGUF file exported from "
+                               f"{ref.name}, or leave it out to export one")
         reasons = unsupported_reasons(ref.config)
         if reasons:
             raise ProfileError(f"{ref.name} cannot run in llama.cpp: " + "; ".join(reasons)
@@ -45,8 +48,11 @@ class LlamaCppBackend:
         qtype = gguf_type(setting.dtype)
         n_ctx = setting.longest + 1
         with tempfile.TemporaryDirectory(prefix="pocketlm-gguf-") as tmp:
-            cached = cached_gguf(ref, setting, qtype)
-            path, export_s = _export(ref, setting, qtype, cached or Path(tmp) / f"model-{qtype}.gguf")
+            if setting.gguf_file:  # the caller's file, timed as it is (fit: the very file it scored)
+                path, export_s = Path(setting.gguf_file), None
+            else:
+                cached = cached_gguf(ref, setting, qtype)
+                path, export_s = _export(ref, setting, qtype, cached or Path(tmp) / f"model-{qtype}.gguf")
             file_bytes = path.stat().st_size
             rss_base = rss_bytes()
             reset_peak_rss()

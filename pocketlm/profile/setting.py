@@ -43,6 +43,7 @@ class Setting:
     draft: str | None = None  # torch backend: also time speculative decoding with this draft MODEL
     k: int = 4  # tokens the draft proposes per target forward
     gguf_dir: str | None = None  # llamacpp backend: keep the GGUF of a random-weight model here and reuse it
+    gguf_file: str | None = None  # llamacpp backend: time this GGUF file (already exported from `model`) as it is
 
     def __post_init__(self) -> None:  # JSON and the CLI give lists; keep the setting hashable
         object.__setattr__(self, "prompts", tuple(self.prompts))
