@@ -76,8 +76,8 @@ def markdown(records: list[Record], base: Path | None = None) -> str:
         return os.path.relpath(p, base) if base is not None else p
 
     lines = ["| # | insight | verdict | wall time (s) | CPU (s) |", "|---|---|---|---:|---:|"]
-    lines += [f"| {i} | {r.title} | **{r.verdict}** | {r.seconds} | {r.cpu_seconds} |"
-              for i, r in enumerate(records, 1)]
+    lines += [f"| {i} | {r.title} | **{r.verdict}** | {r.seconds} | {r.cpu_seconds or '-'} |"
+              for i, r in enumerate(records, 1)]  # 0: not recorded (records older than the CPU clock)
     for r in records:
         lines += ["", f"### {r.title}", "", f"*Survey:* {r.claim}", "", f"`{r.command}`", "",
                   f"**{r.verdict}** — {r.summary}", ""]
@@ -88,7 +88,8 @@ def markdown(records: list[Record], base: Path | None = None) -> str:
             lines += ["", f"Table: `{rel(r.csv)}`"]
         m = r.machine
         if m:
-            lines += ["", f"({r.seconds} s{' with --quick' if r.quick else ''}, {r.cpu_seconds} s CPU; {m.get('cpu')}, "
+            cpu = f", {r.cpu_seconds} s CPU" if r.cpu_seconds else ""
+            lines += ["", f"({r.seconds} s{' with --quick' if r.quick else ''}{cpu}; {m.get('cpu')}, "
                           f"{m.get('cores')} cores, load average {m.get('load_avg', ['?'])[0]} -> "
                           f"{m.get('load_avg_after', ['?'])[0]})"]
     return "\n".join(lines)
