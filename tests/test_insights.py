@@ -127,6 +127,23 @@ def test_data_insights_end_to_end(tmp_path):
     assert "### Memory vs parameters" in (tmp_path / "insights.md").read_text()
 
 
+def test_record_counts_the_cpu_time_of_profiling_workers(tmp_path):
+    """cpu_seconds includes child processes the insight waited for (the profile workers), not only its own."""
+    import subprocess
+    import sys
+
+    from pocketlm.insights.record import Record, markdown, run_insight
+
+    def child_works(folder, quick):
+        subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                        "while time.process_time() - t < 0.4: pass"], check=True)
+        return Record("x", "X", "claim", "cmd", {}, "agree", "summary")
+
+    r = run_insight("x", child_works, tmp_path, False)
+    assert r.cpu_seconds >= 0.35 and json.loads((tmp_path / "x" / "record.json").read_text())["cpu_seconds"] >= 0.35
+    assert f"{r.cpu_seconds} s CPU" in markdown([r])
+
+
 def test_open_data_gaps_by_hand():
     from pocketlm.insights.open_data import yearly_gaps
 

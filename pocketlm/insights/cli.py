@@ -24,12 +24,13 @@ def register(app: typer.Typer) -> None:
 
         check_names(names or [])
         records, failed = run_suite(names or [], out, quick=quick)
-        table = Table("insight", "verdict", "seconds", "measured")
+        table = Table("insight", "verdict", "seconds", "CPU s", "measured")
         for r in records:
-            table.add_row(r.name, r.verdict, f"{r.seconds:.0f}", r.summary)
+            table.add_row(r.name, r.verdict, f"{r.seconds:.0f}", f"{r.cpu_seconds:.0f}", r.summary)
         console = Console()
         console.print(table)
-        console.print(f"report: {out / 'insights.md'}")
+        console.print(f"total: {sum(r.seconds for r in records):.0f} s wall, {sum(r.cpu_seconds for r in records):.0f} s "
+                      f"CPU; report: {out / 'insights.md'}")
         if failed:
             console.print(f"[red]failed: {', '.join(failed)} (see {out}/<name>/error.txt)")
             raise typer.Exit(1)

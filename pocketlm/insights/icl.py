@@ -25,7 +25,7 @@ CLAIM = ("In-context learning improves with model size: larger SLMs gain more fr
 TASKS = (REPEAT_TASK, MAPPING_TASK)
 CHANCE = 0.25
 # rung -> (preset, ModelConfig changes): micro 0.09M, mini 0.32M (between the presets), tiny 1.07M parameters;
-# "small" (3.0M) is a preset too, but three times tiny's training time did not fit a loaded 2-core machine
+# small (3.0M) is a fourth rung (`run(out, ladder=LADDER + ("small",))`): ~8 CPU minutes more than the three
 RUNGS = {"micro": ("micro", {}), "mini": ("tiny", {"d_model": 64, "n_head": 2, "intermediate_size": 160,
                                                    "name": "pocketlm-mini"}),
          "tiny": ("tiny", {}), "small": ("small", {})}

@@ -10,6 +10,7 @@ from pocketlm.insights.bench import by_depth, by_prompt, profile_models
 from pocketlm.insights.plots import paired_bars
 from pocketlm.insights.record import Record
 from pocketlm.survey.figures import write_csv
+from pocketlm.utils import cache_root
 
 CLAIM = ("Quantization cuts decode latency more than prefill latency: decode streams every weight per token "
          "(memory-bound), prefill is compute-bound, where dequantizing costs as much as it saves.")
@@ -31,12 +32,16 @@ def run(out_dir: Path, quick: bool = False, threads: int = 1) -> Record:
     backends = {"torch": TORCH}
     if llama_cpp_available():
         backends["llamacpp"] = LLAMACPP
+    # the GGUF files of the random-weight models are a function of config and seed: exported once, then reused
+    gguf_dir = cache_root() / "gguf"
+    gguf_dir.mkdir(parents=True, exist_ok=True)
     rows, speedups = [], {}
     for model in models:
         for backend, dtypes in backends.items():
             results = profile_models({d: model for d in dtypes}, {d: d for d in dtypes}, backend=backend,
                                      threads=threads, prompts=(prompt,), gen=4 if quick else 8, depths=(depth,),
-                                     repeat=2 if quick else 3, warmup=1, skip_unsupported=True)
+                                     repeat=2 if quick else 3, warmup=1, skip_unsupported=True,
+                                     gguf_dir=str(gguf_dir) if backend == "llamacpp" else None)
             base = dtypes[0]
             pre0, dec0 = by_prompt(results[base])[prompt], by_depth(results[base])[depth]
             for d in dtypes:

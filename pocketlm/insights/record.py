@@ -26,6 +26,7 @@ class Record:
     figure: str | None = None
     csv: str | None = None
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's and its profiling workers' CPU time: what a quiet core would need
     quick: bool = False
     machine: dict[str, Any] = field(default_factory=dict)
 
@@ -44,14 +45,21 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "load_avg": [round(v, 2) for v in os.getloadavg()]}
 
 
+def cpu_time() -> float:
+    """CPU seconds of this process and of the child processes it has waited for (profiling workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def run_insight(name: str, fn: Callable[[Path, bool], Record], out_dir: Path, quick: bool) -> Record:
-    """Run one insight into out_dir/name, time it, and write its record.json there."""
+    """Run one insight into out_dir/name, time it (wall and CPU), and write its record.json there."""
     folder = out_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     load_before = machine()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_time()
     record = fn(folder, quick)
     record.seconds = round(time.perf_counter() - t0, 1)
+    record.cpu_seconds = round(cpu_time() - cpu0, 1)
     record.quick = quick
     if quick and "--quick" not in record.command:
         record.command = record.command.replace(" --out", " --quick --out")
@@ -67,8 +75,9 @@ def markdown(records: list[Record], base: Path | None = None) -> str:
             return None
         return os.path.relpath(p, base) if base is not None else p
 
-    lines = ["| # | insight | verdict | wall time (s) |", "|---|---|---|---:|"]
-    lines += [f"| {i} | {r.title} | **{r.verdict}** | {r.seconds} |" for i, r in enumerate(records, 1)]
+    lines = ["| # | insight | verdict | wall time (s) | CPU (s) |", "|---|---|---|---:|---:|"]
+    lines += [f"| {i} | {r.title} | **{r.verdict}** | {r.seconds} | {r.cpu_seconds or '-'} |"
+              for i, r in enumerate(records, 1)]  # 0: not recorded (records older than the CPU clock)
     for r in records:
         lines += ["", f"### {r.title}", "", f"*Survey:* {r.claim}", "", f"`{r.command}`", "",
                   f"**{r.verdict}** — {r.summary}", ""]
@@ -79,8 +88,10 @@ def markdown(records: list[Record], base: Path | None = None) -> str:
             lines += ["", f"Table: `{rel(r.csv)}`"]
         m = r.machine
         if m:
-            lines += ["", f"({r.seconds} s{' with --quick' if r.quick else ''}; {m.get('cpu')}, {m.get('cores')} "
-                          f"cores, load average {m.get('load_avg', ['?'])[0]} -> {m.get('load_avg_after', ['?'])[0]})"]
+            cpu = f", {r.cpu_seconds} s CPU" if r.cpu_seconds else ""
+            lines += ["", f"({r.seconds} s{' with --quick' if r.quick else ''}{cpu}; {m.get('cpu')}, "
+                          f"{m.get('cores')} cores, load average {m.get('load_avg', ['?'])[0]} -> "
+                          f"{m.get('load_avg_after', ['?'])[0]})"]
     return "\n".join(lines)
 
 
