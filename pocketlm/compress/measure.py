@@ -22,28 +22,33 @@ class EvalTextError(ValueError):
 @torch.no_grad()
 def compare_on_tokens(dense: Any, compressed: Any, ids: Tensor, window: int) -> dict[str, float]:
     """Perplexity of both models, KL(dense || compressed) mean and 99th percentile over tokens (what
-    `llama-perplexity --kl-divergence` reports) and top-1 agreement on `ids` [tokens]."""
+    `llama-perplexity --kl-divergence` reports) and top-1 agreement on `ids` [tokens]. `nll_diff_se`:
+    the standard error of the mean log-perplexity difference, from its spread over windows (so a
+    perplexity increase smaller than ~2 x ppl x nll_diff_se is within the text's sampling noise)."""
     n_windows = ids.numel() // window
     if n_windows == 0:
         raise EvalTextError(f"held-out text has {ids.numel()} tokens, fewer than one window of {window}; "
                             "give a longer --eval-text file")
     nll_a = nll_b = kl = agree = 0.0
-    count, per_token = 0, []
+    count, per_token, window_diffs = 0, [], []
     for w in range(n_windows):
         chunk = ids[w * window:(w + 1) * window][None]
         la = dense(chunk)[0, :-1].float().log_softmax(-1)
         lb = compressed(chunk)[0, :-1].float().log_softmax(-1)
         tgt = chunk[0, 1:, None]
-        nll_a -= float(la.gather(-1, tgt).sum())
-        nll_b -= float(lb.gather(-1, tgt).sum())
+        a, b = -float(la.gather(-1, tgt).sum()), -float(lb.gather(-1, tgt).sum())
+        nll_a, nll_b = nll_a + a, nll_b + b
+        window_diffs.append((b - a) / tgt.shape[0])
         token_kl = (la.exp() * (la - lb)).sum(-1)
         kl += float(token_kl.sum())
         per_token.append(token_kl)
         agree += float((la.argmax(-1) == lb.argmax(-1)).sum())
         count += tgt.shape[0]
+    se = float(torch.tensor(window_diffs).std() / math.sqrt(n_windows)) if n_windows > 1 else float("nan")
     return {"tokens": count, "window": window, "ppl_before": math.exp(nll_a / count),
             "ppl_after": math.exp(nll_b / count), "kl_mean": kl / count,
-            "kl_p99": float(torch.quantile(torch.cat(per_token).double(), 0.99)), "top1_agreement": agree / count}
+            "kl_p99": float(torch.quantile(torch.cat(per_token).double(), 0.99)), "top1_agreement": agree / count,
+            "nll_diff_se": se}
 
 
 def decode_latency(model: Any, depth: int = 64, n_gen: int = 32, repeat: int = 3) -> dict[str, float]:
