@@ -279,3 +279,5 @@ def test_heldout_comparison_reports_the_window_standard_error_of_the_log_ppl_cha
     diffs = torch.tensor([-(a - math.log(math.exp(a) + V - 1)) - math.log(V) for a in shifts])
     assert out["nll_diff_se"] == pytest.approx(float(diffs.std()) / 2, rel=1e-5)
     assert math.log(out["ppl_after"] / out["ppl_before"]) == pytest.approx(float(diffs.mean()), rel=1e-5)
+    one = compare_on_tokens(dense, dense, torch.zeros(window, dtype=torch.long), window)
+    assert one["nll_diff_se"] == 0.0 and one["ppl_after"] == one["ppl_before"]  # one window: finite, no NaN

@@ -23,8 +23,9 @@ class EvalTextError(ValueError):
 def compare_on_tokens(dense: Any, compressed: Any, ids: Tensor, window: int) -> dict[str, float]:
     """Perplexity of both models, KL(dense || compressed) mean and 99th percentile over tokens (what
     `llama-perplexity --kl-divergence` reports) and top-1 agreement on `ids` [tokens]. `nll_diff_se`:
-    the standard error of the mean log-perplexity difference, from its spread over windows (so a
-    perplexity increase smaller than ~2 x ppl x nll_diff_se is within the text's sampling noise)."""
+    the standard error of the mean log-perplexity difference, from its spread over windows (over tokens
+    when there is one window), so a perplexity increase below ~2 x ppl x nll_diff_se is within the
+    text's sampling noise."""
     n_windows = ids.numel() // window
     if n_windows == 0:
         raise EvalTextError(f"held-out text has {ids.numel()} tokens, fewer than one window of {window}; "
@@ -36,15 +37,19 @@ def compare_on_tokens(dense: Any, compressed: Any, ids: Tensor, window: int) -> 
         la = dense(chunk)[0, :-1].float().log_softmax(-1)
         lb = compressed(chunk)[0, :-1].float().log_softmax(-1)
         tgt = chunk[0, 1:, None]
-        a, b = -float(la.gather(-1, tgt).sum()), -float(lb.gather(-1, tgt).sum())
-        nll_a, nll_b = nll_a + a, nll_b + b
-        window_diffs.append((b - a) / tgt.shape[0])
+        token_nll_a, token_nll_b = -la.gather(-1, tgt)[:, 0].double(), -lb.gather(-1, tgt)[:, 0].double()
+        nll_a += float(token_nll_a.sum())
+        nll_b += float(token_nll_b.sum())
+        token_diff = token_nll_b - token_nll_a
+        window_diffs.append(token_diff.mean())
         token_kl = (la.exp() * (la - lb)).sum(-1)
         kl += float(token_kl.sum())
         per_token.append(token_kl)
         agree += float((la.argmax(-1) == lb.argmax(-1)).sum())
         count += tgt.shape[0]
-    se = float(torch.tensor(window_diffs).std() / math.sqrt(n_windows)) if n_windows > 1 else float("nan")
+    # one window: the token-level spread (tokens of a window are correlated, so this reads optimistic)
+    spread = torch.stack(window_diffs) if n_windows > 1 else token_diff
+    se = float(spread.std() / math.sqrt(spread.numel())) if spread.numel() > 1 else 0.0
     return {"tokens": count, "window": window, "ppl_before": math.exp(nll_a / count),
             "ppl_after": math.exp(nll_b / count), "kl_mean": kl / count,
             "kl_p99": float(torch.quantile(torch.cat(per_token).double(), 0.99)), "top1_agreement": agree / count,
