@@ -66,21 +66,41 @@ def quant_model_dir(progress: bool = True) -> Path:
 
 
 def setup(preset: str, n: int, length: int, eval_tokens: int, model_dir: Path | None = None):
+    """(float model, calibration [n, length], held-out tokens, where both came from).
+
+    A model with the bundled shards' tokenizer (every fixture) calibrates on the shards' train split and
+    is scored on their validation split, which training never reads. (The bundled TinyStories text the
+    other benchmarks score on is the start of the training corpus, so it is not held out.) Any other
+    model calibrates on the bundled text and is scored on that file."""
+    from pocketlm.compress.calibration import CalibrationError, CalibSpec, calibration_from_shards
+    from pocketlm.data.shards import TokenSplit
     from pocketlm.interop import load_model, load_tokenizer
-    from pocketlm.train.fixtures import trained_preset
+    from pocketlm.train.fixtures import bundled_data_dir, trained_preset
 
     if model_dir is None:
         model_dir = quant_model_dir() if preset == "quant256" else trained_preset(preset, progress=True)[0]
     model, tok = load_model(model_dir).eval(), load_tokenizer(model_dir)
-    calib, _ = calibration_batches(f"bundled:{n}x{length}", tok, seed=0)
-    heldout = torch.tensor(encode_text(tok, DEFAULT_EVAL_TEXT.read_text())[:eval_tokens])
-    return model, calib, heldout
+    data = bundled_data_dir(progress=True)
+    try:
+        calib, _ = calibration_from_shards(data, CalibSpec(str(data), n, length), tok, seed=0)
+        heldout = torch.from_numpy(TokenSplit.open(data, "val").tokens.astype("int64"))[:eval_tokens]
+        source = f"calibration: bundled shards' train split, {n}x{length}; held-out: their val split"
+    except CalibrationError:  # another tokenizer: the shards mean nothing to it
+        calib, _ = calibration_batches(f"bundled:{n}x{length}", tok, seed=0)
+        heldout = torch.tensor(encode_text(tok, DEFAULT_EVAL_TEXT.read_text())[:eval_tokens])
+        source = f"calibration: bundled:{n}x{length}; held-out: {DEFAULT_EVAL_TEXT.name}"
+    return model, calib, heldout, source
 
 
 def ratios(rows: list[dict]) -> dict:
     by = {(r["method"], r["bits"]): r["ppl"] - r["float_ppl"] for r in rows}
     return {f"{m}/rtn {b}-bit": by[(m, b)] / by[("rtn", b)] for m in dict.fromkeys(r["method"] for r in rows)
             if m != "rtn" for b in (4, 3) if (m, b) in by and by[("rtn", b)] > 0}
+
+
+def kl_ratios(rows: list[dict]) -> dict:
+    by = {(r["method"], r["bits"]): r["kl"] for r in rows}
+    return {f"{m}/rtn {b}-bit": by[(m, b)] / by[("rtn", b)] for (m, b) in by if m != "rtn" and ("rtn", b) in by}
 
 
 # GPTQ options tried when the default misses the issue's 0.6x target (the reference's knobs)
@@ -91,7 +111,7 @@ GPTQ_VARIANTS = {"act_order": {"act_order": True}, "static_groups": {"static_gro
 
 def quality(args) -> dict:
     torch.set_num_threads(args.threads)
-    model, calib, heldout = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir)
+    model, calib, heldout, source = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir)
     log = lambda s: print(s, flush=True)  # noqa: E731
     out = {}
     for g in [int(x) for x in str(args.group_size).split(",")]:
@@ -105,11 +125,15 @@ def quality(args) -> dict:
                 rows.append({**row, "method": f"gptq {name}"})
         label = f"g{g}" if g else "per channel"
         print(f"\n{args.model_dir or args.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params), "
-              f"asymmetric {label}, calibration bundled:{args.n}x{args.length}, held-out {heldout.numel()} tokens")
+              f"asymmetric {label}, {source} ({heldout.numel()} tokens)")
         print(quant_table(rows))
         r = ratios(rows)
         print("perplexity-increase ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
-        out[label] = {"rows": rows, "ratios": r}
+        print("RTN's increase in standard errors (a ratio means little below ~3): " + ", ".join(
+            f"{row['bits']}-bit {(row['ppl'] - row['float_ppl']) / row['ppl_increase_se']:.1f}"
+            for row in rows if row["method"] == "rtn"))
+        print("KL ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in kl_ratios(rows).items()))
+        out[label] = {"rows": rows, "ratios": r, "kl_ratios": kl_ratios(rows)}
     print(f"{cpu_model()}, {_load()}")
     return out
 
@@ -154,7 +178,7 @@ def gguf_bench(args) -> dict:
     from pocketlm.export.llama_quantize import llama_cpp_quantize
 
     torch.set_num_threads(args.threads)
-    model, calib, heldout = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir)
+    model, calib, heldout, source = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -182,8 +206,8 @@ def gguf_bench(args) -> dict:
             rows.append({"file": name, "ppl": ppl, "kl": kl, "bytes": path.stat().st_size})
             print(f"{name}: ppl {ppl:.4f} (F32 {base_ppl:.4f}), KL {kl:.5f}", flush=True)
     print(f"\n{args.model_dir or args.preset} in llama.cpp, held-out {heldout.numel()} tokens in windows of "
-          f"{args.length}; F32 perplexity {base_ppl:.4f}; calibration (GPTQ/AWQ and llama.cpp's imatrix) "
-          f"bundled:{args.n}x{args.length}; every block matrix of one type per file, embedding/head F16")
+          f"{args.length}; F32 perplexity {base_ppl:.4f}; {source} (GPTQ/AWQ and llama.cpp's imatrix calibrate on "
+          "the same sequences); every block matrix of one type per file, embedding/head F16")
     print("| file | perplexity | KL to F32 | bytes |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['file']} | {r['ppl']:.4f} | {r['kl']:.5f} | {r['bytes']:,} |")

@@ -255,3 +255,29 @@ def test_smoothquant_migration_keeps_float_function_and_beats_plain_w8a8_on_outl
     assert isinstance(back.blocks[0].attn.qkv, W8A8Linear)
     with torch.no_grad():
         assert torch.equal(back(IDS), smoothed(IDS))
+
+
+def test_heldout_comparison_reports_the_window_standard_error_of_the_log_ppl_change() -> None:
+    """Analytic: a uniform model over V tokens against one putting logit a_w on the (always) target token 0
+    in window w: the per-window NLL change is log(e^a / (e^a + V - 1)) + log V, its s.e. std / sqrt(n)."""
+    import math
+
+    from pocketlm.compress.measure import compare_on_tokens
+
+    V, window, shifts = 8, 5, [0.0, 1.0, 2.0, 4.0]
+    calls = iter(shifts)
+
+    def dense(chunk):
+        return torch.zeros(1, chunk.shape[1], V)
+
+    def shifted(chunk):
+        logits = torch.zeros(1, chunk.shape[1], V)
+        logits[..., 0] = next(calls)
+        return logits
+
+    out = compare_on_tokens(dense, shifted, torch.zeros(window * len(shifts), dtype=torch.long), window)
+    diffs = torch.tensor([-(a - math.log(math.exp(a) + V - 1)) - math.log(V) for a in shifts])
+    assert out["nll_diff_se"] == pytest.approx(float(diffs.std()) / 2, rel=1e-5)
+    assert math.log(out["ppl_after"] / out["ppl_before"]) == pytest.approx(float(diffs.mean()), rel=1e-5)
+    one = compare_on_tokens(dense, dense, torch.zeros(window, dtype=torch.long), window)
+    assert one["nll_diff_se"] == 0.0 and one["ppl_after"] == one["ppl_before"]  # one window: finite, no NaN

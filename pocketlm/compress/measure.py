@@ -33,28 +33,37 @@ def compare_on_tokens(dense: Any, compressed: Any, ids: Tensor, window: int,
     """Perplexity of both models, KL(dense || compressed) mean and 99th percentile over tokens (what
     `llama-perplexity --kl-divergence` reports) and top-1 agreement on `ids` [tokens]. `dense_logprobs`:
     `window_logprobs(dense, ids_or_longer, window)` from before (its first windows are these), so the
-    original is not run again."""
+    original is not run again. `nll_diff_se`: the standard error of the mean log-perplexity difference,
+    from its spread over windows (over tokens when there is one window), so a perplexity increase below
+    ~2 x ppl x nll_diff_se is within the text's sampling noise."""
     n_windows = ids.numel() // window
     if n_windows == 0:
         raise EvalTextError(f"held-out text has {ids.numel()} tokens, fewer than one window of {window}; "
                             "give a longer --eval-text file")
     nll_a = nll_b = kl = agree = 0.0
-    count, per_token = 0, []
+    count, per_token, window_diffs = 0, [], []
     for w in range(n_windows):
         chunk = ids[w * window:(w + 1) * window][None]
         la = dense_logprobs[w] if dense_logprobs is not None else dense(chunk)[0, :-1].float().log_softmax(-1)
         lb = compressed(chunk)[0, :-1].float().log_softmax(-1)
         tgt = chunk[0, 1:, None]
-        nll_a -= float(la.gather(-1, tgt).sum())
-        nll_b -= float(lb.gather(-1, tgt).sum())
+        token_nll_a, token_nll_b = -la.gather(-1, tgt)[:, 0].double(), -lb.gather(-1, tgt)[:, 0].double()
+        nll_a += float(token_nll_a.sum())
+        nll_b += float(token_nll_b.sum())
+        token_diff = token_nll_b - token_nll_a
+        window_diffs.append(token_diff.mean())
         token_kl = (la.exp() * (la - lb)).sum(-1)
         kl += float(token_kl.sum())
         per_token.append(token_kl)
         agree += float((la.argmax(-1) == lb.argmax(-1)).sum())
         count += tgt.shape[0]
+    # one window: the token-level spread (tokens of a window are correlated, so this reads optimistic)
+    spread = torch.stack(window_diffs) if n_windows > 1 else token_diff
+    se = float(spread.std() / math.sqrt(spread.numel())) if spread.numel() > 1 else 0.0
     return {"tokens": count, "window": window, "ppl_before": math.exp(nll_a / count),
             "ppl_after": math.exp(nll_b / count), "kl_mean": kl / count,
-            "kl_p99": float(torch.quantile(torch.cat(per_token).double(), 0.99)), "top1_agreement": agree / count}
+            "kl_p99": float(torch.quantile(torch.cat(per_token).double(), 0.99)), "top1_agreement": agree / count,
+            "nll_diff_se": se}
 
 
 def decode_latency(model: Any, depth: int = 64, n_gen: int = 32, repeat: int = 3) -> dict[str, float]:

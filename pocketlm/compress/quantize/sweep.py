@@ -19,7 +19,8 @@ METHOD_ORDER = ("rtn", "gptq", "awq")
 def quant_sweep(model: Any, calib: Tensor, heldout: Tensor, window: int, bits: Sequence[int] = (4, 3),
                 group_size: int | None = 32, methods: Sequence[str] = METHOD_ORDER,
                 log: Callable[[str], None] | None = None, models: dict | None = None, **options: Any) -> list[dict]:
-    """One row per (method, bits): held-out perplexity, KL(float || quantized) mean / p99, top-1, seconds.
+    """One row per (method, bits): held-out perplexity, its increase's standard error over windows,
+    KL(float || quantized) mean / p99, top-1, seconds.
 
     `models`: a dict that receives each quantized model under (method, bits)."""
     rows = []
@@ -32,22 +33,25 @@ def quant_sweep(model: Any, calib: Tensor, heldout: Tensor, window: int, bits: S
                 models[(method, b)] = quantized
             rows.append({"method": method, "bits": b, "group_size": group_size,
                          "bits_per_weight": IntGrid(b, group_size, False).bits_per_weight, "float_ppl": q["ppl_before"],
-                         "ppl": q["ppl_after"], "kl": q["kl_mean"], "kl_p99": q["kl_p99"], "top1": q["top1_agreement"],
+                         "ppl": q["ppl_after"], "ppl_increase_se": q["ppl_before"] * q["nll_diff_se"],
+                         "kl": q["kl_mean"], "kl_p99": q["kl_p99"], "top1": q["top1_agreement"],
                          "seconds": report.wall_s})
             if log:
-                log(f"{method} {b}-bit: ppl {q['ppl_after']:.4f} (float {q['ppl_before']:.4f}), KL {q['kl_mean']:.4f}")
+                log(f"{method} {b}-bit: ppl {q['ppl_after']:.4f} (float {q['ppl_before']:.4f}, increase s.e. "
+                    f"{rows[-1]['ppl_increase_se']:.4f}), KL {q['kl_mean']:.5f}")
     return rows
 
 
 def quant_table(rows: list[dict]) -> str:
-    """Markdown: one line per (method, bits) with perplexity, its increase over float, KL, top-1 and time."""
-    lines = ["| method | bits | bits/weight | perplexity | increase | KL mean | KL p99 | top-1 | seconds |",
+    """Markdown: one line per (method, bits) with perplexity, its increase over float (± standard error over
+    windows), KL, top-1 and time."""
+    lines = ["| method | bits | bits/weight | perplexity | increase ± s.e. | KL mean | KL p99 | top-1 | seconds |",
              "|---|---|---|---|---|---|---|---|---|",
              f"| float | 32 | 32 | {rows[0]['float_ppl']:.3f} | | | | | |"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['bits']} | {r['bits_per_weight']:.2f} | {r['ppl']:.3f} | "
-                     f"{r['ppl'] - r['float_ppl']:+.3f} | {r['kl']:.4f} | {r['kl_p99']:.4f} | {r['top1']:.1%} | "
-                     f"{r['seconds']:.1f} |")
+                     f"{r['ppl'] - r['float_ppl']:+.3f} ± {r['ppl_increase_se']:.3f} | {r['kl']:.4f} | "
+                     f"{r['kl_p99']:.4f} | {r['top1']:.1%} | {r['seconds']:.1f} |")
     return "\n".join(lines)
 
 
