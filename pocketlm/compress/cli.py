@@ -223,8 +223,9 @@ def quantize_cmd(
                                        "(Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K) instead of a pocketlm checkpoint"),
     fmt: str = typer.Option("pocketlm", "--format", help="pocketlm (int kernels) or compressed-tensors (an HF "
                             "folder vLLM serves as W4A16/W8A16; 4 or 8 bits, any group size)"),
-    dtype: Optional[str] = typer.Option(None, help="compressed-tensors: float32 (default), bfloat16 or float16 "
-                                        "for the float tensors and scales (vLLM serves bf16/fp16)"),
+    dtype: Optional[str] = typer.Option(None, help="float32 (default), bfloat16 or float16 for the tensors left "
+                                        "float (compressed-tensors: and its scales; vLLM serves bf16/fp16; "
+                                        "pocketlm: bfloat16 decodes faster, as `--precision int4` runs)"),
     skip: List[str] = typer.Option([], help="glob of matrix names to leave float (repeatable)"),
     eval_text: Optional[Path] = typer.Option(None, help="held-out text (default: bundled TinyStories validation)"),
     eval_tokens: int = typer.Option(16384, help="at most this many held-out tokens"),
