@@ -314,3 +314,21 @@ def test_float_dtype_casts_only_what_stays_float_and_reloads_identically(tmp_pat
     assert back.embed.weight.dtype == torch.bfloat16
     with torch.inference_mode():
         assert torch.equal(back(IDS), out)
+
+
+def test_quantize_head_gives_the_int4_precisions_layout(tmp_path) -> None:
+    """quantize_head + float_dtype=bf16: the LM head its own int4 layer holding RTN's codes of the head (as
+    `open_model(..., "int4")` rounds it), the tied embedding float; saved and reopened bit for bit."""
+    model = _model(tie_embeddings=True)
+    head = IntGrid(4, 32).quantize(model.lm_head.weight.detach().clone())
+    report = quantize(model, "rtn", 4, 32, quantize_head=True, float_dtype=torch.bfloat16)
+    assert isinstance(model.lm_head, Int4Linear) and "lm_head" not in report.left_float
+    assert torch.equal(model.lm_head.codes(), head[0]) and model.embed.weight.dtype == torch.bfloat16
+    assert "lm_head" not in model.transforms.quantization.float_layers
+    save_native(model, tmp_path)
+    back = open_model(tmp_path)
+    assert isinstance(back.lm_head, Int4Linear)
+    with torch.inference_mode():
+        assert torch.equal(back(IDS), model(IDS))
+    with pytest.raises(ValueError, match="shape the int-kernel model"):
+        quantize(_model(), "rtn", 4, 32, quantize_head=True, kernels=False)

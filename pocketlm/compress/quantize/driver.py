@@ -104,19 +104,30 @@ def cast_float_layers(model: Transformer, dtype: torch.dtype) -> None:
                 setattr(module, name, b.to(dtype))
 
 
+def _round_head(weight: Tensor, grid: Any, rows: int = 8192) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """RTN codes and parameters of the LM head, a slab of rows at a time (rows are rounded independently;
+    the temporaries of a 49k-row vocabulary would otherwise be several copies of the head)."""
+    parts = [grid.quantize(weight[i:i + rows].float()) for i in range(0, weight.shape[0], rows)]
+    parts = [(compact(q), *params) for q, *params in parts]
+    return torch.cat([p[0] for p in parts]), tuple(torch.cat([p[j] for p in parts]) for j in range(1, len(parts[0])))
+
+
 @torch.no_grad()
 def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size: int | None = 128,
              sym: bool = False, calib: Tensor | None = None, *, grid: Any = None, act_order: bool = False,
              static_groups: bool = False, true_sequential: bool = True, damp: float = 0.01, blocksize: int = 128,
              awq_grid: int = 20, awq_clip: bool = True, skip: tuple[str, ...] = DEFAULT_SKIP, batch_size: int = 8,
              error_samples: int = 8, compute_dtype: torch.dtype = torch.bfloat16, kernels: bool = True,
-             float_dtype: torch.dtype | None = None, calib_dtype: str = "fp32", progress: bool = False) -> QuantReport:
+             float_dtype: torch.dtype | None = None, calib_dtype: str = "fp32", quantize_head: bool = False,
+             progress: bool = False) -> QuantReport:
     """Quantize `model`'s block matrices in place (ending in int8/int4 kernel layers when `kernels`).
 
     `grid` replaces bits / group_size / sym (e.g. a GGUF block grid; then pass kernels=False and
     read `report.grids`). `float_dtype` (with kernels): the dtype of what stays float (embeddings,
     norms, the LM head; None keeps the model's) — bf16 is what `open_model(..., "int4")` runs, and
-    halves the bytes a decode step reads from the LM head. `calib_dtype="bf16"` runs the calibration
+    halves the bytes a decode step reads from the LM head; `quantize_head` (with kernels) rounds the LM
+    head to nearest on the blocks' grid, its own int layer (the embedding stays float), as
+    `open_model(..., "int4")` does: with both, the checkpoint has that precision's layout. `calib_dtype="bf16"` runs the calibration
     forwards under bf16 autocast (pruning's option: about 1.7x faster matmuls; the statistics are still
     accumulated and the weights solved in fp32). Returns the report; `report.grids` holds each target's codes."""
     t_start = time.perf_counter()
@@ -126,6 +137,9 @@ def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size
         raise ValueError(f"calib_dtype must be one of {', '.join(CALIB_DTYPES)}, got {calib_dtype!r}")
     if model.transforms.quantization or model.packed:
         raise QuantizationError("the model is already quantized or packed; quantize the float model")
+    if (quantize_head or float_dtype is not None) and not kernels:
+        raise ValueError("quantize_head and float_dtype shape the int-kernel model; with kernels=False the caller "
+                         "writes the codes (GGUF, compressed-tensors) and decides the rest")
     grid = grid or IntGrid(bits, group_size, sym, compute_dtype)
     if model.transforms.fused:
         model.unfuse()
@@ -139,7 +153,7 @@ def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size
                                   "blocksize": blocksize, "true_sequential": true_sequential, "awq_grid": awq_grid,
                                   "awq_clip": awq_clip, "calibration_tokens": 0 if calib is None else calib.numel(),
                                   "calib_dtype": calib_dtype},
-                         left_float=left_dense(model) + ["embed", "lm_head"])
+                         left_float=left_dense(model) + ["embed"] + ([] if quantize_head else ["lm_head"]))
     codes: dict[str, Any] = {}
     solver = GPTQ(grid, blocksize, damp, act_order, static_groups)
 
@@ -202,7 +216,11 @@ def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size
              description=f"{method} {report.grid}", compute_dtype=torch.bfloat16 if calib_dtype == "bf16" else None)
     report.codes = codes
     if kernels:
-        group = grid.kernel_group([t.shape[1] for t in targets])
+        widths = [t.shape[1] for t in targets]
+        if quantize_head:
+            codes["lm_head"] = _round_head(model.lm_head.weight, grid)
+            widths.append(model.lm_head.weight.shape[1])
+        group = grid.kernel_group(widths)
         del targets  # their views keep the unfused float weights alive through fuse()
         model.fuse()
         parts = kernel_parts(model, codes)
