@@ -92,7 +92,7 @@ def _hook(target: Target, acc: Accumulator, seen: set[int] | None, hooks: int) -
         if x is not None and x.numel():
             acc.add_batch(x.detach())
         if seen is not None:
-            seen.add(id(fn))
+            seen.add(id(acc))  # not id(fn): a closure naming itself is a reference cycle that keeps `acc` alive
             if len(seen) == hooks:
                 raise _Captured
     return fn
