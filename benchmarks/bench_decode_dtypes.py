@@ -8,7 +8,8 @@ front; about a minute per variant).
     python benchmarks/bench_decode_dtypes.py [--threads 2] [--rounds 3] [--steps 30] [--compile] [--checkpoint DIR]
 
 `--checkpoint DIR` adds a saved quantized checkpoint of the same shape (`bench_quant_perf.py --save`:
-GPTQ int4 g64) opened by the runtime as `pocketlm eval` / `profile` open it.
+GPTQ int4 g64) opened by the runtime as `pocketlm eval` / `profile` open it; repeat it for several
+(e.g. `--save-bf16`'s), each named by its folder.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import copy
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -38,8 +40,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--depth", type=int, default=128)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd variants")
-    ap.add_argument("--checkpoint", default="", help="also time this saved (e.g. GPTQ int4) checkpoint, opened by "
-                    "the runtime at its stored precision")
+    ap.add_argument("--checkpoint", action="append", default=[], help="also time this saved (e.g. GPTQ int4) "
+                    "checkpoint, opened by the runtime at its stored precision (repeatable)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -51,13 +53,15 @@ def main() -> None:
         "int8": quantize_model(copy.deepcopy(base), "int8", 32),
         "int4": quantize_model(copy.deepcopy(base).to(torch.bfloat16), "int4", 32),
     }
-    if args.checkpoint:
+    checkpoints = []
+    for path in args.checkpoint:
         from pocketlm.runtime import open_model
 
-        variants["checkpoint"] = open_model(args.checkpoint).eval()
+        checkpoints.append(f"ckpt {Path(path).name}")
+        variants[checkpoints[-1]] = open_model(path).eval()
     if args.compile:
-        torch._dynamo.config.recompile_limit = 64  # four compiled models share Transformer.forward's cache
-        for name in ("fp32 packed", "bf16 packed", "int8", "int4") + (("checkpoint",) if args.checkpoint else ()):
+        torch._dynamo.config.recompile_limit = 64  # the compiled models share Transformer.forward's cache
+        for name in ["fp32 packed", "bf16 packed", "int8", "int4"] + checkpoints:
             t0 = time.perf_counter()
             variants[f"{name} compiled"], _ = compile_model(variants[name], args.depth, args.depth + args.steps + 8,
                                                             "cpu")
@@ -78,7 +82,7 @@ def main() -> None:
                 times[name].append((time.perf_counter() - t0) / args.steps * 1e3)
     ms = {k: statistics.median(v) for k, v in times.items()}
     for name, t in ms.items():
-        print(f"{name:20s} {t:7.2f} ms/token   {ms['fp32'] / t:5.2f}x fp32   {ms['fp32 packed'] / t:5.2f}x fp32 packed")
+        print(f"{name:24s} {t:7.2f} ms/token   {ms['fp32'] / t:5.2f}x fp32   {ms['fp32 packed'] / t:5.2f}x fp32 packed")
     print(json.dumps({"bench": "decode_dtypes", "threads": args.threads, "depth": args.depth, "ms_per_token": ms}))
 
 

@@ -281,3 +281,79 @@ def test_heldout_comparison_reports_the_window_standard_error_of_the_log_ppl_cha
     assert math.log(out["ppl_after"] / out["ppl_before"]) == pytest.approx(float(diffs.mean()), rel=1e-5)
     one = compare_on_tokens(dense, dense, torch.zeros(window, dtype=torch.long), window)
     assert one["nll_diff_se"] == 0.0 and one["ppl_after"] == one["ppl_before"]  # one window: finite, no NaN
+
+def _gptq_one_matrix_at_a_time(model: Transformer, calib: torch.Tensor, grid: IntGrid) -> dict[str, torch.Tensor]:
+    """GPTQ's true-sequential order written out plainly: every group's statistics from whole block forwards,
+    each matrix solved alone; the weights it leaves, by name."""
+    from pocketlm.compress.layerwise import capture_inputs
+    from pocketlm.compress.quantize.driver import SEQUENTIAL_GROUPS
+    from pocketlm.compress.stats import Hessian
+
+    batches, out = capture_inputs(model, calib, 8), {}
+    for b, block in enumerate(model.blocks):
+        for patterns in SEQUENTIAL_GROUPS:
+            group = [t for t in block_targets(model, b) if any(t.name.endswith(p[1:]) for p in patterns)]
+            stats = {t.name: Hessian(t.shape[1]) for t in group}
+            hooks = [t.module.register_forward_hook(lambda m, a, o, t=t: stats[t.name].add_batch(t.extract(a)))
+                     for t in group]
+            for x, inp in batches:
+                block(x, inp, None, None)
+            for h in hooks:
+                h.remove()
+            for t in group:
+                r = GPTQ(grid).quantize(t.weight, stats[t.name].H)
+                t.weight.copy_(r.weight)
+                out[t.name] = r.weight
+        batches = [(block(x, inp, None, None), inp) for x, inp in batches]
+    return out
+
+
+def test_gptq_walk_equals_the_plain_true_sequential_order() -> None:
+    """The walk's shortcuts (a group's forwards stop once its inputs are seen; matrices sharing an input
+    solved as one stacked matrix) leave exactly the weights of the plain order."""
+    grid, calib = IntGrid(4, 32), _calib(16, 32)
+    expect = _gptq_one_matrix_at_a_time(_model(n_kv_head=2), calib, grid)
+    model = _model(n_kv_head=2)
+    report = quantize(model, "gptq", 4, 32, calib=calib, kernels=False)
+    weights = dict(model.named_parameters())
+    assert set(report.codes) == set(expect)
+    for name, w in expect.items():
+        torch.testing.assert_close(weights[name + ".weight"], w, rtol=0, atol=1e-6)
+
+
+def test_float_dtype_casts_only_what_stays_float_and_reloads_identically(tmp_path) -> None:
+    """float_dtype=bf16: the embedding, norms and LM head in bf16 (as `open_model(..., "int4")` runs them), the
+    integer layers holding the very codes and scales of the fp32 run; the checkpoint reloads bit for bit."""
+    ref, model = _model(), _model()
+    quantize(ref, "rtn", 4, 32)
+    quantize(model, "rtn", 4, 32, float_dtype=torch.bfloat16)
+    assert model.embed.weight.dtype == model.lm_head.weight.dtype == model.final_norm.weight.dtype == torch.bfloat16
+    for a, b in zip(ref.buffers(), model.buffers()):
+        if not a.is_floating_point() or a.dtype == torch.bfloat16:  # the kernels' codes and bf16 scales
+            assert torch.equal(a, b)
+    with torch.inference_mode():
+        out, expect = model(IDS), ref(IDS)
+    assert out.dtype == torch.bfloat16 and (out.float() - expect).abs().max() < 0.05 * expect.abs().max()
+    save_native(model, tmp_path)
+    back = open_model(tmp_path)
+    assert back.embed.weight.dtype == torch.bfloat16
+    with torch.inference_mode():
+        assert torch.equal(back(IDS), out)
+
+
+def test_quantize_head_gives_the_int4_precisions_layout(tmp_path) -> None:
+    """quantize_head + float_dtype=bf16: the LM head its own int4 layer holding RTN's codes of the head (as
+    `open_model(..., "int4")` rounds it), the tied embedding float; saved and reopened bit for bit."""
+    model = _model(tie_embeddings=True)
+    head = IntGrid(4, 32).quantize(model.lm_head.weight.detach().clone())
+    report = quantize(model, "rtn", 4, 32, quantize_head=True, float_dtype=torch.bfloat16)
+    assert isinstance(model.lm_head, Int4Linear) and "lm_head" not in report.left_float
+    assert torch.equal(model.lm_head.codes(), head[0]) and model.embed.weight.dtype == torch.bfloat16
+    assert "lm_head" not in model.transforms.quantization.float_layers
+    save_native(model, tmp_path)
+    back = open_model(tmp_path)
+    assert isinstance(back.lm_head, Int4Linear)
+    with torch.inference_mode():
+        assert torch.equal(back(IDS), model(IDS))
+    with pytest.raises(ValueError, match="shape the int-kernel model"):
+        quantize(_model(), "rtn", 4, 32, quantize_head=True, kernels=False)

@@ -223,9 +223,12 @@ def quantize_cmd(
                                        "(Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K) instead of a pocketlm checkpoint"),
     fmt: str = typer.Option("pocketlm", "--format", help="pocketlm (int kernels) or compressed-tensors (an HF "
                             "folder vLLM serves as W4A16/W8A16; 4 or 8 bits, any group size)"),
-    dtype: Optional[str] = typer.Option(None, help="compressed-tensors: float32 (default), bfloat16 or float16 "
-                                        "for the float tensors and scales (vLLM serves bf16/fp16)"),
+    dtype: Optional[str] = typer.Option(None, help="float32 (default), bfloat16 or float16 for the tensors left "
+                                        "float (compressed-tensors: and its scales; vLLM serves bf16/fp16; "
+                                        "pocketlm: bfloat16 decodes faster, as `--precision int4` runs)"),
     skip: List[str] = typer.Option([], help="glob of matrix names to leave float (repeatable)"),
+    quantize_head: bool = typer.Option(False, "--quantize-head", help="pocketlm format: also the LM head, rounded "
+                                       "to nearest on the same grid (as --precision int4 does; embedding stays float)"),
     eval_text: Optional[Path] = typer.Option(None, help="held-out text (default: bundled TinyStories validation)"),
     eval_tokens: int = typer.Option(16384, help="at most this many held-out tokens"),
     overwrite: bool = typer.Option(False, help="replace an existing --out directory"),
@@ -239,6 +242,7 @@ def quantize_cmd(
                                  fmt=fmt, dtype=dtype,
                                  eval_text=eval_text, eval_tokens=eval_tokens, overwrite=overwrite, progress=True,
                                  act_order=act_order, static_groups=static_groups,
+                                 **({"quantize_head": True} if quantize_head else {}),
                                  skip=tuple(DEFAULT_SKIP) + tuple(skip))
     console.print(f"{method} {report.grid}: {len(report.layers)} matrices in {report.wall_s:.1f} s, peak RSS "
                   f"{report.peak_rss_bytes / 2**20:.0f} MiB, {report.disk_bytes / 1e6:.2f} MB on disk")

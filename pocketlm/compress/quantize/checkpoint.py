@@ -12,7 +12,6 @@ wall time and peak RSS.
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 import time
@@ -45,15 +44,17 @@ def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str 
     and write `out_dir`.
 
     `options` go to the driver (act_order, static_groups, damp, skip, ...). `fmt`: "pocketlm" (the int kernels'
-    checkpoint) or "compressed-tensors", whose float tensors and scales `dtype` sets (float32 default, bfloat16 or
-    float16: what vLLM serves in); `gguf` replaces either."""
+    checkpoint) or "compressed-tensors"; `dtype` (float32 default, bfloat16 or float16) sets the float tensors
+    of either (compressed-tensors: its scales too, what vLLM serves in; pocketlm: the layers left float,
+    bfloat16 being what `open_model(..., "int4")` runs); `gguf` replaces either. The float model the
+    report compares against is opened again after quantization, so two fp32 copies never coexist."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if gguf and fmt != "pocketlm":
         raise ValueError(f"--gguf writes a GGUF file and --format {fmt} an HF folder: choose one")
-    if dtype is not None and (fmt != "compressed-tensors" or dtype not in OUT_DTYPES):
-        raise ValueError(f"--dtype {dtype}: the compressed-tensors folder's float dtype, one of "
-                         f"{', '.join(OUT_DTYPES)} (pocketlm checkpoints keep the kernels' own dtypes)")
+    if dtype is not None and (gguf or dtype not in OUT_DTYPES):
+        raise ValueError(f"--dtype {dtype}: a pocketlm or compressed-tensors checkpoint's float dtype, one of "
+                         f"{', '.join(OUT_DTYPES)} (a GGUF file's float tensors follow its type)")
     ct_grid = None
     if fmt == "compressed-tensors":
         # scales on the bf16 grid (what vLLM serves in), zero points integers: the format's own grid
@@ -77,7 +78,6 @@ def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str 
                              f"{model.config.max_seq_len}; use e.g. --calib {spec.source}:{spec.n}x{model.config.max_seq_len}")
         calib_ids, record = calibration_batches(spec, tok, seed=seed)
     measured = measure and tok is not None
-    dense = copy.deepcopy(model) if measured else None  # the float reference, only when something is compared
     with atomic_dir(out) as tmp:
         if gguf:
             tok_json = Path(model_ref) / "tokenizer.json"
@@ -91,11 +91,13 @@ def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str 
         else:
             from pocketlm.interop import save_native
 
-            report = quantize(model, method, bits, group_size, sym, calib_ids, progress=progress, **options)
+            report = quantize(model, method, bits, group_size, sym, calib_ids, progress=progress,
+                              float_dtype=OUT_DTYPES[dtype] if dtype else None, **options)
             save_native(model, tmp, tokenizer=tok)
             report.disk_bytes = (tmp / "model.safetensors").stat().st_size
         report.calibration = record
         if measured:
+            dense = open_model_and_tokenizer(model_ref, tokenizer)[0]  # the same float model, opened again
             text_path = Path(eval_text) if eval_text else DEFAULT_EVAL_TEXT
             ids = torch.tensor(encode_text(tok, text_path.read_text())[:eval_tokens])
             window = calib_ids.shape[1] if calib_ids is not None else min(512, model.config.max_seq_len)

@@ -19,10 +19,11 @@ from torch import Tensor
 from pocketlm.compress.layerwise import BlockStep, walk
 from pocketlm.compress.quantize import awq
 from pocketlm.compress.quantize.gptq import GPTQ
+from pocketlm.compress.recipe import CALIB_DTYPES
 from pocketlm.compress.report import LayerError, QuantReport, peak_rss_bytes
 from pocketlm.compress.stats import Gram, Hessian, Several
 from pocketlm.compress.targets import DEFAULT_SKIP, Target, left_dense, select
-from pocketlm.model.linears import QuantizationError, QuantRecipe
+from pocketlm.model.linears import INT_LINEARS, QuantizationError, QuantRecipe
 from pocketlm.model.quantize import GridError, GridWeight, IntGrid, to_kernels
 from pocketlm.model.quantize.kernels import DTYPE_NAMES
 from pocketlm.model.transformer import Transformer
@@ -90,22 +91,55 @@ def compact(q: Tensor) -> Tensor:
     return q.to(torch.int8) if q.numel() == 0 or (int(q.min()) >= -128 and int(q.max()) <= 127) else q.to(torch.int16)
 
 
+def cast_float_layers(model: Transformer, dtype: torch.dtype) -> None:
+    """Cast every floating parameter and buffer outside the integer kernel layers to `dtype` (in place;
+    a tied LM head and its embedding stay one tensor)."""
+    for module in model.modules():
+        if isinstance(module, INT_LINEARS):
+            continue
+        for p in module.parameters(recurse=False):
+            p.data = p.data.to(dtype)
+        for name, b in module.named_buffers(recurse=False):
+            if b.is_floating_point():
+                setattr(module, name, b.to(dtype))
+
+
+def _round_head(weight: Tensor, grid: Any, rows: int = 8192) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """RTN codes and parameters of the LM head, a slab of rows at a time (rows are rounded independently;
+    the temporaries of a 49k-row vocabulary would otherwise be several copies of the head)."""
+    parts = [grid.quantize(weight[i:i + rows].float()) for i in range(0, weight.shape[0], rows)]
+    parts = [(compact(q), *params) for q, *params in parts]
+    return torch.cat([p[0] for p in parts]), tuple(torch.cat([p[j] for p in parts]) for j in range(1, len(parts[0])))
+
+
 @torch.no_grad()
 def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size: int | None = 128,
              sym: bool = False, calib: Tensor | None = None, *, grid: Any = None, act_order: bool = False,
              static_groups: bool = False, true_sequential: bool = True, damp: float = 0.01, blocksize: int = 128,
              awq_grid: int = 20, awq_clip: bool = True, skip: tuple[str, ...] = DEFAULT_SKIP, batch_size: int = 8,
              error_samples: int = 8, compute_dtype: torch.dtype = torch.bfloat16, kernels: bool = True,
+             float_dtype: torch.dtype | None = None, calib_dtype: str = "fp32", quantize_head: bool = False,
              progress: bool = False) -> QuantReport:
     """Quantize `model`'s block matrices in place (ending in int8/int4 kernel layers when `kernels`).
 
     `grid` replaces bits / group_size / sym (e.g. a GGUF block grid; then pass kernels=False and
-    read `report.grids`). Returns the report; `report.grids` holds each target's codes."""
+    read `report.grids`). `float_dtype` (with kernels): the dtype of what stays float (embeddings,
+    norms, the LM head; None keeps the model's) — bf16 is what `open_model(..., "int4")` runs, and
+    halves the bytes a decode step reads from the LM head; `quantize_head` (with kernels) rounds the LM
+    head to nearest on the blocks' grid, its own int layer (the embedding stays float), as
+    `open_model(..., "int4")` does: with both, the checkpoint has that precision's layout. `calib_dtype="bf16"` runs the calibration
+    forwards under bf16 autocast (pruning's option: about 1.7x faster matmuls; the statistics are still
+    accumulated and the weights solved in fp32). Returns the report; `report.grids` holds each target's codes."""
     t_start = time.perf_counter()
     if method not in METHODS:
         raise ValueError(f"unknown quantization method {method!r}; choose one of {', '.join(METHODS)}")
+    if calib_dtype not in CALIB_DTYPES:
+        raise ValueError(f"calib_dtype must be one of {', '.join(CALIB_DTYPES)}, got {calib_dtype!r}")
     if model.transforms.quantization or model.packed:
         raise QuantizationError("the model is already quantized or packed; quantize the float model")
+    if (quantize_head or float_dtype is not None) and not kernels:
+        raise ValueError("quantize_head and float_dtype shape the int-kernel model; with kernels=False the caller "
+                         "writes the codes (GGUF, compressed-tensors) and decides the rest")
     grid = grid or IntGrid(bits, group_size, sym, compute_dtype)
     if model.transforms.fused:
         model.unfuse()
@@ -117,24 +151,37 @@ def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size
     report = QuantReport(method=method, grid=getattr(grid, "name", str(grid)),
                          options={"act_order": act_order, "static_groups": static_groups, "damp": damp,
                                   "blocksize": blocksize, "true_sequential": true_sequential, "awq_grid": awq_grid,
-                                  "awq_clip": awq_clip, "calibration_tokens": 0 if calib is None else calib.numel()},
-                         left_float=left_dense(model) + ["embed", "lm_head"])
+                                  "awq_clip": awq_clip, "calibration_tokens": 0 if calib is None else calib.numel(),
+                                  "calib_dtype": calib_dtype},
+                         left_float=left_dense(model) + ["embed"] + ([] if quantize_head else ["lm_head"]))
     codes: dict[str, Any] = {}
     solver = GPTQ(grid, blocksize, damp, act_order, static_groups)
 
     unclipped: dict[str, Tensor] = {}  # AWQ: the weights before clipping, so clipping counts as error
 
-    def finish(t: Target, result_codes: Tensor, params: tuple, error: Gram | None, t0: float) -> None:
+    def finish(t: Target, result_codes: Tensor, params: tuple, error: Gram | None, seconds: float) -> None:
         before = unclipped.pop(t.name) if t.name in unclipped else t.weight.float().clone()
         t.weight.copy_(grid.dequantize(result_codes, *params))
         codes[t.name] = (compact(result_codes), params)
         report.layers.append(LayerError(t.name, t.shape, error.relative_error(before, t.weight.float())
-                                        if error is not None and error.n else None, time.perf_counter() - t0))
+                                        if error is not None and error.n else None, seconds))
 
     def rtn(t: Target, error: Gram | None) -> None:
         t0 = time.perf_counter()
         q, *params = grid.quantize(t.weight.float())
-        finish(t, q, tuple(params), error, t0)
+        finish(t, q, tuple(params), error, time.perf_counter() - t0)
+
+    def gptq(same: list[Target], acc: Several) -> None:
+        """One solve for the matrices that share an input (q/k/v, gate/up): GPTQ treats every row alone
+        given H, so their rows stacked are solved exactly as each matrix alone, in one column loop."""
+        t0 = time.perf_counter()
+        r = solver.quantize(torch.cat([t.weight for t in same]) if len(same) > 1 else same[0].weight,
+                            acc["hessian"].H)
+        seconds, row = (time.perf_counter() - t0) / r.codes.shape[0], 0
+        for t in same:
+            rows = slice(row, row + t.shape[0])
+            finish(t, r.codes[rows], tuple(p[rows].clone() for p in r.params), acc["error"], seconds * t.shape[0])
+            row += t.shape[0]
 
     if calib is None:
         for t in targets:
@@ -153,22 +200,27 @@ def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size
                 records, weights = awq.scale_and_clip(model, step, grid, awq_grid, awq_clip)
                 report.awq.extend(records)
                 unclipped.update(weights)
-            for t in step.targets:
-                acc = step.stats[t.input_key]
-                if method == "gptq":
-                    t0 = time.perf_counter()
-                    r = solver.quantize(t.weight, acc["hessian"].H)
-                    finish(t, r.codes, r.params, acc["error"], t0)
-                else:
-                    rtn(t, acc["error"])
+            if method == "gptq":
+                by_input: dict[str, list[Target]] = {}
+                for t in step.targets:
+                    by_input.setdefault(t.input_key, []).append(t)
+                for key, same in by_input.items():
+                    gptq(same, step.stats[key])
+            else:
+                for t in step.targets:
+                    rtn(t, step.stats[t.input_key]["error"])
             return True
 
         walk(model, calib, make_stat, compress, skip=tuple(skip), batch_size=batch_size, progress=progress,
              groups=SEQUENTIAL_GROUPS if method == "gptq" and true_sequential else None,
-             description=f"{method} {report.grid}")
+             description=f"{method} {report.grid}", compute_dtype=torch.bfloat16 if calib_dtype == "bf16" else None)
     report.codes = codes
     if kernels:
-        group = grid.kernel_group([t.shape[1] for t in targets])
+        widths = [t.shape[1] for t in targets]
+        if quantize_head:
+            codes["lm_head"] = _round_head(model.lm_head.weight, grid)
+            widths.append(model.lm_head.weight.shape[1])
+        group = grid.kernel_group(widths)
         del targets  # their views keep the unfused float weights alive through fuse()
         model.fuse()
         parts = kernel_parts(model, codes)
@@ -186,6 +238,8 @@ def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size
                               "sym": getattr(grid, "sym", None), **report.options})
         del sample
         to_kernels(model, grid_of, recipe)
+        if float_dtype is not None:
+            cast_float_layers(model, float_dtype)
     report.wall_s = time.perf_counter() - t_start
     report.peak_rss_bytes = peak_rss_bytes()
     report.weight_bytes = sum(b.numel() * b.element_size() for b in list(model.parameters()) + list(model.buffers()))
