@@ -175,3 +175,15 @@ def test_gguf_cache_reuses_only_random_weights_of_the_same_config(tmp_path) -> N
     assert cached_gguf(wider, s, "Q4_0") != path  # a changed catalog entry is exported again
     path.write_bytes(b"GGUF")
     assert _export(ref, s, "Q4_0", path) == (path, None)  # found: no model is built, no export timed
+
+
+def test_spearman_averages_tied_ranks_as_scipy_does() -> None:
+    """Catalog vocabularies and depths repeat; an arbitrary order among ties would invent a correlation."""
+    stats = pytest.importorskip("scipy.stats")
+    from pocketlm.profile.landscape import spearman
+
+    ratio = [1.02, 0.98, 1.10, 0.95, 1.01, 1.30, 0.99]
+    vocab = [32000, 32000, 49152, 32000, 49152, 250880, 32000]
+    assert spearman(ratio, vocab) == pytest.approx(stats.spearmanr(ratio, vocab).statistic, abs=1e-12)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3], [5, 5, 5]) != spearman([1, 2, 3], [5, 5, 5])  # constant side: NaN

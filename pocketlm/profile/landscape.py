@@ -370,6 +370,28 @@ def merge_landscapes(csv_paths: list[str | Path], out_dir: str | Path, title: st
     return {"models": len(ordered), "csv": str(csv_path), "figure": str(fig)}
 
 
+def spearman(a, b) -> float:
+    """Spearman's rank correlation of `a` and `b`: Pearson's on their ranks, tied values sharing their mean
+    rank (catalog models share vocabularies and depths, and an arbitrary order among ties is a made-up
+    correlation); NaN when either side is constant."""
+    import numpy as np
+
+    def ranks(x) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x), dtype=float)
+        for value in np.unique(x):
+            tied = x == value
+            r[tied] = r[tied].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
 def landscape_findings(points: list[dict], rel_size: float = 0.15) -> dict:
     """The survey's runtime findings, recomputed from landscape rows of one backend and dtype:
     how latency and memory follow parameters (log-log slope, Spearman rank correlation), the spread at
@@ -377,16 +399,13 @@ def landscape_findings(points: list[dict], rel_size: float = 0.15) -> dict:
     (`memory_outliers` against total and against non-embedding parameters)."""
     import numpy as np
 
-    def rank(x: np.ndarray) -> np.ndarray:
-        return np.argsort(np.argsort(x)).astype(float)
-
     params = np.array([p["params"] for p in points], dtype=float)
     out: dict = {"models": len(points)}
     for key in ("prefill_best_ms", "decode_best_ms", "peak_rss_mb"):
         y = np.array([p[key] for p in points], dtype=float)
         slope, _ = np.polyfit(np.log(params), np.log(y), 1)
         out[key] = {"loglog_slope": round(float(slope), 3),
-                    "spearman": round(float(np.corrcoef(rank(params), rank(y))[0, 1]), 3)}
+                    "spearman": round(spearman(params, y), 3)}
     pairs = []
     for i, a in enumerate(points):
         for b in points[i + 1:]:
@@ -427,9 +446,9 @@ def memory_outliers(points: list[dict], size: str = "params", top: int = 4) -> d
     per_param, floor = np.polyfit(x, y, 1)
     ratio = y / (floor + per_param * x)
     vocab = np.array([p["vocab_size"] for p in points], dtype=float)
-    spearman = np.corrcoef(np.argsort(np.argsort(ratio)), np.argsort(np.argsort(vocab)))[0, 1]
+    vocab_rho = spearman(ratio, vocab)
     return {"floor_mb": round(float(floor), 1), "mb_per_mparam": round(float(per_param * 1e6), 3),
-            "vocab_spearman": round(float(spearman), 3) if np.isfinite(spearman) else None,
+            "vocab_spearman": round(vocab_rho, 3) if np.isfinite(vocab_rho) else None,
             "above_fit": [{"model": points[i]["model"], "above_fit": round(float(ratio[i]), 3),
                            "vocab": points[i]["vocab_size"],
                            "vocab_share": round(points[i]["vocab_size"] * points[i]["d_model"] / points[i]["params"], 2)}
@@ -459,17 +478,14 @@ def architecture_effects(points: list[dict]) -> dict:
     if len(kept) < 4:
         return {}
 
-    def rank(x: np.ndarray) -> np.ndarray:
-        return np.argsort(np.argsort(x)).astype(float)
-
     logp = np.log([p["params"] for p in kept])
     out = {}
     for key in ("prefill_best_ms", "decode_best_ms", "peak_rss_mb"):
         y = np.log([p[key] for p in kept])
         resid = y - np.polyval(np.polyfit(logp, y, 1), logp)
         out[key] = {"spread_factor": round(float(np.exp(resid.std())), 3),
-                    "residual_spearman": {k: round(float(np.corrcoef(rank(resid), rank(np.array(
-                        [s[k] for s in shapes])))[0, 1]), 3) for k in shapes[0]}}
+                    "residual_spearman": {k: round(spearman(resid, [s[k] for s in shapes]), 3)
+                                          for k in shapes[0]}}
     return out
 
 
