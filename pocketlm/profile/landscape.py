@@ -370,6 +370,19 @@ def merge_landscapes(csv_paths: list[str | Path], out_dir: str | Path, title: st
     return {"models": len(ordered), "csv": str(csv_path), "figure": str(fig)}
 
 
+def _catalog_configs(points: list[dict]) -> dict:
+    """The catalog's ModelConfig of each landscape row's model, by name (None for a name it lacks)."""
+    from pocketlm.survey.catalog import CatalogError, entry_to_config, get_entry, load_catalog
+
+    entries, out = load_catalog(), {}
+    for p in points:
+        try:
+            out[p["model"]] = entry_to_config(get_entry(p["model"], entries))
+        except CatalogError:
+            out[p["model"]] = None
+    return out
+
+
 def spearman(a, b) -> float:
     """Spearman's rank correlation of `a` and `b`: Pearson's on their ranks, tied values sharing their mean
     rank (catalog models share vocabularies and depths, and an arbitrary order among ties is a made-up
@@ -431,15 +444,12 @@ def memory_outliers(points: list[dict], size: str = "params", top: int = 4) -> d
     import numpy as np
 
     from pocketlm.model import costs
-    from pocketlm.survey.catalog import CatalogError, entry_to_config, get_entry, load_catalog
 
-    entries = load_catalog()
+    configs = _catalog_configs(points)
 
     def non_embedding(p: dict) -> float:
-        try:
-            return costs.param_counts(entry_to_config(get_entry(p["model"], entries)))["non_embedding"]
-        except CatalogError:
-            return p["params"] - p["vocab_size"] * p["d_model"]
+        cfg = configs[p["model"]]
+        return costs.param_counts(cfg)["non_embedding"] if cfg else p["params"] - p["vocab_size"] * p["d_model"]
 
     x = np.array([p["params"] if size == "params" else non_embedding(p) for p in points], dtype=float)
     y = np.array([p["peak_rss_mb"] for p in points], dtype=float)
@@ -462,14 +472,11 @@ def architecture_effects(points: list[dict]) -> dict:
     KV heads: n_kv_head / n_head). Shapes come from the catalog (a name it lacks is left out)."""
     import numpy as np
 
-    from pocketlm.survey.catalog import CatalogError, entry_to_config, get_entry, load_catalog
-
-    entries = load_catalog()
+    configs = _catalog_configs(points)
     shapes, kept = [], []
     for p in points:
-        try:
-            cfg = entry_to_config(get_entry(p["model"], entries))
-        except CatalogError:
+        cfg = configs[p["model"]]
+        if cfg is None:
             continue
         kept.append(p)
         shapes.append({"layers": cfg.n_layer, "ffn_ratio": cfg.ffn_dim(0) / cfg.d_model,
@@ -540,17 +547,14 @@ def distinct_graphs(points: list[dict]) -> tuple[list[dict], list[dict]]:
     decode / memory ratios to the kept row. Names the catalog lacks are kept as they are."""
     from dataclasses import asdict
 
-    from pocketlm.survey.catalog import CatalogError, entry_to_config, get_entry, load_catalog
-
-    entries = load_catalog()
+    configs = _catalog_configs(points)
     first: dict[str, dict] = {}
     kept, twins = [], []
     for p in points:
-        try:
-            cfg = asdict(entry_to_config(get_entry(p["model"], entries)))
-        except CatalogError:
+        if configs[p["model"]] is None:
             kept.append(p)
             continue
+        cfg = asdict(configs[p["model"]])
         for field in ("name", "extra", "rope_theta", "max_seq_len"):
             cfg.pop(field, None)
         cfg["vocab_size"] = -(-cfg["vocab_size"] // 64)
