@@ -419,3 +419,26 @@ def test_gguf_bits_predict_llama_cpp_file_sizes(tmp_path: Path, d_model: int, qt
     path = export_gguf(Transformer(cfg).eval(), tmp_path / "m.gguf", qtype)
     predicted = costs.param_counts(cfg)["total"] * gguf_bits(qtype, cfg) / 8
     assert predicted == pytest.approx(path.stat().st_size, rel=0.10)  # measured: within 8.4%
+
+
+def test_baseline_verdicts_pick_the_branch_the_numbers_say() -> None:
+    """Hand-made records: each baseline's line follows from its measured cost and KL against the choice's."""
+    from pocketlm.fit.report import baseline_verdicts
+
+    def rec(name, kl, decode_ms, memory, misses=()):
+        return {"candidate": name, "quality": {"kl_mean": kl}, "misses": list(misses),
+                "measured": {"decode_ms": decode_ms, "memory_bytes": memory}}
+
+    chosen = rec("q5", 0.010, 20.0, 100)
+    lines = baseline_verdicts(chosen, [
+        chosen,
+        rec("q8", 0.001, 25.0, 170, misses=["memory 170 > 150"]),
+        rec("q4_slow", 0.030, 30.0, 120),  # worse KL, dearer: the choice dominates it
+        rec("q4_fast", 0.020, 10.0, 90),  # worse KL but cheaper in both
+        {"candidate": "q2", "quality": None, "measured": None, "misses": []},
+    ])
+    assert "is fit's choice" in lines[0]
+    assert "misses the budget (memory 170 > 150)" in lines[1]
+    assert "at least as good on quality" in lines[2] and "x0.67, memory x0.83" in lines[2]
+    assert "costs less in decode time and memory" in lines[3] and "lower KL (0.0100 vs 0.0200)" in lines[3]
+    assert "was not measured" in lines[4]
