@@ -132,8 +132,9 @@ def quality(args) -> dict:
         print("RTN's increase in standard errors (a ratio means little below ~3): " + ", ".join(
             f"{row['bits']}-bit {(row['ppl'] - row['float_ppl']) / row['ppl_increase_se']:.1f}"
             for row in rows if row["method"] == "rtn"))
-        print("KL ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in kl_ratios(rows).items()))
-        out[label] = {"rows": rows, "ratios": r, "kl_ratios": kl_ratios(rows)}
+        kl = kl_ratios(rows)
+        print("KL ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in kl.items()))
+        out[label] = {"rows": rows, "ratios": r, "kl_ratios": kl}
     print(f"{cpu_model()}, {_load()}")
     return out
 
