@@ -16,7 +16,9 @@ gather over every application. `groups` gives GPTQ's `true_sequential` order (q/
 each group is hooked, compressed and re-run before the next group's inputs are collected. A group's
 statistics pass stops each batch's forward as soon as every hooked module has seen its input (the
 layers after it cannot change those inputs), so q/k/v's pass costs a norm and down_proj's stops
-before its own matmul: the five passes of a block cost about 2.4 forwards of it instead of five.
+before its own matmul: the five passes of a block cost about 2.4 forwards of it instead of five
+(counted in multiply-adds per token for the SmolLM-135M shape at 512-token windows: 0 + 1.14M + 1.47M
++ 3.24M + 4.13M over 4.13M per forward).
 """
 
 from __future__ import annotations
