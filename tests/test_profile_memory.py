@@ -28,15 +28,19 @@ def _cfg(**kw) -> ModelConfig:
 def test_kv_cache_memory_equals_analytic_bytes(dtype, nbytes) -> None:
     cfg = _cfg()
     model = Transformer(cfg).to(dtype)
-    ctx = 65536  # large enough that allocator noise (0.3-1.8 MB seen in a full run) stays well inside 3%
+    ctx = 65536  # large enough that allocator noise (0.3-2.9 MB seen in full runs) stays inside 3%
     analytic = costs.kv_cache_bytes(cfg, ctx, dtype_bytes=nbytes)
-    release_memory()  # hand freed heap back to the OS so the new cache must fault in fresh pages
-    before = rss_bytes()
-    cache = model.new_cache(1, ctx)
-    grown = rss_bytes() - before  # what the OS charged for it (pages are zero-filled, so touched)
-    assert cache.nbytes() == analytic
-    slots = sum(layer.slot_pos.numel() * 8 for layer in cache.layers)  # cache bookkeeping
-    assert grown == pytest.approx(analytic + slots, rel=0.03)
+    model.new_cache(1, 16)  # first call may load lazy code paths; keep that out of the measurement
+    grown = []
+    for _ in range(3):  # other threads only ever add to RSS, so the smallest growth is the cache's own
+        release_memory()  # hand freed heap back to the OS so the new cache must fault in fresh pages
+        before = rss_bytes()
+        cache = model.new_cache(1, ctx)
+        grown.append(rss_bytes() - before)  # what the OS charged for it (pages are zero-filled, so touched)
+        assert cache.nbytes() == analytic
+        slots = sum(layer.slot_pos.numel() * 8 for layer in cache.layers)  # cache bookkeeping
+        del cache
+    assert min(grown) == pytest.approx(analytic + slots, rel=0.03)
 
 
 def test_weights_are_counted_once_when_tied() -> None:
