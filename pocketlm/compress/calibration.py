@@ -2,7 +2,8 @@
 
 A spec is `SOURCE[:NxL]`, e.g. `bundled:128x512`, `wikitext2:128x512`, `my/*.txt:64x256`,
 `data/shards:128x512`. SOURCE is one of
-- `bundled`: the corpus shipped with pocketlm (TinyStories + Alice);
+- `bundled`: the corpus shipped with pocketlm (TinyStories + Alice), its training split only (the
+  held-out text that compression is scored on, `data/corpus/heldout.txt`, is its validation split);
 - an evaluation task (`wikitext2`, `tinystories`, or any `pocketlm eval tasks` name): its documents;
 - a data-prepare folder (has `manifest.json`): its token shards, when they were made with the model's
   tokenizer (checked), else their text is not recoverable and we refuse;
@@ -57,11 +58,11 @@ class CalibSpec:
 
 def source_texts(source: str) -> list[str]:
     """The documents of a calibration source (see the module docstring)."""
-    from pocketlm.data import bundled_corpus_files
+    from pocketlm.data.corpus.heldout import training_texts
     from pocketlm.data.readers import read_documents
 
     if source == "bundled":
-        return [d.text for d in read_documents([str(p) for p in bundled_corpus_files()])]
+        return training_texts()
     task = TASK_ALIASES.get(source, source)
     if "/" not in source and "*" not in source and not Path(source).exists():
         return _task_texts(task, source)

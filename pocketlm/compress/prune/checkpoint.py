@@ -22,10 +22,8 @@ from pocketlm.compress.measure import compare_on_tokens, decode_latency, runtime
 from pocketlm.compress.prune.driver import prune
 from pocketlm.compress.recipe import PruneRecipe
 from pocketlm.compress.report import PruneReport
+from pocketlm.data.corpus.heldout import DEFAULT_EVAL_TEXT  # held out from every bundled fixture's training
 from pocketlm.utils import replace_dir, temp_dir_beside
-
-DEFAULT_EVAL_TEXT = Path(__file__).resolve().parents[2] / "evaluate" / "data" / "text" / "tinystories" / \
-    "tinystories_val.txt"
 
 
 class OutputExistsError(ValueError):

@@ -1,0 +1,67 @@
+"""The bundled corpus's held-out text, `heldout.txt`: the documents that `pocketlm data prepare` puts in
+its validation split (its hash of each document id, with the default fraction and seed that every bundled
+fixture prepares with) and that share no paragraph and no word 13-gram with any training-split document
+(the GPT-3 rule that `data.decontaminate` applies; the paragraph rule catches short stock lines such as
+"The End."), in corpus order, joined by blank lines. No fixture trains on them, and the
+`bundled` calibration source leaves them out, so perplexity and KL measured on them are held out.
+
+    python -m pocketlm.data.corpus.heldout      # rewrite heldout.txt from the bundled corpus
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import fields
+from pathlib import Path
+
+from pocketlm.data import BUNDLED_CORPUS, bundled_corpus_files
+from pocketlm.data.decontaminate import NgramIndex
+from pocketlm.data.prepare import PrepareConfig, _split_of
+from pocketlm.data.readers import Document, read_documents
+
+DEFAULT_EVAL_TEXT = BUNDLED_CORPUS / "heldout.txt"
+NGRAM = 13
+
+
+def split_documents() -> tuple[list[Document], list[Document]]:
+    """The bundled corpus's (training, validation) documents as `prepare`'s defaults split them."""
+    default = {f.name: f.default for f in fields(PrepareConfig) if f.name in ("val_fraction", "seed")}
+    train: list[Document] = []
+    val: list[Document] = []
+    for doc in read_documents([str(p) for p in bundled_corpus_files()]):
+        (val if _split_of(doc.id, default["val_fraction"], default["seed"]) == "val" else train).append(doc)
+    return train, val
+
+
+def training_texts() -> list[str]:
+    """Every bundled document outside the validation split (what `bundled` calibration draws from)."""
+    return [d.text for d in split_documents()[0]]
+
+
+def paragraphs(text: str) -> set[str]:
+    """The blank-line separated paragraphs of `text`, whitespace collapsed."""
+    return {" ".join(p.split()) for p in text.split("\n\n") if p.strip()}
+
+
+def heldout_documents() -> list[Document]:
+    """The validation documents that share no paragraph and no word 13-gram with any training document."""
+    train, val = split_documents()
+    index = NgramIndex(NGRAM)
+    seen: set[str] = set()
+    for doc in train:
+        index.add(doc.id, doc.text)
+        seen |= paragraphs(doc.text)
+    return [d for d in val if index.match(d.text) is None and not paragraphs(d.text) & seen]
+
+
+def write_heldout(path: Path = DEFAULT_EVAL_TEXT) -> str:
+    """Write the held-out text to `path`; return its sha256."""
+    text = "\n\n".join(d.text.strip() for d in heldout_documents()) + "\n"
+    Path(path).write_text(text, encoding="utf-8")
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+if __name__ == "__main__":
+    docs = heldout_documents()
+    print(f"{DEFAULT_EVAL_TEXT.name}: {len(docs)} documents ({', '.join(sorted({d.source for d in docs}))}), "
+          f"sha256 {write_heldout()}")
