@@ -10,8 +10,9 @@ random-token calibration, against the time of one dense forward over the same ca
 floor: Wanda and SparseGPT run each block twice, once to gather statistics and once, pruned, to feed the
 next block; magnitude walks only the rows its error probe reads). `--methods` picks a subset; `wanda:bf16`
 runs Wanda with the bf16 calibration forward (`calib_dtype="bf16"`). `reproduce` prunes the `small` preset
-trained on the bundled corpus (calibration bundled:128x128, its trained context; held-out TinyStories
-validation) and llama2.c's stories260K (no tokenizer: calibration and held-out text are its own samples).
+trained on the bundled corpus (calibration bundled:128x128, its trained context; held-out: the bundled
+corpus's held-out documents, `data/corpus/heldout.txt`) and llama2.c's stories260K (no tokenizer:
+calibration and held-out text are its own samples).
 `reference` saves the small preset as a Hugging Face directory, runs locuslab/wanda's `prune_magnitude`,
 `prune_wanda` and `prune_sparsegpt` (from a checkout you give; nothing of it is in pocketlm) on it with
 pocketlm's calibration batches, and compares perplexities.
@@ -111,11 +112,13 @@ def perf(args) -> dict:
 
 
 # ------------------------------------------------------------------------------------- reproduce
-def small_setup(preset: str = "small", n: int = 128, length: int = 128):
+def small_setup(preset: str = "small", n: int = 128, length: int = 128, model_dir: Path | None = None):
+    """The trained preset (or the model in `model_dir`, e.g. a cached fixture of an earlier code version),
+    calibration windows from the bundled training documents, and the held-out tokens."""
     from pocketlm.interop import load_model, load_tokenizer
     from pocketlm.train.fixtures import trained_preset
 
-    model_dir, _ = trained_preset(preset, progress=True)
+    model_dir = Path(model_dir) if model_dir else trained_preset(preset, progress=True)[0]
     model, tok = load_model(model_dir).eval(), load_tokenizer(model_dir)
     calib, _ = calibration_batches(f"bundled:{n}x{length}", tok, seed=0)
     heldout = torch.tensor(encode_text(tok, DEFAULT_EVAL_TEXT.read_text()))
@@ -143,10 +146,10 @@ def reproduce(args) -> dict:
         print(f"\nstories260K, calibration: 128 of its own samples of {s_len} tokens, held-out 16 other samples "
               f"({s_heldout.numel()} tokens), window {s_len}")
         print(sweep_table(rows_stories), flush=True)
-    model, _, calib, heldout, _ = small_setup(args.preset)
+    model, _, calib, heldout, _ = small_setup(args.preset, model_dir=args.model_dir)
     rows_small = sweep(model, calib, heldout, 128, settings, log=_log)
     print(f"\n{args.preset} preset ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params), calibration "
-          f"bundled:128x128, held-out TinyStories validation ({heldout.numel()} tokens), window 128")
+          f"bundled:128x128, held-out {DEFAULT_EVAL_TEXT.name} ({heldout.numel()} tokens), window 128")
     print(sweep_table(rows_small))
     print(f"\n{cpu_model()}, {_load()}")
     if args.figure:
@@ -164,7 +167,7 @@ def reference(args) -> dict:
 
     from pocketlm.interop import save_hf
 
-    model, tok, calib, heldout, _ = small_setup(args.preset)
+    model, tok, calib, heldout, _ = small_setup(args.preset, model_dir=args.model_dir)
     tmp = Path(tempfile.mkdtemp())
     save_hf(model, tmp / "hf", tokenizer=tok)
     sys.path.insert(0, str(Path(args.wanda).resolve()))
@@ -243,6 +246,7 @@ def main() -> None:
     r = sub.add_parser("reproduce")
     r.add_argument("--settings", default="0.5,0.6,0.7,2:4")
     r.add_argument("--preset", default="small")
+    r.add_argument("--model-dir", type=Path, default=None, help="score this trained model instead of the preset's")
     r.add_argument("--stories-settings", default="0.1,0.2,0.3,0.5,2:4",
                    help="stories260K (d_model 64) degrades far sooner than the presets; '' skips it")
     r.add_argument("--figure", type=Path, default=None)
@@ -250,6 +254,7 @@ def main() -> None:
     ref.add_argument("--wanda", required=True, help="a checkout of locuslab/wanda (its lib/ is imported)")
     ref.add_argument("--settings", default="0.5,2:4")
     ref.add_argument("--preset", default="small")
+    ref.add_argument("--model-dir", type=Path, default=None, help="this trained model instead of the preset's")
     args = ap.parse_args()
     if args.cmd == "perf-one":
         print(json.dumps(perf_one(args.method, args.n, args.length, args.threads, args.layers)))

@@ -7,7 +7,7 @@ against llama.cpp's own quantizer (without and with its importance matrix), in o
 
 The default model is `quant256` (d_model 256, 6 layers, head_dim 64, FFN 768, trained here on the bundled
 corpus at 512 tokens and cached like the presets): its widths take g128 and K-quants' 256-wide rows.
-`quality` quantizes it (calibration bundled:NxL; held-out TinyStories validation) at 4 and 3 bits for
+`quality` quantizes it (calibration: the bundled shards' train split; held-out: their val split) at 4 and 3 bits for
 each group size and prints perplexity, KL(float || quantized) and the ratios the issue sets targets
 for: GPTQ's perplexity increase / RTN's, AWQ's / RTN's (`--gptq-variants` adds act_order /
 static_groups / damping rows). `gguf` writes an F32 GGUF, then per type: llama.cpp's quantizer
@@ -69,9 +69,10 @@ def setup(preset: str, n: int, length: int, eval_tokens: int, model_dir: Path | 
     """(float model, calibration [n, length], held-out tokens, where both came from).
 
     A model with the bundled shards' tokenizer (every fixture) calibrates on the shards' train split and
-    is scored on their validation split, which training never reads. (The bundled TinyStories text the
-    other benchmarks score on is the start of the training corpus, so it is not held out.) Any other
-    model calibrates on the bundled text and is scored on that file."""
+    is scored on their validation split, which training never reads (`DEFAULT_EVAL_TEXT`, the other
+    benchmarks' held-out text, is 35 of its documents: those sharing no paragraph or 13-gram with
+    training text). Any other model calibrates on the bundled training documents and is scored on
+    `DEFAULT_EVAL_TEXT`."""
     from pocketlm.compress.calibration import CalibrationError, CalibSpec, calibration_from_shards
     from pocketlm.data.shards import TokenSplit
     from pocketlm.interop import load_model, load_tokenizer

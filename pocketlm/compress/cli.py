@@ -171,8 +171,8 @@ def prune_cmd(
     tokenizer: Optional[Path] = typer.Option(None, help="tokenizer directory when the model has none"),
     recipe: Optional[Path] = typer.Option(None, help="recipe.yaml of an earlier run: repeat it exactly "
                                           "(overrides the method/sparsity/pattern/owl/calib/seed/skip flags)"),
-    eval_text: Optional[Path] = typer.Option(None, help="held-out text for perplexity and KL (default: bundled "
-                                             "TinyStories validation)"),
+    eval_text: Optional[Path] = typer.Option(None, help="held-out text for perplexity and KL (default: the bundled "
+                                             "corpus's held-out documents, which no fixture trains on)"),
     eval_tokens: int = typer.Option(16384, help="at most this many held-out tokens"),
     measure: bool = typer.Option(True, help="measure perplexity, KL, decode latency and file size before/after"),
     gguf: Optional[str] = typer.Option(None, help="also write model.gguf of this type (F32, F16, Q8_0...)"),
@@ -229,7 +229,8 @@ def quantize_cmd(
     skip: List[str] = typer.Option([], help="glob of matrix names to leave float (repeatable)"),
     quantize_head: bool = typer.Option(False, "--quantize-head", help="pocketlm format: also the LM head, rounded "
                                        "to nearest on the same grid (as --precision int4 does; embedding stays float)"),
-    eval_text: Optional[Path] = typer.Option(None, help="held-out text (default: bundled TinyStories validation)"),
+    eval_text: Optional[Path] = typer.Option(None, help="held-out text (default: the bundled corpus's held-out "
+                                             "documents, which no fixture trains on)"),
     eval_tokens: int = typer.Option(16384, help="at most this many held-out tokens"),
     overwrite: bool = typer.Option(False, help="replace an existing --out directory"),
 ) -> None:

@@ -33,8 +33,9 @@ def demo_section(model_dir: Path, out_dir: Path) -> dict:
     rt = report.runtime
     markdown = "\n".join([
         f"Pruned the demo model's attention and FFN matrices (embeddings and LM head stay dense, as in the "
-        f"reference code) with calibration `{record['spec']}` (seed 0) and scored held-out TinyStories validation "
-        f"({heldout.numel()} tokens, windows of {calib.shape[1]}). Perplexity:", "",
+        f"reference code) with calibration `{record['spec']}` (seed 0) and scored the bundled corpus's "
+        f"held-out documents, which training never reads ({heldout.numel()} tokens, windows of "
+        f"{calib.shape[1]}). Perplexity:", "",
         sweep_table(rows), "",
         "![perplexity vs sparsity](prune_sweep.png)", "",
         f"At 50%: magnitude {by[('magnitude', '0.5')]:.2f}, Wanda {by[('wanda', '0.5')]:.2f}, SparseGPT "

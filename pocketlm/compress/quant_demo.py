@@ -43,7 +43,8 @@ def run_quant_demo(out_dir: Path, model_dir: Path | None = None) -> dict:
     markdown = "\n".join([
         f"Quantized the demo model's attention and FFN matrices (embeddings and LM head stay float, as in the "
         f"reference code) onto asymmetric grids with groups of {GROUP} columns, calibration `{record['spec']}` "
-        f"(seed 0); held-out TinyStories validation ({heldout.numel()} tokens, windows of {calib.shape[1]}):", "",
+        f"(seed 0); held-out: the bundled corpus's held-out documents, which training never reads "
+        f"({heldout.numel()} tokens, windows of {calib.shape[1]}):", "",
         quant_table(rows), "",
         "![perplexity and KL vs bits per weight](quant_sweep.png)", "",
         f"Perplexity increase over float: at 4 bits RTN {rise[('rtn', 4)]:+.3f}, GPTQ {rise[('gptq', 4)]:+.3f}, "
