@@ -61,6 +61,9 @@ def main(text_root: str) -> None:
     gb = gutenberg_documents((root / "gutenberg" / "11-0.txt").read_text(encoding="utf-8"))
     n_gb = write_jsonl_gz(HERE / "alice.jsonl.gz", gb, "gutenberg-11")
     print(f"tinystories: {n_ts} stories, alice: {n_gb} chunks")
+    from pocketlm.data.corpus.heldout import write_heldout  # the held-out documents follow the corpus
+
+    print(f"heldout.txt: sha256 {write_heldout()}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from pocketlm.data import BUNDLED_CORPUS, bundled_corpus_files
 from pocketlm.data.decontaminate import NgramIndex
+# prepare's own split rule; it stays private there, since prepare.py's bytes are in every fixture's cache key
 from pocketlm.data.prepare import PrepareConfig, _split_of
 from pocketlm.data.readers import Document, read_documents
+from pocketlm.utils import atomic_write_text
 
 DEFAULT_EVAL_TEXT = BUNDLED_CORPUS / "heldout.txt"
 NGRAM = 13
@@ -57,7 +59,7 @@ def heldout_documents() -> list[Document]:
 def write_heldout(path: Path = DEFAULT_EVAL_TEXT) -> str:
     """Write the held-out text to `path`; return its sha256."""
     text = "\n\n".join(d.text.strip() for d in heldout_documents()) + "\n"
-    Path(path).write_text(text, encoding="utf-8")
+    atomic_write_text(path, text)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
