@@ -25,8 +25,8 @@ def info_runs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     name that does not exist."""
     folder = tmp_path_factory.mktemp("mqa")
     save_native(Transformer(MQA_CFG), folder)
-    argvs = {"folder": ["info", str(folder), "--json", "--context", "128"], "catalog": ["info", "SmolLM-135M", "--json"],
-             "unknown": ["info", "NoSuchModel"]}
+    argvs = {"folder": ["info", str(folder), "--json", "--context", "128"],
+             "catalog": ["info", "SmolLM-135M", "--json"], "unknown": ["info", "NoSuchModel"]}
     done = run_side_by_side([[sys.executable, "-m", "pocketlm.cli", *a] for a in argvs.values()], timeout=120)
     return dict(zip(argvs, done))
 

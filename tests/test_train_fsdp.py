@@ -60,7 +60,7 @@ def runs(tmp_path_factory, single_process_micro_runs) -> dict:
         TORCHRUN + ["--nproc_per_node", "2"] + _train_args(runs["fsdp"], 2, "--parallel", "fsdp"),
         TORCHRUN + ["--nproc_per_node", "2"] + _train_args(runs["bf16"], 2, "--parallel", "fsdp", "--fsdp-bf16",
                                                            "--activation-checkpointing"),
-        [sys.executable] + _train_args(root / "x", 4, "--parallel", "fsdp")], _env(), ROOT, timeout=300)
+        [sys.executable] + _train_args(root / "x", 4, "--parallel", "fsdp")], _env(), ROOT, timeout=600)
     for proc in (fsdp, bf16):
         assert proc.returncode == 0, proc.stderr[-3000:]
     return runs
