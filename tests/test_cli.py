@@ -13,16 +13,26 @@ from pocketlm.interop import save_native
 from pocketlm.model import costs
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.transformer import Transformer
+from tests.side_by_side import run_side_by_side
 
 
-def _pocketlm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pocketlm.cli", *args], capture_output=True, text=True, timeout=120)
+MQA_CFG = ModelConfig(vocab_size=300, d_model=64, n_layer=2, n_head=4, n_kv_head=1, intermediate_size=96)
 
 
-def test_info_json_matches_analytic_costs(tmp_path):
-    cfg = ModelConfig(vocab_size=300, d_model=64, n_layer=2, n_head=4, n_kv_head=1, intermediate_size=96)
-    save_native(Transformer(cfg), tmp_path)
-    out = _pocketlm("info", str(tmp_path), "--json", "--context", "128")
+@pytest.fixture(scope="module")
+def info_runs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """`pocketlm info` in three fresh processes, side by side: on a model folder, on a catalog name, on a
+    name that does not exist."""
+    folder = tmp_path_factory.mktemp("mqa")
+    save_native(Transformer(MQA_CFG), folder)
+    argvs = {"folder": ["info", str(folder), "--json", "--context", "128"],
+             "catalog": ["info", "SmolLM-135M", "--json"], "unknown": ["info", "NoSuchModel"]}
+    done = run_side_by_side([[sys.executable, "-m", "pocketlm.cli", *a] for a in argvs.values()], timeout=120)
+    return dict(zip(argvs, done))
+
+
+def test_info_json_matches_analytic_costs(info_runs):
+    out, cfg = info_runs["folder"], MQA_CFG
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["axes"]["attention"] == "MQA"
@@ -30,15 +40,15 @@ def test_info_json_matches_analytic_costs(tmp_path):
     assert info["costs"]["kv_cache_mib_bf16"] * 2**20 == costs.kv_cache_bytes(cfg, 128, 2)
 
 
-def test_info_on_catalog_name():
-    out = _pocketlm("info", "SmolLM-135M", "--json")
+def test_info_on_catalog_name(info_runs):
+    out = info_runs["catalog"]
     assert out.returncode == 0, out.stderr
     # 49152 x 576 embedding (tied) + 30 blocks x 3,540,096 + a 576-wide final norm
     assert json.loads(out.stdout)["costs"]["params_total"] == 28_311_552 + 30 * 3_540_096 + 576
 
 
-def test_user_error_is_one_line_without_traceback():
-    out = _pocketlm("info", "NoSuchModel")
+def test_user_error_is_one_line_without_traceback(info_runs):
+    out = info_runs["unknown"]
     assert out.returncode == 2
     assert out.stderr.startswith("error: NoSuchModel") and "Traceback" not in out.stderr
 

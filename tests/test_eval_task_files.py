@@ -233,4 +233,6 @@ def test_yaml_alias_bomb_is_not_walked_exponentially(tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(TaskSpecError, match="missing required field|expands to more than"):
         get_spec(p)
-    assert time.perf_counter() - t0 < 2
+    # milliseconds when refused; walking the 387M leaves would take minutes (and gigabytes), so the bound
+    # only has to survive a loaded machine (a nice-19 run at load 10 on 2 cores gets a fifth of a core)
+    assert time.perf_counter() - t0 < 20

@@ -21,6 +21,7 @@ from pocketlm.compress.merge.writer import SafetensorsStream
 from pocketlm.interop import load_model
 from tests.hf_tiny import TINY
 from tests.merge_fixtures import hf_models
+from tests.side_by_side import run_side_by_side
 
 
 @pytest.fixture(scope="module")
@@ -320,14 +321,15 @@ def test_cli_merge_and_upcycle(root, tmp_path):
     m = _models(root)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(SELF_RECIPES["ties"].format(a=m[0], b=m[1]))
-    run = lambda *a: subprocess.run([sys.executable, "-m", "pocketlm.cli", *a], capture_output=True, text=True,  # noqa: E731
-                                    timeout=300)
-    out = run("merge", str(recipe), "--out", str(tmp_path / "merged"), "--json")
+    cli = [sys.executable, "-m", "pocketlm.cli"]
+    run = lambda *a: subprocess.run([*cli, *a], capture_output=True, text=True, timeout=300)  # noqa: E731
+    out, up = run_side_by_side([[*cli, "merge", str(recipe), "--out", str(tmp_path / "merged"), "--json"],
+                                [*cli, "upcycle", m[0], "--out", str(tmp_path / "moe"), "--experts", "4", "--top-k",
+                                 "1"]], timeout=300)  # independent: side by side
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["method"] == "ties" and (tmp_path / "merged" / "model.safetensors").is_file()
     again = run("merge", str(recipe), "--out", str(tmp_path / "merged"))
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--overwrite" in again.stderr
-    up = run("upcycle", m[0], "--out", str(tmp_path / "moe"), "--experts", "4", "--top-k", "1")
     assert up.returncode == 0, up.stderr
     report = json.loads(up.stdout)
     assert report["format"] == "hf" and report["moe"]["params_active"] < report["moe"]["params_total"]

@@ -119,20 +119,22 @@ def tiny_with_tokenizer(tmp_path_factory):
     return save_tiny_llama(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
-def _eval_cli(model_dir, out, *extra) -> dict:
+def _eval_clis(*runs: tuple) -> list[dict]:
+    """The JSON results of `pocketlm eval` on each (model_dir, out, *extra flags), run side by side."""
     import os
-    import subprocess
     import sys
     from pathlib import Path
+
+    from tests.side_by_side import run_side_by_side
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pocketlm.cli", "eval", str(model_dir), "--tasks", "arc_easy",
-                           "--limit", "5", "-o", str(out), *extra], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    for proc in run_side_by_side([[sys.executable, "-m", "pocketlm.cli", "eval", str(model_dir), "--tasks", "arc_easy",
+                                   "--limit", "5", "-o", str(out), *extra] for model_dir, out, *extra in runs],
+                                 env, timeout=600):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(out.read_text()) for _, out, *_ in runs]
 
 
 def _scores(res: dict) -> dict:
@@ -148,9 +150,10 @@ def test_eval_cli_scores_int4_as_the_in_process_int4_model(tiny_with_tokenizer, 
     model, tok = open_model(tiny_with_tokenizer, "int4"), open_tokenizer(tiny_with_tokenizer)
     assert model.transforms.quantization.scheme == "int4"
     here = evaluate(model, tok, ["arc_easy"], limit=5, show_progress=False)
-    cli = _eval_cli(tiny_with_tokenizer, tmp_path / "cli.json", "--precision", "int4")
+    saved = save_native(model, tmp_path / "int4", tokenizer=tok)
+    cli, cli_saved = _eval_clis((tiny_with_tokenizer, tmp_path / "cli.json", "--precision", "int4"),
+                                (saved, tmp_path / "saved.json"))
     assert _scores(cli) == _scores(here)
     float_res = evaluate(open_model(tiny_with_tokenizer), tok, ["arc_easy"], limit=5, show_progress=False)
     assert _scores(float_res) != _scores(here)  # the precision reached the model
-    saved = save_native(model, tmp_path / "int4", tokenizer=tok)
-    assert _scores(_eval_cli(saved, tmp_path / "saved.json")) == _scores(here)
+    assert _scores(cli_saved) == _scores(here)

@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 
 from pocketlm.train.config import TrainConfig, TrainConfigError
 from pocketlm.train.fixtures import bundled_data_dir
+from tests.conftest import micro_distill_args, micro_train_args
+from tests.side_by_side import run_side_by_side
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -28,9 +30,7 @@ def _env() -> dict:
 
 
 def _train_args(out: Path, micro: int, *extra: str, steps: int = STEPS) -> list[str]:
-    return ["-m", "pocketlm.cli", "train", "--preset", "micro", "--data", str(bundled_data_dir()), "--out", str(out),
-            "--steps", str(steps), "--batch-size", "8", "--micro-batch", str(micro), "--ckpt-every", str(steps // 2),
-            "--eval-every", str(steps // 2), "--threads", "1", "--no-progress", *extra]
+    return micro_train_args(bundled_data_dir(), out, micro, *extra, steps=steps)
 
 
 def _run(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
@@ -50,12 +50,19 @@ def _exported(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """One 2-process FSDP run and one single-process run of the same 20 steps (global batch 8)."""
+def runs(tmp_path_factory, single_process_micro_runs) -> dict:
+    """One 2-process FSDP run and one single-process run (shared with the DDP tests; read only) of the same
+    20 steps (global batch 8); beside the FSDP run, the same run in bf16 with activation checkpointing and
+    `--parallel fsdp` without torchrun (each torchrun binds only ports the OS picks, so two at once is safe)."""
     root = tmp_path_factory.mktemp("fsdp")
-    runs = {"fsdp": root / "fsdp", "single": root / "single"}
-    _run(TORCHRUN + ["--nproc_per_node", "2"] + _train_args(runs["fsdp"], 2, "--parallel", "fsdp"))
-    _run([sys.executable] + _train_args(runs["single"], 4))
+    runs = {"fsdp": root / "fsdp", "bf16": root / "bf16", "single": single_process_micro_runs["train"]}
+    fsdp, bf16, runs["without_torchrun"] = run_side_by_side([
+        TORCHRUN + ["--nproc_per_node", "2"] + _train_args(runs["fsdp"], 2, "--parallel", "fsdp"),
+        TORCHRUN + ["--nproc_per_node", "2"] + _train_args(runs["bf16"], 2, "--parallel", "fsdp", "--fsdp-bf16",
+                                                           "--activation-checkpointing"),
+        [sys.executable] + _train_args(root / "x", 4, "--parallel", "fsdp")], _env(), ROOT, timeout=600)
+    for proc in (fsdp, bf16):
+        assert proc.returncode == 0, proc.stderr[-3000:]
     return runs
 
 
@@ -87,8 +94,9 @@ def test_checkpoint_of_two_processes_resumes_in_one(runs, tmp_path):
     gradients and the gradient norm in another order than two)."""
     under_torchrun = _from_step_10(runs["fsdp"], tmp_path / "torchrun1")
     plain = _from_step_10(runs["fsdp"], tmp_path / "plain")
-    _run(TORCHRUN + ["--nproc_per_node", "1"] + _train_args(under_torchrun, 4, "--parallel", "fsdp"))
-    _run([sys.executable] + _train_args(plain, 4))
+    one_rank = TORCHRUN + ["--nproc_per_node", "1"] + _train_args(under_torchrun, 4, "--parallel", "fsdp")
+    for proc in run_side_by_side([one_rank, [sys.executable] + _train_args(plain, 4)], _env(), ROOT, timeout=300):
+        assert proc.returncode == 0, proc.stderr[-3000:]
     resumed, resumed_plain, original = _losses(under_torchrun), _losses(plain), _losses(runs["fsdp"])
     after = list(range(10, STEPS))
     assert [resumed[s] for s in after] == [resumed_plain[s] for s in after]  # bit-identical
@@ -130,8 +138,8 @@ def test_rank_killed_mid_save_leaves_the_previous_checkpoint(tmp_path):
     assert sorted(_losses(out)) == list(range(6))
 
 
-def test_fsdp_without_torchrun_is_one_clear_error(tmp_path):
-    proc = _run([sys.executable] + _train_args(tmp_path / "x", 4, "--parallel", "fsdp"), check=False)
+def test_fsdp_without_torchrun_is_one_clear_error(runs):
+    proc = runs["without_torchrun"]
     assert proc.returncode != 0
     assert "--parallel fsdp" in proc.stderr and "torchrun" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -162,33 +170,29 @@ def test_auto_parallel_choice():
     assert choose_parallel("ddp", 4, 10**10) == "ddp"
 
 
-def test_fsdp_distillation_shards_teacher_and_projection_and_matches_one_process(tmp_path):
+def test_fsdp_distillation_shards_teacher_and_projection_and_matches_one_process(single_process_micro_runs,
+                                                                               tmp_path):
     from pocketlm.train.fixtures import trained_preset
 
     teacher, _ = trained_preset("micro")
-    args = ["-m", "pocketlm.cli", "distill", "--teacher", str(teacher), "--student", "micro", "--data",
-            str(bundled_data_dir()), "--seq-len", "64", "--hidden-weight", "0.5", "--lr", "1e-2", "--steps", "8",
-            "--batch-size", "8", "--threads", "1", "--no-progress"]
-    _run(TORCHRUN + ["--nproc_per_node", "2"] + args + ["--micro-batch", "2", "--out", str(tmp_path / "fsdp"),
-                                                        "--parallel", "fsdp"])
-    _run([sys.executable] + args + ["--micro-batch", "4", "--out", str(tmp_path / "single")])
+    fsdp, single = tmp_path / "fsdp", single_process_micro_runs["distill"]  # the reference: 12 steps, micro-batch 4
+    _run(TORCHRUN + ["--nproc_per_node", "2"] + micro_distill_args(teacher, bundled_data_dir(), fsdp, 2,
+                                                                   "--parallel", "fsdp"))
 
-    def rows(run: str) -> list[dict]:
-        return [json.loads(line) for line in (tmp_path / run / "distill_log.jsonl").read_text().splitlines()]
+    def rows(run: Path) -> list[dict]:
+        return [json.loads(line) for line in (run / "distill_log.jsonl").read_text().splitlines()]
 
     for key in ("loss", "kd", "hidden"):
-        assert [r[key] for r in rows("fsdp") if r["kind"] == "train"] == pytest.approx(
-            [r[key] for r in rows("single") if r["kind"] == "train"], rel=1e-4, abs=1e-5)
-    summary_fsdp, summary_single = rows("fsdp")[-1], rows("single")[-1]  # KL after: teacher run sharded
+        assert [r[key] for r in rows(fsdp) if r["kind"] == "train"] == pytest.approx(
+            [r[key] for r in rows(single) if r["kind"] == "train"], rel=1e-4, abs=1e-5)
+    summary_fsdp, summary_single = rows(fsdp)[-1], rows(single)[-1]  # KL after: teacher run sharded
     assert summary_fsdp["kl_after"] == pytest.approx(summary_single["kl_after"], rel=1e-4)
-    for k, w in _exported(tmp_path / "single").items():
-        torch.testing.assert_close(_exported(tmp_path / "fsdp")[k], w, rtol=1e-4, atol=1e-5)
+    for k, w in _exported(single).items():
+        torch.testing.assert_close(_exported(fsdp)[k], w, rtol=1e-4, atol=1e-5)
 
 
-def test_fsdp_bf16_compute_with_activation_checkpointing_trains(runs, tmp_path):
-    out = tmp_path / "bf16"
-    _run(TORCHRUN + ["--nproc_per_node", "2"] + _train_args(out, 2, "--parallel", "fsdp", "--fsdp-bf16",
-                                                            "--activation-checkpointing"))
+def test_fsdp_bf16_compute_with_activation_checkpointing_trains(runs):
+    out = runs["bf16"]
     bf16, fp32 = _losses(out), _losses(runs["fsdp"])
     assert bf16 != fp32  # bf16 compute changes the numbers ...
     assert list(bf16.values()) == pytest.approx(list(fp32.values()), abs=0.05)  # ... not the training

@@ -115,7 +115,9 @@ def test_absurd_sizes_refused_at_once(tmp_path, field, value) -> None:
 
     t0 = time.perf_counter()
     assert_refused(*run_cli("info", write_json(tmp_path / "m.json", {**HUGE, field: value})), field)
-    assert time.perf_counter() - t0 < 5
+    # milliseconds when refused up front; building such a model would exhaust memory, so the bound only has
+    # to survive a loaded machine (a nice-19 run at load 10 on 2 cores gets a fifth of a core)
+    assert time.perf_counter() - t0 < 30
 
 
 # ---- recipes (merge, MoE, prune) ------------------------------------------------------------------------------
