@@ -8,7 +8,6 @@ dimension; a 2-D input counts as one), which only rescales their statistics.
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 
