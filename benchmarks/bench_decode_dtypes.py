@@ -5,7 +5,8 @@ fp32 (nn.Linear), fp32 and bf16 packed for CPU (oneDNN, fused q/k/v and gate/up)
 --compile, each packed / quantized variant is also timed under torch.compile (compiled once, up
 front; about a minute per variant).
 
-    python benchmarks/bench_decode_dtypes.py [--threads 2] [--rounds 3] [--steps 30] [--compile] [--checkpoint DIR]
+    python benchmarks/bench_decode_dtypes.py [--threads 2] [--rounds 3] [--steps 30] [--compile [--compile-only
+        'fp32 packed,ckpt NAME']] [--checkpoint DIR]
 
 `--checkpoint DIR` adds a saved quantized checkpoint of the same shape (`bench_quant_perf.py --save`:
 GPTQ int4 g64) opened by the runtime as `pocketlm eval` / `profile` open it; repeat it for several
@@ -40,6 +41,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--depth", type=int, default=128)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd variants")
+    ap.add_argument("--compile-only", default="", help="with --compile: only these variants (comma list, e.g. "
+                    "'fp32 packed,ckpt DIRNAME'; each compile takes about a minute)")
     ap.add_argument("--checkpoint", action="append", default=[], help="also time this saved (e.g. GPTQ int4) "
                     "checkpoint, opened by the runtime at its stored precision (repeatable)")
     args = ap.parse_args()
@@ -61,7 +64,8 @@ def main() -> None:
         variants[checkpoints[-1]] = open_model(path).eval()
     if args.compile:
         torch._dynamo.config.recompile_limit = 64  # the compiled models share Transformer.forward's cache
-        for name in ["fp32 packed", "bf16 packed", "int8", "int4"] + checkpoints:
+        chosen = [n for n in args.compile_only.split(",") if n]
+        for name in chosen or ["fp32 packed", "bf16 packed", "int8", "int4"] + checkpoints:
             t0 = time.perf_counter()
             variants[f"{name} compiled"], _ = compile_model(variants[name], args.depth, args.depth + args.steps + 8,
                                                             "cpu")

@@ -8,8 +8,6 @@ dimension; a 2-D input counts as one), which only rescales their statistics.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -48,10 +46,8 @@ class Hessian:
 
     def add_batch(self, x: Tensor) -> None:
         rows, samples = _rows(x)
-        self.H *= self.n / (self.n + samples)
-        self.n += samples
-        rows = rows * math.sqrt(2 / self.n)
-        self.H.addmm_(rows.T, rows)
+        old, self.n = self.n, self.n + samples
+        self.H.addmm_(rows.T, rows, beta=old / self.n, alpha=2 / self.n)  # in place: no scaled copy of x
 
 
 class MeanAbs:

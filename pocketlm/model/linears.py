@@ -45,13 +45,11 @@ INT4_GROUP_SIZES = (32, 64, 128, 256)
 def fused_linear(linears: list[nn.Linear]) -> nn.Linear:
     """One nn.Linear computing several of one input, outputs side by side; `.splits` gives their widths."""
     weight = torch.cat([lin.weight.detach() for lin in linears], dim=0)
-    has_bias = any(lin.bias is not None for lin in linears)
-    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        fused.weight.copy_(weight)
-        if has_bias:
-            fused.bias.copy_(torch.cat([lin.bias.detach() if lin.bias is not None else
-                                        torch.zeros(lin.out_features, dtype=weight.dtype) for lin in linears]))
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta", dtype=weight.dtype)
+    fused.weight = nn.Parameter(weight)  # the concatenation itself: no second copy, no initialisation to overwrite
+    if any(lin.bias is not None for lin in linears):
+        fused.bias = nn.Parameter(torch.cat([lin.bias.detach() if lin.bias is not None else
+                                             torch.zeros(lin.out_features, dtype=weight.dtype) for lin in linears]))
     fused.splits = [lin.out_features for lin in linears]
     return fused
 
@@ -401,9 +399,11 @@ def _int4_positions(rows: int, k: int) -> Tensor:
 
 def replace_linears(module: nn.Module, convert) -> None:
     """Set each nn.Linear child of `module` (any depth) to `convert(name, linear)` (in place)."""
-    for name, child in list(module.named_modules()):
-        if isinstance(child, nn.Linear) and name:
-            new = convert(name, child)
-            if new is not child:
-                parent_name, _, attr = name.rpartition(".")
-                setattr(module.get_submodule(parent_name) if parent_name else module, attr, new)
+    names = [name for name, child in module.named_modules() if isinstance(child, nn.Linear) and name]
+    for name in names:  # names, not modules: a list of the modules would keep every replaced one alive to the end
+        child = module.get_submodule(name)
+        new = convert(name, child)
+        if new is not child:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(parent_name) if parent_name else module, attr, new)
+        del child, new

@@ -922,9 +922,8 @@ class Transformer(nn.Module):
 
     def fuse(self) -> "Transformer":
         """q/k/v of standard attention and gate/up of gated FFNs as one matmul each (in place, exact)."""
-        for module in list(self.modules()):
-            if isinstance(module, (Attention, MLP)):
-                module.fuse()
+        for module in [m for m in self.modules() if isinstance(m, (Attention, MLP))]:  # not list(modules()):
+            module.fuse()  # that would hold every replaced q/k/v and gate/up alive until the loop ends
         self.transforms = dataclasses.replace(self.transforms, fused=True)
         return self
 
@@ -932,9 +931,8 @@ class Transformer(nn.Module):
         """Undo `fuse` (float layers only): separate q/k/v and gate/up again."""
         if self.transforms.packed or self.transforms.quantization:
             raise UnsavableModelError("only a float model unfuses; its kernels hold the fused matrices")
-        for module in list(self.modules()):
-            if isinstance(module, (Attention, MLP)):
-                module.unfuse()
+        for module in [m for m in self.modules() if isinstance(m, (Attention, MLP))]:
+            module.unfuse()
         self.transforms = dataclasses.replace(self.transforms, fused=False)
         return self
 
@@ -952,8 +950,8 @@ class Transformer(nn.Module):
         expert's matrices (named `<moe>.experts.gate_up.<e>` / `.down.<e>`, as `Experts.as_linears`)."""
         replace_linears(self, convert)
         if experts:
-            for name, module in list(self.named_modules()):
-                if isinstance(module, Experts) and module.gate_up is None:
+            for name, module in [(n, m) for n, m in self.named_modules() if isinstance(m, Experts)]:
+                if module.gate_up is None:
                     module.use_layers({k: convert(f"{name}.{k}", lin) for k, lin in module.as_linears().items()})
 
     def adopt_layout(self, transforms: Transforms) -> "Transformer":

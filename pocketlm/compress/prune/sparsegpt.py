@@ -32,8 +32,12 @@ def inverse_hessian_factor(H: Tensor, W: Tensor, damp: float) -> Tensor:
     H[dead, dead] = 1
     W[:, dead] = 0
     H.diagonal().add_(damp * torch.mean(torch.diag(H)))
-    L = torch.linalg.cholesky(H)
-    return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    # The reference forms H⁻¹ (cholesky_inverse) and factors it again. With J the reversal permutation,
+    # J H J = L Lᵀ gives H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J), and J L⁻¹ J is upper triangular with a positive
+    # diagonal: it is that factor, for one Cholesky and one triangular solve (the same U to rounding).
+    L = torch.linalg.cholesky(H.flip(0, 1))
+    eye = torch.eye(H.shape[0], dtype=H.dtype)
+    return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
 
 
 def prune_matrix(weight: Tensor, stat: Hessian, sparsity: float, nm: NM | None, blocksize: int = 128,

@@ -64,23 +64,28 @@ class GPTQ:
         codes = torch.zeros(n, k, dtype=torch.int32)
         Q = torch.zeros(n, k)
         loss = 0.0
+        order = perm.tolist()
         for i1 in range(0, k, self.blocksize):
             i2 = min(i1 + self.blocksize, k)
-            W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
-            Err1 = torch.zeros_like(W1)
+            # the block transposed: column i is the contiguous row W1[i], and its update touches whole rows
+            W1, Hinv1 = W[:, i1:i2].T.contiguous(), Hinv[i1:i2, i1:i2]
+            Err1, Q1 = torch.empty_like(W1), torch.empty_like(W1)
+            codes1 = torch.empty(W1.shape, dtype=torch.int32)
             for i in range(i2 - i1):
-                column = int(perm[i1 + i])
-                group = column // g
+                group = order[i1 + i] // g
                 if params[group] is None:  # dynamic group (natural order): fitted on the updated columns
-                    params[group] = self.grid.fit(torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :g])
-                w, d = W1[:, i], Hinv1[i, i]
-                q = self.grid.encode(w, *params[group])
-                wq = self.grid.decode(q, *params[group])
-                codes[:, column], Q[:, column] = q, wq
-                err = (w - wq) / d
-                loss += float((err ** 2).sum()) / 2
-                W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
-                Err1[:, i] = err
-            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+                    cols = W1[i:i + g].T
+                    if i + g > i2 - i1:
+                        cols = torch.cat([cols, W[:, i2:i1 + i + g]], 1)
+                    params[group] = self.grid.fit(cols)
+                w = W1[i]
+                codes1[i] = q = self.grid.encode(w, *params[group])
+                Q1[i] = wq = self.grid.decode(q, *params[group])
+                Err1[i] = err = (w - wq) / Hinv1[i, i]
+                W1[i:].sub_(Hinv1[i, i:, None] * err[None, :])
+            loss += float(Err1.pow(2).sum()) / 2
+            block = perm[i1:i2]
+            codes[:, block], Q[:, block] = codes1.T, Q1.T
+            W[:, i2:] -= Err1.T @ Hinv[i1:i2, i2:]
         stacked = tuple(torch.stack([p[j] for p in params], 1) for j in range(len(params[0])))
         return GPTQResult(codes, stacked, loss, Q)
