@@ -85,7 +85,8 @@ def bytes_per_token(model) -> int:
         if isinstance(module, kernel_choice.PackedLinear):
             total += module.nbytes
             continue
-        if not isinstance(module, (torch.nn.Linear, kernel_choice.TransposedLinear, *INT_LINEARS)):
+        if not isinstance(module, (torch.nn.Linear, kernel_choice.TransposedLinear, kernel_choice.CpuGemvLinear,
+                                   *INT_LINEARS)):
             continue
         for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
             if t is not None and t.untyped_storage().data_ptr() not in seen:
