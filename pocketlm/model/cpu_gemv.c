@@ -364,11 +364,140 @@ int pl_gemv_i4(const void *x, int x_bf16, const uint8_t *packed, const uint16_t 
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* tiled layouts: 16 output rows interleaved, one vector lane per row, one weight stream per block   */
+/* (64 bytes per step: f32 16 rows x 1 input, bf16 16 x 2, int8 16 x 4; rows padded to 16)          */
+/* ---------------------------------------------------------------------------------------------- */
+
+static inline void store_rows(void *y, int y_bf16, int64_t at, int64_t rows, __m512 v, const float *bias,
+                              const uint16_t *bias16, int64_t n0) {
+    float out[16];
+    _mm512_storeu_ps(out, v);
+    for (int64_t r = 0; r < rows; r++) {
+        float b = bias ? bias[n0 + r] : (bias16 ? bf16_to_f32(bias16[n0 + r]) : 0.0f);
+        store_y(y, y_bf16, at + r, out[r] + b);
+    }
+}
+
+int pl_gemv_f32t(const float *x, const float *w, const float *bias, float *y, int64_t M, int64_t K, int64_t N,
+                 int nt) {
+    int64_t nb = (N + 15) / 16;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t b = 0; b < nb; b++) {
+        const float *wb = w + b * K * 16;
+        for (int64_t m = 0; m < M; m++) {
+            const float *xm = x + m * K;
+            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+            int64_t k = 0;
+            for (; k + 4 <= K; k += 4) {
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wb + (k + 0) * 16), _mm512_set1_ps(xm[k + 0]), a0);
+                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(wb + (k + 1) * 16), _mm512_set1_ps(xm[k + 1]), a1);
+                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(wb + (k + 2) * 16), _mm512_set1_ps(xm[k + 2]), a2);
+                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(wb + (k + 3) * 16), _mm512_set1_ps(xm[k + 3]), a3);
+            }
+            for (; k < K; k++) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wb + k * 16), _mm512_set1_ps(xm[k]), a0);
+            __m512 acc = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+            store_rows(y, 0, m * N + b * 16, N - b * 16 < 16 ? N - b * 16 : 16, acc, bias, NULL, b * 16);
+        }
+    }
+    return 0;
+}
+
+/* w: [N/16, K2, 16, 2] bf16 with K2 = ceil(K / 2) (an odd K padded with a zero input) */
+int pl_gemv_bf16t(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int64_t M, int64_t K,
+                  int64_t N, int nt) {
+#ifdef __AVX512BF16__
+    int64_t K2 = (K + 1) / 2, nb = (N + 15) / 16;
+    uint16_t *xp = (uint16_t *)malloc((size_t)(M * K2 * 2) * sizeof(uint16_t));
+    if (!xp) return -1;
+    for (int64_t m = 0; m < M; m++) {
+        memcpy(xp + m * K2 * 2, x + m * K, (size_t)K * sizeof(uint16_t));
+        if (K % 2) xp[m * K2 * 2 + K] = 0;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t b = 0; b < nb; b++) {
+        const uint16_t *wb = w + b * K2 * 32;
+        for (int64_t m = 0; m < M; m++) {
+            const int32_t *x2 = (const int32_t *)(xp + m * K2 * 2);
+            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+            int64_t j = 0;
+#define BF16_STEP(acc, jj) acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(wb + (jj) * 32), \
+                                                  (__m512bh)_mm512_set1_epi32(x2[jj]))
+            for (; j + 4 <= K2; j += 4) {
+                BF16_STEP(a0, j); BF16_STEP(a1, j + 1); BF16_STEP(a2, j + 2); BF16_STEP(a3, j + 3);
+            }
+            for (; j < K2; j++) BF16_STEP(a0, j);
+#undef BF16_STEP
+            __m512 acc = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+            store_rows(y, 1, m * N + b * 16, N - b * 16 < 16 ? N - b * 16 : 16, acc, NULL, bias, b * 16);
+        }
+    }
+    free(xp);
+    return 0;
+#else
+    (void)x; (void)w; (void)bias; (void)y; (void)M; (void)K; (void)N; (void)nt;
+    return -2;
+#endif
+}
+
+/* w: [N/16, Kp/4, 16, 4] int8 with Kp = K rounded up to 32 (zero inputs); x quantized per block of 32 */
+int pl_gemv_i8t(const void *x, int x_bf16, const int8_t *w, const float *scales, const float *bias, void *y,
+                int64_t M, int64_t K, int64_t N, int nt) {
+    int64_t Kp = (K + 63) / 64 * 64, Kq = (K + QBLOCK - 1) / QBLOCK * QBLOCK, nb = (N + 15) / 16;
+    float *xf = x_to_f32(x, x_bf16, M, K, Kp);
+    int8_t *xq = (int8_t *)aligned_alloc(64, (size_t)(M * Kp));
+    float *d = (float *)malloc((size_t)(M * Kp / QBLOCK) * sizeof(float));
+    __mmask64 *neg = (__mmask64 *)malloc((size_t)(M * Kp / 4) * sizeof(__mmask64));
+    if (!xf || !xq || !d || !neg) {
+        free(xf); free(xq); free(d); free(neg);
+        return -1;
+    }
+    for (int64_t m = 0; m < M; m++) {  /* |xq| and, per 4 inputs, their signs repeated for the 16 rows */
+        int8_t *q = xq + m * Kp;
+        quantize_row(xf + m * Kp, Kp, q, d + m * Kp / QBLOCK);
+        for (int64_t c = 0; c < Kp / 4; c++) {
+            uint64_t bits = 0;
+            for (int j = 0; j < 4; j++) {
+                bits |= (uint64_t)(q[4 * c + j] < 0) << j;
+                q[4 * c + j] = (int8_t)(q[4 * c + j] < 0 ? -q[4 * c + j] : q[4 * c + j]);
+            }
+            neg[m * Kp / 4 + c] = (__mmask64)(bits * 0x1111111111111111ull);
+        }
+    }
+    const __m512i zero = _mm512_setzero_si512();
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t b = 0; b < nb; b++) {
+        const int8_t *wb = w + b * Kq * 16;
+        for (int64_t m = 0; m < M; m++) {
+            const int32_t *xa4 = (const int32_t *)(xq + m * Kp);
+            const __mmask64 *ng = neg + m * Kp / 4;
+            const float *dm = d + m * Kp / QBLOCK;
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t qb = 0; qb < Kq / QBLOCK; qb++) {
+                __m512i i0 = zero, i1 = zero;
+                for (int64_t c = qb * 8; c < qb * 8 + 8; c += 2) {
+                    __m512i w0 = _mm512_loadu_si512(wb + c * 64), w1 = _mm512_loadu_si512(wb + (c + 1) * 64);
+                    w0 = _mm512_mask_sub_epi8(w0, ng[c], zero, w0);
+                    w1 = _mm512_mask_sub_epi8(w1, ng[c + 1], zero, w1);
+                    i0 = _mm512_dpbusd_epi32(i0, _mm512_set1_epi32(xa4[c]), w0);
+                    i1 = _mm512_dpbusd_epi32(i1, _mm512_set1_epi32(xa4[c + 1]), w1);
+                }
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1)), _mm512_set1_ps(dm[qb]), acc);
+            }
+            int64_t rows = N - b * 16 < 16 ? N - b * 16 : 16;
+            acc = _mm512_mul_ps(acc, _mm512_maskz_loadu_ps(tail16(rows), scales + b * 16));
+            store_rows(y, x_bf16, m * N + b * 16, rows, acc, bias, NULL, b * 16);
+        }
+    }
+    free(xf); free(xq); free(d); free(neg);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* one entry point: a[] = kernel, x, x_bf16, w, s, z, bias, y, M, K, N, gs, threads                */
 /* (one ctypes argument instead of thirteen: the call costs about a microsecond less)              */
 /* ---------------------------------------------------------------------------------------------- */
 
-enum { K_F32 = 0, K_BF16 = 1, K_I8V = 2, K_I8F = 3, K_I4 = 4 };
+enum { K_F32 = 0, K_BF16 = 1, K_I8V = 2, K_I8F = 3, K_I4 = 4, K_F32T = 5, K_BF16T = 6, K_I8T = 7 };
 
 int pl_gemv(const int64_t *a) {
     const void *x = (const void *)a[1], *w = (const void *)a[3], *s = (const void *)a[4], *z = (const void *)a[5];
@@ -381,6 +510,9 @@ int pl_gemv(const int64_t *a) {
     case K_I8V: return pl_gemv_i8v(x, xb, w, s, bias, y, a[8], a[9], a[10], nt);
     case K_I8F: return pl_gemv_i8f(x, xb, w, s, bias, y, a[8], a[9], a[10], nt);
     case K_I4: return pl_gemv_i4(x, xb, w, s, z, bias, y, a[8], a[9], a[10], a[11], nt);
+    case K_F32T: return pl_gemv_f32t(x, w, bias, y, a[8], a[9], a[10], nt);
+    case K_BF16T: return pl_gemv_bf16t(x, w, bias, y, a[8], a[9], a[10], nt);
+    case K_I8T: return pl_gemv_i8t(x, xb, w, s, bias, y, a[8], a[9], a[10], nt);
     default: return -4;
     }
 }

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import shutil
 import subprocess
@@ -41,7 +42,8 @@ CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 BF16_FLAG = "avx512_bf16"
 MAX_ROWS = 4  # more rows than this (prefill) go to torch's kernel where the layer's weights allow
-KERNELS = ("f32", "bf16", "i8v", "i8f", "i4")
+KERNELS = ("f32", "bf16", "i8v", "i8f", "i4", "f32t", "bf16t", "i8t")  # in pl_gemv's order
+TILED = ("i4", "f32t", "bf16t", "i8t")  # kernels on their own 16-row-interleaved copy (every M runs in C)
 _ARGS = ctypes.c_int64 * 13  # pl_gemv's one argument: kernel, x, x_bf16, w, s, z, bias, y, M, K, N, group, threads
 
 
@@ -153,8 +155,8 @@ def kernels_for(kind: str) -> tuple[str, ...]:
     lib = library()
     if lib is None:
         return ()
-    return {"fp32": ("f32",), "bf16": ("bf16",) if lib.has_bf16 else (), "int8": ("i8v", "i8f"),
-            "int4": ("i4",)}.get(kind, ())
+    return {"fp32": ("f32", "f32t"), "bf16": ("bf16", "bf16t") if lib.has_bf16 else (),
+            "int8": ("i8v", "i8f", "i8t"), "int4": ("i4",)}.get(kind, ())
 
 
 def reset() -> None:
@@ -173,7 +175,7 @@ def gemv(x: Tensor, weight: Tensor, scales: Tensor | None, zeros: Tensor | None,
     """y = x W^T (+ bias) on `kernel`, x [..., K] -> [..., out_features] in x's dtype."""
     k = x.shape[-1]
     m = x.numel() // k
-    if m > MAX_ROWS and kernel != "i4":  # prefill: torch's kernel reads the same weights
+    if m > MAX_ROWS and kernel not in TILED:  # prefill: torch's kernel reads the same weights
         if kernel in ("f32", "bf16"):
             return F.linear(x, weight, bias)
         x2 = x.reshape(-1, k).to(torch.bfloat16).contiguous()
@@ -181,7 +183,7 @@ def gemv(x: Tensor, weight: Tensor, scales: Tensor | None, zeros: Tensor | None,
         y = y.to(x.dtype) if bias is None else (y.float() + bias).to(x.dtype)
         return y.reshape(*x.shape[:-1], out_features)
     dtype = x.dtype
-    want = weight.dtype if kernel in ("f32", "bf16") else (dtype if dtype in _X_DTYPES else torch.float32)
+    want = weight.dtype if kernel in ("f32", "bf16", "f32t", "bf16t") else (dtype if dtype in _X_DTYPES else torch.float32)
     xc = x if dtype == want and x.is_contiguous() else x.to(want).contiguous()
     y = torch.empty(*x.shape[:-1], out_features, dtype=want)
     rc = library().pl_gemv(_ARGS(_KERNEL_IDS[kernel], xc.data_ptr(), want == torch.bfloat16, weight.data_ptr(),
@@ -220,6 +222,16 @@ def gemv_any(x: Tensor, weight: Tensor, scales: Tensor | None, zeros: Tensor | N
 # ---------------------------------------------------------------------------------------------
 # the layer
 # ---------------------------------------------------------------------------------------------
+
+
+def tile_rows(weight: Tensor, per_lane: int, k_multiple: int = 1) -> Tensor:
+    """[N, K] -> [N/16, K', 16, per_lane] (16 rows interleaved, `per_lane` inputs per row in each 4-byte lane),
+    zero rows to a multiple of 16 and zero inputs to a multiple of `per_lane` and `k_multiple`."""
+    n, k = weight.shape
+    kp = -(-k // math.lcm(per_lane, k_multiple)) * math.lcm(per_lane, k_multiple)
+    nb = -(-n // 16)
+    w = F.pad(weight, (0, kp - k, 0, nb * 16 - n))
+    return w.view(nb, 16, kp // per_lane, per_lane).permute(0, 2, 1, 3).contiguous()
 
 
 def pack_int4(codes: Tensor, scales: Tensor, zeros: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -262,12 +274,18 @@ class CpuGemvLinear(nn.Module):
         """The same linear as `layer` (nn.Linear fp32/bf16, Int8Linear or Int4Linear) on `kernel`."""
         n, k = layer.out_features, layer.in_features
         splits = getattr(layer, "splits", None)
-        if kernel in ("f32", "bf16"):
+        if kernel in ("f32", "bf16", "f32t", "bf16t"):
             bias = None if layer.bias is None else layer.bias.detach()
-            return cls(kernel, k, n, layer.weight.detach(), bias=bias, splits=splits)
+            weight = layer.weight.detach()
+            if kernel in ("f32t", "bf16t"):
+                weight = tile_rows(weight, 1 if kernel == "f32t" else 2)
+            return cls(kernel, k, n, weight, bias=bias, splits=splits)
         bias = None if layer.bias is None else layer.bias.detach().float()
         if kernel in ("i8v", "i8f"):
             return cls(kernel, k, n, layer.qweight, layer.scales.float(), bias=bias, splits=splits)
+        if kernel == "i8t":
+            scales = F.pad(layer.scales.float(), (0, -(-n // 16) * 16 - n))
+            return cls(kernel, k, n, tile_rows(layer.qweight, 4, 32), scales, bias=bias, splits=splits)
         sz = layer.scales_and_zeros  # [G, N, 2]
         packed, s, z = pack_int4(layer.codes(), sz[..., 0].t(), sz[..., 1].t())
         return cls("i4", k, n, packed, s, z, bias, splits, layer.group_size)

@@ -48,8 +48,10 @@ from pocketlm.utils import atomic_write_text
 
 FLOAT_PATHS = ("linear", "transposed", "mkldnn")
 INT_PATHS = ("bf16", "fp32")
-GEMV_PATHS = {"gemv": ("f32", "bf16", "i4"), "gemv_vnni": ("i8v",), "gemv_fma": ("i8f",)}  # path -> cpu_gemv kernels
+GEMV_PATHS = {"gemv": ("f32", "bf16", "i4"), "gemv_tiled": ("f32t", "bf16t", "i8t"), "gemv_vnni": ("i8v",),
+              "gemv_fma": ("i8f",)}  # path -> its cpu_gemv kernels
 SHARING_PATHS = ("linear", "transposed", "gemv")  # a tied head on these keeps one matrix
+COPYING_PATHS = ("mkldnn", "gemv_tiled")  # ... and on these holds a second one
 COLD_BYTES = 64 << 20  # cycle weight copies until this much is read per pass: out of cache, as in decode
 MAX_COPIES = 16
 ROUNDS = 7  # candidates interleaved round by round; each keeps its fastest round (load only adds time)
@@ -169,10 +171,10 @@ def build_layer(linear: nn.Module, path: str, tied: bool = False) -> nn.Module:
 
 def _gemv_kernel(linear: nn.Module, path: str) -> str:
     if isinstance(linear, Int8Linear):
-        return {"gemv_vnni": "i8v", "gemv_fma": "i8f"}[path]
+        return {"gemv_vnni": "i8v", "gemv_fma": "i8f", "gemv_tiled": "i8t"}[path]
     if isinstance(linear, Int4Linear):
         return "i4"
-    return "f32" if linear.weight.dtype == torch.float32 else "bf16"
+    return ("f32" if linear.weight.dtype == torch.float32 else "bf16") + ("t" if path == "gemv_tiled" else "")
 
 
 def _random_layer(shape: LinearShape, generator: torch.Generator) -> nn.Module:
@@ -244,9 +246,10 @@ def time_calls(calls: dict[str, Callable[[], None]], rounds: int = ROUNDS) -> di
 def decide(shape: LinearShape, timer: Timer | None = None) -> dict:
     """Time `shape`'s candidates once; the cache entry {"path", "seconds"} (seconds per pass over the copies)."""
     seconds = (timer or time_calls)(candidate_calls(shape))
-    if shape.tied:  # linear / transposed / gemv share the embedding's storage; mkldnn would hold a second copy
+    if shape.tied:  # linear / transposed / gemv share the embedding's storage; mkldnn, gemv_tiled copy it
         sharing = min((p for p in SHARING_PATHS if p in seconds), key=seconds.get)
-        path = "mkldnn" if seconds["mkldnn"] * (1 + COPY_MARGIN) < seconds[sharing] else sharing
+        copying = min((p for p in COPYING_PATHS if p in seconds), key=seconds.get)
+        path = copying if seconds[copying] * (1 + COPY_MARGIN) < seconds[sharing] else sharing
     else:
         path = min(seconds, key=seconds.get)
     return {"path": path, "seconds": {p: round(t, 9) for p, t in seconds.items()}}
