@@ -94,6 +94,15 @@ INLINE void reduce_rows(const int R, const __m512 *acc, float *out) {
 
 /* Each kernel's row block is written for a constant count R of rows (1..ROWS), so the compiler keeps
  * the R accumulators in registers; DISPATCH_ROWS calls it with the block's count. */
+/* for each block of ROWS output rows (blocks split over the nt threads) and each row m of x: n0, rows, m */
+#define FOR_ROW_BLOCKS(N, M, ...)                                                     \
+    _Pragma("omp parallel for num_threads(nt) schedule(static) if (nt > 1)")          \
+    for (int64_t b_ = 0; b_ < ((N) + ROWS - 1) / ROWS; b_++) {                       \
+        int64_t n0 = b_ * ROWS;                                                       \
+        int rows = (N) - n0 < ROWS ? (int)((N) - n0) : ROWS;                          \
+        for (int64_t m = 0; m < (M); m++) { __VA_ARGS__ }                              \
+    }
+
 #define DISPATCH_ROWS(fn, rows, ...) \
     switch (rows) { case 4: fn(4, __VA_ARGS__); break; case 3: fn(3, __VA_ARGS__); break; \
                     case 2: fn(2, __VA_ARGS__); break; default: fn(1, __VA_ARGS__); }
@@ -116,17 +125,11 @@ INLINE void f32_rows(const int R, const float *xm, const float *w, int64_t K, fl
 
 int pl_gemv_f32(const float *x, const float *w, const float *bias, float *y, int64_t M, int64_t K, int64_t N,
                 int nt) {
-    int64_t nb = (N + ROWS - 1) / ROWS;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t b = 0; b < nb; b++) {
-        int64_t n0 = b * ROWS;
-        int rows = N - n0 < ROWS ? (int)(N - n0) : ROWS;
-        for (int64_t m = 0; m < M; m++) {
-            float sums[ROWS];
-            DISPATCH_ROWS(f32_rows, rows, x + m * K, w + n0 * K, K, sums);
-            for (int r = 0; r < rows; r++) y[m * N + n0 + r] = sums[r] + (bias ? bias[n0 + r] : 0.0f);
-        }
-    }
+    FOR_ROW_BLOCKS(N, M,
+        float sums[ROWS];
+        DISPATCH_ROWS(f32_rows, rows, x + m * K, w + n0 * K, K, sums);
+        for (int r = 0; r < rows; r++) y[m * N + n0 + r] = sums[r] + (bias ? bias[n0 + r] : 0.0f);
+    )
     return 0;
 }
 
@@ -164,17 +167,11 @@ INLINE void bf16_rows(const int R, const uint16_t *xm, const uint16_t *w, int64_
 int pl_gemv_bf16(const uint16_t *x, const uint16_t *w, const uint16_t *bias, uint16_t *y, int64_t M, int64_t K,
                  int64_t N, int nt) {
 #ifdef __AVX512BF16__
-    int64_t nb = (N + ROWS - 1) / ROWS;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t b = 0; b < nb; b++) {
-        int64_t n0 = b * ROWS;
-        int rows = N - n0 < ROWS ? (int)(N - n0) : ROWS;
-        for (int64_t m = 0; m < M; m++) {
-            float sums[ROWS];
-            DISPATCH_ROWS(bf16_rows, rows, x + m * K, w + n0 * K, K, sums);
-            for (int r = 0; r < rows; r++) y[m * N + n0 + r] = f32_to_bf16(sums[r] + bias_at(bias, 1, n0 + r));
-        }
-    }
+    FOR_ROW_BLOCKS(N, M,
+        float sums[ROWS];
+        DISPATCH_ROWS(bf16_rows, rows, x + m * K, w + n0 * K, K, sums);
+        for (int r = 0; r < rows; r++) y[m * N + n0 + r] = f32_to_bf16(sums[r] + bias_at(bias, 1, n0 + r));
+    )
     return 0;
 #else
     (void)x; (void)w; (void)bias; (void)y; (void)M; (void)K; (void)N; (void)nt;
@@ -246,18 +243,12 @@ int pl_gemv_i8v(const void *x, int x_bf16, const int8_t *w, const float *scales,
             dv[m * nc + c] = _mm512_mask_blend_ps((__mmask16)0xff00, _mm512_set1_ps(db[0]), _mm512_set1_ps(db[1]));
         }
     }
-    int64_t nb = (N + ROWS - 1) / ROWS;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t b = 0; b < nb; b++) {
-        int64_t n0 = b * ROWS;
-        int rows = N - n0 < ROWS ? (int)(N - n0) : ROWS;
-        for (int64_t m = 0; m < M; m++) {
-            float sums[ROWS];
-            DISPATCH_ROWS(i8v_rows, rows, xa + m * Kp, neg + m * nc, dv + m * nc, w + n0 * K, K, nc, sums);
-            for (int r = 0; r < rows; r++)
-                store_y(y, x_bf16, m * N + n0 + r, sums[r] * scales[n0 + r] + (bias ? bias[n0 + r] : 0.0f));
-        }
-    }
+    FOR_ROW_BLOCKS(N, M,
+        float sums[ROWS];
+        DISPATCH_ROWS(i8v_rows, rows, xa + m * Kp, neg + m * nc, dv + m * nc, w + n0 * K, K, nc, sums);
+        for (int r = 0; r < rows; r++)
+            store_y(y, x_bf16, m * N + n0 + r, sums[r] * scales[n0 + r] + (bias ? bias[n0 + r] : 0.0f));
+    )
     free(xf); free(xa); free(neg); free(dv); free(d);
     return 0;
 }
@@ -281,18 +272,12 @@ int pl_gemv_i8f(const void *x, int x_bf16, const int8_t *w, const float *scales,
     int64_t Kp = (K + 15) / 16 * 16;
     float *xf = x_to_f32(x, x_bf16, M, K, Kp);
     if (!xf) return -1;
-    int64_t nb = (N + ROWS - 1) / ROWS;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int64_t b = 0; b < nb; b++) {
-        int64_t n0 = b * ROWS;
-        int rows = N - n0 < ROWS ? (int)(N - n0) : ROWS;
-        for (int64_t m = 0; m < M; m++) {
-            float sums[ROWS];
-            DISPATCH_ROWS(i8f_rows, rows, xf + m * Kp, w + n0 * K, K, sums);
-            for (int r = 0; r < rows; r++)
-                store_y(y, x_bf16, m * N + n0 + r, sums[r] * scales[n0 + r] + (bias ? bias[n0 + r] : 0.0f));
-        }
-    }
+    FOR_ROW_BLOCKS(N, M,
+        float sums[ROWS];
+        DISPATCH_ROWS(i8f_rows, rows, xf + m * Kp, w + n0 * K, K, sums);
+        for (int r = 0; r < rows; r++)
+            store_y(y, x_bf16, m * N + n0 + r, sums[r] * scales[n0 + r] + (bias ? bias[n0 + r] : 0.0f));
+    )
     free(xf);
     return 0;
 }
