@@ -74,6 +74,7 @@ static inline __mmask64 tail64(int64_t left) { return left >= 64 ? ~(__mmask64)0
 /* ---------------------------------------------------------------------------------------------- */
 
 #define ROWS 4
+#define PREFETCH_ROWS 8 /* plain layouts: fetch the rows two blocks ahead (4 short streams defeat the prefetcher) */
 #define INLINE static inline __attribute__((always_inline))
 
 /* the sums of R (<= 4) accumulators, four at once by transposing 128-bit blocks */
@@ -113,7 +114,10 @@ INLINE void f32_rows(const int R, const float *xm, const float *w, int64_t K, fl
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
         __m512 xv = _mm512_loadu_ps(xm + k);
-        for (int r = 0; r < R; r++) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(w + r * K + k), xv, acc[r]);
+        for (int r = 0; r < R; r++) {
+            _mm_prefetch((const char *)(w + (r + PREFETCH_ROWS) * K + k), _MM_HINT_T0);
+            acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(w + r * K + k), xv, acc[r]);
+        }
     }
     if (k < K) {
         __mmask16 t = tail16(K - k);
@@ -152,7 +156,10 @@ INLINE void bf16_rows(const int R, const uint16_t *xm, const uint16_t *w, int64_
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
         __m512bh xv = (__m512bh)_mm512_loadu_si512(xm + k);
-        for (int r = 0; r < R; r++) acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(w + r * K + k), xv);
+        for (int r = 0; r < R; r++) {
+            _mm_prefetch((const char *)(w + (r + PREFETCH_ROWS) * K + k), _MM_HINT_T0);
+            acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_loadu_si512(w + r * K + k), xv);
+        }
     }
     if (k < K) {
         __mmask32 t = tail32(K - k);

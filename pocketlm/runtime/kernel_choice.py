@@ -18,7 +18,9 @@ Candidates
 - pocketlm's own AVX-512 batch-1 kernels (`pocketlm.model.cpu_gemv`, `CpuGemvLinear`), where they
   build on this machine: `gemv` for fp32, bf16 and int4, and for int8 `gemv_vnni` (activations
   quantized per block of 32, VNNI dot products) and `gemv_fma` (fp32 FMA on widened weights). Float
-  `gemv` reads the layer's own weights (a tied head keeps one matrix); int4 `gemv` repacks the codes.
+  `gemv` reads the layer's own weights (a tied head keeps one matrix); `gemv_tiled` (fp32, bf16, int8)
+  and int4's `gemv` hold a 16-row-interleaved copy, so a tied head is not offered `gemv_tiled` (the
+  embedding reads the plain matrix; a second copy would cost issue 18's fp32 peak-RSS target).
   The machine key carries the kernels' build key (source hash, compiler, CPU flags), so a changed
   kernel re-times every shape; without a compiler they are simply not candidates.
 Compiled paths are not timed here (compiling costs minutes); `pocketlm profile --compile` compiles
@@ -51,7 +53,7 @@ INT_PATHS = ("bf16", "fp32")
 GEMV_PATHS = {"gemv": ("f32", "bf16", "i4"), "gemv_tiled": ("f32t", "bf16t", "i8t"), "gemv_vnni": ("i8v",),
               "gemv_fma": ("i8f",)}  # path -> its cpu_gemv kernels
 SHARING_PATHS = ("linear", "transposed", "gemv")  # a tied head on these keeps one matrix
-COPYING_PATHS = ("mkldnn", "gemv_tiled")  # ... and on these holds a second one
+COPYING_PATHS = ("mkldnn",)  # ... and on this one holds a second (gemv_tiled would too: not offered to a tied head)
 COLD_BYTES = 64 << 20  # cycle weight copies until this much is read per pass: out of cache, as in decode
 MAX_COPIES = 16
 ROUNDS = 7  # candidates interleaved round by round; each keeps its fastest round (load only adds time)
@@ -80,7 +82,8 @@ class LinearShape:
     @property
     def paths(self) -> tuple[str, ...]:
         base = INT_PATHS if self.kind in ("int8", "int4") else FLOAT_PATHS
-        return base + tuple(p for p, kernels in GEMV_PATHS.items() if set(kernels) & set(cpu_gemv.kernels_for(self.kind)))
+        native = tuple(p for p, kernels in GEMV_PATHS.items() if set(kernels) & set(cpu_gemv.kernels_for(self.kind)))
+        return base + tuple(p for p in native if not (self.tied and p == "gemv_tiled"))
 
 
 # ---------------------------------------------------------------------------------------------
