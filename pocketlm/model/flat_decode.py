@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pocketlm.model.cpu_gemv import CpuGemvLinear, gemv_any
 from pocketlm.model.linears import Int4Linear, Int8Linear, PackedLinear, TransposedLinear, packed_linear
 
 
@@ -72,12 +73,14 @@ def flat_unsupported(model) -> str | None:
 
 @dataclass(frozen=True)
 class LinearSpec:
-    kind: str  # linear | transposed | mkldnn | int8 | int4
+    kind: str  # linear | transposed | mkldnn | int8 | int4 | gemv
     index: int  # its first tensor in `params`: the weight (or codes), then scales, then the bias
     has_bias: bool
     out_features: int
     group_size: int = 0  # int4
     compute_dtype: torch.dtype | None = None  # int8 / int4 activations inside the kernel
+    gemv: str = ""  # gemv: the cpu_gemv kernel
+    extra: tuple[int | None, ...] = ()  # gemv: indices of scales, zeros, bias (None: absent)
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,11 @@ class _Params:
 
 
 def _linear_spec(layer: nn.Module, params: _Params) -> LinearSpec:
+    if isinstance(layer, CpuGemvLinear):
+        i = params.add(layer.weight)
+        extra = tuple(params.add(t) for t in (layer.scales, layer.zeros, layer.bias))
+        return LinearSpec("gemv", i, layer.bias is not None, layer.out_features, layer.group_size,
+                          gemv=layer.kernel, extra=extra)
     if isinstance(layer, Int8Linear):
         i = params.add(layer.qweight)
         params.add(layer.scales)
@@ -199,6 +207,9 @@ def flatten(model) -> tuple[Plan, list[Tensor]]:
 def _linear(spec: LinearSpec, x: Tensor, p: list[Tensor]) -> Tensor:
     """x [1, in] -> [1, out] exactly as the layer's own forward computes it."""
     w = p[spec.index]
+    if spec.kind == "gemv":
+        s, z, b = (None if i is None else p[i] for i in spec.extra)
+        return gemv_any(x, w, s, z, b, spec.gemv, spec.out_features, spec.group_size)
     if spec.kind in ("int8", "int4"):
         xc = x.to(spec.compute_dtype).contiguous()
         if spec.kind == "int8":

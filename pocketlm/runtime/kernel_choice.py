@@ -15,6 +15,14 @@ Candidates
   matrix, so there it must win by `COPY_MARGIN` to be chosen.
 - int8 / int4 weight-only layers with bf16 activations: the kernel on `bf16` or `fp32` activations
   (the scales follow losslessly).
+- pocketlm's own AVX-512 batch-1 kernels (`pocketlm.model.cpu_gemv`, `CpuGemvLinear`), where they
+  build on this machine: `gemv` for fp32, bf16 and int4, and for int8 `gemv_vnni` (activations
+  quantized per block of 32, VNNI dot products) and `gemv_fma` (fp32 FMA on widened weights). Float
+  `gemv` reads the layer's own weights (a tied head keeps one matrix); `gemv_tiled` (fp32, bf16, int8)
+  and int4's `gemv` hold a 16-row-interleaved copy, so a tied head is not offered `gemv_tiled` (the
+  embedding reads the plain matrix; a second copy would cost issue 18's fp32 peak-RSS target).
+  The machine key carries the kernels' build key (source hash, compiler, CPU flags), so a changed
+  kernel re-times every shape; without a compiler they are simply not candidates.
 Compiled paths are not timed here (compiling costs minutes); `pocketlm profile --compile` compiles
 whatever was chosen.
 """
@@ -34,18 +42,24 @@ from typing import Callable
 import torch
 from torch import nn
 
+from pocketlm.model import cpu_gemv
+from pocketlm.model.cpu_gemv import CpuGemvLinear
 from pocketlm.model.linears import INT_LINEARS, Int4Linear, Int8Linear, PackedLinear, TransposedLinear
 from pocketlm.model.transformer import Transformer
 from pocketlm.utils import atomic_write_text
 
 FLOAT_PATHS = ("linear", "transposed", "mkldnn")
 INT_PATHS = ("bf16", "fp32")
+GEMV_PATHS = {"gemv": ("f32", "bf16", "i4"), "gemv_tiled": ("f32t", "bf16t", "i8t"), "gemv_vnni": ("i8v",),
+              "gemv_fma": ("i8f",)}  # path -> its cpu_gemv kernels
+SHARING_PATHS = ("linear", "transposed", "gemv")  # a tied head on these keeps one matrix
+COPYING_PATHS = ("mkldnn",)  # ... and on this one holds a second (gemv_tiled would too: not offered to a tied head)
 COLD_BYTES = 64 << 20  # cycle weight copies until this much is read per pass: out of cache, as in decode
 MAX_COPIES = 16
 ROUNDS = 7  # candidates interleaved round by round; each keeps its fastest round (load only adds time)
 HOPELESS = 5.0  # a candidate this many times slower than the fastest on its first call is not timed further
 COPY_MARGIN = 0.10  # a tied head takes a path that copies its matrix only if it is this much faster
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 Timer = Callable[[dict[str, Callable[[], None]]], dict[str, float]]
 
@@ -67,7 +81,9 @@ class LinearShape:
 
     @property
     def paths(self) -> tuple[str, ...]:
-        return INT_PATHS if self.kind in ("int8", "int4") else FLOAT_PATHS
+        base = INT_PATHS if self.kind in ("int8", "int4") else FLOAT_PATHS
+        native = tuple(p for p, kernels in GEMV_PATHS.items() if set(kernels) & set(cpu_gemv.kernels_for(self.kind)))
+        return base + tuple(p for p in native if not (self.tied and p == "gemv_tiled"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,10 +92,12 @@ class LinearShape:
 
 
 def machine_key(threads: int | None = None) -> dict[str, str | int]:
-    """What makes kernel timings comparable: CPU model, a digest of its flags, threads, torch version."""
+    """What makes kernel timings comparable: CPU model, a digest of its flags, threads, torch version,
+    and the build of pocketlm's own kernels (its key, or "none" where they do not build)."""
     model, flags = _cpu_identity()
     return {"cpu": model, "flags": hashlib.sha1(" ".join(sorted(flags)).encode()).hexdigest()[:16],
-            "threads": threads or torch.get_num_threads(), "torch": torch.__version__}
+            "threads": threads or torch.get_num_threads(), "torch": torch.__version__,
+            "gemv": cpu_gemv.build_id()}
 
 
 def _cpu_identity() -> tuple[str, list[str]]:
@@ -138,7 +156,10 @@ class KernelCache:
 
 
 def build_layer(linear: nn.Module, path: str, tied: bool = False) -> nn.Module:
-    """`linear` (an nn.Linear or an integer layer) running on `path`; integer layers change in place."""
+    """`linear` (an nn.Linear or an integer layer) running on `path`; integer layers change in place
+    (except on a `gemv*` path, which gives a new layer)."""
+    if path in GEMV_PATHS:
+        return CpuGemvLinear.from_layer(linear, _gemv_kernel(linear, path))
     if isinstance(linear, INT_LINEARS):
         linear.set_compute_dtype(torch.float32 if path == "fp32" else torch.bfloat16)
         return linear
@@ -149,6 +170,14 @@ def build_layer(linear: nn.Module, path: str, tied: bool = False) -> nn.Module:
     if path == "mkldnn":
         return PackedLinear(linear)
     raise ValueError(f"unknown kernel path {path!r}; choose from {FLOAT_PATHS} or {INT_PATHS}")
+
+
+def _gemv_kernel(linear: nn.Module, path: str) -> str:
+    if isinstance(linear, Int8Linear):
+        return {"gemv_vnni": "i8v", "gemv_fma": "i8f", "gemv_tiled": "i8t"}[path]
+    if isinstance(linear, Int4Linear):
+        return "i4"
+    return ("f32" if linear.weight.dtype == torch.float32 else "bf16") + ("t" if path == "gemv_tiled" else "")
 
 
 def _random_layer(shape: LinearShape, generator: torch.Generator) -> nn.Module:
@@ -220,9 +249,10 @@ def time_calls(calls: dict[str, Callable[[], None]], rounds: int = ROUNDS) -> di
 def decide(shape: LinearShape, timer: Timer | None = None) -> dict:
     """Time `shape`'s candidates once; the cache entry {"path", "seconds"} (seconds per pass over the copies)."""
     seconds = (timer or time_calls)(candidate_calls(shape))
-    if shape.tied:  # linear / transposed share the embedding's storage; mkldnn would hold a second copy
-        sharing = min(("linear", "transposed"), key=seconds.get)
-        path = "mkldnn" if seconds["mkldnn"] * (1 + COPY_MARGIN) < seconds[sharing] else sharing
+    if shape.tied:  # linear / transposed / gemv share the embedding's storage; mkldnn, gemv_tiled copy it
+        sharing = min((p for p in SHARING_PATHS if p in seconds), key=seconds.get)
+        copying = min((p for p in COPYING_PATHS if p in seconds), key=seconds.get)
+        path = copying if seconds[copying] * (1 + COPY_MARGIN) < seconds[sharing] else sharing
     else:
         path = min(seconds, key=seconds.get)
     return {"path": path, "seconds": {p: round(t, 9) for p, t in seconds.items()}}
@@ -291,11 +321,14 @@ def apply_plan(model: Transformer, paths: dict[str, str], shapes: dict[str, Line
         return build_layer(linear, paths[name], tied=shapes[name].tied if name in shapes else False)
 
     model.swap_linears(convert)
-    for name, layer in model.named_modules():  # integer layers are not nn.Linear: set them here
+    for name, layer in list(model.named_modules()):  # integer layers are not nn.Linear: set them here
         if isinstance(layer, INT_LINEARS) and name in paths:
-            build_layer(layer, paths[name])
+            new = build_layer(layer, paths[name])
+            if new is not layer:
+                parent, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, attr, new)
     kernels = tuple(sorted({(shapes[n].key, p) for n, p in paths.items() if n in shapes}))
-    moved = any(p in ("transposed", "mkldnn") for p in paths.values())
+    moved = any(p in ("transposed", "mkldnn", *GEMV_PATHS) for p in paths.values())
     model.transforms = dataclasses.replace(model.transforms, packed=model.transforms.packed or moved,
                                            kernels=kernels)
 
@@ -313,5 +346,5 @@ def plain_paths(model: Transformer) -> dict[str, str]:
     return out
 
 
-__all__ = ["KernelCache", "LinearShape", "apply_plan", "choose_kernels", "decide", "kernel_shapes",
+__all__ = ["GEMV_PATHS", "KernelCache", "LinearShape", "apply_plan", "choose_kernels", "decide", "kernel_shapes",
            "kernel_summary", "machine_key", "plain_paths", "time_calls"]
