@@ -10,9 +10,7 @@ import subprocess
 import sys
 import weakref
 
-import pytest
 import torch
-import transformers as T
 from torch import nn
 
 from pocketlm.model.linears import TransposedLinear, fused_linear, replace_linears
@@ -20,18 +18,10 @@ from pocketlm.model.transformer import _embedding
 from pocketlm.profile.memory import tensor_bytes
 from pocketlm.runtime import kernel_choice as kc
 from pocketlm.runtime import open_model
-from tests.hf_tiny import tiny_config
+from tests.test_kernel_choice import tied_dir  # noqa: F401 (fixture: a tiny tied qwen2 directory)
 from tests.threads import one_thread  # noqa: F401 (autouse)
 
 IDS = torch.arange(3, 35).reshape(2, 16) % 128
-
-
-@pytest.fixture(scope="module")
-def tied_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("qwen2")  # tied embeddings, q/k/v biases
-    torch.manual_seed(0)
-    T.AutoModelForCausalLM.from_config(tiny_config("qwen2")).save_pretrained(d)
-    return d
 
 
 def test_embedding_draws_torch_s_numbers() -> None:
