@@ -207,6 +207,8 @@ def open_model(ref: str | Path | ModelRef, precision: str | None = None, device:
     if pack is None and device == "cpu" and model.embed.weight.dtype in (torch.float32, torch.bfloat16):
         from pocketlm.runtime.kernel_choice import choose_kernels
 
+        model.eval().fuse()
+        release_memory()  # the unfused matrices' pages, before the kernels' copies need memory of their own
         choose_kernels(model)
     release_memory()
     return model.to(device) if device != "cpu" else model
