@@ -178,6 +178,9 @@ def main() -> None:
                                                for k, v in r.items() if isinstance(v, dict) and "peak_process_mb" in v)
                   + "  (process/decode peak)  " + "  ".join(f"{k} {v:.2f}x" for k, v in r.items()
                                                              if not isinstance(v, dict)), flush=True)
+            for k, v in r.items():
+                if isinstance(v, dict) and "error" in v:
+                    print(f"{precision} {k}: {v['error']}", flush=True)
     print(json.dumps({"bench": "decode_memory", "model": args.model, "prompt": args.prompt, "new": args.new,
                       "threads": args.threads, "results": results}))
 
