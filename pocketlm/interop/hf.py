@@ -76,12 +76,16 @@ def _indexed_files(index: Path) -> list[Path]:
 
 
 def read_hf_tensors(path: Path) -> dict[str, Tensor]:
-    """All tensors of a HF directory's weight files (see `weight_files`)."""
+    """All tensors of a HF directory's weight files (see `weight_files`).
+
+    Read with pread, each tensor in memory of its own: memory-mapped tensors would share the
+    file's mapping, whose pages stay resident until the last tensor goes, so every matrix the
+    runtime then fuses, transposes or packs would be held twice."""
     tensors: dict[str, Tensor] = {}
     for f in weight_files(path):
         if f.suffix == ".safetensors":
             try:
-                tensors.update(load_file(str(f)))
+                tensors.update(load_file(str(f), backend="pread"))
             except (SafetensorError, OSError, ValueError) as e:
                 raise CheckpointError(f"{f}: not a readable safetensors file ({e}); the file may be truncated "
                                       "or corrupted: re-download or re-save it") from e

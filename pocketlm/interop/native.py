@@ -77,7 +77,7 @@ def load_native(path: str | Path, dtype: torch.dtype | None = torch.float32) -> 
     if not weights.is_file():
         raise CheckpointError(f"{path}: {WEIGHTS_NAME} is missing")
     try:
-        state = load_file(str(weights))
+        state = load_file(str(weights), backend="pread")  # own memory per tensor (`read_hf_tensors`)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({e}); it may be truncated") from e
     with torch.device("meta"):

@@ -295,19 +295,29 @@ def choose_kernels(model: Transformer, cache: KernelCache | None = None, machine
     Fuses q/k/v and gate/up first (one matmul each, as a decode step runs them). Shapes without a
     decision for `machine` (default: this one, `machine_key()`) are timed with `timer` and cached;
     `refresh` re-times every shape."""
-    cache = cache or KernelCache()
-    machine = machine or machine_key()
     model.eval().fuse()
     shapes = kernel_shapes(model)
+    plan = plan_shapes(shapes.values(), cache, machine, timer, refresh)
+    apply_plan(model, {name: plan[s.key] for name, s in shapes.items()}, shapes)
+    return plan
+
+
+def plan_shapes(shapes, cache: KernelCache | None = None, machine: dict | None = None, timer: Timer | None = None,
+                refresh: bool = False) -> dict[str, str]:
+    """{shape key: path} for `shapes` (LinearShape), cached or timed now and cached; touches no model.
+
+    `runtime.open_model` runs it on a weightless (meta) copy before the weights exist, so the
+    candidates' timing copies are freed before the model is built."""
+    cache = cache or KernelCache()
+    machine = machine or machine_key()
     plan, new = {}, {}
-    for shape in {s.key: s for s in shapes.values()}.values():
+    for shape in {s.key: s for s in shapes}.values():
         entry = None if refresh else cache.lookup(machine, shape.key)
         if entry is None or entry.get("path") not in shape.paths:
             entry = new[shape.key] = decide(shape, timer)
         plan[shape.key] = entry["path"]
     if new:
         cache.store(machine, new)
-    apply_plan(model, {name: plan[s.key] for name, s in shapes.items()}, shapes)
     return plan
 
 
@@ -347,4 +357,4 @@ def plain_paths(model: Transformer) -> dict[str, str]:
 
 
 __all__ = ["GEMV_PATHS", "KernelCache", "LinearShape", "apply_plan", "choose_kernels", "decide", "kernel_shapes",
-           "kernel_summary", "machine_key", "plain_paths", "time_calls"]
+           "kernel_summary", "machine_key", "plain_paths", "plan_shapes", "time_calls"]

@@ -188,6 +188,8 @@ def open_model(ref: str | Path | ModelRef, precision: str | None = None, device:
         precision = precision or "fp32"
         base = FLOAT_DTYPES.get(precision, torch.bfloat16)
         check_fits_memory(spec.config, base.itemsize, spec.name)
+        if pack is None and device == "cpu" and precision in ("fp32", "bf16"):
+            plan_kernels_first(spec.config, base)
         if spec.kind == "checkpoint":
             from pocketlm.interop import load_model
 
@@ -205,9 +207,25 @@ def open_model(ref: str | Path | ModelRef, precision: str | None = None, device:
     if pack is None and device == "cpu" and model.embed.weight.dtype in (torch.float32, torch.bfloat16):
         from pocketlm.runtime.kernel_choice import choose_kernels
 
+        model.eval().fuse()
+        release_memory()  # the unfused matrices' pages, before the kernels' copies need memory of their own
         choose_kernels(model)
     release_memory()
     return model.to(device) if device != "cpu" else model
+
+
+def plan_kernels_first(cfg: ModelConfig, dtype: torch.dtype) -> None:
+    """Find (or time and cache) the kernel decisions for `cfg`'s linear shapes before any weight exists.
+
+    Timing holds random copies of each shape (three of the LM head's matrix, one per candidate);
+    done here, they are freed before the model is built, and the choice made after loading reads
+    every decision from the cache."""
+    from pocketlm.runtime.kernel_choice import kernel_shapes, plan_shapes
+
+    with torch.device("meta"):
+        shell = Transformer(cfg).to(dtype).eval().fuse()
+    plan_shapes(kernel_shapes(shell).values())
+    release_memory()
 
 
 def _open_quantized(spec: ModelRef, precision: str | None, group_size: int | None) -> Transformer:

@@ -27,7 +27,8 @@ def quantize_model(model: nn.Module, scheme: str, group_size: int = 32, *,
     check_finite_weights(model, "model", QuantizationError)
     if fuse and isinstance(model, Transformer):
         model.fuse()
-    targets, kept = select_linears(model, scheme, group_size, tuple(skip), skip_unsupported)
+    kept = select_linears(model, scheme, group_size, tuple(skip), skip_unsupported)[1]  # no reference kept: each
+    # float layer is freed as its integer layer replaces it
     recipe = QuantRecipe(scheme, group_size if scheme == "int4" else None, "rtn", DTYPE_NAMES[compute_dtype],
                          tuple(kept))
     return to_kernels(model, lambda name, lin: round_to_grid(lin.weight, scheme, group_size), recipe)

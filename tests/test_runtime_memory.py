@@ -1,0 +1,96 @@
+"""What the runtime holds while it opens a model: no second copy of a tied head, no layer kept past its
+replacement, kernel timing before the weights exist, no compiler imported for placeholders.
+
+Nothing here reads RSS (load and allocator noise would make it flaky): storages, byte counts,
+references and imported modules are exact. The RSS figures are benchmarks/bench_decode_memory.py's."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import weakref
+
+import torch
+from torch import nn
+
+from pocketlm.model.linears import TransposedLinear, fused_linear, replace_linears
+from pocketlm.model.transformer import _embedding
+from pocketlm.profile.memory import tensor_bytes
+from pocketlm.runtime import kernel_choice as kc
+from pocketlm.runtime import open_model
+from tests.test_kernel_choice import tied_dir  # noqa: F401 (fixture: a tiny tied qwen2 directory)
+from tests.threads import one_thread  # noqa: F401 (autouse)
+
+IDS = torch.arange(3, 35).reshape(2, 16) % 128
+
+
+def test_embedding_draws_torch_s_numbers() -> None:
+    torch.manual_seed(3)
+    ref = nn.Embedding(50, 8).weight.detach().clone()
+    after_ref = torch.rand(4)
+    torch.manual_seed(3)
+    ours = _embedding(50, 8).weight.detach()
+    assert torch.equal(ours, ref) and torch.equal(torch.rand(4), after_ref)  # same values, same RNG state after
+
+
+def test_fused_linear_is_the_parts_side_by_side() -> None:
+    parts = [nn.Linear(6, n, bias=b) for n, b in ((4, True), (2, False), (3, True))]
+    fused = fused_linear(parts)
+    assert torch.equal(fused.weight, torch.cat([p.weight for p in parts]))
+    assert torch.equal(fused.bias, torch.cat([parts[0].bias, torch.zeros(2), parts[2].bias]))
+    assert fused.splits == [4, 2, 3] and fused.weight.requires_grad and fused.weight.device.type == "cpu"
+    x = torch.randn(5, 6)
+    assert torch.equal(fused(x), torch.nn.functional.linear(x, fused.weight, fused.bias))
+
+
+def test_replace_linears_frees_each_layer_before_converting_the_next() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 4))
+    gone: list[weakref.ref] = []
+
+    def convert(name: str, linear: nn.Linear) -> nn.Module:
+        assert all(ref() is None for ref in gone), "a replaced layer is still alive"
+        gone.append(weakref.ref(linear))
+        return TransposedLinear(linear)
+
+    replace_linears(model, convert)
+    assert len(gone) == 3 and all(isinstance(model[i], TransposedLinear) for i in (0, 2, 3))
+
+
+def test_open_model_times_kernels_before_loading_and_stores_the_tied_head_once(tied_dir, tmp_path,
+                                                                                monkeypatch) -> None:
+    import pocketlm.interop as interop
+
+    events: list[str] = []
+    load = interop.load_model
+    monkeypatch.setattr(interop, "load_model", lambda *a, **k: (events.append("load"), load(*a, **k))[1])
+    monkeypatch.setattr(kc, "time_calls", lambda calls: (events.append("time"),
+                                                         {p: (0.5 if p == "transposed" else 1.0) for p in calls})[1])
+    monkeypatch.setenv("POCKETLM_CACHE", str(tmp_path))
+    model = open_model(tied_dir, "fp32", pack=None)
+    assert events.count("load") == 1 and "time" in events and events[-1] == "load"  # every timing before the weights
+    assert set(kc.kernel_summary(model).values()) == {"transposed"}
+    plain = open_model(tied_dir, "fp32")
+    assert model.lm_head.weight_t.untyped_storage().data_ptr() == model.embed.weight.untyped_storage().data_ptr()
+    assert tensor_bytes(model) == tensor_bytes(plain)  # the tied matrix held once, as in the plain layout
+    with torch.inference_mode():
+        torch.testing.assert_close(model(IDS), plain(IDS), atol=1e-5, rtol=1e-5)
+    events.clear()
+    open_model(tied_dir, "fp32", pack=None)
+    assert events == ["load"]  # the second open reads every decision from the cache
+
+
+def test_placeholders_and_eager_packed_layers_import_no_compiler() -> None:
+    code = """
+import sys, torch
+from pocketlm.model.linears import PackedLinear
+from pocketlm.model.transformer import Transformer
+from pocketlm.runtime import resolve
+with torch.device("meta"):
+    Transformer(resolve("SmolLM-135M").config).fuse()
+with torch.inference_mode():
+    PackedLinear(torch.nn.Linear(8, 4))(torch.randn(1, 8))
+print(sorted(m for m in ("torch._dynamo", "sympy") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
