@@ -79,5 +79,8 @@ def demo_section(model_dir: Path, out_dir: Path) -> dict:
           f"benchmark; see `pocketlm/evaluate/data/ATTRIBUTION.md`), so numbers carry wide error bars: the "
           f"± column is the standard error. Per-example records: `eval_results.json`.\n\n"
           f"{summary_table(zero)}\n\n{groups_md}\n\n![zero-shot scores](eval_scores.png)\n\n"
+          f"`perplexity_tinystories` reads the first 24 KB of TinyStories' validation split, which the bundled "
+          f"corpus (the demo model's training text) contains, so for this model it is a training-text "
+          f"perplexity; the shrink sections score on the corpus's held-out documents instead.\n\n"
           f"Median throughput: {sorted(speed)[len(speed) // 2]:.1f} examples/s on this machine.")
     return {"title": "Capability (benchmark suite)", "markdown": md, "metrics": metrics}
