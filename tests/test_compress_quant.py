@@ -308,13 +308,22 @@ def _gptq_one_matrix_at_a_time(model: Transformer, calib: torch.Tensor, grid: In
     return out
 
 
-def test_gptq_walk_equals_the_plain_true_sequential_order() -> None:
-    """The walk's shortcuts (a group's forwards stop once its inputs are seen; matrices sharing an input
-    solved as one stacked matrix) leave exactly the weights of the plain order."""
+@pytest.mark.parametrize("layout", [{}, {"norm_placement": "sandwich"}, {"residual_scale": 0.5}, {"parallel_residual": True}],
+                         ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()) or "pre")
+def test_gptq_walk_equals_the_plain_true_sequential_order(layout) -> None:
+    """The walk's shortcuts (a group's forwards stop once its inputs are seen; the FFN passes start from
+    the kept residual stream after attention; matrices sharing an input solved as one stacked matrix)
+    leave exactly the weights of the plain order, for every residual layout."""
     grid, calib = IntGrid(4, 32), _calib(16, 32)
-    expect = _gptq_one_matrix_at_a_time(_model(n_kv_head=2), calib, grid)
-    model = _model(n_kv_head=2)
+    expect = _gptq_one_matrix_at_a_time(_model(n_kv_head=2, **layout), calib, grid)
+    model = _model(n_kv_head=2, **layout)
+    attention_runs = []
+    for block in model.blocks:
+        block.attn.register_forward_hook(lambda *_: attention_runs.append(1))  # a completed attention forward
     report = quantize(model, "gptq", 4, 32, calib=calib, kernels=False)
+    # 2 batches x 2 blocks: attention completes once per batch (gate/up's pass keeps its output), where a
+    # parallel-residual block (its FFN reads the block input) re-runs it for down's pass and the outputs
+    assert len(attention_runs) == 2 * 2 * (3 if layout.get("parallel_residual") else 1)
     weights = dict(model.named_parameters())
     assert set(report.codes) == set(expect)
     for name, w in expect.items():

@@ -18,7 +18,11 @@ statistics pass stops each batch's forward as soon as every hooked module has se
 layers after it cannot change those inputs), so q/k/v's pass costs a norm and down_proj's stops
 before its own matmul: the five passes of a block cost about 2.4 forwards of it instead of five
 (counted in multiply-adds per token for the SmolLM-135M shape at 512-token windows: 0 + 1.14M + 1.47M
-+ 3.24M + 4.13M over 4.13M per forward).
++ 3.24M + 4.13M over 4.13M per forward). Once no group left touches attention (after o_proj), the pass
+that reads gate/up's inputs writes each batch's residual stream after attention (`Block.attend`) over
+its block input, and the later passes run only the FFN half (`Block.feed_forward`): the same values,
+no extra buffer, and attention runs in two passes per block instead of four (not for parallel
+residual blocks, whose FFN reads the block input).
 """
 
 from __future__ import annotations
@@ -117,39 +121,55 @@ def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumu
     try:
         for b, block in enumerate(model.blocks):
             applications = schedule.count(b)
+            stop_early = bool(groups) and applications == 1  # a shared block's later applications feed stats too
+            # once no group left touches attention, the batches hold the residual stream after attention
+            # (written over the block inputs), and later passes run the FFN half only
+            split = stop_early and not model.config.parallel_residual
+            attention = {id(m) for m in block.attn.modules()}
+            attended = [False]
 
             def run(block: nn.Module = block, applications: int = applications, seen: set[int] | None = None,
-                    batches: list[tuple[Tensor, AttentionInputs]] = batches) -> list[Tensor]:
+                    batches: list[tuple[Tensor, AttentionInputs]] = batches, attend: bool = False,
+                    attended: list[bool] = attended) -> list[Tensor]:
                 outs = []
                 with torch.autocast("cpu", dtype=compute_dtype or torch.bfloat16, enabled=compute_dtype is not None):
-                    for x, inp in batches:
+                    for i, (x, inp) in enumerate(batches):
                         if seen is not None:
                             seen.clear()
                         try:
-                            for _ in range(applications):
-                                x = block(x, inp, None, model.shared_mlp)
+                            if attend:  # the attention weights are final: keep its output for the later passes
+                                x = block.attend(x, inp, None)
+                                batches[i] = (x, inp)
+                            if attend or attended[0]:
+                                x = block.feed_forward(x, model.shared_mlp)
+                            else:
+                                for _ in range(applications):
+                                    x = block(x, inp, None, model.shared_mlp)
                             outs.append(x)
                         except _Captured:  # the group's inputs are all seen: the rest of the block is not needed
                             pass
                 return outs
 
             outputs, changed = None, False
-            stop_early = bool(groups) and applications == 1  # a shared block's later applications feed stats too
-            for group in _groups(block_targets(model, b, skip), groups):
+            ordered = list(_groups(block_targets(model, b, skip), groups))
+            for g, group in enumerate(ordered):
                 stats: dict[str, Accumulator] = {}
                 made = []
                 for t in group:
                     if t.input_key not in stats:
                         stats[t.input_key] = make_stat(t)
                         made.append(t)
+                attend = split and not attended[0] and all(id(t.module) not in attention
+                                                           for later in ordered[g:] for t in later)
                 seen: set[int] | None = set() if stop_early else None
                 handles = [t.module.register_forward_pre_hook(_hook(t, stats[t.input_key], seen, len(made)))
                            for t in made]
                 try:
-                    outputs = run(seen=seen)
+                    outputs = run(seen=seen, attend=attend)
                 finally:
                     for h in handles:
                         h.remove()
+                attended[0] = attended[0] or attend
                 changed = bool(compress(BlockStep(b, block, group, stats, run))) or changed
                 del stats, handles
                 release_memory()

@@ -683,26 +683,38 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, inp: AttentionInputs, cache: LayerCache | None,
                 shared_mlp: nn.Module | None = None) -> Tensor:
-        mlp = shared_mlp if shared_mlp is not None else self.mlp
-        s, place = self.cfg.residual_scale, self.cfg.norm_placement
         if self.cfg.parallel_residual:
+            mlp = shared_mlp if shared_mlp is not None else self.mlp
             h = self.attn_norm(x)
             m_in = h if self.cfg.parallel_shared_norm else self.mlp_norm(x)
             return x + self.attn(h, inp, cache) + mlp(m_in)
+        return self.feed_forward(self.attend(x, inp, cache), shared_mlp)
+
+    def attend(self, x: Tensor, inp: AttentionInputs, cache: LayerCache | None) -> Tensor:
+        """The attention half of a sequential-residual block: the residual stream entering the FFN half."""
+        s, place = self.cfg.residual_scale, self.cfg.norm_placement
         if place == "pre":
             if s == 1.0:  # the common case: one op less per branch, the same values
-                x = x + self.attn(self.attn_norm(x), inp, cache)
+                return x + self.attn(self.attn_norm(x), inp, cache)
+            return x + s * self.attn(self.attn_norm(x), inp, cache)
+        if place == "post":
+            return self.attn_norm(x + self.attn(x, inp, cache))
+        if place == "sandwich":
+            return x + self.post_attn_norm(self.attn(self.attn_norm(x), inp, cache))
+        return x + self.attn_norm(self.attn(x, inp, cache))  # post_sublayer (OLMo-2): norm the branch output
+
+    def feed_forward(self, x: Tensor, shared_mlp: nn.Module | None = None) -> Tensor:
+        """The FFN half of a sequential-residual block, on `attend`'s output: the block's output."""
+        mlp = shared_mlp if shared_mlp is not None else self.mlp
+        s, place = self.cfg.residual_scale, self.cfg.norm_placement
+        if place == "pre":
+            if s == 1.0:
                 return x + mlp(self.mlp_norm(x))
-            x = x + s * self.attn(self.attn_norm(x), inp, cache)
             return x + s * mlp(self.mlp_norm(x))
         if place == "post":
-            x = self.attn_norm(x + self.attn(x, inp, cache))
             return self.mlp_norm(x + mlp(x))
         if place == "sandwich":
-            x = x + self.post_attn_norm(self.attn(self.attn_norm(x), inp, cache))
             return x + self.post_mlp_norm(mlp(self.mlp_norm(x)))
-        # post_sublayer (OLMo-2): norm the branch output, no input norm
-        x = x + self.attn_norm(self.attn(x, inp, cache))
         return x + self.mlp_norm(mlp(x))
 
 
