@@ -406,9 +406,9 @@ def _int4_positions(rows: int, k: int) -> Tensor:
     return where
 
 
-def replace_linears(module: nn.Module, convert) -> None:
-    """Set each nn.Linear child of `module` (any depth) to `convert(name, linear)` (in place)."""
-    names = [name for name, child in module.named_modules() if isinstance(child, nn.Linear) and name]
+def replace_linears(module: nn.Module, convert, kinds: tuple[type, ...] = (nn.Linear,)) -> None:
+    """Set each child of `module` (any depth) that is one of `kinds` to `convert(name, layer)` (in place)."""
+    names = [name for name, child in module.named_modules() if isinstance(child, kinds) and name]
     for name in names:  # by name: a replaced layer is freed at once, not held to the end of the walk
         new = convert(name, module.get_submodule(name))
         parent_name, _, attr = name.rpartition(".")

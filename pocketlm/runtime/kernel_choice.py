@@ -44,7 +44,8 @@ from torch import nn
 
 from pocketlm.model import cpu_gemv
 from pocketlm.model.cpu_gemv import CpuGemvLinear
-from pocketlm.model.linears import INT_LINEARS, Int4Linear, Int8Linear, PackedLinear, TransposedLinear
+from pocketlm.model.linears import (INT_LINEARS, Int4Linear, Int8Linear, PackedLinear, TransposedLinear,
+                                     replace_linears)
 from pocketlm.model.transformer import Transformer
 from pocketlm.utils import atomic_write_text
 
@@ -331,12 +332,7 @@ def apply_plan(model: Transformer, paths: dict[str, str], shapes: dict[str, Line
         return build_layer(linear, paths[name], tied=shapes[name].tied if name in shapes else False)
 
     model.swap_linears(convert)
-    for name, layer in list(model.named_modules()):  # integer layers are not nn.Linear: set them here
-        if isinstance(layer, INT_LINEARS) and name in paths:
-            new = build_layer(layer, paths[name])
-            if new is not layer:
-                parent, _, attr = name.rpartition(".")
-                setattr(model.get_submodule(parent) if parent else model, attr, new)
+    replace_linears(model, convert, kinds=INT_LINEARS)  # integer layers are not nn.Linear: set them here
     kernels = tuple(sorted({(shapes[n].key, p) for n, p in paths.items() if n in shapes}))
     moved = any(p in ("transposed", "mkldnn", *GEMV_PATHS) for p in paths.values())
     model.transforms = dataclasses.replace(model.transforms, packed=model.transforms.packed or moved,
