@@ -269,3 +269,21 @@ def test_bf16_calibration_forward_keeps_fp32_statistics_and_nearly_the_same_mask
         assert b.rel_error == pytest.approx(a.rel_error, rel=0.1)
     with pytest.raises(RecipeError, match="calib_dtype"):
         PruneRecipe(calib_dtype="fp8")
+
+
+def test_inverse_hessian_factor_is_the_upper_cholesky_factor_of_the_damped_inverse() -> None:
+    """One Cholesky of the reversed H gives the factor the reference forms as chol(H⁻¹) (SparseGPT/GPTQ)."""
+    torch.manual_seed(0)
+    x = torch.randn(300, 40, dtype=torch.float64)
+    H = x.T @ x
+    H[7, :], H[:, 7] = 0, 0  # a dead input: its row and column become the identity's, its weights zero
+    W = torch.randn(5, 40, dtype=torch.float64)
+    U = sparsegpt.inverse_hessian_factor(H.clone(), W, damp=0.01)
+    damped = H.clone()
+    damped[7, 7] = 1
+    damped.diagonal().add_(0.01 * torch.mean(torch.diag(damped)))
+    reference = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
+    assert torch.equal(U, U.triu()) and bool((U.diagonal() > 0).all())
+    assert torch.allclose(U, reference, atol=1e-10)
+    assert torch.allclose(U.T @ U, torch.linalg.inv(damped), atol=1e-10)
+    assert bool((W[:, 7] == 0).all())
