@@ -287,3 +287,15 @@ def test_inverse_hessian_factor_is_the_upper_cholesky_factor_of_the_damped_inver
     assert torch.allclose(U, reference, atol=1e-10)
     assert torch.allclose(U.T @ U, torch.linalg.inv(damped), atol=1e-10)
     assert bool((W[:, 7] == 0).all())
+
+
+def test_hessian_over_batches_is_two_over_n_x_xt() -> None:
+    """The running Hessian over batches equals 2/n XᵀX of all rows at once (n = sequences seen)."""
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 5, 8), torch.randn(3, 5, 8)
+    stat = Hessian(8)
+    stat.add_batch(a)
+    stat.add_batch(b)
+    rows = torch.cat([a, b]).reshape(-1, 8).double()
+    assert stat.n == 5
+    assert torch.allclose(stat.H.double(), 2 / 5 * rows.T @ rows, atol=1e-5)
