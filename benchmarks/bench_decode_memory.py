@@ -31,7 +31,10 @@ GGUF = {"fp32": "F32", "bf16": "F16", "int8": "Q8_0", "int4": "Q4_0"}
 
 
 def status_mb() -> dict[str, float]:
-    """This process's RSS now, its high-water mark and the anonymous / file-backed split, in MiB."""
+    """This process's RSS now, its high-water mark and the anonymous / file-backed split, in MiB.
+
+    Read here, not with `pocketlm.profile.system`: that module imports torch, and the llama.cpp-alone
+    child and every child's "start" stage must be measured without it."""
     fields = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         name, _, value = line.partition(":")
