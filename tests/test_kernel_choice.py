@@ -145,3 +145,8 @@ def test_a_corrupt_cache_is_timed_again(tmp_path) -> None:
     assert cache.lookup(kc.machine_key(), "fp32:64x64") is None
     cache.store(kc.machine_key(), {"fp32:64x64": {"path": "linear", "seconds": {}}})
     assert cache.lookup(kc.machine_key(), "fp32:64x64")["path"] == "linear"
+
+
+def test_an_unknown_path_names_every_path() -> None:
+    with pytest.raises(ValueError, match=r"unknown kernel path 'simd'.*mkldnn.*fp32.*gemv_tiled"):
+        kc.build_layer(torch.nn.Linear(4, 4), "simd")

@@ -170,7 +170,7 @@ def build_layer(linear: nn.Module, path: str, tied: bool = False) -> nn.Module:
         return TransposedLinear(linear, share=tied)
     if path == "mkldnn":
         return PackedLinear(linear)
-    raise ValueError(f"unknown kernel path {path!r}; choose from {FLOAT_PATHS} or {INT_PATHS}")
+    raise ValueError(f"unknown kernel path {path!r}; choose from {FLOAT_PATHS}, {INT_PATHS} or {tuple(GEMV_PATHS)}")
 
 
 def _gemv_kernel(linear: nn.Module, path: str) -> str:
