@@ -4,9 +4,10 @@ torch's batch-1 kernels for bf16 (oneDNN) and weight-only int8/int4 read weights
 ggml's dot products at decode (docs/benchmarks.md, issue 18). `cpu_gemv.c` holds GEMVs for fp32,
 bf16 (`_mm512_dpbf16_ps`), int8 per channel (VNNI on block-quantized activations, or fp32 FMA on
 widened weights) and int4 groups (VNNI, 16 rows interleaved). The source has no torch headers: it
-compiles in about a second with the system compiler,
+compiles in about a second with the system compiler, together with `native_decode.c` (the whole
+batch-1 decode step in C, `native_decode.py`) into one library,
 
-    $CC (default cc) -O3 -march=native -fopenmp -shared -fPIC cpu_gemv.c
+    $CC (default cc) -O3 -march=native -fopenmp -shared -fPIC cpu_gemv.c native_decode.c -lm
 
 into `<cache root>/kernels/cpu_gemv-<key>.so` (key: source hash, compiler version, CPU flags),
 written atomically, and is loaded with ctypes. OpenMP resolves to the libgomp torch already loaded,
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SOURCE = Path(__file__).with_name("cpu_gemv.c")
+SOURCES = (SOURCE, Path(__file__).with_name("native_decode.c"))  # one library: the kernels and the decode step
 CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 BF16_FLAG = "avx512_bf16"
@@ -83,19 +85,19 @@ def _compiler() -> tuple[str, str] | None:
 def build_key() -> str:
     """What the built library depends on: the source, the compiler, its flags and the CPU's flags."""
     cc = _compiler()
-    parts = [SOURCE.read_bytes().hex(), repr(cc[1] if cc else None), " ".join(CFLAGS), " ".join(sorted(_cpu_flags()))]
+    parts = [*(src.read_bytes().hex() for src in SOURCES), repr(cc[1] if cc else None), " ".join(CFLAGS), " ".join(sorted(_cpu_flags()))]
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def source_hash() -> str:
-    return hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:16]
+    return hashlib.sha1(b"".join(src.read_bytes() for src in SOURCES)).hexdigest()[:16]
 
 
 def _build(out: Path, cc: str) -> None:
     from pocketlm.utils import atomic_path
 
     with atomic_path(out) as tmp:
-        cmd = [cc, *CFLAGS, str(SOURCE), "-o", str(tmp)]
+        cmd = [cc, *CFLAGS, *map(str, SOURCES), "-lm", "-o", str(tmp)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if done.returncode != 0 or not tmp.exists() or tmp.stat().st_size == 0:
             first = (done.stderr.strip().splitlines() or ["no output written"])[0]
@@ -124,6 +126,8 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
             out.unlink(missing_ok=True)  # an unloadable build is rebuilt next time, not trusted
         return None, f"could not build or load {SOURCE.name}: {e}"
     lib.pl_gemv.argtypes, lib.pl_gemv.restype = [ctypes.c_void_p], ctypes.c_int
+    lib.pl_decode_step.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    lib.pl_decode_step.restype = ctypes.c_int
     lib.has_bf16 = bool(lib.pl_has_bf16()) and BF16_FLAG in flags
     lib.build_key = key
     return lib, None
