@@ -223,8 +223,14 @@ class NativeDecoder(FlatDecoder):
 _DECODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def native_decoder(model) -> NativeDecoder:
-    """The model's NativeDecoder, built once and kept while the model's layout stays the same."""
+def native_decoder(model):
+    """The model's NativeDecoder, built once and kept while the model's layout stays the same.
+
+    Where pocketlm's kernels do not build here (no compiler, CPU flags) it warns once
+    (`cpu_gemv.NativeKernelNote`) and returns the model itself: decoding stays eager. Any other
+    configuration the step does not cover raises NativeDecodeError naming it."""
+    if cpu_gemv.library() is None:
+        return model
     key = (model.transforms, id(model.embed.weight))
     found = _DECODERS.get(model)
     if found is None or found[0] != key:

@@ -730,12 +730,14 @@ class Transforms:
     fused: q/k/v and gate/up computed as one matmul each (exact; saves in pocketlm's format);
     packed: oneDNN-prepacked or otherwise machine-specific float weights (never saved);
     quantization: the recipe of its weight-only integer layers (saves in pocketlm's format);
-    kernels: the per-device kernel choice, (shape key, path) pairs (runtime.kernel_choice; never saved)."""
+    kernels: the per-device kernel choice, (shape key, path) pairs (runtime.kernel_choice; never saved);
+    decode: the batch-1 decode step chosen for this device, eager | native (model/native_decode.py)."""
 
     fused: bool = False
     packed: bool = False
     quantization: QuantRecipe | None = None
     kernels: tuple[tuple[str, str], ...] = ()
+    decode: str = "eager"
 
     @property
     def float_layers(self) -> tuple[str, ...]:
@@ -888,7 +890,7 @@ class Transformer(nn.Module):
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  stop_tokens: tuple[int, ...] | list[int] = (), pad_token_id: int = 0,
                  seed: int | None = None, use_cache: bool = True, draft: "Transformer | None" = None,
-                 k: int = 4, compile: bool = False) -> Tensor:
+                 k: int = 4, compile: bool = False, native: bool | None = None) -> Tensor:
         """Greedy (temperature 0) or sampled continuation of (left-padded) prompts [B, T].
 
         Returns prompt + new tokens [B, T + n]; a row that emitted a stop token is padded after it.
@@ -898,6 +900,8 @@ class Transformer(nn.Module):
         compile: batch-1 decode steps run one torch.compile'd flat step (`model/flat_decode.py`; the
         first call compiles, 30-140 s for 30 layers; later calls and lengths up to the same power of
         two reuse it). The prompt still runs eagerly.
+        native: batch-1 decode steps run pocketlm's native step, one C call per token
+        (`model/native_decode.py`); None: the step `transforms.decode` records (the per-device choice).
         """
         if draft is not None:
             from pocketlm.model.speculative import SpeculativeError, speculative_generate
@@ -919,6 +923,10 @@ class Transformer(nn.Module):
             from pocketlm.model.flat_decode import flat_decoder
 
             run = flat_decoder(self, compile=True)
+        elif use_cache and B == 1 and (native or (native is None and self.transforms.decode == "native")):
+            from pocketlm.model.native_decode import native_decoder
+
+            run = native_decoder(self)
         cache = run.new_cache(B, T + max_new_tokens) if use_cache else None
         tokens = input_ids
         logits = run(input_ids, mask, cache=cache, last_only=True)[:, -1]

@@ -49,6 +49,9 @@ def run_cmd(
     compile: bool = typer.Option(False, "--compile", help="decode in one torch.compile'd flat step (static KV cache, "
                                  "one graph per power-of-two cache size; prefill stays eager; models it does not "
                                  "cover compile the module); compiling (1-3 min for 30 layers) is reported as compile_s"),
+    decode_step: Optional[str] = typer.Option(None, "--decode-step", help="override the per-device decode step: "
+                                              "native (one C call per token) or eager (default: the faster, timed "
+                                              "once per model shape on this CPU, cached)"),
     device: str = typer.Option(Setting.device, help="cpu or cuda"),
     draft: Optional[str] = typer.Option(None, help="a small MODEL of the same tokenizer: also time speculative "
                                         "decoding (acceptance rate, speedup over the target alone)"),
@@ -64,7 +67,8 @@ def run_cmd(
 
     base = Setting(model, prompts=_ints(prompt, "--prompt"), gen=gen, depths=_ints(depth, "--depth"), repeat=repeat,
                    warmup=warmup, device=device, group_size=group_size, breakdown=breakdown,
-                   skip_unsupported=skip_unsupported, pack=pack, compile=compile, draft=draft, k=k)
+                   skip_unsupported=skip_unsupported, pack=pack, compile=compile, draft=draft, k=k,
+                   decode_step=decode_step)
     done = profile(grid(base, _words(backend), _words(dtype), _ints(threads, "--threads")), out)
     console = output_console()
     console.print(rich_table(done["rows"], title=f"pocketlm profile {model}"))

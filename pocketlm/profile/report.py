@@ -12,7 +12,7 @@ from pocketlm.utils import atomic_write_text
 MB = 2**20
 ROW_FIELDS = ("model", "params", "backend", "dtype", "threads", "compile_s", "test", "n_prompt", "depth", "n_gen",
               "median_ms", "iqr_ms", "min_ms", "max_ms", "tok_s", "peak_rss_mb", "weights_mb", "kv_cache_mb",
-              "activations_mb", "other_mb", "disk_mb", "device", "cpu", "kernels")
+              "activations_mb", "other_mb", "disk_mb", "device", "cpu", "kernels", "decode_step")
 
 
 def _mb(v) -> float | None:
@@ -32,6 +32,7 @@ def rows(results: list[dict]) -> list[dict]:
             "kv_cache_mb": _mb(mem["kv_cache_bytes"]), "activations_mb": _mb(mem["activation_bytes"]),
             "other_mb": _mb(mem["other_bytes"]), "disk_mb": _mb(r["disk_bytes"]),
             "device": r["system"]["device"], "cpu": r["system"]["cpu"], "kernels": kernels_label(r.get("kernels")),
+            "decode_step": r.get("decode_step"),  # torch: eager | native | compiled flat; llama.cpp: none
         }
         for p in r["prefill"]:
             out.append(dict(common, test=f"pp{p['n_prompt']}", n_prompt=p["n_prompt"], depth=0, n_gen=0,
@@ -76,7 +77,7 @@ def rich_table(table: list[dict], title: str = "pocketlm profile"):
 
     t = Table(title=title)
     cols = ("model", "backend", "dtype", "threads", "test", "median_ms", "iqr_ms", "tok_s", "peak_rss_mb",
-            "weights_mb", "kv_cache_mb", "activations_mb", "other_mb", "kernels")
+            "weights_mb", "kv_cache_mb", "activations_mb", "other_mb", "kernels", "decode_step")
     for c in cols:
         t.add_column(c, justify="left" if c in ("model", "backend", "dtype", "test") else "right")
     for row in table:

@@ -37,6 +37,7 @@ class Setting:
     skip_unsupported: bool = False  # int8/int4: keep layers the kernels cannot take in float
     pack: bool | None = None  # None: kernels chosen for this CPU (runtime.kernel_choice); True: oneDNN-packed
     # fp32/bf16 (fused q/k/v and gate/up); False: plain nn.Linear
+    decode_step: str | None = None  # torch backend: eager | native batch-1 decode step; None: chosen per device
     compile: bool = False  # torch backend: time a torch.compile'd model (compile time reported apart)
     breakdown: bool = False  # torch backend: also time each kind of module (hooked runs)
     seed: int = 0  # random weights of catalog / config models

@@ -52,6 +52,11 @@ class TorchBackend:
         reset_peak_rss()
         repeat, warmup = setting.repeat, setting.warmup
         timed = model
+        result["decode_step"] = "compiled flat" if setting.compile else model.transforms.decode
+        if model.transforms.decode == "native" and not setting.compile:
+            from pocketlm.model.native_decode import native_decoder
+
+            timed = native_decoder(model)
         if setting.compile:
             timed, result["compile_s"] = compile_model(model, max(setting.prompts), longest, device)
             warmup = max(warmup, 1)  # a size equal to a weight's may still specialize once ("duck sizing")
@@ -89,7 +94,7 @@ def kernel_paths(model, setting: Setting) -> dict[str, str]:
 
 def _open(ref: ModelRef, setting: Setting, precision: str, skip_unsupported: bool):
     return open_model(ref, precision, setting.device, pack=setting.pack, group_size=setting.group_size,
-                      skip_unsupported=skip_unsupported, seed=setting.seed)
+                      skip_unsupported=skip_unsupported, seed=setting.seed, decode_step=setting.decode_step)
 
 
 def check_quantizable(cfg: ModelConfig, scheme: str, group_size: int) -> None:

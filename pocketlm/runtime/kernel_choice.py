@@ -25,6 +25,12 @@ Candidates
   kernel re-times every shape; without a compiler they are simply not candidates.
 Compiled paths are not timed here (compiling costs minutes); `pocketlm profile --compile` compiles
 whatever was chosen.
+
+The decode step itself is a choice too (`choose_decode`): once the linears have their paths, a few
+batch-1 decode steps of the eager model and of pocketlm's native step (`model/native_decode.py`,
+one C call per token, where it covers the model) are timed on the model itself, interleaved, and
+the faster is recorded in `model.transforms.decode` (what `generate` and `pocketlm profile` run),
+cached in the same file under the same machine key by a digest of the model's shape and kernels.
 """
 
 from __future__ import annotations
@@ -344,6 +350,62 @@ def kernel_summary(model: Transformer) -> dict[str, str]:
     return dict(model.transforms.kernels)
 
 
+DECODE_STEPS = ("eager", "native")
+DECODE_PROBE = (16, 4)  # the timed decode steps: context depth, steps per round
+
+
+def decode_key(model: Transformer) -> str:
+    """What a decode-step decision depends on besides the machine: the model's shape, dtype and kernels."""
+    cfg = dataclasses.asdict(model.config)
+    cfg.pop("name", None)
+    parts = [cfg, str(model.embed.weight.dtype), list(model.transforms.kernels), repr(model.transforms.quantization)]
+    return "decode/" + hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def decode_calls(model: Transformer) -> dict[str, Callable[[], None]]:
+    """One timed round per decode step: `DECODE_PROBE` steps on a prefilled cache of each runner."""
+    from pocketlm.model.native_decode import NativeDecoder
+
+    depth, steps = DECODE_PROBE
+    ids = torch.randint(0, model.config.vocab_size, (1, depth + 1), generator=torch.Generator().manual_seed(0))
+
+    def call_for(run) -> Callable[[], None]:
+        def call() -> None:
+            cache = run.new_cache(1, depth + steps + 1)
+            run(ids[:, :depth], cache=cache, last_only=True)
+            for _ in range(steps):
+                run(ids[:, depth:], cache=cache, last_only=True)
+        return call
+
+    return {"eager": call_for(model), "native": call_for(NativeDecoder(model))}
+
+
+@torch.no_grad()
+def choose_decode(model: Transformer, cache: KernelCache | None = None, machine: dict | None = None,
+                  timer: Timer | None = None, refresh: bool = False, force: str | None = None) -> dict:
+    """Record in `model.transforms.decode` the faster batch-1 decode step on this machine; its entry
+    {"step", "seconds"} (timed now or cached), or {"step": "eager", "reason"} where the native step
+    does not cover the model. `force` ("eager" | "native") skips the timing (native still checked)."""
+    from pocketlm.model.native_decode import NativeDecodeError, native_unsupported
+
+    if force not in (None, *DECODE_STEPS):
+        raise ValueError(f"unknown decode step {force!r}; choose from {DECODE_STEPS} (or None: timed)")
+    reason = None if force == "eager" else native_unsupported(model)
+    if reason and force == "native":
+        raise NativeDecodeError(f"the native decode step does not cover {reason}; decode this model eagerly")
+    if force or reason:
+        entry = {"step": force or "eager", **({"reason": reason} if reason else {})}
+    else:
+        cache, machine, key = cache or KernelCache(), machine or machine_key(), decode_key(model)
+        entry = None if refresh else cache.lookup(machine, key)
+        if entry is None or entry.get("step") not in DECODE_STEPS:
+            seconds = (timer or time_calls)(decode_calls(model))
+            entry = {"step": min(seconds, key=seconds.get), "seconds": {k: round(v, 6) for k, v in seconds.items()}}
+            cache.store(machine, {key: entry})
+    model.transforms = dataclasses.replace(model.transforms, decode=entry["step"])
+    return entry
+
+
 def plain_paths(model: Transformer) -> dict[str, str]:
     """The path each linear runs on without a choice: nn.Linear, integer kernels on their stored compute dtype."""
     out = {}
@@ -352,5 +414,6 @@ def plain_paths(model: Transformer) -> dict[str, str]:
     return out
 
 
-__all__ = ["GEMV_PATHS", "KernelCache", "LinearShape", "apply_plan", "choose_kernels", "decide", "kernel_shapes",
+__all__ = ["GEMV_PATHS", "KernelCache", "LinearShape", "apply_plan", "choose_decode", "choose_kernels", "decide",
+           "decode_key", "kernel_shapes",
            "kernel_summary", "machine_key", "plain_paths", "plan_shapes", "time_calls"]

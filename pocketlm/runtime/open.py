@@ -163,7 +163,8 @@ def _build_random(cfg: ModelConfig, dtype: torch.dtype, seed: int) -> Transforme
 
 
 def open_model(ref: str | Path | ModelRef, precision: str | None = None, device: str = "cpu", pack: bool | None = False,
-               group_size: int | None = None, skip_unsupported: bool = False, seed: int = 0) -> Transformer:
+               group_size: int | None = None, skip_unsupported: bool = False, seed: int = 0,
+               decode_step: str | None = None) -> Transformer:
     """The model `ref` names at `precision`, in eval mode, on `device`.
 
     precision: fp32 | bf16 | fp16, or int8 | int4 weight-only (bf16 activations; int4 in groups of
@@ -174,6 +175,9 @@ def open_model(ref: str | Path | ModelRef, precision: str | None = None, device:
     (machine-specific; a packed model cannot be saved). pack=None: the kernels chosen for this CPU
     (`runtime.kernel_choice`: each linear shape timed once per machine, the decision cached; float and
     int8/int4 alike). Catalog and config refs get weights seeded by `seed`.
+    decode_step: the batch-1 decode step `generate` runs, recorded in `model.transforms.decode`:
+    "native" (pocketlm's one-C-call step; an error names what it does not cover), "eager", or None:
+    with pack=None the faster of the two on this machine (`kernel_choice.choose_decode`, cached), else eager.
     """
     if precision is not None and precision not in PRECISIONS:
         raise ModelOpenError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
@@ -210,6 +214,12 @@ def open_model(ref: str | Path | ModelRef, precision: str | None = None, device:
         model.eval().fuse()
         release_memory()  # the unfused matrices' pages, before the kernels' copies need memory of their own
         choose_kernels(model)
+    if device == "cpu" and (decode_step is not None or pack is None):
+        from pocketlm.runtime.kernel_choice import choose_decode
+
+        choose_decode(model, force=decode_step)
+    elif decode_step not in (None, "eager"):
+        raise ModelOpenError(f"decode_step={decode_step!r} runs on the CPU only; drop it for device={device!r}")
     release_memory()
     return model.to(device) if device != "cpu" else model
 
