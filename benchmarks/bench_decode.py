@@ -11,7 +11,12 @@ numbers drift ±20% between processes and more under load: read the ratios):
 - `pocketlm_auto_torch`: the automatic choice among torch's own paths only (each shape's fastest
   non-`gemv` path in the same timings): what pocketlm's own kernels (`pocketlm.model.cpu_gemv`) add;
 - `--compiled`: the automatic choice again, decoding in the torch.compile'd flat step
-  (`generate(..., compile=True)`, `pocketlm.model.flat_decode`); its first-call cost is `compile_s`.
+  (`generate(..., compile=True)`, `pocketlm.model.flat_decode`); its first-call cost is `compile_s`;
+- `pocketlm_auto_native` (unless `--no-native`): the automatic choice's kernels decoding in pocketlm's
+  native step (`generate(..., native=True)`, `pocketlm.model.native_decode`: one C call per token,
+  neither torch eager nor torch.compile); `decode_choice` is what `kernel_choice.choose_decode` picks
+  for that model (eager or native, timed on it) and `choice_vs_best` the best of the two rows' time
+  over the chosen one's.
 The GGUF files come from pocketlm's `export_gguf` of the same weights; llama.cpp runs only when
 llama-cpp-python is installed.
 
@@ -21,7 +26,7 @@ against a ceiling measured in the same run (the best of several full reads of a 
 
     python benchmarks/bench_decode.py [--threads 2] [--repeat 3] [--precisions fp32,bf16,int8,int4]
                                       [--new 64] [--prompt 64] [--rss] [--compiled] [--no-singles]
-                                      [--no-transformers]
+                                      [--no-transformers] [--no-native]
 
 `--rss` also runs `pocketlm profile` settings (each in a fresh process) for the peak RSS of fp32
 decode: pocketlm with the automatic choice and forced `--pack` vs llama.cpp F32.
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gc
 import json
 import statistics
@@ -161,8 +167,17 @@ def llama_runner(base, precision: str, threads: int, tmp: Path, n_ctx: int):
 def measure_precision(base, hf, precision: str, args, cache, tmp: Path, ceiling: float) -> dict:
     models, info = pocketlm_runners(base, precision, cache, args.singles)
     runners = {name: (lambda p, n, m=m: m.generate(p, max_new_tokens=n)) for name, m in models.items()}
+    auto = models["pocketlm_auto"]
+    if args.native:  # the automatic choice's kernels in the native step; and which step the runtime would pick
+        from pocketlm.model.native_decode import native_unsupported
+
+        if native_unsupported(auto) is None:
+            runners["pocketlm_auto_native"] = lambda p, n: auto.generate(p, max_new_tokens=n, native=True)
+            info["decode_choice"] = kernel_choice.choose_decode(auto, cache)
+            auto.transforms = dataclasses.replace(auto.transforms, decode="eager")  # the pocketlm_auto row stays eager
+        else:
+            info["decode_choice"] = {"step": "eager", "reason": native_unsupported(auto)}
     if args.compiled:  # the automatic choice's kernels in the compiled flat decode step (first call compiles)
-        auto = models["pocketlm_auto"]
         runners["pocketlm_auto_compiled"] = lambda p, n: auto.generate(p, max_new_tokens=n, compile=True)
     if precision in ("fp32", "bf16") and args.transformers:
         hf_m = hf.to(DTYPES[precision])
@@ -181,6 +196,9 @@ def measure_precision(base, hf, precision: str, args, cache, tmp: Path, ceiling:
         ref = hf_gen(prompt, 8)
         assert all(torch.equal(m.generate(prompt, max_new_tokens=8), ref) for m in models.values()), "tokens differ"
     t0 = time.perf_counter()
+    if "pocketlm_auto_native" in runners:  # the same kernels, the same rounding: recorded, not asserted
+        info["native_tokens_equal"] = torch.equal(runners["pocketlm_auto_native"](prompt, 8),
+                                                  models["pocketlm_auto"].generate(prompt, max_new_tokens=8))
     if args.compiled:  # kernels that round activations to int8 (cpu_gemv's VNNI paths) may flip a near-tie
         ref = models["pocketlm_auto"].generate(prompt, max_new_tokens=8)  # of random weights: recorded, not asserted
         compiled_same = torch.equal(runners["pocketlm_auto_compiled"](prompt, 8), ref)
@@ -192,7 +210,7 @@ def measure_precision(base, hf, precision: str, args, cache, tmp: Path, ceiling:
         out["compile_s"], out["compiled_tokens_equal"] = round(compile_s, 1), compiled_same
     for name, t in times.items():
         out["tok_s"][name] = round(n / t, 2)
-        weights_of = "pocketlm_auto" if name == "pocketlm_auto_compiled" else name
+        weights_of = "pocketlm_auto" if name in ("pocketlm_auto_compiled", "pocketlm_auto_native") else name
         same_weights = models.get(weights_of, models["pocketlm_auto"])
         read = llama.file_bytes if name == "llamacpp" else bytes_per_token(same_weights)
         out["bandwidth_GBs"][name] = round(read * n / t / 1e9, 2)
@@ -202,13 +220,18 @@ def measure_precision(base, hf, precision: str, args, cache, tmp: Path, ceiling:
         best = min(singles, key=times.get)
         out["auto_vs_best_single"] = round(times[best] / times["pocketlm_auto"], 3)
         out["best_single"] = best
+    if "pocketlm_auto_native" in times:
+        out["decode_choice"], out["native_tokens_equal"] = info["decode_choice"], info["native_tokens_equal"]
+        chosen = "pocketlm_auto_native" if info["decode_choice"]["step"] == "native" else "pocketlm_auto"
+        out["choice_vs_best"] = round(min(times["pocketlm_auto"], times["pocketlm_auto_native"]) / times[chosen], 3)
     if "pocketlm_auto_torch" in times:
         out["auto_vs_auto_torch"] = round(times["pocketlm_auto_torch"] / times["pocketlm_auto"], 3)
     for yardstick in ("transformers", "llamacpp"):
         if yardstick in times:
             out[f"auto_vs_{yardstick}"] = round(times[yardstick] / times["pocketlm_auto"], 3)
-            if "pocketlm_auto_compiled" in times:
-                out[f"compiled_vs_{yardstick}"] = round(times[yardstick] / times["pocketlm_auto_compiled"], 3)
+            for step in ("compiled", "native"):
+                if f"pocketlm_auto_{step}" in times:
+                    out[f"{step}_vs_{yardstick}"] = round(times[yardstick] / times[f"pocketlm_auto_{step}"], 3)
     if llama is not None:
         llama.llm.close()
     del models, runners
@@ -250,6 +273,8 @@ def main() -> None:
     ap.add_argument("--rss", action="store_true", help="also measure fp32 peak RSS in fresh processes")
     ap.add_argument("--compiled", action="store_true",
                     help="also time the automatic choice in the torch.compile'd flat decode step (compiles per precision)")
+    ap.add_argument("--native", action=argparse.BooleanOptionalAction, default=True,
+                    help="--no-native: skip the native decode step's row (pocketlm_auto_native)")
     ap.add_argument("--singles", action=argparse.BooleanOptionalAction, default=True,
                     help="--no-singles: skip the single-path runners (linear / transposed / mkldnn / plain)")
     ap.add_argument("--transformers", action=argparse.BooleanOptionalAction, default=True,
@@ -271,8 +296,8 @@ def main() -> None:
                      if "best_single" in r else "")
                   + "".join(f" | auto/{y} {r[f'auto_vs_{y}']:.2f}x" for y in ("transformers", "llamacpp")
                             if f"auto_vs_{y}" in r)
-                  + "".join(f" | compiled/{y} {r[f'compiled_vs_{y}']:.2f}x" for y in ("transformers", "llamacpp")
-                            if f"compiled_vs_{y}" in r), flush=True)
+                  + "".join(f" | {step}/{y} {r[f'{step}_vs_{y}']:.2f}x" for step in ("compiled", "native")
+                            for y in ("transformers", "llamacpp") if f"{step}_vs_{y}" in r), flush=True)
     report = {"bench": "decode", "threads": args.threads, "prompt": args.prompt, "new": args.new,
               "torch": torch.__version__, "transformers": transformers.__version__,
               "machine": kernel_choice.machine_key(args.threads), "read_ceiling_GBs": round(ceiling / 1e9, 2),

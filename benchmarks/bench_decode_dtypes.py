@@ -10,7 +10,15 @@ front; about a minute per variant).
 
 `--checkpoint DIR` adds a saved quantized checkpoint of the same shape (`bench_quant_perf.py --save`:
 GPTQ int4 g64) opened by the runtime as `pocketlm eval` / `profile` open it; repeat it for several
-(e.g. `--save-bf16`'s), each named by its folder.
+(e.g. `--save-bf16`'s), each named by its folder. `--rtn-checkpoint` writes one itself first: the
+same weights through `pocketlm.compress.quantize.quantize(model, "rtn", 4, 64)` (what `pocketlm
+quantize --method rtn --group-size 64` runs; the default layout: block matrices int4, the rest fp32)
+and `save_native`, named `ckpt rtn`.
+
+`--native` adds, for every variant the native step covers, the same model decoding in pocketlm's
+native step (`model/native_decode.py`, one C call per token; named `... native`), and each
+checkpoint opened with the per-device kernel choice (`open_model(..., pack=None)`, `... auto`)
+decoding eagerly and natively: issue 11's "int4 checkpoint vs packed fp32" in each runtime.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import argparse
 import copy
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +54,9 @@ def main() -> None:
                     "'fp32 packed,ckpt DIRNAME'; each compile takes about a minute)")
     ap.add_argument("--checkpoint", action="append", default=[], help="also time this saved (e.g. GPTQ int4) "
                     "checkpoint, opened by the runtime at its stored precision (repeatable)")
+    ap.add_argument("--rtn-checkpoint", action="store_true", help="also quantize the weights by RTN int4 g64, save "
+                    "them as a pocketlm checkpoint and time it (`ckpt rtn`)")
+    ap.add_argument("--native", action="store_true", help="also time each variant in pocketlm's native decode step")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -57,11 +69,32 @@ def main() -> None:
         "int4": quantize_model(copy.deepcopy(base).to(torch.bfloat16), "int4", 32),
     }
     checkpoints = []
-    for path in args.checkpoint:
+    paths = {f"ckpt {Path(path).name}": path for path in args.checkpoint}
+    if args.rtn_checkpoint:
+        from pocketlm.compress.quantize import quantize
+        from pocketlm.interop import save_native
+
+        tmp = tempfile.TemporaryDirectory()
+        rtn = copy.deepcopy(base)
+        quantize(rtn, "rtn", 4, 64)
+        save_native(rtn, Path(tmp.name) / "rtn")
+        paths["ckpt rtn"] = Path(tmp.name) / "rtn"
+        del rtn
+    for name, path in paths.items():
         from pocketlm.runtime import open_model
 
-        checkpoints.append(f"ckpt {Path(path).name}")
-        variants[checkpoints[-1]] = open_model(path).eval()
+        checkpoints.append(name)
+        variants[name] = open_model(path).eval()
+        if args.native:
+            variants[f"{name} auto"] = open_model(path, pack=None, decode_step="eager").eval()
+    if args.native:
+        from pocketlm.model.native_decode import NativeDecoder, native_unsupported
+
+        for name in list(variants):
+            if native_unsupported(variants[name]) is None:
+                variants[f"{name} native"] = NativeDecoder(variants[name])
+            else:
+                print(f"{name}: no native step ({native_unsupported(variants[name])})")
     if args.compile:
         torch._dynamo.config.recompile_limit = 64  # the compiled models share Transformer.forward's cache
         chosen = [n for n in args.compile_only.split(",") if n]

@@ -64,15 +64,16 @@ def test_fp32_logits_match_eager(lib, axes) -> None:
 
 # (weights, the per-device path of every linear, tolerance relative to the logits' size): the same kernels
 # on both sides (plain integer layers run as gemv_fma's i8f, the eager layer's fp32 math)
-LOW_PRECISION = [("bf16", None, 1e-2), ("bf16", "gemv", 1e-2), ("int8", None, 1e-2), ("int8", "gemv_vnni", 1e-2),
+LOW_PRECISION = [("transposed", "transposed", 1e-5), ("bf16", None, 1e-2), ("bf16", "transposed", 1e-2), ("bf16", "gemv", 1e-2), ("int8", None, 1e-2), ("int8", "gemv_vnni", 1e-2),
                  ("int4", "gemv", 1e-2)]
 
 
 @pytest.mark.parametrize("weights,path,tol", LOW_PRECISION)
-def test_low_precision_logits_match_eager(lib, weights, path, tol) -> None:
+def test_other_layouts_match_eager(lib, weights, path, tol) -> None:
     if weights == "bf16" and not lib.has_bf16:
         pytest.skip("this CPU has no AVX512-BF16")
-    model = _model(CFG.replace(**CONFIGS["MHA, q/k/v/o and FFN biases, untied head with bias"]), weights)
+    model = _model(CFG.replace(**CONFIGS["MHA, q/k/v/o and FFN biases, untied head with bias"]),
+                   "linear" if weights == "transposed" else weights)
     if path:
         kc.apply_plan(model.fuse(), dict.fromkeys(kc.kernel_shapes(model), path))
     tokens = TOKENS[:, :14]

@@ -71,7 +71,39 @@ static inline void st(int b16, void *p, int64_t i, float v) {
     else ((float *)p)[i] = v;
 }
 
+/* y = x Wt (+ bias) with Wt [K, N] held transposed (TransposedLinear), weights and x in the model's dtype:
+ * column blocks split over threads, each block's sums in registers while every row's slice streams by */
+#define TCOLS 256
+static int gemv_transposed(const pl_linear *l, int b16, const void *x, void *y, int nt) {
+    int64_t K = l->k, N = l->n, blocks = (N + TCOLS - 1) / TCOLS;
+    const char *w = (const char *)l->w;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t c = 0; c < blocks; c++) {
+        int64_t n0 = c * TCOLS, cols = N - n0 < TCOLS ? N - n0 : TCOLS;
+        float acc[TCOLS];
+        for (int64_t j = 0; j < TCOLS; j++) acc[j] = 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            float xv = ld(b16, x, k);
+            if (b16) {
+                const uint16_t *row = (const uint16_t *)w + k * N + n0;
+                for (int64_t j = 0; j < cols; j++) acc[j] += xv * bf(row[j]);
+            } else {
+                const float *row = (const float *)w + k * N + n0;
+                for (int64_t j = 0; j < cols; j++) acc[j] += xv * row[j];
+            }
+        }
+        for (int64_t j = 0; j < cols; j++) {
+            float v = b16 ? rnd(1, acc[j]) : acc[j];
+            st(b16, y, n0 + j, l->bias ? v + ld(b16, (const void *)l->bias, n0 + j) : v);
+        }
+    }
+    return 0;
+}
+
+#define K_TRANSPOSED 100 /* not a cpu_gemv kernel: gemv_transposed above */
+
 static int linear(const pl_linear *l, int b16, const void *x, void *y, int nt) {
+    if (l->kernel == K_TRANSPOSED) return gemv_transposed(l, b16, x, y, nt);
     int64_t a[13] = {l->kernel, (int64_t)x, b16, l->w, l->s, l->z, l->bias, (int64_t)y, 1, l->k, l->n, l->group, nt};
     return pl_gemv(a);
 }

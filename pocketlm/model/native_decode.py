@@ -7,7 +7,8 @@ model's own RoPE tables and KV cache tensors, a preallocated logits tensor) is g
 an array of C structs, and a step is one ctypes call taking the token and the position as ints.
 Every linear runs on a `cpu_gemv` kernel: the layer's own one where the per-device choice picked
 `gemv*`, else the one that reads its weights as they are (nn.Linear fp32 -> f32, bf16 -> bf16,
-Int8Linear -> i8f, Int4Linear -> i4 on its interleaved copy). The C code follows
+Int8Linear -> i8f, Int4Linear -> i4 on its interleaved copy; a TransposedLinear on the step's own
+column-block kernel). oneDNN-packed and W8A8 layers are refused with the reason. The C code follows
 `Transformer.forward` op for op (RMSNorm and attention scores in fp32, bf16 rounded where the eager
 model rounds), so fp32 logits match the eager model to float rounding (tests/test_native_decode.py).
 
@@ -27,11 +28,12 @@ from torch import Tensor, nn
 from pocketlm.model import cpu_gemv
 from pocketlm.model.cpu_gemv import CpuGemvLinear
 from pocketlm.model.flat_decode import FlatDecoder, flat_unsupported
-from pocketlm.model.linears import Int4Linear, Int8Linear
+from pocketlm.model.linears import Int4Linear, Int8Linear, TransposedLinear
 
 ACTIVATIONS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}  # native_decode.c's `activate`
 MAX_HEAD_DIM = 1024  # the step's per-head buffers
 FLOAT_KERNELS = {torch.float32: ("f32", "f32t"), torch.bfloat16: ("bf16", "bf16t")}
+TRANSPOSED = 100  # native_decode.c's own kernel for TransposedLinear's [in, out] weights
 
 
 class NativeDecodeError(ValueError):
@@ -71,8 +73,11 @@ def _linears(model) -> list[tuple[str, nn.Module]]:
     return out + [("lm_head", model.lm_head)]
 
 
-def _gemv_layer(layer: nn.Module, dtype: torch.dtype) -> CpuGemvLinear | str:
-    """`layer` on a cpu_gemv kernel for activations of `dtype`, or why it has none."""
+def _gemv_layer(layer: nn.Module, dtype: torch.dtype) -> CpuGemvLinear | TransposedLinear | str:
+    """`layer` on a cpu_gemv kernel for activations of `dtype` (a TransposedLinear as it is: the step's own
+    kernel reads it), or why it has none."""
+    if isinstance(layer, TransposedLinear):
+        return layer if layer.weight_t.dtype == dtype else f"holds {layer.weight_t.dtype} weights in a {dtype} model"
     if isinstance(layer, CpuGemvLinear):
         floats = {k for ks in FLOAT_KERNELS.values() for k in ks}
         if layer.kernel in floats and layer.kernel not in FLOAT_KERNELS[dtype]:
@@ -181,7 +186,11 @@ class NativeDecoder(FlatDecoder):
         m.logits = self.logits.data_ptr()
         self._cache = None  # weak reference to the KV cache whose tensors the structs point at
 
-    def _fill(self, spec: _Linear, layer: CpuGemvLinear) -> None:
+    def _fill(self, spec: _Linear, layer: CpuGemvLinear | TransposedLinear) -> None:
+        if isinstance(layer, TransposedLinear):
+            spec.kernel, spec.w, spec.s, spec.z = TRANSPOSED, layer.weight_t.data_ptr(), 0, 0
+            spec.bias, spec.n, spec.k, spec.group = _address(layer.bias), layer.out_features, layer.in_features, 0
+            return
         spec.kernel, spec.w = cpu_gemv.KERNELS.index(layer.kernel), layer.weight.data_ptr()
         spec.s, spec.z, spec.bias = _address(layer.scales), _address(layer.zeros), _address(layer.bias)
         spec.n, spec.k, spec.group = layer.out_features, layer.in_features, layer.group_size
