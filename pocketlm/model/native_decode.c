@@ -44,6 +44,7 @@ typedef struct {
     pl_linear head;
     int64_t layers; /* pl_layer[n_layers] */
     int64_t has_final_norm;
+    int64_t embed_rs, embed_cs; /* the embedding's strides in elements (a tied transposed head makes it a view) */
 } pl_model;
 
 /* ---- activations in the model's dtype ---------------------------------------------------------- */
@@ -220,7 +221,9 @@ int pl_decode_step(const pl_model *m, int64_t token, int64_t pos, int nt) {
     float *scores = malloc((size_t)(heads * m->cache_len) * sizeof(float));
     int rc = -1;
     if (!x || !h || !o || !qkv || !att || !up || !act || !scores) goto done;
-    memcpy(x, (const char *)m->embed + token * C * es, (size_t)(C * es));
+    if (m->embed_cs == 1) memcpy(x, (const char *)m->embed + token * m->embed_rs * es, (size_t)(C * es));
+    else
+        for (int64_t i = 0; i < C; i++) memcpy(x + i * es, (const char *)m->embed + (token * m->embed_rs + i * m->embed_cs) * es, (size_t)es);
     const char *cos = (const char *)m->cos + pos * m->rotary_dim * es, *sin = (const char *)m->sin + pos * m->rotary_dim * es;
     for (int64_t i = 0; i < m->n_layers; i++) {
         const pl_layer *l = layers + i;

@@ -59,7 +59,8 @@ class _Model(ctypes.Structure):
     _fields_ = [*((name, ctypes.c_int64) for name in _INTS), ("eps", ctypes.c_double), ("scale", ctypes.c_double),
                 ("residual_scale", ctypes.c_double), *((name, ctypes.c_int64) for name in
                                                        ("embed", "final_norm", "cos", "sin", "logits")),
-                ("head", _Linear), ("layers", ctypes.c_int64), ("has_final_norm", ctypes.c_int64)]
+                ("head", _Linear), ("layers", ctypes.c_int64), ("has_final_norm", ctypes.c_int64),
+                ("embed_rs", ctypes.c_int64), ("embed_cs", ctypes.c_int64)]
 
 
 def _linears(model) -> list[tuple[str, nn.Module]]:
@@ -178,6 +179,7 @@ class NativeDecoder(FlatDecoder):
             ACTIVATIONS[cfg.activation]
         m.eps, m.scale, m.residual_scale = cfg.norm_eps, self.plan.scale, cfg.residual_scale
         m.embed = _address(model.embed.weight)
+        m.embed_rs, m.embed_cs = model.embed.weight.stride()
         m.has_final_norm = int(model.final_norm is not None)
         m.final_norm = _address(model.final_norm.weight) if model.final_norm is not None else 0
         self._fill(m.head, layers["lm_head"])
