@@ -118,7 +118,17 @@ def test_uncovered_configs_are_named(lib) -> None:
         with pytest.raises(NativeDecodeError, match=re.escape(f"does not cover {reason}")):
             model.generate(TOKENS[:, :4], max_new_tokens=2, native=True)
     packed = _model(CFG, "mkldnn")
-    assert "is a PackedLinear (a layout the native step cannot read)" in native_unsupported(packed)
+    assert "blocks.0.qkv is a PackedLinear (a layout the native step cannot read)" in native_unsupported(packed)
+
+
+def test_a_packed_tied_head_is_read_from_the_embedding(lib) -> None:
+    """The per-device choice may pack a tied head (a copy); the native step reads the embedding it copies."""
+    model = _model(CFG)
+    kc.apply_plan(model, {"lm_head": "mkldnn"})
+    assert isinstance(model.lm_head, kc.PackedLinear) and native_unsupported(model) is None
+    tokens = TOKENS[:, :14]
+    want = _step_logits(model, model, tokens, 6)
+    assert _rel(_step_logits(NativeDecoder(model), model, tokens, 6), want) <= 1e-5
 
 
 def test_without_a_compiler_generate_falls_back_with_one_note(broken_compiler) -> None:  # noqa: F811

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from pocketlm.model import cpu_gemv
 from pocketlm.model.cpu_gemv import CpuGemvLinear
 from pocketlm.model.flat_decode import FlatDecoder, flat_unsupported
-from pocketlm.model.linears import Int4Linear, Int8Linear, TransposedLinear
+from pocketlm.model.linears import Int4Linear, Int8Linear, PackedLinear, TransposedLinear
 
 ACTIVATIONS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}  # native_decode.c's `activate`
 MAX_HEAD_DIM = 1024  # the step's per-head buffers
@@ -74,9 +74,13 @@ def _linears(model) -> list[tuple[str, nn.Module]]:
     return out + [("lm_head", model.lm_head)]
 
 
-def _gemv_layer(layer: nn.Module, dtype: torch.dtype) -> CpuGemvLinear | TransposedLinear | str:
+def _gemv_layer(layer: nn.Module, dtype: torch.dtype, tied: Tensor | None = None) -> CpuGemvLinear | TransposedLinear | str:
     """`layer` on a cpu_gemv kernel for activations of `dtype` (a TransposedLinear as it is: the step's own
-    kernel reads it), or why it has none."""
+    kernel reads it), or why it has none. `tied`: the embedding matrix a tied LM head shares, which a
+    oneDNN-packed head (a copy of it) is read from instead."""
+    if isinstance(layer, PackedLinear) and tied is not None and tied.is_contiguous() and tied.dtype == dtype \
+            and tuple(tied.shape) == (layer.out_features, layer.in_features):
+        return CpuGemvLinear(FLOAT_KERNELS[dtype][0], layer.in_features, layer.out_features, tied, bias=layer.bias)
     if isinstance(layer, TransposedLinear):
         return layer if layer.weight_t.dtype == dtype else f"holds {layer.weight_t.dtype} weights in a {dtype} model"
     if isinstance(layer, CpuGemvLinear):
@@ -100,6 +104,10 @@ def _gemv_layer(layer: nn.Module, dtype: torch.dtype) -> CpuGemvLinear | Transpo
         return CpuGemvLinear.from_layer(layer, FLOAT_KERNELS[dtype][0])
     return (f"is a {type(layer).__name__} (a layout the native step cannot read); open the model with "
             "pack=False or the automatic choice (pack=None)")
+
+
+def _tied(model, name: str) -> Tensor | None:
+    return model.embed.weight.detach() if name == "lm_head" and model.config.tie_embeddings else None
 
 
 def native_unsupported(model) -> str | None:
@@ -129,7 +137,7 @@ def native_unsupported(model) -> str | None:
         if norm.weight is not None and norm.weight.dtype != dtype:
             return f"norm {name} holds {norm.weight.dtype} in a {dtype} model"
     for name, layer in _linears(model):
-        found = _gemv_layer(layer, dtype)
+        found = _gemv_layer(layer, dtype, _tied(model, name))
         if isinstance(found, str):
             return f"layer {name} {found}"
     return None
@@ -153,7 +161,7 @@ class NativeDecoder(FlatDecoder):
         self.lib, self.dtype = cpu_gemv.library(), dtype
         self._keep: list = []
         self._layers = (_Layer * len(model.layer_schedule()))()
-        layers = {name: _gemv_layer(layer, dtype) for name, layer in _linears(model)}
+        layers = {name: _gemv_layer(layer, dtype, _tied(model, name)) for name, layer in _linears(model)}
         self._keep.append(layers)
         widest = 0
         for i, b in enumerate(model.layer_schedule()):
