@@ -18,6 +18,7 @@ from pocketlm.model.cpu_gemv import CpuGemvLinear, NativeKernelNote
 from pocketlm.model.native_decode import NativeDecodeError, NativeDecoder, native_decoder, native_unsupported
 from pocketlm.runtime import kernel_choice as kc
 from tests.test_cpu_gemv import broken_compiler  # noqa: F401 (fixture)
+from tests.test_kernel_choice import tied_dir  # noqa: F401 (fixture)
 from tests.test_flat_decode import CFG, TOKENS, _model, _step_logits
 from tests.threads import one_thread  # noqa: F401 (autouse)
 
@@ -180,3 +181,20 @@ def test_plain_layers_are_read_in_place(lib) -> None:
     assert all(isinstance(layer, CpuGemvLinear) for layer in layers.values())
     assert layers["lm_head"].weight.data_ptr() == model.embed.weight.data_ptr()  # the tied head: one matrix
     assert layers["blocks.0.qkv"].weight.data_ptr() == model.blocks[0].attn.qkv.weight.data_ptr()
+
+
+def test_open_model_records_the_decode_step(lib, tied_dir, tmp_path, monkeypatch) -> None:  # noqa: F811
+    """A Qwen2 checkpoint saved by transformers (tied head, q/k/v biases): the runtime's choice, timed by a
+    fixed timer, is recorded and run by generate; decode_step= overrides it."""
+    from pocketlm.runtime import open_model
+
+    monkeypatch.setenv("POCKETLM_CACHE", str(tmp_path))
+    monkeypatch.setattr(kc, "time_calls", lambda calls: {"eager": 1.0, "native": 0.5} if "native" in calls
+                        else dict.fromkeys(calls, 1.0))
+    model = open_model(tied_dir, "fp32", pack=None)
+    assert model.transforms.decode == "native"
+    ids = torch.randint(0, model.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.generate(ids, max_new_tokens=6), model.generate(ids, max_new_tokens=6, native=False))
+    assert open_model(tied_dir, "fp32", pack=None, decode_step="eager").transforms.decode == "eager"
+    assert open_model(tied_dir, "fp32", decode_step="native").transforms.decode == "native"
+    assert open_model(tied_dir, "fp32").transforms.decode == "eager"  # pack=False: no choice made
