@@ -198,3 +198,11 @@ def test_open_model_records_the_decode_step(lib, tied_dir, tmp_path, monkeypatch
     assert open_model(tied_dir, "fp32", pack=None, decode_step="eager").transforms.decode == "eager"
     assert open_model(tied_dir, "fp32", decode_step="native").transforms.decode == "native"
     assert open_model(tied_dir, "fp32").transforms.decode == "eager"  # pack=False: no choice made
+
+
+def test_profile_names_a_bad_decode_step() -> None:
+    from pocketlm.profile.setting import ProfileError, Setting
+
+    Setting("SmolLM-135M", decode_step="native").check_request()
+    with pytest.raises(ProfileError, match="--decode-step 'fast': choose native or eager"):
+        Setting("SmolLM-135M", decode_step="fast").check_request()

@@ -61,6 +61,8 @@ class Setting:
             raise ProfileError("--prompt needs positive token counts, e.g. --prompt 16,64,256")
         if self.gen < 1 or not self.depths or any(d < 0 for d in self.depths):
             raise ProfileError("--gen must be >= 1 and --depth a list of context depths >= 0, e.g. --depth 0,256")
+        if self.decode_step not in (None, "eager", "native"):
+            raise ProfileError(f"--decode-step {self.decode_step!r}: choose native or eager (or leave it out: chosen per device)")
         if self.repeat < 1 or self.warmup < 0 or self.threads < 0:
             raise ProfileError("--repeat must be >= 1, --warmup >= 0 and --threads >= 1 (0: all cores)")
 
