@@ -84,10 +84,17 @@ def test_flat_step_matches_eager_on_config_axes(axes) -> None:
     _close(_step_logits(FlatDecoder(model), model, TOKENS, 8), want, torch.float32)
 
 
-def test_eager_after_flat_steps_sees_the_cache() -> None:
-    """A prefill chunk after flat steps (the eager path, which reads slot positions) continues the same sequence."""
+@pytest.mark.parametrize("step", ["flat", "native"])
+def test_eager_after_flat_steps_sees_the_cache(step) -> None:
+    """A prefill chunk after flat (or native: `model/native_decode.py`) steps, on the eager path, which reads
+    slot positions, continues the same sequence."""
+    from pocketlm.model import cpu_gemv
+    from pocketlm.model.native_decode import NativeDecoder
+
+    if step == "native" and cpu_gemv.unavailable():
+        pytest.skip(f"pocketlm CPU kernels do not run here: {cpu_gemv.unavailable()}")
     model = _model(CFG)
-    flat = FlatDecoder(model)
+    flat = FlatDecoder(model) if step == "flat" else NativeDecoder(model)
     with torch.inference_mode():
         want = model(TOKENS[:, :16], last_only=True)[:, -1]
         cache = flat.new_cache(1, 16)

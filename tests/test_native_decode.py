@@ -13,11 +13,10 @@ import re
 import pytest
 import torch
 
-from pocketlm.model import cpu_gemv
 from pocketlm.model.cpu_gemv import CpuGemvLinear, NativeKernelNote
 from pocketlm.model.native_decode import NativeDecodeError, NativeDecoder, native_decoder, native_unsupported
 from pocketlm.runtime import kernel_choice as kc
-from tests.test_cpu_gemv import broken_compiler  # noqa: F401 (fixture)
+from tests.test_cpu_gemv import broken_compiler, lib  # noqa: F401 (fixtures)
 from tests.test_kernel_choice import tied_dir  # noqa: F401 (fixture)
 from tests.test_flat_decode import CFG, TOKENS, _model, _step_logits
 from tests.threads import one_thread  # noqa: F401 (autouse)
@@ -38,14 +37,6 @@ CONFIGS = {
     "interleaved rotary, separate projections, repeated blocks": dict(rope_interleaved=True, block_repeat=2,
                                                                       n_layer=4),
 }
-
-
-@pytest.fixture(scope="module")
-def lib():
-    reason = cpu_gemv.unavailable()
-    if reason:
-        pytest.skip(f"pocketlm CPU kernels do not run here: {reason}")
-    return cpu_gemv.library()
 
 
 def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -92,19 +83,6 @@ def test_greedy_tokens_equal_eager(lib, weights) -> None:
     want = model.generate(TOKENS[:, :5], max_new_tokens=12)
     assert torch.equal(model.generate(TOKENS[:, :5], max_new_tokens=12, native=True), want)
     assert native_decoder(model) is native_decoder(model)  # built once per model layout
-
-
-def test_prefill_after_native_steps_sees_the_cache(lib) -> None:
-    model = _model(CFG)
-    native = NativeDecoder(model)
-    with torch.inference_mode():
-        want = model(TOKENS[:, :16], last_only=True)[:, -1]
-        cache = native.new_cache(1, 16)
-        native(TOKENS[:, :4], cache=cache)
-        for i in range(4, 12):
-            native(TOKENS[:, i:i + 1], cache=cache)
-        got = native(TOKENS[:, 12:16], cache=cache, last_only=True)[:, -1]
-    assert _rel(got, want) <= 1e-5
 
 
 def test_uncovered_configs_are_named(lib) -> None:

@@ -25,22 +25,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pl_bf16.h"
+
 #define QBLOCK 32
 
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
 
 static inline void store_y(void *y, int y_bf16, int64_t i, float v) {
     if (y_bf16) ((uint16_t *)y)[i] = f32_to_bf16(v);

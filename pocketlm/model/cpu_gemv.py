@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 SOURCE = Path(__file__).with_name("cpu_gemv.c")
 SOURCES = (SOURCE, Path(__file__).with_name("native_decode.c"))  # one library: the kernels and the decode step
+HEADERS = (Path(__file__).with_name("pl_bf16.h"),)  # included by both (part of the build key)
 CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 REQUIRED_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
 BF16_FLAG = "avx512_bf16"
@@ -85,12 +86,12 @@ def _compiler() -> tuple[str, str] | None:
 def build_key() -> str:
     """What the built library depends on: the source, the compiler, its flags and the CPU's flags."""
     cc = _compiler()
-    parts = [*(src.read_bytes().hex() for src in SOURCES), repr(cc[1] if cc else None), " ".join(CFLAGS), " ".join(sorted(_cpu_flags()))]
+    parts = [*(src.read_bytes().hex() for src in SOURCES + HEADERS), repr(cc[1] if cc else None), " ".join(CFLAGS), " ".join(sorted(_cpu_flags()))]
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def source_hash() -> str:
-    return hashlib.sha1(b"".join(src.read_bytes() for src in SOURCES)).hexdigest()[:16]
+    return hashlib.sha1(b"".join(src.read_bytes() for src in SOURCES + HEADERS)).hexdigest()[:16]
 
 
 def _build(out: Path, cc: str) -> None:

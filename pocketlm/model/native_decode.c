@@ -22,6 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pl_bf16.h"
+
 int pl_gemv(const int64_t *a); /* cpu_gemv.c */
 
 typedef struct {
@@ -49,20 +51,8 @@ typedef struct {
 
 /* ---- activations in the model's dtype ---------------------------------------------------------- */
 
-static inline float bf(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t to_bf(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+#define bf bf16_to_f32
+#define to_bf f32_to_bf16
 
 /* the value the model's dtype holds for v (bf16: rounded to nearest even) */
 static inline float rnd(int b16, float v) { return b16 ? bf(to_bf(v)) : v; }
