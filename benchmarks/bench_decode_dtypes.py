@@ -6,7 +6,7 @@ fp32 (nn.Linear), fp32 and bf16 packed for CPU (oneDNN, fused q/k/v and gate/up)
 front; about a minute per variant).
 
     python benchmarks/bench_decode_dtypes.py [--threads 2] [--rounds 3] [--steps 30] [--compile [--compile-only
-        'fp32 packed,ckpt NAME']] [--checkpoint DIR]
+        'fp32 packed,ckpt NAME']] [--checkpoint DIR] [--rtn-checkpoint] [--native]
 
 `--checkpoint DIR` adds a saved quantized checkpoint of the same shape (`bench_quant_perf.py --save`:
 GPTQ int4 g64) opened by the runtime as `pocketlm eval` / `profile` open it; repeat it for several
