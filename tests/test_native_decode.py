@@ -83,6 +83,8 @@ def test_greedy_tokens_equal_eager(lib, weights) -> None:
     want = model.generate(TOKENS[:, :5], max_new_tokens=12)
     assert torch.equal(model.generate(TOKENS[:, :5], max_new_tokens=12, native=True), want)
     assert native_decoder(model) is native_decoder(model)  # built once per model layout
+    with pytest.raises(IndexError, match="outside the vocabulary"):
+        native_decoder(model)(torch.tensor([[CFG.vocab_size]]), cache=model.new_cache(1, 4))
 
 
 def test_uncovered_configs_are_named(lib) -> None:

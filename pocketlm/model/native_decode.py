@@ -224,9 +224,12 @@ class NativeDecoder(FlatDecoder):
         pos = cache.length
         if pos >= cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} tokens; it is full")
+        tok = int(token)
+        if not 0 <= tok < self.logits.shape[1]:  # the C step reads the embedding row unchecked
+            raise IndexError(f"token id {tok} is outside the vocabulary (0..{self.logits.shape[1] - 1})")
         if self._cache is None or self._cache() is not cache:
             self._bind(cache)
-        rc = self.lib.pl_decode_step(ctypes.addressof(self._model), int(token), pos, torch.get_num_threads())
+        rc = self.lib.pl_decode_step(ctypes.addressof(self._model), tok, pos, torch.get_num_threads())
         if rc != 0:
             raise RuntimeError(f"native decode step failed (code {rc}: {'out of memory' if rc == -1 else 'bad shape'})")
         cache.length = pos + 1
