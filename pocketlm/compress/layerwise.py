@@ -41,6 +41,17 @@ from pocketlm.runtime.open import release_memory
 Accumulator = Any  # anything with add_batch(x); see stats.py
 
 
+# A debug hook: when set, called with a label at each phase of the walk (inputs captured; each group's
+# statistics gathered and its weights compressed; each block advanced). `bench_quant_perf.py --rss-probe`
+# sets it to read the process's RSS between phases. None (the default) costs nothing.
+phase_hook: Callable[[str], None] | None = None
+
+
+def mark_phase(label: str) -> None:
+    if phase_hook is not None:
+        phase_hook(label)
+
+
 class _Captured(Exception):
     """Raised by the pre-hook on block 0 once it has the block's inputs, and by a group's last hook."""
 
@@ -108,14 +119,18 @@ def _hook(target: Target, acc: Accumulator, seen: set[int] | None, hooks: int) -
 def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumulator],
          compress: Callable[[BlockStep], bool], *, skip: tuple[str, ...] = DEFAULT_SKIP,
          groups: list[list[str]] | None = None, batch_size: int = 8, progress: bool = False,
-         description: str = "compressing", compute_dtype: torch.dtype | None = None) -> None:
+         description: str = "compressing", compute_dtype: torch.dtype | None = None,
+         after_block: Callable[[int, nn.Module], None] | None = None) -> None:
     """Walk the blocks in order; `compress(step)` edits the block's targets and returns whether it changed them.
 
     `make_stat(target)` builds the accumulator for the first target of each input key; `compute_dtype`
-    (None: the model's own) is the autocast dtype of the blocks' calibration forwards."""
+    (None: the model's own) is the autocast dtype of the blocks' calibration forwards. `after_block(b,
+    block)` runs once block b's outputs (the next block's inputs) exist and the walk holds no reference
+    to its targets: the walk never runs block b again, so the method may replace its layers there."""
     was_training = model.training
     model.eval()
     batches = capture_inputs(model, calib, batch_size)
+    mark_phase("captured")
     schedule = model.layer_schedule()
     bar = _Bar(len(model.blocks), progress, description)
     try:
@@ -170,15 +185,20 @@ def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumu
                     for h in handles:
                         h.remove()
                 attended[0] = attended[0] or attend
+                mark_phase(f"block {b} group {g} statistics")
                 changed = bool(compress(BlockStep(b, block, group, stats, run))) or changed
                 del stats, handles
                 release_memory()
+                mark_phase(f"block {b} group {g} compressed")
             if outputs is None or changed or stop_early:
                 _advance(batches, run)
             else:
                 batches[:] = [(out, inp) for out, (_, inp) in zip(outputs, batches)]
-            outputs = None
+            outputs = ordered = group = made = t = None  # the targets hold the block's matrices: drop them first
+            if after_block is not None:
+                after_block(b, block)
             release_memory()  # freed temporaries back to the OS, so heap holes do not pile up block after block
+            mark_phase(f"block {b} advanced")
             bar.advance()
     finally:
         bar.close()
