@@ -153,7 +153,7 @@ def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumu
                             seen.clear()
                         try:
                             if attend:  # the attention weights are final: keep its output for the later passes
-                                x = block.attend(x, inp, None)
+                                x = _keep(x, block.attend(x, inp, None))
                                 batches[i] = (x, inp)
                             if attend or attended[0]:
                                 x = block.feed_forward(x, model.shared_mlp)
@@ -185,6 +185,7 @@ def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumu
                     for h in handles:
                         h.remove()
                 attended[0] = attended[0] or attend
+                release_memory()  # the pass's freed temporaries, before the solve allocates its own
                 mark_phase(f"block {b} group {g} statistics")
                 changed = bool(compress(BlockStep(b, block, group, stats, run))) or changed
                 del stats, handles
@@ -209,8 +210,18 @@ def _advance(batches: list[tuple[Tensor, AttentionInputs]], run: Callable[..., l
     """Replace each batch's block inputs by the block's outputs as soon as they are computed: the walk then
     holds one set of calibration activations, not the inputs and the outputs side by side."""
     for i, (x, inp) in enumerate(batches):
-        batches[i] = (run(batches=[(x, inp)])[0], inp)
+        batches[i] = (_keep(x, run(batches=[(x, inp)])[0]), inp)
         del x
+
+
+def _keep(x: Tensor, new: Tensor) -> Tensor:
+    """`new` written over the batch's buffer `x` when it fits (same shape and dtype): the calibration
+    activations keep their memory pass after pass, and each pass's temporaries reuse the same freed
+    blocks, instead of every output taking a fresh 9 MiB block and leaving a hole where its input was
+    (the heap then grows through a pass until `release_memory`). The values are those of `new`."""
+    if new.shape != x.shape or new.dtype != x.dtype or not x.is_contiguous() or new.data_ptr() == x.data_ptr():
+        return new
+    return x.copy_(new)
 
 
 class _Bar:
