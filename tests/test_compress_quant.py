@@ -405,3 +405,15 @@ def test_blocks_become_kernels_during_the_walk_as_they_would_at_the_end(method, 
     assert ours.keys() == theirs.keys()
     for k in ours:
         assert ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]), k
+
+
+def test_walk_keeps_each_batch_in_its_own_buffer() -> None:
+    """`_keep` writes a block's output over the batch's input buffer (the activations never move, so the
+    heap does not grow through a pass) and falls back to the new tensor where it cannot (shape, dtype)."""
+    from pocketlm.compress.layerwise import _keep
+
+    x, new = torch.zeros(2, 3), torch.arange(6.0).view(2, 3)
+    kept = _keep(x, new)
+    assert kept.data_ptr() == x.data_ptr() and torch.equal(kept, new)
+    for other in (new.bfloat16(), torch.ones(3, 2)):
+        assert _keep(torch.zeros(2, 3), other) is other

@@ -185,7 +185,6 @@ def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumu
                     for h in handles:
                         h.remove()
                 attended[0] = attended[0] or attend
-                release_memory()  # the pass's freed temporaries, before the solve allocates its own
                 mark_phase(f"block {b} group {g} statistics")
                 changed = bool(compress(BlockStep(b, block, group, stats, run))) or changed
                 del stats, handles
