@@ -4,8 +4,10 @@ The inputs of block 0 are captured once (a pre-hook on the first block stops the
 reference code's `Catcher` does); then, block by block: hook the targets, run the block over the
 calibration batches while the hooks accumulate statistics, let the method compress the block, and run
 the compressed block again to produce the next block's inputs. Memory holds the calibration activations
-of one block boundary (N x L x d_model fp32; each batch's outputs replace its inputs as they are made)
-plus the statistics of one block's targets.
+of one block boundary (N x L x d_model fp32; each batch's outputs are written over its inputs' buffer as
+they are made, so the activations never move and a pass's temporaries reuse the same freed blocks)
+plus the statistics of one block's targets. `after_block` lets a method replace a finished block's
+layers at once (quantize swaps it for its integer kernels, freeing its float weights block by block).
 
 `compute_dtype=torch.bfloat16` runs the calibration forwards under bf16 autocast (the references run
 them in fp16 on GPUs): matmuls about 1.7x faster on CPUs with AVX-512 BF16, the hooked inputs rounded

@@ -2,9 +2,11 @@
 
 Every method puts each target matrix on one grid (`model.quantize.IntGrid`, or a GGUF block grid),
 writes the dequantized values back into the model as it goes (so later blocks calibrate on the
-quantized earlier ones, the reference GPTQ's sequential order), and keeps the codes. At the end the
-model is fused and `to_kernels` swaps every quantized matrix for the kernel layer holding its codes
-(q/k/v and gate/up stacked row-wise; a routed expert's gate/up as one layer). Embeddings, the LM
+quantized earlier ones, the reference GPTQ's sequential order), and keeps the codes. Each block, once
+the walk has its outputs, is fused and `to_kernels` swaps its quantized matrices for the kernel layers
+holding their codes (q/k/v and gate/up stacked row-wise), so the float weights of finished blocks do
+not wait for the end; what is left (routed experts, the LM head, RTN without calibration) is swapped
+at the end, a routed expert's gate/up as one layer. The result is that of swapping everything at the end. Embeddings, the LM
 head, routers and a shared FFN outside the blocks stay float, as in the reference implementations.
 """
 
