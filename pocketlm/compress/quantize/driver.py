@@ -6,8 +6,9 @@ quantized earlier ones, the reference GPTQ's sequential order), and keeps the co
 the walk has its outputs, is fused and `to_kernels` swaps its quantized matrices for the kernel layers
 holding their codes (q/k/v and gate/up stacked row-wise), so the float weights of finished blocks do
 not wait for the end; what is left (routed experts, the LM head, RTN without calibration) is swapped
-at the end, a routed expert's gate/up as one layer. The result is that of swapping everything at the end. Embeddings, the LM
-head, routers and a shared FFN outside the blocks stay float, as in the reference implementations.
+at the end, a routed expert's gate/up as one layer. The result is that of swapping everything at the
+end. Embeddings, the LM head, routers and a shared FFN outside the blocks stay float, as in the
+reference implementations.
 """
 
 from __future__ import annotations
