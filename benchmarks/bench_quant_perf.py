@@ -31,9 +31,32 @@ from bench_prune import _cpu_s, perf_one, smollm_model  # noqa: E402
 from pocketlm.profile.system import cpu_model  # noqa: E402
 
 
+class RSSProbe:
+    """`--rss-probe`: at each phase the walk marks (`layerwise.phase_hook`), print to stderr the RSS now and
+    the peak since the previous mark (VmHWM, reset after each read through /proc/self/clear_refs, Linux)."""
+
+    def __init__(self):
+        self.peak_kib, self.label = 0, "start"
+
+    @staticmethod
+    def _status() -> dict[str, int]:
+        lines = Path("/proc/self/status").read_text().splitlines()
+        return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in lines) if k in ("VmRSS", "VmHWM")}
+
+    def __call__(self, label: str) -> None:
+        s = self._status()
+        self.peak_kib = max(self.peak_kib, s["VmHWM"])
+        print(f"rss-probe {label:28s} now {s['VmRSS'] / 1024:7.1f} MiB  peak since {self.label}: "
+              f"{s['VmHWM'] / 1024:7.1f} MiB", file=sys.stderr, flush=True)
+        Path("/proc/self/clear_refs").write_text("5")  # the peak is counted again from here
+        self.label = label
+
+
 def run_one(method: str, n: int, length: int, threads: int, save: str, group: int, calib_dtype: str = "fp32",
-            save_bf16: str = "", layers: int = 0, runtime_layout: bool = False) -> dict:
+            save_bf16: str = "", layers: int = 0, runtime_layout: bool = False, rss_probe: bool = False) -> dict:
     import time
+
+    from pocketlm.compress import layerwise
 
     from pocketlm.compress.quantize.driver import quantize
     from pocketlm.compress.report import peak_rss_bytes
@@ -44,13 +67,23 @@ def run_one(method: str, n: int, length: int, threads: int, save: str, group: in
     if method == "dense-forward":  # bench_prune's baseline, unchanged (its RSS is read before this model exists)
         return {**perf_one(method, n, length, threads), "model_bytes": fp32_bytes(smollm_model())}
     torch.set_num_threads(threads)
+    probe = RSSProbe() if rss_probe else None
     model = smollm_model(layers)
     model_bytes = fp32_bytes(model)
     calib = torch.randint(0, model.config.vocab_size, (n, length), generator=torch.Generator().manual_seed(0))
+    if probe is not None:
+        probe("model built")
+        layerwise.phase_hook = probe
     t0 = time.perf_counter()
     layout = {"float_dtype": torch.bfloat16, "quantize_head": True} if runtime_layout else {}
     quantize(model, "gptq", 4, group, calib=calib, calib_dtype=calib_dtype, **layout)
-    out = {"method": method, "wall_s": time.perf_counter() - t0, "cpu_s": _cpu_s(), "peak_rss_bytes": peak_rss_bytes(),
+    wall = time.perf_counter() - t0
+    peak = peak_rss_bytes()
+    if probe is not None:  # clear_refs lowered getrusage's peak too: take the probe's
+        probe("end")
+        layerwise.phase_hook = None
+        peak = max(peak, probe.peak_kib * 1024)
+    out = {"method": method, "wall_s": wall, "cpu_s": _cpu_s(), "peak_rss_bytes": peak,
            "model_bytes": model_bytes, "calib_dtype": calib_dtype, "int4_runtime_layout": runtime_layout}
     from pocketlm.interop import save_native
 
@@ -77,11 +110,13 @@ def main() -> None:
     ap.add_argument("--int4-runtime-layout", action="store_true", help="quantize(float_dtype=bf16, quantize_head="
                     "True): the layout open_model(..., 'int4') gives (float layers bf16, LM head int4 by RTN)")
     ap.add_argument("--layers", type=int, default=0, help="keep only this many blocks (a quick check; 0: all)")
+    ap.add_argument("--rss-probe", action="store_true", help="print RSS now and peak since the last phase of the "
+                    "walk to stderr (Linux; a debugging aid: it reads /proc between phases)")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # the child process
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.n, args.length, args.threads, args.save, args.group_size,
-                                 args.calib_dtype, args.save_bf16, args.layers, args.int4_runtime_layout)))
+                                 args.calib_dtype, args.save_bf16, args.layers, args.int4_runtime_layout, args.rss_probe)))
         return
     rows = []
     for method in args.methods.split(","):
@@ -89,8 +124,9 @@ def main() -> None:
                               str(args.length), "--threads", str(args.threads), "--save", args.save,
                               "--group-size", str(args.group_size), "--calib-dtype", args.calib_dtype,
                               "--save-bf16", args.save_bf16, "--layers", str(args.layers)]
-                             + (["--int4-runtime-layout"] if args.int4_runtime_layout else []),
-                             capture_output=True, text=True, check=True)
+                             + (["--int4-runtime-layout"] if args.int4_runtime_layout else [])
+                             + (["--rss-probe"] if args.rss_probe else []),
+                             stdout=subprocess.PIPE, text=True, check=True)  # stderr (the probe's lines) passes through
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  {method}: {rows[-1]['wall_s']:.1f} s", flush=True)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -366,3 +366,54 @@ def test_quantize_head_gives_the_int4_precisions_layout(tmp_path) -> None:
         assert torch.equal(back(IDS), model(IDS))
     with pytest.raises(ValueError, match="shape the int-kernel model"):
         quantize(_model(), "rtn", 4, 32, quantize_head=True, kernels=False)
+
+
+@pytest.mark.parametrize("method,bits,head", [("gptq", 4, False), ("gptq", 8, True), ("awq", 4, False)])
+def test_blocks_become_kernels_during_the_walk_as_they_would_at_the_end(method, bits, head) -> None:
+    """Each finished block is swapped for its kernel layers inside the walk (its float weights freed there,
+    not after the last block): the codes and every buffer of the result are those of converting the whole
+    model at the end (kernels=False, then fuse and to_kernels on the same codes, the driver's former order)."""
+    from pocketlm.compress import layerwise
+    from pocketlm.compress.quantize.driver import kernel_parts
+    from pocketlm.model.quantize import GridWeight, to_kernels
+
+    sym, group = bits == 8, None if bits == 8 else 32
+    kernel = Int8Linear if bits == 8 else Int4Linear
+    model, late = _model(tie_embeddings=head), _model(tie_embeddings=head)
+    seen = []
+    layerwise.phase_hook = lambda label: seen.append((label, type(model.blocks[0].attn.qkv)))
+    try:
+        report = quantize(model, method, bits, group, sym=sym, calib=_calib(), quantize_head=head)
+    finally:
+        layerwise.phase_hook = None
+    assert ("block 1 group 0 statistics", kernel) in seen  # block 0 was an int layer while block 1 calibrated
+    codes = quantize(late, method, bits, group, sym=sym, calib=_calib(), kernels=False).codes
+    grid = IntGrid(bits, group, sym)
+    if head:  # the head's RTN codes, rounded after the walk as the driver does
+        q, *params = grid.quantize(late.lm_head.weight.float())
+        codes["lm_head"] = (q, tuple(params))
+    assert codes.keys() == report.codes.keys()
+    for name, (q, params) in codes.items():
+        assert torch.equal(q, report.codes[name][0].to(q.dtype)) and all(map(torch.equal, params, report.codes[name][1]))
+    late.fuse()
+    parts = kernel_parts(late, codes)
+    to_kernels(late, {n: GridWeight.cat([grid.to_grid_weight(codes[p][0].int(), *codes[p][1], kernel_group=group)
+                                         for p in ps]) for n, ps in parts.items()}, model.transforms.quantization)
+    assert model.transforms == late.transforms and set(model.transforms.quantization.float_layers) == (
+        set() if head else {"lm_head"})
+    ours, theirs = model.state_dict(), late.state_dict()
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        assert ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]), k
+
+
+def test_walk_keeps_each_batch_in_its_own_buffer() -> None:
+    """`_keep` writes a block's output over the batch's input buffer (the activations never move, so the
+    heap does not grow through a pass) and falls back to the new tensor where it cannot (shape, dtype)."""
+    from pocketlm.compress.layerwise import _keep
+
+    x, new = torch.zeros(2, 3), torch.arange(6.0).view(2, 3)
+    kept = _keep(x, new)
+    assert kept.data_ptr() == x.data_ptr() and torch.equal(kept, new)
+    for other in (new.bfloat16(), torch.ones(3, 2)):
+        assert _keep(torch.zeros(2, 3), other) is other

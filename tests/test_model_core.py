@@ -155,3 +155,20 @@ def _copy(model: Transformer) -> Transformer:
     import copy
 
     return copy.deepcopy(model)
+
+
+def test_gated_mlp_in_place_product_only_without_autograd() -> None:
+    """MLP computes act(gate) * up in place when autograd is off: the same values bit for bit (fused and
+    unfused), and with autograd on the out-of-place product, so training still backpropagates."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=64, d_model=32, n_layer=1, n_head=2, intermediate_size=48,
+                                    max_seq_len=16, activation="relu"))
+    mlp, x = model.blocks[0].mlp, torch.randn(2, 5, 32)
+    for fused in (False, True):
+        if fused:
+            mlp.fuse()
+        out = mlp(x)
+        out.sum().backward()  # relu's backward reads its own output: an in-place product here would raise
+        assert mlp.down_proj.weight.grad is not None
+        with torch.no_grad():
+            assert torch.equal(mlp(x), out.detach())

@@ -4,8 +4,10 @@ The inputs of block 0 are captured once (a pre-hook on the first block stops the
 reference code's `Catcher` does); then, block by block: hook the targets, run the block over the
 calibration batches while the hooks accumulate statistics, let the method compress the block, and run
 the compressed block again to produce the next block's inputs. Memory holds the calibration activations
-of one block boundary (N x L x d_model fp32; each batch's outputs replace its inputs as they are made)
-plus the statistics of one block's targets.
+of one block boundary (N x L x d_model fp32; each batch's outputs are written over its inputs' buffer as
+they are made, so the activations never move and a pass's temporaries reuse the same freed blocks)
+plus the statistics of one block's targets. `after_block` lets a method replace a finished block's
+layers at once (quantize swaps it for its integer kernels, freeing its float weights block by block).
 
 `compute_dtype=torch.bfloat16` runs the calibration forwards under bf16 autocast (the references run
 them in fp16 on GPUs): matmuls about 1.7x faster on CPUs with AVX-512 BF16, the hooked inputs rounded
@@ -39,6 +41,17 @@ from pocketlm.model.transformer import AttentionInputs, Transformer
 from pocketlm.runtime.open import release_memory
 
 Accumulator = Any  # anything with add_batch(x); see stats.py
+
+
+# A debug hook: when set, called with a label at each phase of the walk (inputs captured; each group's
+# statistics gathered and its weights compressed; each block advanced). `bench_quant_perf.py --rss-probe`
+# sets it to read the process's RSS between phases. None (the default) costs nothing.
+phase_hook: Callable[[str], None] | None = None
+
+
+def mark_phase(label: str) -> None:
+    if phase_hook is not None:
+        phase_hook(label)
 
 
 class _Captured(Exception):
@@ -108,14 +121,18 @@ def _hook(target: Target, acc: Accumulator, seen: set[int] | None, hooks: int) -
 def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumulator],
          compress: Callable[[BlockStep], bool], *, skip: tuple[str, ...] = DEFAULT_SKIP,
          groups: list[list[str]] | None = None, batch_size: int = 8, progress: bool = False,
-         description: str = "compressing", compute_dtype: torch.dtype | None = None) -> None:
+         description: str = "compressing", compute_dtype: torch.dtype | None = None,
+         after_block: Callable[[int, nn.Module], None] | None = None) -> None:
     """Walk the blocks in order; `compress(step)` edits the block's targets and returns whether it changed them.
 
     `make_stat(target)` builds the accumulator for the first target of each input key; `compute_dtype`
-    (None: the model's own) is the autocast dtype of the blocks' calibration forwards."""
+    (None: the model's own) is the autocast dtype of the blocks' calibration forwards. `after_block(b,
+    block)` runs once block b's outputs (the next block's inputs) exist and the walk holds no reference
+    to its targets: the walk never runs block b again, so the method may replace its layers there."""
     was_training = model.training
     model.eval()
     batches = capture_inputs(model, calib, batch_size)
+    mark_phase("captured")
     schedule = model.layer_schedule()
     bar = _Bar(len(model.blocks), progress, description)
     try:
@@ -138,7 +155,7 @@ def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumu
                             seen.clear()
                         try:
                             if attend:  # the attention weights are final: keep its output for the later passes
-                                x = block.attend(x, inp, None)
+                                x = _keep(x, block.attend(x, inp, None))
                                 batches[i] = (x, inp)
                             if attend or attended[0]:
                                 x = block.feed_forward(x, model.shared_mlp)
@@ -170,15 +187,20 @@ def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumu
                     for h in handles:
                         h.remove()
                 attended[0] = attended[0] or attend
+                mark_phase(f"block {b} group {g} statistics")
                 changed = bool(compress(BlockStep(b, block, group, stats, run))) or changed
                 del stats, handles
                 release_memory()
+                mark_phase(f"block {b} group {g} compressed")
             if outputs is None or changed or stop_early:
                 _advance(batches, run)
             else:
                 batches[:] = [(out, inp) for out, (_, inp) in zip(outputs, batches)]
-            outputs = None
+            outputs = ordered = group = made = t = None  # the targets hold the block's matrices: drop them first
+            if after_block is not None:
+                after_block(b, block)
             release_memory()  # freed temporaries back to the OS, so heap holes do not pile up block after block
+            mark_phase(f"block {b} advanced")
             bar.advance()
     finally:
         bar.close()
@@ -189,8 +211,18 @@ def _advance(batches: list[tuple[Tensor, AttentionInputs]], run: Callable[..., l
     """Replace each batch's block inputs by the block's outputs as soon as they are computed: the walk then
     holds one set of calibration activations, not the inputs and the outputs side by side."""
     for i, (x, inp) in enumerate(batches):
-        batches[i] = (run(batches=[(x, inp)])[0], inp)
+        batches[i] = (_keep(x, run(batches=[(x, inp)])[0]), inp)
         del x
+
+
+def _keep(x: Tensor, new: Tensor) -> Tensor:
+    """`new` written over the batch's buffer `x` when it fits (same shape and dtype): the calibration
+    activations keep their memory pass after pass, and each pass's temporaries reuse the same freed
+    blocks, instead of every output taking a fresh 9 MiB block and leaving a hole where its input was
+    (the heap then grows through a pass until `release_memory`). The values are those of `new`."""
+    if new.shape != x.shape or new.dtype != x.dtype or not x.is_contiguous() or new.data_ptr() == x.data_ptr():
+        return new
+    return x.copy_(new)
 
 
 class _Bar:

@@ -562,9 +562,16 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.gate_up is not None:
             gate, up = self.gate_up(x).split(self.gate_up.splits, dim=-1)
-            return self.down_proj(self.act(gate) * up)
-        h = self.act(self.gate_proj(x)) * self.up_proj(x) if self.gated else self.act(self.up_proj(x))
-        return self.down_proj(h)
+            return self.down_proj(self._times(self.act(gate), up))
+        if not self.gated:
+            return self.down_proj(self.act(self.up_proj(x)))
+        h = self.act(self.gate_proj(x))  # gate's own output is freed before up's exists
+        return self.down_proj(self._times(h, self.up_proj(x)))
+
+    @staticmethod
+    def _times(h: Tensor, up: Tensor) -> Tensor:
+        """act(gate) * up; without autograd in place (the same values, one [tokens, width] buffer less)."""
+        return h * up if torch.is_grad_enabled() or h.dtype != up.dtype else h.mul_(up)
 
 
 def _normal_(t: Tensor, std: float = 1.0) -> None:

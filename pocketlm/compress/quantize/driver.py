@@ -2,21 +2,24 @@
 
 Every method puts each target matrix on one grid (`model.quantize.IntGrid`, or a GGUF block grid),
 writes the dequantized values back into the model as it goes (so later blocks calibrate on the
-quantized earlier ones, the reference GPTQ's sequential order), and keeps the codes. At the end the
-model is fused and `to_kernels` swaps every quantized matrix for the kernel layer holding its codes
-(q/k/v and gate/up stacked row-wise; a routed expert's gate/up as one layer). Embeddings, the LM
-head, routers and a shared FFN outside the blocks stay float, as in the reference implementations.
+quantized earlier ones, the reference GPTQ's sequential order), and keeps the codes. Each block, once
+the walk has its outputs, is fused and `to_kernels` swaps its quantized matrices for the kernel layers
+holding their codes (q/k/v and gate/up stacked row-wise), so the float weights of finished blocks do
+not wait for the end; what is left (routed experts, the LM head, RTN without calibration) is swapped
+at the end, a routed expert's gate/up as one layer. The result is that of swapping everything at the
+end. Embeddings, the LM head, routers and a shared FFN outside the blocks stay float, as in the
+reference implementations.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from pocketlm.compress.layerwise import BlockStep, walk
+from pocketlm.compress.layerwise import BlockStep, mark_phase, walk
 from pocketlm.compress.quantize import awq
 from pocketlm.compress.quantize.gptq import GPTQ
 from pocketlm.compress.recipe import CALIB_DTYPES
@@ -26,7 +29,7 @@ from pocketlm.compress.targets import DEFAULT_SKIP, Target, left_dense, select
 from pocketlm.model.linears import INT_LINEARS, QuantizationError, QuantRecipe
 from pocketlm.model.quantize import GridError, GridWeight, IntGrid, to_kernels
 from pocketlm.model.quantize.kernels import DTYPE_NAMES
-from pocketlm.model.transformer import Transformer
+from pocketlm.model.transformer import MLP, Attention, Experts, Transformer
 
 METHODS = ("rtn", "gptq", "awq")
 # GPTQ's true_sequential order inside a block: each group is quantized before the next one's inputs are read
@@ -146,7 +149,8 @@ def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size
     targets = select(model, tuple(skip))
     check_targets(targets, grid, kernels)
     if kernels:
-        grid.kernel_group([t.shape[1] for t in targets])  # one kernel group size must fit every layer
+        group = grid.kernel_group([t.shape[1] for t in targets]  # one kernel group size must fit every layer
+                                  + ([model.lm_head.weight.shape[1]] if quantize_head else []))
     check_calibration(calib, method, targets)
     report = QuantReport(method=method, grid=getattr(grid, "name", str(grid)),
                          options={"act_order": act_order, "static_groups": static_groups, "damp": damp,
@@ -183,6 +187,37 @@ def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size
             finish(t, r.codes[rows], tuple(p[rows].clone() for p in r.params), acc["error"], seconds * t.shape[0])
             row += t.shape[0]
 
+    def grid_lookup(parts: dict[str, list[str]]) -> Callable[[str, Any], GridWeight | None]:
+        def grid_of(name: str, _linear: Any = None) -> GridWeight | None:  # one layer's int32 codes at a time
+            if name not in parts:
+                return None
+            return GridWeight.cat([grid.to_grid_weight(codes[p][0].int(), *codes[p][1], kernel_group=group)
+                                   for p in parts[name]])
+        return grid_of
+
+    def make_recipe(float_layers: tuple[str, ...]) -> QuantRecipe:
+        q, params = next(iter(codes.values()))
+        sample = grid.to_grid_weight(q.int(), *params, kernel_group=group)
+        return QuantRecipe(sample.scheme, sample.group_size, method, DTYPE_NAMES[compute_dtype], float_layers,
+                           {"bits": getattr(grid, "bits", None), "group_size": getattr(grid, "group_size", None),
+                            "sym": getattr(grid, "sym", None), **report.options})
+
+    def block_to_kernels(b: int, block: nn.Module) -> None:
+        """Block b's outputs exist and the walk never runs it again: its matrices become the kernel layers
+        of their codes now (the same layers as at the end), so its float weights are freed block by block
+        instead of all living to the end beside the codes. Routed experts wait for the model-wide swap."""
+        if any(isinstance(m, Experts) for m in block.modules()):
+            return
+        targets[:] = [t for t in targets if t.block != b]  # their views hold the unfused float weights
+        for m in block.modules():
+            if isinstance(m, (Attention, MLP)):
+                m.fuse()
+        prefix = f"blocks.{b}."
+        parts = {n: p for n, p in kernel_parts(model, codes).items() if n.startswith(prefix)}
+        if parts:
+            lookup = grid_lookup(parts)
+            to_kernels(block, lambda name, _linear: lookup(prefix + name), make_recipe(()))
+
     if calib is None:
         for t in targets:
             rtn(t, None)
@@ -213,31 +248,19 @@ def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size
 
         walk(model, calib, make_stat, compress, skip=tuple(skip), batch_size=batch_size, progress=progress,
              groups=SEQUENTIAL_GROUPS if method == "gptq" and true_sequential else None,
-             description=f"{method} {report.grid}", compute_dtype=torch.bfloat16 if calib_dtype == "bf16" else None)
+             description=f"{method} {report.grid}", compute_dtype=torch.bfloat16 if calib_dtype == "bf16" else None,
+             after_block=block_to_kernels if kernels else None)
     report.codes = codes
     if kernels:
-        widths = [t.shape[1] for t in targets]
         if quantize_head:
             codes["lm_head"] = _round_head(model.lm_head.weight, grid)
-            widths.append(model.lm_head.weight.shape[1])
-        group = grid.kernel_group(widths)
         del targets  # their views keep the unfused float weights alive through fuse()
         model.fuse()
-        parts = kernel_parts(model, codes)
-
-        def grid_of(name: str, _linear: Any = None) -> GridWeight | None:  # one layer's int32 codes at a time
-            if name not in parts:
-                return None
-            return GridWeight.cat([grid.to_grid_weight(codes[p][0].int(), *codes[p][1], kernel_group=group)
-                                   for p in parts[name]])
-
-        sample = grid_of(next(iter(parts)))
-        recipe = QuantRecipe(sample.scheme, sample.group_size, method, DTYPE_NAMES[compute_dtype],
-                             tuple(n for n in model.named_linears(experts=True) if n not in parts),
-                             {"bits": getattr(grid, "bits", None), "group_size": getattr(grid, "group_size", None),
-                              "sym": getattr(grid, "sym", None), **report.options})
-        del sample
-        to_kernels(model, grid_of, recipe)
+        mark_phase("fused")
+        parts = kernel_parts(model, codes)  # what the walk did not convert (all of it without calibration)
+        recipe = make_recipe(tuple(n for n in model.named_linears(experts=True) if n not in parts))
+        to_kernels(model, grid_lookup(parts), recipe)
+        mark_phase("kernels")
         if float_dtype is not None:
             cast_float_layers(model, float_dtype)
     report.wall_s = time.perf_counter() - t_start
