@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import struct
-import subprocess
 import sys
 
 import numpy as np
@@ -22,6 +21,7 @@ from pocketlm.interop import load_model, load_tokenizer
 from pocketlm.interop.llama2c import Llama2cError, load_llama2c
 from pocketlm.train.fixtures import trained_preset
 from tests.hf_tiny import tiny_config
+from tests.side_by_side import run_side_by_side
 from tests.test_compress_prune import one_thread  # noqa: F401  (autouse: one thread for tiny matrices)
 
 STORIES260K = "../shared/data/models/stories260K/stories260K.bin"
@@ -165,16 +165,12 @@ def test_stories260k_loads_and_predicts_its_own_text():
     assert float(nll) < 0.5 * np.log(512)  # a trained model: far below the uniform 6.24 nats
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pocketlm.cli", "prune", *args], capture_output=True, text=True,
-                          timeout=300)
-
-
 def test_cli_bad_input_is_one_line(tmp_path, micro_dir):
-    r = _cli(str(micro_dir), "--out", str(tmp_path / "x"), "--sparsity", "1.2")
+    prune = [sys.executable, "-m", "pocketlm.cli", "prune"]
+    r, r2 = run_side_by_side([prune + [str(micro_dir), "--out", str(tmp_path / "x"), "--sparsity", "1.2"],
+                              prune + [STORIES260K, "--out", str(tmp_path / "y")]], timeout=300)
     assert r.returncode == 2 and "sparsity must be in [0, 1)" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    r = _cli(STORIES260K, "--out", str(tmp_path / "y"))
-    assert r.returncode == 2 and "--tokenizer" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r2.returncode == 2 and "--tokenizer" in r2.stderr and "Traceback" not in r2.stderr, r2.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 

@@ -5,7 +5,6 @@ its measured report, and bad input is one line with nothing left behind."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -14,6 +13,7 @@ from pocketlm.compress.quantize.checkpoint import quantize_checkpoint
 from pocketlm.model.linears import Int4Linear
 from pocketlm.runtime import open_model
 from pocketlm.train.fixtures import trained_preset
+from tests.side_by_side import run_side_by_side
 from tests.test_compress_prune import one_thread  # noqa: F401  (autouse: one thread for tiny matrices)
 
 CALIB = "bundled:16x64"
@@ -50,15 +50,13 @@ def test_gguf_output_holds_the_gguf_type(micro_dir, tmp_path) -> None:
     assert json.loads((out / "quant_report.json").read_text())["awq"]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pocketlm.cli", "quantize", *args], capture_output=True, text=True,
-                          timeout=300)
-
-
 def test_cli_bad_input_is_one_line(micro_dir, tmp_path) -> None:
-    for args, message in ((["--bits", "5"], "5-bit grids are not supported"),
-                          (["--calib", "bundled:1x8", "--group-size", "32"], "fewer than the widest layer input")):
-        r = _cli(str(micro_dir), "--out", str(tmp_path / "x"), *args)
+    cases = ((["--bits", "5"], "5-bit grids are not supported"),
+             (["--calib", "bundled:1x8", "--group-size", "32"], "fewer than the widest layer input"))
+    quantize = [sys.executable, "-m", "pocketlm.cli", "quantize", str(micro_dir)]
+    runs = run_side_by_side([quantize + ["--out", str(tmp_path / f"x{i}"), *args] for i, (args, _) in enumerate(cases)],
+                            timeout=300)
+    for r, (_, message) in zip(runs, cases):
         assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
     from pocketlm.model.quantize import GridError
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import torch
 
@@ -47,3 +49,26 @@ def test_bf16_autocast_trains_like_fp32(tmp_path):
     assert losses[True] != losses[False]  # autocast really changed the arithmetic
     for a, b in zip(losses[False], losses[True]):
         assert abs(a - b) < 0.05
+
+
+# What `pocketlm train` / `pocketlm distill` import before they train: the data-preparation stack (MinHash
+# dedup: datasketch, scipy) only when the bundled corpus must be prepared, matplotlib only when the loss curve
+# is drawn. About 2 s per process, and the DDP/FSDP/resume tests start some 40 of them.
+TRAIN_IMPORT_PROBE = """
+import sys
+from pocketlm.cli import app  # every command registered, as `python -m pocketlm.cli` does
+from pocketlm.train.distill import distill_models
+from pocketlm.train.fixtures import bundled_data_dir, trained_preset
+from pocketlm.train.trainer import train_preset
+bundled_data_dir()  # prepared already: a cache look-up
+print(sorted(m for m in ("datasketch", "scipy", "matplotlib") if m in sys.modules))
+"""
+
+
+def test_train_and_distill_do_not_import_the_data_preparation_stack_or_matplotlib():
+    from pocketlm.train.fixtures import bundled_data_dir
+
+    bundled_data_dir()  # prepare it here if this is the first test to need it
+    proc = subprocess.run([sys.executable, "-c", TRAIN_IMPORT_PROBE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -11,7 +11,6 @@ import torch
 
 import pocketlm
 from pocketlm.data import bundled_corpus_files
-from pocketlm.data.prepare import PrepareConfig, prepare
 from pocketlm.data.quality import HeuristicConfig
 from pocketlm.data.shards import MANIFEST
 from pocketlm.data.tokenizer import TextTokenizer
@@ -48,6 +47,8 @@ def bundled_data_dir(progress: bool = False) -> Path:
     key = _digest(*(f.read_bytes() for f in files), code_version().encode(), str(BUNDLED_MIN_WORDS).encode())
     out = cache_root() / "data" / f"bundled-{key}"
     if not (out / MANIFEST).is_file():
+        from pocketlm.data.prepare import PrepareConfig, prepare  # here: its MinHash (datasketch, scipy) costs ~1 s
+
         prepare(PrepareConfig([str(f) for f in files], str(out),  # built beside and swapped in whole
                               heuristics=HeuristicConfig(min_words=BUNDLED_MIN_WORDS)), progress=progress)
     return out

@@ -16,8 +16,6 @@ from pathlib import Path
 
 from pocketlm.data import BUNDLED_CORPUS, bundled_corpus_files
 from pocketlm.data.decontaminate import NgramIndex
-# prepare's own split rule; it stays private there, since prepare.py's bytes are in every fixture's cache key
-from pocketlm.data.prepare import PrepareConfig, _split_of
 from pocketlm.data.readers import Document, read_documents
 from pocketlm.utils import atomic_write_text
 
@@ -27,6 +25,10 @@ NGRAM = 13
 
 def split_documents() -> tuple[list[Document], list[Document]]:
     """The bundled corpus's (training, validation) documents as `prepare`'s defaults split them."""
+    # prepare's own split rule; it stays private there, since prepare.py's bytes are in every fixture's cache
+    # key. Imported here: prepare brings MinHash (datasketch, scipy, ~1 s), which DEFAULT_EVAL_TEXT's users skip
+    from pocketlm.data.prepare import PrepareConfig, _split_of
+
     default = {f.name: f.default for f in fields(PrepareConfig) if f.name in ("val_fraction", "seed")}
     train: list[Document] = []
     val: list[Document] = []
