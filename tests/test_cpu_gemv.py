@@ -199,11 +199,24 @@ def test_a_changed_kernel_build_re_times_the_shapes(lib, tmp_path, monkeypatch) 
 
 
 def test_tied_head_keeps_one_matrix(lib) -> None:
-    """A tied head is never offered the tiled copy; oneDNN's copy only for a clear gain, as before."""
+    """A tied fp32 head is never offered the tiled copy; oneDNN's copy only for a clear gain, as before."""
     shape = kc.LinearShape("fp32", 64, 384, tied=True)
     assert "gemv" in shape.paths and "gemv_tiled" not in shape.paths
     assert "gemv_tiled" in kc.LinearShape("fp32", 64, 384).paths
     for gain, path in ((0.95, "gemv"), (0.5, "mkldnn")):
         times = {"gemv": 1.0, "mkldnn": gain}
+        timer = lambda calls, times=times: {p: times.get(p, 2.0) for p in calls}  # noqa: E731
+        assert kc.decide(shape, timer)["path"] == path
+
+
+def test_tied_bf16_head_may_take_the_tiled_copy_for_a_clear_gain(lib) -> None:
+    """bf16 has no peak-RSS target: its tied head may copy into the tiled layout, as into oneDNN's, only
+    when that is COPY_MARGIN faster than every path that shares the embedding's matrix."""
+    if not lib.has_bf16:
+        pytest.skip("this CPU has no AVX512-BF16")
+    shape = kc.LinearShape("bf16", 64, 384, tied=True)
+    assert {"gemv", "gemv_tiled", "mkldnn"} <= set(shape.paths)
+    for tiled, path in ((0.95, "gemv"), (0.5, "gemv_tiled")):
+        times = {"gemv": 1.0, "mkldnn": 1.5, "gemv_tiled": tiled}
         timer = lambda calls, times=times: {p: times.get(p, 2.0) for p in calls}  # noqa: E731
         assert kc.decide(shape, timer)["path"] == path

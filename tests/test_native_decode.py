@@ -112,6 +112,19 @@ def test_a_packed_tied_head_is_read_from_the_embedding(lib) -> None:
     assert _rel(_step_logits(NativeDecoder(model), model, tokens, 6), want) <= 1e-5
 
 
+def test_a_tiled_tied_bf16_head_is_read_as_tiled(lib) -> None:
+    """A tied bf16 head the choice copied into the tiled layout runs on that copy; the embedding stays plain."""
+    if not lib.has_bf16:
+        pytest.skip("this CPU has no AVX512-BF16")
+    model = _model(CFG, "bf16")
+    kc.apply_plan(model, {"lm_head": "gemv_tiled"})
+    assert model.lm_head.kernel == "bf16t" and model.embed.weight.is_contiguous()
+    assert native_unsupported(model) is None
+    tokens = TOKENS[:, :14]
+    want = _step_logits(model, model, tokens, 6)
+    assert _rel(_step_logits(NativeDecoder(model), model, tokens, 6), want) <= 1e-2
+
+
 def test_without_a_compiler_generate_falls_back_with_one_note(broken_compiler) -> None:  # noqa: F811
     broken_compiler("missing")
     model = _model(CFG)

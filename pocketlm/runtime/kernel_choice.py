@@ -19,8 +19,10 @@ Candidates
   build on this machine: `gemv` for fp32, bf16 and int4, and for int8 `gemv_vnni` (activations
   quantized per block of 32, VNNI dot products) and `gemv_fma` (fp32 FMA on widened weights). Float
   `gemv` reads the layer's own weights (a tied head keeps one matrix); `gemv_tiled` (fp32, bf16, int8)
-  and int4's `gemv` hold a 16-row-interleaved copy, so a tied head is not offered `gemv_tiled` (the
-  embedding reads the plain matrix; a second copy would cost issue 18's fp32 peak-RSS target).
+  and int4's `gemv` hold a 16-row-interleaved copy. A tied fp32 head is not offered `gemv_tiled` (the
+  embedding reads the plain matrix; a second copy would cost issue 18's fp32 peak-RSS target); a tied
+  bf16 head is, as a copying path beside `mkldnn` under the same `COPY_MARGIN` rule (the native decode
+  step reads a tiled head, not a oneDNN-packed one).
   The machine key carries the kernels' build key (source hash, compiler, CPU flags), so a changed
   kernel re-times every shape; without a compiler they are simply not candidates.
 Compiled paths are not timed here (compiling costs minutes); `pocketlm profile --compile` compiles
@@ -60,13 +62,13 @@ INT_PATHS = ("bf16", "fp32")
 GEMV_PATHS = {"gemv": ("f32", "bf16", "i4"), "gemv_tiled": ("f32t", "bf16t", "i8t"), "gemv_vnni": ("i8v",),
               "gemv_fma": ("i8f",)}  # path -> its cpu_gemv kernels
 SHARING_PATHS = ("linear", "transposed", "gemv")  # a tied head on these keeps one matrix
-COPYING_PATHS = ("mkldnn",)  # ... and on this one holds a second (gemv_tiled would too: not offered to a tied head)
+COPYING_PATHS = ("mkldnn", "gemv_tiled")  # ... and on these holds a second (gemv_tiled: bf16 only, see paths)
 COLD_BYTES = 64 << 20  # cycle weight copies until this much is read per pass: out of cache, as in decode
 MAX_COPIES = 16
 ROUNDS = 7  # candidates interleaved round by round; each keeps its fastest round (load only adds time)
 HOPELESS = 5.0  # a candidate this many times slower than the fastest on its first call is not timed further
 COPY_MARGIN = 0.10  # a tied head takes a path that copies its matrix only if it is this much faster
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: a tied bf16 head may take gemv_tiled (older decisions never timed it)
 
 Timer = Callable[[dict[str, Callable[[], None]]], dict[str, float]]
 
@@ -90,7 +92,7 @@ class LinearShape:
     def paths(self) -> tuple[str, ...]:
         base = INT_PATHS if self.kind in ("int8", "int4") else FLOAT_PATHS
         native = tuple(p for p, kernels in GEMV_PATHS.items() if set(kernels) & set(cpu_gemv.kernels_for(self.kind)))
-        return base + tuple(p for p in native if not (self.tied and p == "gemv_tiled"))
+        return base + tuple(p for p in native if not (self.tied and self.kind == "fp32" and p == "gemv_tiled"))
 
 
 # ---------------------------------------------------------------------------------------------
