@@ -20,6 +20,7 @@ eager model once per model shape and keeps the faster.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import weakref
 
 import torch
@@ -112,6 +113,12 @@ def _tied(model, name: str) -> Tensor | None:
 
 def native_unsupported(model) -> str | None:
     """None if `model`'s batch-1 decode step can run natively, else the reason it cannot."""
+    found = _native_layers(model)
+    return found if isinstance(found, str) else None
+
+
+def _native_layers(model) -> "dict[str, CpuGemvLinear | TransposedLinear] | str":
+    """Every linear of the step on the kernel it runs (name -> layer), or the reason the model has no native step."""
     reason = cpu_gemv.unavailable()
     if reason:
         return f"pocketlm's CPU kernels do not run here ({reason})"
@@ -136,10 +143,13 @@ def native_unsupported(model) -> str | None:
     for name, norm in [(n, m) for n, m in model.named_modules() if type(m).__name__ == "Norm"]:
         if norm.weight is not None and norm.weight.dtype != dtype:
             return f"norm {name} holds {norm.weight.dtype} in a {dtype} model"
+    layers = {}
     for name, layer in _linears(model):
         found = _gemv_layer(layer, dtype, _tied(model, name))
         if isinstance(found, str):
             return f"layer {name} {found}"
+        layers[name] = found
+    return layers
     return None
 
 
@@ -152,16 +162,15 @@ class NativeDecoder(FlatDecoder):
     (`pl_decode_step`), other calls (prefill, padding, batches) run the eager model."""
 
     def __init__(self, model):
-        reason = native_unsupported(model)
-        if reason:
-            raise NativeDecodeError(f"the native decode step does not cover {reason}; decode this model eagerly")
+        layers = _native_layers(model)  # each int layer's kernel view is built once, here
+        if isinstance(layers, str):
+            raise NativeDecodeError(f"the native decode step does not cover {layers}; decode this model eagerly")
         super().__init__(model, compile=False)
         self.params = []  # the flat step's list; the native step keeps its own tensors in `_keep`
         cfg, dtype = model.config, model.embed.weight.dtype
         self.lib, self.dtype = cpu_gemv.library(), dtype
         self._keep: list = []
         self._layers = (_Layer * len(model.layer_schedule()))()
-        layers = {name: _gemv_layer(layer, dtype, _tied(model, name)) for name, layer in _linears(model)}
         self._keep.append(layers)
         widest = 0
         for i, b in enumerate(model.layer_schedule()):
@@ -253,7 +262,7 @@ def native_decoder(model):
     configuration the step does not cover raises NativeDecodeError naming it."""
     if cpu_gemv.library() is None:
         return model
-    key = (model.transforms, id(model.embed.weight))
+    key = (dataclasses.replace(model.transforms, decode="eager"), id(model.embed.weight))  # the layout, not the choice
     found = _DECODERS.get(model)
     if found is None or found[0] != key:
         found = _DECODERS[model] = (key, NativeDecoder(model))

@@ -366,7 +366,7 @@ def decode_key(model: Transformer) -> str:
 
 def decode_calls(model: Transformer) -> dict[str, Callable[[], None]]:
     """One timed round per decode step: `DECODE_PROBE` steps on a prefilled cache of each runner."""
-    from pocketlm.model.native_decode import NativeDecoder
+    from pocketlm.model.native_decode import native_decoder
 
     depth, steps = DECODE_PROBE
     ids = torch.randint(0, model.config.vocab_size, (1, depth + 1), generator=torch.Generator().manual_seed(0))
@@ -379,7 +379,7 @@ def decode_calls(model: Transformer) -> dict[str, Callable[[], None]]:
                 run(ids[:, depth:], cache=cache, last_only=True)
         return call
 
-    return {"eager": call_for(model), "native": call_for(NativeDecoder(model))}
+    return {"eager": call_for(model), "native": call_for(native_decoder(model))}  # the decoder generate reuses
 
 
 @torch.no_grad()
