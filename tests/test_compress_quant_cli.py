@@ -67,6 +67,30 @@ def test_cli_bad_input_is_one_line(micro_dir, tmp_path) -> None:
     assert not any(tmp_path.iterdir())
 
 
+def test_bad_arguments_fail_before_the_model_is_opened(tmp_path, monkeypatch) -> None:
+    """Bits, group size, method and GGUF type fail with the error the driver gives, before any model is opened:
+    on a path that does not exist and on a catalog model too large to build here."""
+    from typer.testing import CliRunner
+
+    from pocketlm.cli import app
+    from pocketlm.compress.quantize import checkpoint
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was opened before the arguments were checked")
+
+    monkeypatch.setattr(checkpoint, "open_model_and_tokenizer", never)
+    cases = ((["--bits", "5"], "5-bit grids are not supported; choose bits in (2, 3, 4, 8)"),
+             (["--group-size", "48"], "group_size 48 is not one of the int4 kernel's group sizes"),
+             (["--bits", "8", "--group-size", "64"], "8-bit codes run on the int8 kernel"),
+             (["--method", "hqq"], "unknown quantization method 'hqq'; choose one of rtn, gptq, awq"),
+             (["--gguf", "Q3_0"], "GPTQ / AWQ write GGUF types"))
+    for model in (str(tmp_path / "no-such-model"), "Phi-3-mini-4k-instruct"):
+        for args, message in cases:
+            result = CliRunner().invoke(app, ["quantize", model, "--out", str(tmp_path / "out"), *args])
+            assert result.exit_code != 0 and message in str(result.exception), (args, repr(result.exception))
+    assert not any(tmp_path.iterdir())
+
+
 def test_quant_demo_section_writes_table_figure_and_a_kernel_checkpoint(micro_dir, tmp_path) -> None:
     from pocketlm.compress.quant_demo import run_quant_demo
 

@@ -133,3 +133,25 @@ def test_compiled_step_matches_eager_and_compiles_once() -> None:
                            model.generate(TOKENS[:, :prompt], max_new_tokens=new))
     assert flat_decoder(model, compile=True) is decoder
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+
+
+@pytest.mark.parametrize("weights", ["linear", "mkldnn", "int8", "int4"])
+def test_a_cached_flat_decoder_does_not_keep_its_model_alive(weights) -> None:
+    """The decoder cache keeps one decoder per live model and layout, and the entry dies with the model."""
+    import gc
+    import weakref
+
+    model = _model(CFG, weights)
+    decoder = flat_decoder(model, compile=False)
+    assert flat_decoder(model, compile=False) is decoder and flat_decoder(model) is flat_decoder(model)
+    cache = decoder.new_cache(1, 8)
+    decoder(TOKENS[:, :5], cache=cache, last_only=True)
+    want = decoder(TOKENS[:, 5:6], cache=cache)
+    cache.length -= 1
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None  # the decoder (and its compiled twin, built above) held the model only weakly
+    assert torch.equal(decoder(TOKENS[:, 5:6], cache=cache), want)  # the flat step reads its own tensors
+    with pytest.raises(ReferenceError, match="has been freed; keep a reference to the model"):
+        decoder(TOKENS[:, :5], cache=decoder.new_cache(1, 8))

@@ -80,6 +80,10 @@ def test_unsupported_architecture_and_type_give_clear_errors(tmp_path) -> None:
         export_gguf(Transformer(cfg), tmp_path / "x.gguf", "F16")
     with pytest.raises(GGUFExportError, match="unknown GGUF type 'Q3_0'"):
         export_gguf(_tiny(), tmp_path / "x.gguf", "Q3_0")
+    from pocketlm.runtime.export_cli import export_model
+
+    with pytest.raises(GGUFExportError, match="unknown GGUF type 'Q3_0'"):  # before the model is even resolved
+        export_model(str(tmp_path / "no-such-model"), tmp_path / "x.gguf", "q3_0")
     assert not (tmp_path / "x.gguf").exists()
 
 

@@ -199,3 +199,49 @@ def test_profile_names_a_bad_decode_step() -> None:
     Setting("SmolLM-135M", decode_step="native").check_request()
     with pytest.raises(ProfileError, match="--decode-step 'fast': choose native or eager"):
         Setting("SmolLM-135M", decode_step="fast").check_request()
+
+
+@pytest.mark.parametrize("weights,path", [("fp32", None), ("fp32", "transposed"), ("int4", "gemv")])
+def test_a_cached_native_decoder_does_not_keep_its_model_alive(lib, weights, path) -> None:
+    """After native_decoder and generate(native=True) the model is freed with its last reference (the
+    tied head, the int4 kernel copies and the KV cache included); the step keeps reading what it points at."""
+    import gc
+    import weakref
+
+    model = _model(CFG, "linear" if weights == "fp32" else weights)
+    if path:
+        kc.apply_plan(model.fuse(), dict.fromkeys(kc.kernel_shapes(model), path))
+    model.generate(TOKENS[:, :5], max_new_tokens=4, native=True)
+    decoder = native_decoder(model)
+    assert native_decoder(model) is decoder  # a live model still gets its one decoder
+    tokens = TOKENS[:, :10]
+    want = _step_logits(model, model, tokens, 6)
+    cache = decoder.new_cache(1, tokens.shape[1])
+    decoder(tokens[:, :6], cache=cache, last_only=True)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
+    got = torch.cat([decoder(tokens[:, i:i + 1], cache=cache)[:, -1] for i in range(6, 9)]).float()
+    assert _rel(got, want[1:]) <= 1e-2, _rel(got, want[1:])
+    with pytest.raises(ReferenceError, match="has been freed"):
+        decoder.new_cache(1, 4)
+
+
+def test_open_model_does_not_keep_the_model_alive(lib, tied_dir, tmp_path, monkeypatch) -> None:  # noqa: F811
+    """open_model(pack=None) builds the native decoder to time it; the model still dies with its last reference."""
+    import gc
+    import weakref
+
+    from pocketlm.runtime import open_model
+
+    monkeypatch.setenv("POCKETLM_CACHE", str(tmp_path))
+    monkeypatch.setattr(kc, "time_calls", lambda calls: {"eager": 1.0, "native": 0.5} if "native" in calls
+                        else dict.fromkeys(calls, 1.0))
+    model = open_model(tied_dir, "fp32", pack=None)
+    assert model.transforms.decode == "native"
+    model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

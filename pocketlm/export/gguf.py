@@ -152,6 +152,13 @@ def tensor_type(qtype: str, name: str, shape: tuple[int, ...]) -> tuple[str, str
     return qtype, ""
 
 
+def check_qtype(qtype: str) -> str:
+    """`qtype` upper-cased if GGUF files of that type can be written (needs no model), else GGUFExportError."""
+    if qtype.upper() not in GGUF_TYPES:
+        raise GGUFExportError(f"unknown GGUF type {qtype.upper()!r}; choose one of {GGUF_TYPES}")
+    return qtype.upper()
+
+
 def export_gguf(model, path: str | Path, qtype: str = "F16", tokenizer_json: str | Path | None = None,
                 threads: int | None = None, *,
                 tensor_overrides: Mapping[str, tuple[np.ndarray, Any]] | None = None,
@@ -166,9 +173,7 @@ def export_gguf(model, path: str | Path, qtype: str = "F16", tokenizer_json: str
     """
     import gguf
 
-    qtype = qtype.upper()
-    if qtype not in GGUF_TYPES:
-        raise GGUFExportError(f"unknown GGUF type {qtype!r}; choose one of {GGUF_TYPES}")
+    qtype = check_qtype(qtype)
     cfg = model.config
     refusal = gguf_refusal(cfg)
     if refusal:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -326,10 +327,13 @@ def cache_size(n: int) -> int:
 class FlatDecoder:
     """Runs `model` like the model itself (`decoder(ids, cache=..., last_only=True)`), with every batch-1,
     one-token step with a cache going through the flat step (compiled if `compile`); other calls
-    (prefill, padding, batches) run the eager model. `compile_s` sums the seconds of first calls."""
+    (prefill, padding, batches) run the eager model. `compile_s` sums the seconds of first calls.
+
+    The decoder holds the model's tensors, never the model: it reaches the model through a weak
+    reference, so a decoder kept beside its model (`flat_decoder`'s cache) never keeps it alive."""
 
     def __init__(self, model, compile: bool = False, mode: str | None = None):
-        self.model, self.config, self.compiled = model, model.config, compile
+        self._model_ref, self.config, self.compiled = weakref.ref(model), model.config, compile
         self.plan, self.params = flatten(model)
         self.transforms = model.transforms
         step = make_decode_step(self.plan)
@@ -337,6 +341,15 @@ class FlatDecoder:
         self._tables: dict[int, tuple[Tensor, Tensor]] = {}
         self._seen: set[int] = set()  # cache sizes whose graph exists
         self.compile_s = 0.0
+
+    @property
+    def model(self):
+        """The model this decoder runs; ReferenceError once it has been freed."""
+        model = self._model_ref()
+        if model is None:
+            raise ReferenceError("the model this decoder runs has been freed; keep a reference to the model "
+                                 "while decoding with it")
+        return model
 
     def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None):
         """The model's KVCache, batch 1 rounded up to `cache_size`; made in inference mode, as every step runs."""
@@ -406,13 +419,20 @@ def _sync_slots(cache) -> None:
     cache.flat_steps = False
 
 
-_DECODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_DECODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {kind: (layout, decoder)}
+
+
+def cached_decoder(model, kind, layout, build: Callable[[], FlatDecoder]) -> FlatDecoder:
+    """`model`'s decoder of `kind`, made by `build()` once and kept while the model lives and its `layout`
+    stays the same. The entry dies with the model: decoders reach their model only through a weak reference."""
+    decoders = _DECODERS.setdefault(model, {})
+    found = decoders.get(kind)
+    if found is None or found[0] != layout:
+        found = decoders[kind] = (layout, build())
+    return found[1]
 
 
 def flat_decoder(model, compile: bool = True) -> FlatDecoder:
     """The model's FlatDecoder, built once and kept while the model's layout stays the same."""
-    key = (compile, model.transforms, id(model.embed.weight))
-    found = _DECODERS.get(model)
-    if found is None or found[0] != key:
-        found = _DECODERS[model] = (key, FlatDecoder(model, compile=compile))
-    return found[1]
+    return cached_decoder(model, ("flat", compile), (model.transforms, id(model.embed.weight)),
+                          lambda: FlatDecoder(model, compile=compile))

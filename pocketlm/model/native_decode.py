@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from pocketlm.model import cpu_gemv
 from pocketlm.model.cpu_gemv import CpuGemvLinear
-from pocketlm.model.flat_decode import FlatDecoder, flat_unsupported
+from pocketlm.model.flat_decode import FlatDecoder, cached_decoder, flat_unsupported
 from pocketlm.model.linears import Int4Linear, Int8Linear, PackedLinear, TransposedLinear
 
 ACTIVATIONS = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}  # native_decode.c's `activate`
@@ -166,7 +166,7 @@ class NativeDecoder(FlatDecoder):
         if isinstance(layers, str):
             raise NativeDecodeError(f"the native decode step does not cover {layers}; decode this model eagerly")
         super().__init__(model, compile=False)
-        self.params = []  # the flat step's list; the native step keeps its own tensors in `_keep`
+        self.params = []  # the flat step's list; the native step keeps every tensor its structs point at in `_keep`
         cfg, dtype = model.config, model.embed.weight.dtype
         self.lib, self.dtype = cpu_gemv.library(), dtype
         self._keep: list = []
@@ -176,7 +176,7 @@ class NativeDecoder(FlatDecoder):
         for i, b in enumerate(model.layer_schedule()):
             block, spec = model.blocks[b], self._layers[i]
             attn = block.attn
-            spec.attn_norm, spec.mlp_norm = _address(block.attn_norm.weight), _address(block.mlp_norm.weight)
+            spec.attn_norm, spec.mlp_norm = self._pin(block.attn_norm.weight), self._pin(block.mlp_norm.weight)
             qkv = [layers[f"blocks.{b}.{n}"] for n in ("qkv", "q_proj", "k_proj", "v_proj") if f"blocks.{b}.{n}" in layers]
             up = [layers[f"blocks.{b}.{n}"] for n in ("gate_up", "gate_proj", "up_proj") if f"blocks.{b}.{n}" in layers]
             spec.n_qkv, spec.n_up = len(qkv), len(up)
@@ -195,15 +195,21 @@ class NativeDecoder(FlatDecoder):
         m.unit_offset, m.gated, m.activation = int(cfg.norm_unit_offset), int(cfg.ffn_type == "gated"), \
             ACTIVATIONS[cfg.activation]
         m.eps, m.scale, m.residual_scale = cfg.norm_eps, self.plan.scale, cfg.residual_scale
-        m.embed = _address(model.embed.weight)
+        m.embed = self._pin(model.embed.weight)
         m.embed_rs, m.embed_cs = model.embed.weight.stride()
         m.has_final_norm = int(model.final_norm is not None)
-        m.final_norm = _address(model.final_norm.weight) if model.final_norm is not None else 0
+        m.final_norm = self._pin(model.final_norm.weight) if model.final_norm is not None else 0
         self._fill(m.head, layers["lm_head"])
         m.layers = ctypes.addressof(self._layers)
         self.logits = torch.empty(1, cfg.vocab_size, dtype=dtype)
         m.logits = self.logits.data_ptr()
         self._cache = None  # weak reference to the KV cache whose tensors the structs point at
+
+    def _pin(self, t: Tensor | None) -> int:
+        """`t`'s address, `t` kept alive with the decoder (which holds the model only weakly)."""
+        if t is not None:
+            self._keep.append(t)
+        return _address(t)
 
     def _fill(self, spec: _Linear, layer: CpuGemvLinear | TransposedLinear) -> None:
         if isinstance(layer, TransposedLinear):
@@ -251,9 +257,6 @@ class NativeDecoder(FlatDecoder):
         return out.clone() if out.data_ptr() == self.logits.data_ptr() else out  # callers may keep logits
 
 
-_DECODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
 def native_decoder(model):
     """The model's NativeDecoder, built once and kept while the model's layout stays the same.
 
@@ -262,11 +265,8 @@ def native_decoder(model):
     configuration the step does not cover raises NativeDecodeError naming it."""
     if cpu_gemv.library() is None:
         return model
-    key = (dataclasses.replace(model.transforms, decode="eager"), id(model.embed.weight))  # the layout, not the choice
-    found = _DECODERS.get(model)
-    if found is None or found[0] != key:
-        found = _DECODERS[model] = (key, NativeDecoder(model))
-    return found[1]
+    layout = (dataclasses.replace(model.transforms, decode="eager"), id(model.embed.weight))  # not the choice
+    return cached_decoder(model, "native", layout, lambda: NativeDecoder(model))
 
 
 __all__ = ["NativeDecodeError", "NativeDecoder", "native_decoder", "native_unsupported"]

@@ -14,10 +14,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 def export_model(model: str, out: Path, qtype: str = "Q4_0", tokenizer: Path | None = None,
                  stand_in_vocab: bool = True, seed: int = 0) -> dict:
     """Open `model` (float; fp32 for F32, else bf16 weights), write its GGUF; what was written, as a dict."""
-    from pocketlm.export.gguf import GGUFExportError, export_gguf, fallbacks, unsupported_reasons
+    from pocketlm.export.gguf import GGUFExportError, check_qtype, export_gguf, fallbacks, unsupported_reasons
     from pocketlm.interop.families import gguf_arch
     from pocketlm.runtime import open_model, resolve
 
+    check_qtype(qtype)  # before the model is resolved or opened
     ref = resolve(model)
     reasons = unsupported_reasons(ref.config)
     if reasons:  # before any weights are built

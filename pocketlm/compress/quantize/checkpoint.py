@@ -24,8 +24,9 @@ from pocketlm.compress.calibration import CalibSpec, calibration_batches, encode
 from pocketlm.compress.measure import compare_on_tokens
 from pocketlm.compress.prune.checkpoint import DEFAULT_EVAL_TEXT, OutputExistsError, open_model_and_tokenizer
 from pocketlm.compress.quantize.compressed_tensors_format import check_grid, check_model, save_compressed_tensors
-from pocketlm.compress.quantize.driver import quantize
+from pocketlm.compress.quantize.driver import check_request, quantize
 from pocketlm.compress.quantize.gguf_export import export_quantized_gguf
+from pocketlm.compress.quantize.gguf_grids import gguf_grid
 from pocketlm.compress.report import QuantReport, peak_rss_bytes
 from pocketlm.model.quantize import IntGrid
 from pocketlm.utils import atomic_dir
@@ -60,6 +61,8 @@ def quantize_checkpoint(model_ref: str | Path, out_dir: str | Path, method: str 
         # scales on the bf16 grid (what vLLM serves in), zero points integers: the format's own grid
         ct_grid = IntGrid(bits, group_size, sym, torch.bfloat16, integer_zero=not sym)
         check_grid(ct_grid)
+    grid = ct_grid or (gguf_grid(gguf) if gguf else IntGrid(bits, group_size, sym))
+    check_request(method, grid, kernels=not gguf and ct_grid is None, **options)  # before any loading
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; choose another --out or pass --overwrite")

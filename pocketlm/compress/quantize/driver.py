@@ -41,6 +41,21 @@ class CalibrationTooShortError(ValueError):
     """Too few calibration tokens for the method's statistics; the message gives the minimum."""
 
 
+def check_request(method: str, grid: Any, *, kernels: bool = True, calib_dtype: str = "fp32",
+                  quantize_head: bool = False, float_dtype: torch.dtype | None = None, **_: Any) -> None:
+    """The checks of a `quantize` call that need no model (method, grid and kernel, options; others are
+    ignored): `quantize` runs them first, and so do callers before they load the model."""
+    if method not in METHODS:
+        raise ValueError(f"unknown quantization method {method!r}; choose one of {', '.join(METHODS)}")
+    if calib_dtype not in CALIB_DTYPES:
+        raise ValueError(f"calib_dtype must be one of {', '.join(CALIB_DTYPES)}, got {calib_dtype!r}")
+    if (quantize_head or float_dtype is not None) and not kernels:
+        raise ValueError("quantize_head and float_dtype shape the int-kernel model; with kernels=False the caller "
+                         "writes the codes (GGUF, compressed-tensors) and decides the rest")
+    if kernels:
+        grid.kernel_scheme()
+
+
 def check_targets(targets: list[Target], grid: Any, kernels: bool) -> None:
     """Every target representable on the grid (and in its kernel) before any weight changes."""
     for t in targets:
@@ -134,16 +149,11 @@ def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size
     forwards under bf16 autocast (pruning's option: about 1.7x faster matmuls; the statistics are still
     accumulated and the weights solved in fp32). Returns the report; `report.grids` holds each target's codes."""
     t_start = time.perf_counter()
-    if method not in METHODS:
-        raise ValueError(f"unknown quantization method {method!r}; choose one of {', '.join(METHODS)}")
-    if calib_dtype not in CALIB_DTYPES:
-        raise ValueError(f"calib_dtype must be one of {', '.join(CALIB_DTYPES)}, got {calib_dtype!r}")
+    grid = grid or IntGrid(bits, group_size, sym, compute_dtype)
+    check_request(method, grid, kernels=kernels, calib_dtype=calib_dtype, quantize_head=quantize_head,
+                  float_dtype=float_dtype)
     if model.transforms.quantization or model.packed:
         raise QuantizationError("the model is already quantized or packed; quantize the float model")
-    if (quantize_head or float_dtype is not None) and not kernels:
-        raise ValueError("quantize_head and float_dtype shape the int-kernel model; with kernels=False the caller "
-                         "writes the codes (GGUF, compressed-tensors) and decides the rest")
-    grid = grid or IntGrid(bits, group_size, sym, compute_dtype)
     if model.transforms.fused:
         model.unfuse()
     targets = select(model, tuple(skip))

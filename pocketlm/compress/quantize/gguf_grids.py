@@ -67,6 +67,9 @@ class BlockGrid:
         return self.group
 
     def check_kernel(self, in_features: int) -> str:
+        return self.kernel_scheme()
+
+    def kernel_scheme(self) -> str:
         raise GridError(f"{self.qtype} codes are written to GGUF, not to pocketlm's int kernels: "
                         "quantize with kernels=False and export them (export_quantized_gguf).")
 

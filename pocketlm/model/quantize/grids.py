@@ -151,8 +151,8 @@ class IntGrid:
         g = self.group_of(q.shape[1])
         return self.decode(q, scales.repeat_interleave(g, 1), offsets.repeat_interleave(g, 1))
 
-    def check_kernel(self, in_features: int) -> str:
-        """The kernel scheme ('int8' | 'int4') that holds this grid for a matrix of this width, or GridError."""
+    def kernel_scheme(self) -> str:
+        """The kernel scheme ('int8' | 'int4') that holds this grid whatever the widths, or GridError."""
         if self.integer_zero and not self.sym:
             raise GridError("integer zero points are compressed-tensors' asymmetric grid; pocketlm's int4 kernel "
                             "stores zeros in bf16, which would round them: write --format compressed-tensors, "
@@ -160,12 +160,17 @@ class IntGrid:
         if self.bits < 8 and self.group_size is not None and self.group_size not in KERNEL_GROUP_SIZES:
             raise GridError(f"group_size {self.group_size} is not one of the int4 kernel's group sizes "
                             f"{KERNEL_GROUP_SIZES[::-1]}; choose one of them or per channel (group_size=None).")
-        self.group_of(in_features)
-        if self.bits == 8:
-            if self.sym and self.group_size is None:
-                return "int8"
+        if self.bits == 8 and not (self.sym and self.group_size is None):
             raise GridError("8-bit codes run on the int8 kernel, which holds one symmetric scale per output "
                             "channel: use sym=True and group_size=None (per channel), or 4 bits for groups.")
+        return "int8" if self.bits == 8 else "int4"
+
+    def check_kernel(self, in_features: int) -> str:
+        """The kernel scheme ('int8' | 'int4') that holds this grid for a matrix of this width, or GridError."""
+        scheme = self.kernel_scheme()
+        self.group_of(in_features)
+        if scheme == "int8":
+            return scheme
         if self.group_size is None and not any(in_features % g == 0 for g in KERNEL_GROUP_SIZES):
             raise GridError(f"per-channel {self.bits}-bit codes live in the int4 kernel, whose groups are "
                             f"{KERNEL_GROUP_SIZES[::-1]} columns; a width of {in_features} divides none of them.")
