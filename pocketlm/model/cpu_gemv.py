@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pocketlm.model.linears import int8_matmul
+
 SOURCE = Path(__file__).with_name("cpu_gemv.c")
 SOURCES = (SOURCE, Path(__file__).with_name("native_decode.c"))  # one library: the kernels and the decode step
 HEADERS = (Path(__file__).with_name("pl_bf16.h"),)  # included by both (part of the build key)
@@ -183,10 +185,8 @@ def gemv(x: Tensor, weight: Tensor, scales: Tensor | None, zeros: Tensor | None,
     if m > MAX_ROWS and kernel not in TILED:  # prefill: torch's kernel reads the same weights
         if kernel in ("f32", "bf16"):
             return F.linear(x, weight, bias)
-        x2 = x.reshape(-1, k).to(torch.bfloat16).contiguous()
-        y = torch._weight_int8pack_mm(x2, weight, scales.to(torch.bfloat16))
-        y = y.to(x.dtype) if bias is None else (y.float() + bias).to(x.dtype)
-        return y.reshape(*x.shape[:-1], out_features)
+        y = int8_matmul(x, weight, scales.to(torch.bfloat16))  # Int8Linear's own matmul
+        return y.to(x.dtype) if bias is None else (y.float() + bias).to(x.dtype)
     dtype = x.dtype
     want = weight.dtype if kernel in ("f32", "bf16", "f32t", "bf16t") else (dtype if dtype in _X_DTYPES else torch.float32)
     xc = x if dtype == want and x.is_contiguous() else x.to(want).contiguous()

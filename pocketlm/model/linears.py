@@ -243,6 +243,12 @@ class _IntLinear(nn.Module):
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
 
+def int8_matmul(x: Tensor, qweight: Tensor, scales: Tensor) -> Tensor:
+    """x [..., K] @ (qweight * scales)^T on torch's int8 CPU kernel, activations in the scales' dtype: [..., N]."""
+    x2 = x.reshape(-1, x.shape[-1]).to(scales.dtype).contiguous()
+    return torch._weight_int8pack_mm(x2, qweight, scales).reshape(*x.shape[:-1], qweight.shape[0])
+
+
 class Int8Linear(_IntLinear):
     """y = x @ (q * s)^T + b with q int8 per output channel; runs `torch._weight_int8pack_mm`."""
 
@@ -261,7 +267,7 @@ class Int8Linear(_IntLinear):
                    splits_of(like), compute_dtype)
 
     def _matmul(self, x2: Tensor) -> Tensor:
-        return torch._weight_int8pack_mm(x2, self.qweight, self.scales)
+        return int8_matmul(x2, self.qweight, self.scales)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args)

@@ -150,7 +150,6 @@ def _native_layers(model) -> "dict[str, CpuGemvLinear | TransposedLinear] | str"
             return f"layer {name} {found}"
         layers[name] = found
     return layers
-    return None
 
 
 def _address(t: Tensor | None) -> int:
