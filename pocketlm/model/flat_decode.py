@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -422,7 +422,7 @@ def _sync_slots(cache) -> None:
 _DECODERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {kind: (layout, decoder)}
 
 
-def cached_decoder(model, kind, layout, build: Callable[[], FlatDecoder]) -> FlatDecoder:
+def cached_decoder(model, kind: Hashable, layout: Hashable, build: Callable[[], FlatDecoder]) -> FlatDecoder:
     """`model`'s decoder of `kind`, made by `build()` once and kept while the model lives and its `layout`
     stays the same. The entry dies with the model: decoders reach their model only through a weak reference."""
     decoders = _DECODERS.setdefault(model, {})
