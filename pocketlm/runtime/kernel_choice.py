@@ -334,7 +334,10 @@ def plan_shapes(shapes, cache: KernelCache | None = None, machine: dict | None =
 
 
 def apply_plan(model: Transformer, paths: dict[str, str], shapes: dict[str, LinearShape] | None = None) -> None:
-    """Put the linears named in `paths` on their path (in place) and record it in `model.transforms`."""
+    """Put the linears named in `paths` on their path (in place) and record it in `model.transforms`.
+
+    A layer whose weight no other module or tensor holds is consumed: `gemv_tiled` writes its tiled
+    layout over the layer's own storage (no second copy during the swap, issue 18's load peak)."""
     shapes = shapes or kernel_shapes(model)
     holders = Counter(id(t) for m in model.modules() for t in (*m.parameters(False), *m.buffers(False)))
 
