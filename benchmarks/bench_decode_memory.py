@@ -13,8 +13,17 @@ Peaks: `load` is the high-water mark when the model is ready, `decode` the high-
 plus decode only (reset after loading), `process` the larger of the two (what `/usr/bin/time` calls
 maximum resident set size). llama.cpp's RSS counts the file pages it maps (`file_mb`).
 
+`--repeat N` runs the cached pocketlm child and both llama.cpp children N times each, alternating, and
+reports each peak's min / median / max (the ratios use the medians; `*_max_vs_*` the worst pocketlm run
+against the median llama.cpp one). `--before PATH` also runs the cached pocketlm child on another
+checkout (`PYTHONPATH=PATH`, e.g. main) in the same alternation, so before and after share one run.
+`--probe` adds, per pocketlm run, the RSS after each step of the open and the peak within it
+(`steps`: kernel plan, build or load, fuse, kernel swap, decode-step choice). Each pocketlm child also
+reports its decode ms/token (a generate of `--new` tokens minus a one-token one, same prompt).
+
     python benchmarks/bench_decode_memory.py [--model SmolLM-135M] [--precisions fp32,bf16,int8,int4]
-                                             [--prompt 64] [--new 32] [--threads 1]
+                                             [--prompt 64] [--new 32] [--threads 1] [--repeat 5]
+                                             [--before /work/main] [--probe]
 """
 
 from __future__ import annotations
@@ -24,7 +33,9 @@ import json
 import os
 import subprocess
 import sys
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
 GGUF = {"fp32": "F32", "bf16": "F16", "int8": "Q8_0", "int4": "Q4_0"}
@@ -72,16 +83,57 @@ def child_pocketlm(args) -> dict:
     from pocketlm.runtime import open_model
 
     stages["import pocketlm"] = status_mb()
+    steps = probe_open_steps() if args.probe else None
     model = open_model(args.model, args.precision, pack=None)
     stages["loaded"] = status_mb()
+    if steps is not None:  # the probe reset the high-water mark at each step: the load peak is the steps' largest
+        stages["loaded"]["hwm"] = max([stages["import pocketlm"]["hwm"], stages["loaded"]["hwm"],
+                                       *(s["peak"] for s in steps)])
     out = {"heap_after_load": heap_mb(), "weights_mb": tensor_bytes(model) / 2**20,
-           "kernels": dict(model.transforms.kernels), "modules_loaded": len(sys.modules)}
+           "kernels": dict(model.transforms.kernels), "decode_step": model.transforms.decode,
+           "modules_loaded": len(sys.modules), **({"steps": steps} if steps is not None else {})}
     reset_hwm()
     prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt), generator=torch.Generator().manual_seed(0))
     model.generate(prompt, max_new_tokens=args.new)
     out["kv_cache_mb"] = model.new_cache(1, args.prompt + args.new).nbytes() / 2**20
     stages["decoded"] = status_mb()
+    t0 = time.perf_counter()
+    model.generate(prompt, max_new_tokens=1)
+    t1 = time.perf_counter()
+    model.generate(prompt, max_new_tokens=args.new)
+    t2 = time.perf_counter()
+    out["decode_ms_per_token"] = round(((t2 - t1) - (t1 - t0)) / max(1, args.new - 1) * 1e3, 2)
     return finish(out, stages)
+
+
+def probe_open_steps() -> list[dict]:
+    """Wrap the steps `open_model` runs so that each records the RSS after it and the peak within it
+    (the high-water mark is reset as each step starts). Returns the list the steps fill."""
+    import pocketlm.runtime.kernel_choice as kernel_choice
+    import pocketlm.runtime.open as opening
+    from pocketlm.model.transformer import Transformer
+
+    steps: list[dict] = []
+
+    def probed(name: str, fn):
+        def run(*a, **k):
+            reset_hwm()
+            try:
+                return fn(*a, **k)
+            finally:
+                s = status_mb()
+                steps.append({"step": name, "rss": round(s["rss"], 1), "peak": round(s["hwm"], 1)})
+                reset_hwm()
+        return run
+
+    for module, name in ((opening, "plan_kernels_first"), (opening, "_build_random"), (opening, "_quantize"),
+                         (kernel_choice, "choose_kernels"), (kernel_choice, "choose_decode")):
+        setattr(module, name, probed(name, getattr(module, name)))
+    import pocketlm.interop as interop
+
+    interop.load_model = probed("load_model", interop.load_model)
+    Transformer.fuse = probed("fuse", Transformer.fuse)
+    return steps
 
 
 def child_llamacpp(args) -> dict:
@@ -119,6 +171,20 @@ def finish(out: dict, stages: dict) -> dict:
     return out
 
 
+def summarize(runs: list[dict]) -> dict:
+    """One run as it is; several: the median run's fields, with each peak's and the decode time's
+    min / median / max in `spread` and every run kept in `runs`."""
+    ok = [r for r in runs if "error" not in r]
+    if len(runs) == 1 or not ok:
+        return runs[0] if len(runs) == 1 else {"error": runs[0]["error"], "runs": runs}
+    fields = [f for f in ("peak_process_mb", "peak_decode_mb", "peak_load_mb", "decode_ms_per_token") if f in ok[0]]
+    spread = {f: {"min": min(r[f] for r in ok), "median": statistics.median(r[f] for r in ok),
+                  "max": max(r[f] for r in ok)} for f in fields}
+    middle = sorted(ok, key=lambda r: r["peak_process_mb"])[len(ok) // 2]
+    return {**middle, **{f: spread[f]["median"] for f in fields}, "spread": spread, "runs": runs,
+            "errors": len(runs) - len(ok)}
+
+
 def export(args) -> dict:
     """GGUF files of the model at each precision's llama.cpp type, from pocketlm's own export."""
     from pocketlm.export.gguf import export_gguf
@@ -135,7 +201,7 @@ def export(args) -> dict:
 
 def run_child(args, role: str, extra: list[str], env: dict | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", role, "--model", args.model, "--prompt", str(args.prompt),
-           "--new", str(args.new), "--threads", str(args.threads), *extra]
+           "--new", str(args.new), "--threads", str(args.threads), *(["--probe"] if args.probe else []), *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=1800)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
@@ -150,6 +216,9 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=1, help="fresh processes per cached pocketlm / llama.cpp row")
+    ap.add_argument("--before", default=None, help="another pocketlm checkout measured in the same run")
+    ap.add_argument("--probe", action="store_true", help="RSS after, and peak within, each step of the open")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--gguf", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--with-torch", action="store_true", help=argparse.SUPPRESS)
@@ -166,21 +235,38 @@ def main() -> None:
         for precision in args.precisions.split(","):
             r = results[precision] = {}
             cache = Path(tmp) / f"kernels-{precision}"  # empty: the first open times the kernels
-            for run in ("first", "cached"):
-                r[f"pocketlm_{run}"] = run_child(args, "pocketlm", ["--precision", precision],
-                                                 {"POCKETLM_CACHE": str(cache)})
+            mine = {"POCKETLM_CACHE": str(cache)}
+            r["pocketlm_first"] = run_child(args, "pocketlm", ["--precision", precision], mine)
+            roles = {"pocketlm_cached": ("pocketlm", ["--precision", precision], mine)}
+            if args.before:  # the same kernel decisions (one cache): only the code differs
+                pythonpath = os.pathsep.join([args.before, *filter(None, [os.environ.get("PYTHONPATH")])])
+                roles["before_cached"] = ("pocketlm", ["--precision", precision], {**mine, "PYTHONPATH": pythonpath})
             if llama:
-                r["llamacpp"] = run_child(args, "llamacpp", ["--gguf", files[precision]])
-                r["llamacpp+torch"] = run_child(args, "llamacpp", ["--gguf", files[precision], "--with-torch"])
+                roles["llamacpp"] = ("llamacpp", ["--gguf", files[precision]], None)
+                roles["llamacpp+torch"] = ("llamacpp", ["--gguf", files[precision], "--with-torch"], None)
+            runs = {name: [] for name in roles}
+            for _ in range(args.repeat):  # alternate: load drifts hit every row alike
+                for name, (role, extra, env) in roles.items():
+                    runs[name].append(run_child(args, role, extra, env))
+            for name, done in runs.items():
+                r[name] = summarize(done)
             for peak in ("peak_process_mb", "peak_decode_mb"):
                 for yard in ("llamacpp", "llamacpp+torch"):
-                    ours, theirs = r["pocketlm_cached"].get(peak), r.get(yard, {}).get(peak)
-                    if ours and theirs:
-                        r[f"{peak.removesuffix('_mb')}_vs_{yard}"] = round(ours / theirs, 3)
+                    for ours_name, label in (("pocketlm_cached", ""), ("before_cached", "before_")):
+                        ours, theirs = r.get(ours_name, {}).get(peak), r.get(yard, {}).get(peak)
+                        if ours and theirs:
+                            r[f"{label}{peak.removesuffix('_mb')}_vs_{yard}"] = round(ours / theirs, 3)
+                            worst = r[ours_name].get("spread", {}).get(peak, {}).get("max")
+                            if worst and args.repeat > 1:
+                                r[f"{label}{peak.removesuffix('_mb')}_max_vs_{yard}"] = round(worst / theirs, 3)
             print(f"{precision}: " + "  ".join(f"{k} {v['peak_process_mb']:.0f}/{v['peak_decode_mb']:.0f} MiB"
                                                for k, v in r.items() if isinstance(v, dict) and "peak_process_mb" in v)
                   + "  (process/decode peak)  " + "  ".join(f"{k} {v:.2f}x" for k, v in r.items()
                                                              if not isinstance(v, dict)), flush=True)
+            for k, v in r.items():
+                for field, spread in (v.get("spread", {}).items() if isinstance(v, dict) else ()):
+                    print(f"{precision} {k} {field}: min {spread['min']:.1f}  median {spread['median']:.1f}  "
+                          f"max {spread['max']:.1f}  over {len(v['runs']) - v['errors']} runs", flush=True)
             for k, v in r.items():
                 if isinstance(v, dict) and "error" in v:
                     print(f"{precision} {k}: {v['error']}", flush=True)

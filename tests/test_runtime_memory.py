@@ -13,8 +13,10 @@ import weakref
 import torch
 from torch import nn
 
+from pocketlm.model.cpu_gemv import CpuGemvLinear
 from pocketlm.model.linears import TransposedLinear, fused_linear, replace_linears
-from pocketlm.model.transformer import _embedding
+from pocketlm.model.relayout import owns_storage, transpose_releasing
+from pocketlm.model.transformer import Transformer, _embedding
 from pocketlm.profile.memory import tensor_bytes
 from pocketlm.runtime import kernel_choice as kc
 from pocketlm.runtime import open_model
@@ -22,6 +24,8 @@ from tests.test_kernel_choice import tied_dir  # noqa: F401 (fixture: a tiny tie
 from tests.threads import one_thread  # noqa: F401 (autouse)
 
 IDS = torch.arange(3, 35).reshape(2, 16) % 128
+TINY = dict(name="tiny", vocab_size=512, d_model=64, n_layer=2, n_head=4, n_kv_head=2, intermediate_size=128,
+            max_seq_len=64)
 
 
 def test_embedding_draws_torch_s_numbers() -> None:
@@ -97,3 +101,70 @@ print(sorted(m for m in ("torch._dynamo", "sympy") if m in sys.modules))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _allocated_shapes(build) -> list[tuple[int, ...]]:
+    """The shape of every tensor a factory op (empty, zeros, ...) allocates in memory while `build()` runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    shapes = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not any(isinstance(a, torch.Tensor) for a in args) and isinstance(out, torch.Tensor) \
+                    and out.device.type != "meta":
+                shapes.append(tuple(out.shape))
+            return out
+
+    with Record():
+        build()
+    return shapes
+
+
+def test_a_tied_head_is_built_without_a_matrix_of_its_own() -> None:
+    from pocketlm.model.config import ModelConfig
+
+    cfg = ModelConfig(**TINY, tie_embeddings=True)
+    torch.manual_seed(0)
+    assert _allocated_shapes(lambda: Transformer(cfg)).count((512, 64)) == 1  # the embedding only (main: two)
+    torch.manual_seed(0)
+    tied, after_tied = Transformer(cfg), torch.rand(3)
+    torch.manual_seed(0)
+    untied, after_untied = Transformer(cfg.replace(tie_embeddings=False)), torch.rand(3)
+    assert tied.lm_head.weight is tied.embed.weight
+    # the same random draws as nn.Linear then tying: the untied head's numbers land in the shared matrix
+    assert torch.equal(tied.embed.weight, untied.lm_head.weight) and torch.equal(after_tied, after_untied)
+    assert torch.equal(tied.blocks[1].mlp.down_proj.weight, untied.blocks[1].mlp.down_proj.weight)
+
+
+def test_tiled_layers_are_rearranged_in_their_own_storage() -> None:
+    from pocketlm.model.config import ModelConfig
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(**TINY, tie_embeddings=True)).eval().fuse()
+    kept = model.blocks[0].attn.qkv.weight.detach()  # held elsewhere: that layer must be copied, not consumed
+    kept_values = kept.clone()
+    plain = {n: (m.weight.data_ptr(), m.weight.detach().clone()) for n, m in model.named_modules()
+             if isinstance(m, nn.Linear) and n != "lm_head"}
+    kc.apply_plan(model, dict.fromkeys(kc.kernel_shapes(model), "gemv_tiled"))
+    for name, (ptr, weight) in plain.items():
+        layer = model.get_submodule(name)
+        assert isinstance(layer, CpuGemvLinear) and layer.kernel == "f32t"
+        assert torch.equal(layer.weight, weight.view(-1, 16, weight.shape[1]).transpose(1, 2).unsqueeze(-1))
+        assert (layer.weight.data_ptr() == ptr) == (name != "blocks.0.attn.qkv"), name  # in place unless shared
+    assert torch.equal(kept, kept_values)
+    assert model.embed.weight.is_contiguous()  # a tied fp32 head is never tiled: the embedding stays plain
+
+
+def test_transposing_a_matrix_hands_its_copied_rows_back() -> None:
+    w = torch.randn(4096, 576)
+    want = w.t().contiguous()
+    assert owns_storage(w) and torch.equal(transpose_releasing(w), want)
+    if sys.platform.startswith("linux"):  # released pages read as zeros: the original is gone as the copy grew
+        assert (w == 0).float().mean() > 0.99
+    shared = torch.randn(4096, 576)
+    view = shared[:8]
+    before = shared.clone()
+    assert not owns_storage(shared) and torch.equal(transpose_releasing(shared), before.t())
+    assert torch.equal(shared, before) and view.shape == (8, 576)  # another tensor reads it: left intact

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pocketlm.model.linears import int8_matmul
+from pocketlm.model.relayout import tile_blocks_in_place
 
 SOURCE = Path(__file__).with_name("cpu_gemv.c")
 SOURCES = (SOURCE, Path(__file__).with_name("native_decode.c"))  # one library: the kernels and the decode step
@@ -229,12 +230,20 @@ def gemv_any(x: Tensor, weight: Tensor, scales: Tensor | None, zeros: Tensor | N
 # ---------------------------------------------------------------------------------------------
 
 
-def tile_rows(weight: Tensor, per_lane: int, k_multiple: int = 1) -> Tensor:
+def tile_rows(weight: Tensor, per_lane: int, k_multiple: int = 1, in_place: bool = False) -> Tensor:
     """[N, K] -> [N/16, K', 16, per_lane] (16 rows interleaved, `per_lane` inputs per row in each 4-byte lane),
-    zero rows to a multiple of 16 and zero inputs to a multiple of `per_lane` and `k_multiple`."""
+    zero rows to a multiple of 16 and zero inputs to a multiple of `per_lane` and `k_multiple`.
+
+    `in_place`: where no padding is needed, rearrange `weight`'s own storage (it then holds the tiled
+    values) instead of copying it (`relayout.tile_blocks_in_place`)."""
     n, k = weight.shape
     kp = -(-k // math.lcm(per_lane, k_multiple)) * math.lcm(per_lane, k_multiple)
     nb = -(-n // 16)
+    if kp == k and nb * 16 == n:  # no padding: no padded copy either
+        blocks = weight.contiguous().view(nb, 16, kp // per_lane, per_lane)
+        if in_place and weight.is_contiguous():
+            return tile_blocks_in_place(blocks, (0, 2, 1, 3))
+        return blocks.permute(0, 2, 1, 3).contiguous()
     w = F.pad(weight, (0, kp - k, 0, nb * 16 - n))
     return w.view(nb, 16, kp // per_lane, per_lane).permute(0, 2, 1, 3).contiguous()
 
@@ -275,22 +284,25 @@ class CpuGemvLinear(nn.Module):
             self.register_buffer(name, None if t is None else t.detach(), persistent=False)
 
     @classmethod
-    def from_layer(cls, layer: nn.Module, kernel: str) -> "CpuGemvLinear":
-        """The same linear as `layer` (nn.Linear fp32/bf16, Int8Linear or Int4Linear) on `kernel`."""
+    def from_layer(cls, layer: nn.Module, kernel: str, reuse: bool = False) -> "CpuGemvLinear":
+        """The same linear as `layer` (nn.Linear fp32/bf16, Int8Linear or Int4Linear) on `kernel`.
+
+        `reuse`: a tiled kernel (f32t, bf16t, i8t) rearranges `layer`'s weight in its own storage instead
+        of copying it, so the layer is consumed; only for a layer nothing else reads (the runtime's swap)."""
         n, k = layer.out_features, layer.in_features
         splits = getattr(layer, "splits", None)
         if kernel in ("f32", "bf16", "f32t", "bf16t"):
             bias = None if layer.bias is None else layer.bias.detach()
             weight = layer.weight.detach()
             if kernel in ("f32t", "bf16t"):
-                weight = tile_rows(weight, 1 if kernel == "f32t" else 2)
+                weight = tile_rows(weight, 1 if kernel == "f32t" else 2, in_place=reuse)
             return cls(kernel, k, n, weight, bias=bias, splits=splits)
         bias = None if layer.bias is None else layer.bias.detach().float()
         if kernel in ("i8v", "i8f"):
             return cls(kernel, k, n, layer.qweight, layer.scales.float(), bias=bias, splits=splits)
         if kernel == "i8t":
             scales = F.pad(layer.scales.float(), (0, -(-n // 16) * 16 - n))
-            return cls(kernel, k, n, tile_rows(layer.qweight, 4, 32), scales, bias=bias, splits=splits)
+            return cls(kernel, k, n, tile_rows(layer.qweight, 4, 32, in_place=reuse), scales, bias=bias, splits=splits)
         sz = layer.scales_and_zeros  # [G, N, 2]
         packed, s, z = pack_int4(layer.codes(), sz[..., 0].t(), sz[..., 1].t())
         return cls("i4", k, n, packed, s, z, bias, splits, layer.group_size)

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pocketlm.model.relayout import transpose_releasing
+
 SCHEMES = ("int8", "int4")
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 
@@ -122,13 +124,16 @@ class TransposedLinear(nn.Module):
     """y = x @ W^T + b with W^T held contiguous [in, out]; keeps a fused layer's `splits`.
 
     `share=True` (a tied LM head) moves `linear.weight` to a view of the transposed copy, so the
-    embedding that shares it reads the same storage and no second matrix stays in memory."""
+    embedding that shares it reads the same storage and no second matrix stays in memory; the copy
+    releases the original's rows as it goes (`relayout.transpose_releasing`), so none exists even
+    for a moment where nothing else reads the original."""
 
     def __init__(self, linear: nn.Linear, share: bool = False):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.splits = splits_of(linear)
-        self.register_buffer("weight_t", linear.weight.detach().t().contiguous(), persistent=False)
+        weight_t = transpose_releasing(linear.weight) if share else linear.weight.detach().t().contiguous()
+        self.register_buffer("weight_t", weight_t, persistent=False)
         if share:
             linear.weight.data = self.weight_t.t()
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach(), persistent=False)

@@ -589,6 +589,20 @@ def _embedding(num: int, dim: int) -> nn.Embedding:
     return emb
 
 
+def _tied_head(weight: nn.Parameter, bias: bool) -> nn.Linear:
+    """An LM head sharing the embedding matrix `weight`, without a matrix of its own even for a moment.
+
+    It draws the same random numbers as `nn.Linear(dim, vocab)` followed by tying (its initialisation
+    runs on the shared matrix, which `_init_weights` draws anew), so seeded models do not change."""
+    vocab, dim = weight.shape
+    head = nn.Linear(dim, vocab, bias=False, device="meta")
+    head.weight = weight
+    if bias:
+        head.bias = nn.Parameter(torch.empty(vocab, dtype=weight.dtype, device=weight.device))
+    head.reset_parameters()
+    return head
+
+
 class Experts(nn.Module):
     """Routed experts stored as stacked tensors: gate_up [E, 2I, C], down [E, C, I].
 
@@ -779,9 +793,8 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i, has_mlp=not cfg.shared_ffn) for i in range(cfg.n_stored_layers))
         self.final_norm = Norm(cfg, C) if cfg.final_norm else None
         self.project_out = nn.Linear(C, emb_dim, bias=False) if cfg.embed_proj_dim else None
-        self.lm_head = nn.Linear(emb_dim, cfg.vocab_size, bias=cfg.lm_head_bias)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
+        self.lm_head = (_tied_head(self.embed.weight, cfg.lm_head_bias) if cfg.tie_embeddings
+                        else nn.Linear(emb_dim, cfg.vocab_size, bias=cfg.lm_head_bias))
         self.rotary = nn.ModuleDict()
         if cfg.positions == "rope":
             dim = cfg.rotary_dim

@@ -44,6 +44,7 @@ import json
 import math
 import platform
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -54,6 +55,7 @@ from pocketlm.model import cpu_gemv
 from pocketlm.model.cpu_gemv import CpuGemvLinear
 from pocketlm.model.linears import (INT_LINEARS, Int4Linear, Int8Linear, PackedLinear, TransposedLinear,
                                      replace_linears)
+from pocketlm.model.relayout import owns_storage
 from pocketlm.model.transformer import Transformer
 from pocketlm.utils import atomic_write_text
 
@@ -164,11 +166,12 @@ class KernelCache:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_layer(linear: nn.Module, path: str, tied: bool = False) -> nn.Module:
+def build_layer(linear: nn.Module, path: str, tied: bool = False, reuse: bool = False) -> nn.Module:
     """`linear` (an nn.Linear or an integer layer) running on `path`; integer layers change in place
-    (except on a `gemv*` path, which gives a new layer)."""
+    (except on a `gemv*` path, which gives a new layer). `reuse`: `gemv_tiled` may tile the layer's own
+    weight storage in place (the layer is consumed; `apply_plan` passes it for layers nothing else reads)."""
     if path in GEMV_PATHS:
-        return CpuGemvLinear.from_layer(linear, _gemv_kernel(linear, path))
+        return CpuGemvLinear.from_layer(linear, _gemv_kernel(linear, path), reuse=reuse and not tied)
     if isinstance(linear, INT_LINEARS):
         linear.set_compute_dtype(torch.float32 if path == "fp32" else torch.bfloat16)
         return linear
@@ -331,13 +334,19 @@ def plan_shapes(shapes, cache: KernelCache | None = None, machine: dict | None =
 
 
 def apply_plan(model: Transformer, paths: dict[str, str], shapes: dict[str, LinearShape] | None = None) -> None:
-    """Put the linears named in `paths` on their path (in place) and record it in `model.transforms`."""
+    """Put the linears named in `paths` on their path (in place) and record it in `model.transforms`.
+
+    A layer whose weight no other module or tensor holds is consumed: `gemv_tiled` writes its tiled
+    layout over the layer's own storage (no second copy during the swap, issue 18's load peak)."""
     shapes = shapes or kernel_shapes(model)
+    holders = Counter(id(t) for m in model.modules() for t in (*m.parameters(False), *m.buffers(False)))
 
     def convert(name: str, linear: nn.Module) -> nn.Module:
         if name not in paths:
             return linear
-        return build_layer(linear, paths[name], tied=shapes[name].tied if name in shapes else False)
+        weight = getattr(linear, "weight", getattr(linear, "qweight", None))
+        sole = weight is not None and holders[id(weight)] == 1 and owns_storage(weight)  # may be tiled in place
+        return build_layer(linear, paths[name], tied=shapes[name].tied if name in shapes else False, reuse=sole)
 
     model.swap_linears(convert)
     replace_linears(model, convert, kinds=INT_LINEARS)  # integer layers are not nn.Linear: set them here
