@@ -201,9 +201,13 @@ class IntGrid:
 
 def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
     """Per-output-channel symmetric int8: returns (q int8 [N, K], scales fp32 [N])."""
-    w = weight.detach().float()
-    scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
-    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    w = weight.detach()
+    scales = torch.empty(w.shape[0], dtype=torch.float32)
+    q = torch.empty(w.shape, dtype=torch.int8)
+    for r0, r1 in _row_chunks(w):
+        rows = w[r0:r1].float()
+        scales[r0:r1] = (rows.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+        q[r0:r1] = torch.round(rows / scales[r0:r1, None]).clamp(-127, 127)
     return q, scales
 
 
@@ -212,14 +216,25 @@ def quantize_int4(weight: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tens
 
     Dequantization: w ~= (q - 8) * scale + zero, with zero = min + 8 * scale.
     """
-    w = weight.detach().float()
+    w = weight.detach()
     n, k = w.shape
-    g = w.reshape(n, k // group_size, group_size)
-    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
-    scales = ((hi - lo) / 15.0).clamp(min=1e-12)
-    q = torch.round((g - lo[..., None]) / scales[..., None]).clamp(0, 15).to(torch.int32)
-    zeros = lo + 8.0 * scales
-    return q.reshape(n, k), scales, zeros
+    q = torch.empty(n, k, dtype=torch.int32)
+    scales = torch.empty(n, k // group_size, dtype=torch.float32)
+    zeros = torch.empty_like(scales)
+    for r0, r1 in _row_chunks(w):
+        g = w[r0:r1].float().reshape(r1 - r0, k // group_size, group_size)
+        lo, hi = g.amin(dim=-1), g.amax(dim=-1)
+        scales[r0:r1] = ((hi - lo) / 15.0).clamp(min=1e-12)
+        q[r0:r1] = torch.round((g - lo[..., None]) / scales[r0:r1, :, None]).clamp(0, 15).reshape(r1 - r0, k)
+        zeros[r0:r1] = lo + 8.0 * scales[r0:r1]
+    return q, scales, zeros
+
+
+def _row_chunks(w: Tensor, chunk_bytes: int = 4 << 20):
+    """(start, stop) row ranges of about `chunk_bytes` of fp32 each: RTN works a chunk at a time, so its
+    float temporaries stay a few MiB beside a large matrix (a 49152-row tied head) instead of its size."""
+    step = max(1, chunk_bytes // max(1, 4 * w.shape[1]))
+    return ((r0, min(w.shape[0], r0 + step)) for r0 in range(0, w.shape[0], step))
 
 
 def dequantize_int4(q: Tensor, scales: Tensor, zeros: Tensor, group_size: int) -> Tensor:
