@@ -147,7 +147,7 @@ def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumu
 
             def run(block: nn.Module = block, applications: int = applications, seen: set[int] | None = None,
                     batches: list[tuple[Tensor, AttentionInputs]] = batches, attend: bool = False,
-                    attended: list[bool] = attended) -> list[Tensor]:
+                    attended: list[bool] = attended, heads: list[Tensor | None] | None = None) -> list[Tensor]:
                 outs = []
                 with torch.autocast("cpu", dtype=compute_dtype or torch.bfloat16, enabled=compute_dtype is not None):
                     for i, (x, inp) in enumerate(batches):
@@ -155,8 +155,10 @@ def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumu
                             seen.clear()
                         try:
                             if attend:  # the attention weights are final: keep its output for the later passes
-                                x = _keep(x, block.attend(x, inp, None))
+                                x = _keep(x, block.attend(x, inp, None, heads[i] if heads else None))
                                 batches[i] = (x, inp)
+                                if heads:
+                                    heads[i] = None
                             if attend or attended[0]:
                                 x = block.feed_forward(x, model.shared_mlp)
                             else:
@@ -167,8 +169,9 @@ def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumu
                             pass
                 return outs
 
-            outputs, changed = None, False
+            outputs, changed, heads = None, False, []
             ordered = list(_groups(block_targets(model, b, skip), groups))
+            o_proj = getattr(block.attn, "o_proj", None)
             for g, group in enumerate(ordered):
                 stats: dict[str, Accumulator] = {}
                 made = []
@@ -178,15 +181,23 @@ def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumu
                         made.append(t)
                 attend = split and not attended[0] and all(id(t.module) not in attention
                                                            for later in ordered[g:] for t in later)
+                # o_proj is the last attention module left and the next pass is the one above: keep o_proj's
+                # inputs now (final: q/k/v are done), and that pass runs o_proj alone on them
+                keep_heads = (split and not attended[0] and g + 1 < len(ordered)
+                              and any(t.module is o_proj for t in group)
+                              and {id(t.module) for later in ordered[g:] for t in later} & attention == {id(o_proj)})
                 seen: set[int] | None = set() if stop_early else None
-                handles = [t.module.register_forward_pre_hook(_hook(t, stats[t.input_key], seen, len(made)))
-                           for t in made]
+                keep = [o_proj.register_forward_pre_hook(lambda _m, args: heads.append(args[0]))] if keep_heads else []
+                handles = keep + [t.module.register_forward_pre_hook(_hook(t, stats[t.input_key], seen, len(made)))
+                                  for t in made]
                 try:
-                    outputs = run(seen=seen, attend=attend)
+                    outputs = run(seen=seen, attend=attend, heads=heads if attend else None)
                 finally:
                     for h in handles:
                         h.remove()
                 attended[0] = attended[0] or attend
+                if attend:
+                    heads = []
                 mark_phase(f"block {b} group {g} statistics")
                 changed = bool(compress(BlockStep(b, block, group, stats, run))) or changed
                 del stats, handles
