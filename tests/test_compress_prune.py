@@ -299,3 +299,23 @@ def test_hessian_over_batches_is_two_over_n_x_xt() -> None:
     rows = torch.cat([a, b]).reshape(-1, 8).double()
     assert stat.n == 5
     assert torch.allclose(stat.H.double(), 2 / 5 * rows.T @ rows, atol=1e-5)
+
+
+def test_hessian_and_gram_accumulate_the_upper_triangle_into_a_symmetric_matrix() -> None:
+    """Over panels of the upper triangle (the last one narrower), H and the error Gram are exactly symmetric
+    and are XᵀX (float64 reference); assigning G (AWQ's rescale) keeps what was assigned."""
+    from pocketlm.compress.stats import PANEL, Gram
+
+    torch.manual_seed(0)
+    width = PANEL + 8
+    a, b = torch.randn(2, 16, width), torch.randn(3, 16, width)
+    stat, gram = Hessian(width), Gram(width, max_samples=2)
+    for x in (a, b):
+        stat.add_batch(x)
+        gram.add_batch(x)
+    rows, first = torch.cat([a, b]).reshape(-1, width).double(), a.reshape(-1, width).double()
+    assert torch.equal(stat.H, stat.H.T) and torch.equal(gram.G, gram.G.T)
+    torch.testing.assert_close(stat.H.double(), 2 / 5 * rows.T @ rows, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gram.G.double(), first.T @ first, rtol=1e-5, atol=1e-4)
+    gram.G = gram.G * 2
+    torch.testing.assert_close(gram.G.double(), 2 * first.T @ first, rtol=1e-5, atol=1e-4)

@@ -317,13 +317,18 @@ def test_gptq_walk_equals_the_plain_true_sequential_order(layout) -> None:
     grid, calib = IntGrid(4, 32), _calib(16, 32)
     expect = _gptq_one_matrix_at_a_time(_model(n_kv_head=2, **layout), calib, grid)
     model = _model(n_kv_head=2, **layout)
-    attention_runs = []
+    attention_runs, query_runs = [], []
     for block in model.blocks:
         block.attn.register_forward_hook(lambda *_: attention_runs.append(1))  # a completed attention forward
+        block.attn.q_proj.register_forward_hook(lambda *_: query_runs.append(1))
     report = quantize(model, "gptq", 4, 32, calib=calib, kernels=False)
-    # 2 batches x 2 blocks: attention completes once per batch (gate/up's pass keeps its output), where a
-    # parallel-residual block (its FFN reads the block input) re-runs it for down's pass and the outputs
-    assert len(attention_runs) == 2 * 2 * (3 if layout.get("parallel_residual") else 1)
+    # 2 batches x 2 blocks: q/k/v's pass stops at their input, so q/k/v run once, in o's pass, which stops
+    # at o_proj and keeps its inputs; gate/up's pass runs o_proj alone on them. A parallel-residual block
+    # (its FFN reads the block input) runs all of attention again in gate/up's and down's passes and for
+    # the outputs
+    parallel = layout.get("parallel_residual")
+    assert len(attention_runs) == 2 * 2 * (3 if parallel else 0)
+    assert len(query_runs) == 2 * 2 * (4 if parallel else 1)
     weights = dict(model.named_parameters())
     assert set(report.codes) == set(expect)
     for name, w in expect.items():

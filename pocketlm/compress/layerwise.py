@@ -23,8 +23,10 @@ before its own matmul: the five passes of a block cost about 2.4 forwards of it 
 + 3.24M + 4.13M over 4.13M per forward). Once no group left touches attention (after o_proj), the pass
 that reads gate/up's inputs writes each batch's residual stream after attention (`Block.attend`) over
 its block input, and the later passes run only the FFN half (`Block.feed_forward`): the same values,
-no extra buffer, and attention runs in two passes per block instead of four (not for parallel
-residual blocks, whose FFN reads the block input).
+and attention runs in two passes per block instead of four (not for parallel residual blocks, whose
+FFN reads the block input). o_proj's pass also keeps o_proj's inputs (one buffer the size of the
+calibration activations, freed after the next pass): q/k/v are final there, so the gate/up pass runs
+o_proj alone on them (`Block.attend(heads=)`) and q/k/v and the attention itself run once per block.
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumu
 
             def run(block: nn.Module = block, applications: int = applications, seen: set[int] | None = None,
                     batches: list[tuple[Tensor, AttentionInputs]] = batches, attend: bool = False,
-                    attended: list[bool] = attended) -> list[Tensor]:
+                    attended: list[bool] = attended, heads: _Heads | None = None) -> list[Tensor]:
                 outs = []
                 with torch.autocast("cpu", dtype=compute_dtype or torch.bfloat16, enabled=compute_dtype is not None):
                     for i, (x, inp) in enumerate(batches):
@@ -155,7 +157,7 @@ def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumu
                             seen.clear()
                         try:
                             if attend:  # the attention weights are final: keep its output for the later passes
-                                x = _keep(x, block.attend(x, inp, None))
+                                x = _keep(x, block.attend(x, inp, None, heads.views[i] if heads else None))
                                 batches[i] = (x, inp)
                             if attend or attended[0]:
                                 x = block.feed_forward(x, model.shared_mlp)
@@ -167,8 +169,9 @@ def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumu
                             pass
                 return outs
 
-            outputs, changed = None, False
+            outputs, changed, heads = None, False, None
             ordered = list(_groups(block_targets(model, b, skip), groups))
+            o_proj = getattr(block.attn, "o_proj", None)
             for g, group in enumerate(ordered):
                 stats: dict[str, Accumulator] = {}
                 made = []
@@ -178,15 +181,25 @@ def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumu
                         made.append(t)
                 attend = split and not attended[0] and all(id(t.module) not in attention
                                                            for later in ordered[g:] for t in later)
+                # o_proj is the last attention module left and the next pass is the one above: keep o_proj's
+                # inputs now (final: q/k/v are done), and that pass runs o_proj alone on them
+                keep_heads = (split and not attended[0] and g + 1 < len(ordered)
+                              and any(t.module is o_proj for t in group)
+                              and {id(t.module) for later in ordered[g:] for t in later} & attention == {id(o_proj)})
                 seen: set[int] | None = set() if stop_early else None
-                handles = [t.module.register_forward_pre_hook(_hook(t, stats[t.input_key], seen, len(made)))
-                           for t in made]
+                if keep_heads:
+                    heads = _Heads([x.shape[0] * x.shape[1] for x, _ in batches])
+                keep = [o_proj.register_forward_pre_hook(heads)] if keep_heads else []
+                handles = keep + [t.module.register_forward_pre_hook(_hook(t, stats[t.input_key], seen, len(made)))
+                                  for t in made]
                 try:
-                    outputs = run(seen=seen, attend=attend)
+                    outputs = run(seen=seen, attend=attend, heads=heads if attend else None)
                 finally:
                     for h in handles:
                         h.remove()
                 attended[0] = attended[0] or attend
+                if attend:
+                    heads = None
                 mark_phase(f"block {b} group {g} statistics")
                 changed = bool(compress(BlockStep(b, block, group, stats, run))) or changed
                 del stats, handles
@@ -213,6 +226,22 @@ def _advance(batches: list[tuple[Tensor, AttentionInputs]], run: Callable[..., l
     for i, (x, inp) in enumerate(batches):
         batches[i] = (_keep(x, run(batches=[(x, inp)])[0]), inp)
         del x
+
+
+class _Heads:
+    """A forward pre-hook on o_proj keeping its input of each batch, all in one buffer allocated at the first
+    batch (a 9 MiB copy per batch into 144 MiB at 128 x 512 for the 135M shape): kept batch by batch in
+    blocks of their own, they interleaved with the pass's temporaries and the heap grew ~2x that."""
+
+    def __init__(self, tokens: list[int]):
+        self.tokens, self.buffer, self.views, self.used = tokens, None, [], 0
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        y = args[0]
+        if self.buffer is None:
+            self.buffer = torch.empty(sum(self.tokens) * y.shape[-1], dtype=y.dtype)
+        self.views.append(self.buffer[self.used:self.used + y.numel()].view(y.shape).copy_(y))
+        self.used += y.numel()
 
 
 def _keep(x: Tensor, new: Tensor) -> Tensor:

@@ -18,6 +18,25 @@ def _rows(x: Tensor) -> tuple[Tensor, int]:
     return x.reshape(-1, x.shape[-1]).float(), samples
 
 
+PANEL = 192  # rows of the upper triangle updated per matmul in `add_upper_gram`
+
+
+def add_upper_gram(M: Tensor, rows: Tensor, beta: float = 1.0, alpha: float = 1.0) -> None:
+    """M <- beta * M + alpha * rowsᵀ rows on M's upper triangle only (its strict lower one is left stale;
+    `symmetric(M)` mirrors it): one `addmm_` per panel of PANEL rows against the columns from the panel's
+    diagonal on, about half the multiply-adds of the full product (1536 wide, 4096 rows, 2 threads:
+    68-71 ms vs 110 ms). Each entry is the dot product the full `addmm_` forms; on the project's machine
+    (MKL, AMD EPYC) they came out bit for bit those of the full product at 576 and 1536 columns."""
+    d = M.shape[1]
+    for i in range(0, d, PANEL):
+        M[i:i + PANEL, i:].addmm_(rows[:, i:i + PANEL].T, rows[:, i:], beta=beta, alpha=alpha)
+
+
+def symmetric(M: Tensor) -> Tensor:
+    """The symmetric matrix of M's upper triangle (a new tensor; the values copied, none recomputed)."""
+    return torch.where(torch.ones(M.shape, dtype=torch.bool).triu_(), M, M.T)
+
+
 class InputNorms:
     """Wanda's `scaler_row`: running mean over sequences of the squared L2 norm of each input column.
 
@@ -38,16 +57,22 @@ class InputNorms:
 
 
 class Hessian:
-    """H = 2/n * X Xᵀ over the inputs seen (n = sequences), SparseGPT's and GPTQ's layer Hessian."""
+    """H = 2/n * X Xᵀ over the inputs seen (n = sequences), SparseGPT's and GPTQ's layer Hessian.
+
+    Only the upper triangle is accumulated (`add_upper_gram`); `H` is the symmetric matrix, built on read."""
 
     def __init__(self, in_features: int):
-        self.H = torch.zeros(in_features, in_features)
+        self.upper = torch.zeros(in_features, in_features)
         self.n = 0
 
     def add_batch(self, x: Tensor) -> None:
         rows, samples = _rows(x)
         old, self.n = self.n, self.n + samples
-        self.H.addmm_(rows.T, rows, beta=old / self.n, alpha=2 / self.n)  # in place: no scaled copy of x
+        add_upper_gram(self.upper, rows, beta=old / self.n, alpha=2 / self.n)  # in place: no scaled copy of x
+
+    @property
+    def H(self) -> Tensor:
+        return symmetric(self.upper)
 
 
 class MeanAbs:
@@ -84,11 +109,21 @@ class SquareMeans:
 
 
 class Gram:
-    """X Xᵀ over the first `max_samples` sequences: measures ||W X - Ŵ X||² exactly on those inputs."""
+    """X Xᵀ over the first `max_samples` sequences: measures ||W X - Ŵ X||² exactly on those inputs.
+
+    Accumulated on the upper triangle as `Hessian` is; `G` is the symmetric matrix (assigning it sets it)."""
 
     def __init__(self, in_features: int, max_samples: int = 8):
-        self.G = torch.zeros(in_features, in_features)
+        self.upper = torch.zeros(in_features, in_features)
         self.n, self.max_samples = 0, max_samples
+
+    @property
+    def G(self) -> Tensor:
+        return symmetric(self.upper)
+
+    @G.setter
+    def G(self, value: Tensor) -> None:
+        self.upper = value
 
     def add_batch(self, x: Tensor) -> None:
         if self.n >= self.max_samples:
@@ -97,13 +132,13 @@ class Gram:
             x = x[: self.max_samples - self.n]
         rows, samples = _rows(x)
         self.n += samples
-        self.G.addmm_(rows.T, rows)
+        add_upper_gram(self.upper, rows)
 
     def relative_error(self, before: Tensor, after: Tensor) -> float:
         """||(W - Ŵ) X||²_F / ||W X||²_F on the recorded inputs (0 when no input was seen)."""
-        W, D = before.float(), (before - after).float()
-        ref = float(((W @ self.G) * W).sum())
-        return float(((D @ self.G) * D).sum()) / ref if ref > 0 else 0.0
+        W, D, G = before.float(), (before - after).float(), self.G
+        ref = float(((W @ G) * W).sum())
+        return float(((D @ G) * D).sum()) / ref if ref > 0 else 0.0
 
 
 class Several:

@@ -711,18 +711,20 @@ class Block(nn.Module):
             return x + self.attn(h, inp, cache) + mlp(m_in)
         return self.feed_forward(self.attend(x, inp, cache), shared_mlp)
 
-    def attend(self, x: Tensor, inp: AttentionInputs, cache: LayerCache | None) -> Tensor:
-        """The attention half of a sequential-residual block: the residual stream entering the FFN half."""
+    def attend(self, x: Tensor, inp: AttentionInputs, cache: LayerCache | None, heads: Tensor | None = None) -> Tensor:
+        """The attention half of a sequential-residual block: the residual stream entering the FFN half.
+        `heads`: o_proj's input, when the caller already has it (the layer walk): only o_proj runs."""
         s, place = self.cfg.residual_scale, self.cfg.norm_placement
+        attn = self.attn if heads is None else lambda *_: self.attn.o_proj(heads)  # attn ends in o_proj
         if place == "pre":
             if s == 1.0:  # the common case: one op less per branch, the same values
-                return x + self.attn(self.attn_norm(x), inp, cache)
-            return x + s * self.attn(self.attn_norm(x), inp, cache)
+                return x + attn(self.attn_norm(x), inp, cache)
+            return x + s * attn(self.attn_norm(x), inp, cache)
         if place == "post":
-            return self.attn_norm(x + self.attn(x, inp, cache))
+            return self.attn_norm(x + attn(x, inp, cache))
         if place == "sandwich":
-            return x + self.post_attn_norm(self.attn(self.attn_norm(x), inp, cache))
-        return x + self.attn_norm(self.attn(x, inp, cache))  # post_sublayer (OLMo-2): norm the branch output
+            return x + self.post_attn_norm(attn(self.attn_norm(x), inp, cache))
+        return x + self.attn_norm(attn(x, inp, cache))  # post_sublayer (OLMo-2): norm the branch output
 
     def feed_forward(self, x: Tensor, shared_mlp: nn.Module | None = None) -> Tensor:
         """The FFN half of a sequential-residual block, on `attend`'s output: the block's output."""
