@@ -6,6 +6,7 @@ against llama.cpp's own quantizer (without and with its importance matrix), in o
     python benchmarks/bench_quant_quality.py quality --preset quant256s --group-size 128 --n 128 --length 128 \
         --heldout-books 2591-0,pg55,16-0 --eval-tokens 131072
     python benchmarks/bench_quant_quality.py quality --preset tiny --group-size 32 --length 128
+    python benchmarks/bench_quant_quality.py temperature --preset quant256s --heldout-books 2591-0,pg55,16-0
 
 The models for the issue's targets are `QUANT_FIXTURES`, trained here on the bundled corpus and cached like
 the presets; every linear's input width (256, 768) takes g128 and K-quants' 256-wide rows. `quant256s`
@@ -19,7 +20,9 @@ for: GPTQ's perplexity increase / RTN's, AWQ's / RTN's, each with a standard err
 per-window differences (`paired_ratios`; `--gptq-variants` adds act_order / static_groups / damping rows).
 The val split's 9,324 tokens cannot resolve a 4-bit g128 loss; `--heldout-books` scores on Gutenberg fairy
 tales and children's novels instead (~310 K tokens, less every chunk sharing a paragraph or 13-gram with
-training text; out of the training domain, perplexity ~150-220 against 31). `gguf` writes an F32 GGUF, then per type: llama.cpp's quantizer
+training text; out of the training domain, perplexity ~150-220 against 31). `temperature` prints the float
+model's perplexity with its logits divided by T: where it falls for T > 1 the model is over-confident, and
+rounding noise can lower perplexity (docs/benchmarks.md). `gguf` writes an F32 GGUF, then per type: llama.cpp's quantizer
 (`llama_model_quantize`, pure) without and with the importance matrix llama.cpp itself computes on the
 same calibration sequences (`export.llama_imatrix`, llama-imatrix's statistic), and pocketlm's RTN /
 GPTQ / AWQ codes written exactly; it checks every file of a type holds the same tensor types, and
@@ -311,6 +314,29 @@ def gguf_bench(args) -> dict:
     return {"f32_ppl": base_ppl, "rows": rows}
 
 
+@torch.no_grad()
+def temperature(args) -> dict:
+    """The float model's perplexity with its logits divided by T, on the books (if given) and the val split. A
+    model whose perplexity falls for T > 1 is over-confident there, so noise that flattens its distributions
+    (RTN's rounding) can lower perplexity while losing information: KL is then the measure to trust."""
+    torch.set_num_threads(args.threads)
+    temps, out = (0.95, 1.0, 1.02, 1.05, 1.1, 1.2), {}
+    books = tuple(b for b in args.heldout_books.split(",") if b)
+    for chosen in ((books, ()) if books else ((),)):
+        model, _, ids, source = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir, chosen,
+                                      args.book_dir)
+        nll, count = dict.fromkeys(temps, 0.0), 0
+        for w in range(ids.numel() // args.length):
+            chunk = ids[w * args.length:(w + 1) * args.length][None]
+            logits, target = model(chunk)[0, :-1].float(), chunk[0, 1:, None]
+            for t in temps:
+                nll[t] -= float((logits / t).log_softmax(-1).gather(-1, target).sum())
+            count += target.shape[0]
+        out[source] = {str(t): math.exp(v / count) for t, v in nll.items()}
+        print(f"{source} ({ids.numel()} tokens): " + ", ".join(f"T={t} {math.exp(v / count):.3f}" for t, v in nll.items()))
+    return out
+
+
 def write_json(args, out: dict) -> None:
     args.json.write_text(json.dumps({**out, "cpu": cpu_model(), "load": _load(), "args": vars(args)}, indent=2,
                                     default=str))
@@ -318,7 +344,7 @@ def write_json(args, out: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["quality", "gguf"])
+    ap.add_argument("what", choices=["quality", "gguf", "temperature"])
     ap.add_argument("--preset", default="quant256s", help=f"one of {', '.join(QUANT_FIXTURES)} (d256, FFN 768: "
                     "the issue's g128 / K-quant targets; quant256s is the trained one), or a preset (tiny, small)")
     ap.add_argument("--model-dir", type=Path, help="an already trained model folder instead of --preset")
@@ -337,7 +363,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: small matrices on a shared machine)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
-    out = quality(args) if args.what == "quality" else gguf_bench(args)
+    out = {"quality": quality, "gguf": gguf_bench, "temperature": temperature}[args.what](args)
     if args.json:
         write_json(args, out)
 
