@@ -3,7 +3,10 @@ against llama.cpp's own quantizer (without and with its importance matrix), in o
 
     python benchmarks/bench_quant_quality.py quality --preset quant256s --group-size 128,0 --n 128 --length 128
     python benchmarks/bench_quant_quality.py gguf --preset quant256s --qtypes Q4_0,Q4_K --n 128 --length 128
+    python benchmarks/bench_quant_quality.py quality --preset quant256s --group-size 128 --n 128 --length 128 \
+        --heldout-books 2591-0,pg55,16-0 --eval-tokens 131072
     python benchmarks/bench_quant_quality.py quality --preset tiny --group-size 32 --length 128
+    python benchmarks/bench_quant_quality.py temperature --preset quant256s --heldout-books 2591-0,pg55,16-0
 
 The models for the issue's targets are `QUANT_FIXTURES`, trained here on the bundled corpus and cached like
 the presets; every linear's input width (256, 768) takes g128 and K-quants' 256-wide rows. `quant256s`
@@ -13,8 +16,13 @@ standard errors of the bundled val split (docs/compress.md). `quant256` (6 layer
 loses nothing measurable at 4 bits.
 `quality` quantizes it (calibration: the bundled shards' train split; held-out: their val split) at 4 and 3 bits for
 each group size and prints perplexity, KL(float || quantized) and the ratios the issue sets targets
-for: GPTQ's perplexity increase / RTN's, AWQ's / RTN's (`--gptq-variants` adds act_order /
-static_groups / damping rows). `gguf` writes an F32 GGUF, then per type: llama.cpp's quantizer
+for: GPTQ's perplexity increase / RTN's, AWQ's / RTN's, each with a standard error from the paired
+per-window differences (`paired_ratios`; `--gptq-variants` adds act_order / static_groups / damping rows).
+The val split's 9,324 tokens cannot resolve a 4-bit g128 loss; `--heldout-books` scores on Gutenberg fairy
+tales and children's novels instead (~310 K tokens, less every chunk sharing a paragraph or 13-gram with
+training text; out of the training domain, perplexity ~150-220 against 31). `temperature` prints the float
+model's perplexity with its logits divided by T: where it falls for T > 1 the model is over-confident, and
+rounding noise can lower perplexity (docs/benchmarks.md). `gguf` writes an F32 GGUF, then per type: llama.cpp's quantizer
 (`llama_model_quantize`, pure) without and with the importance matrix llama.cpp itself computes on the
 same calibration sequences (`export.llama_imatrix`, llama-imatrix's statistic), and pocketlm's RTN /
 GPTQ / AWQ codes written exactly; it checks every file of a type holds the same tensor types, and
@@ -41,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pocketlm.compress.calibration import calibration_batches, encode_text  # noqa: E402
 from pocketlm.compress.prune.checkpoint import DEFAULT_EVAL_TEXT  # noqa: E402
 from pocketlm.compress.quantize.gguf_export import export_quantized_gguf  # noqa: E402
-from pocketlm.compress.quantize.sweep import quant_sweep, quant_table  # noqa: E402
+from pocketlm.compress.quantize.sweep import quant_sweep, quant_table, rescore  # noqa: E402
 from pocketlm.profile.system import cpu_model  # noqa: E402
 
 
@@ -80,8 +88,19 @@ def quant_model_dir(name: str = "quant256", progress: bool = True) -> Path:
     return trained_model(name, cfg, dict(training), progress, 1, data)[0]
 
 
-def setup(preset: str, n: int, length: int, eval_tokens: int, model_dir: Path | None = None):
+# Gutenberg books closest to the bundled stories (fairy tales and children's novels), in order of the quant256s
+# model's perplexity on them (Grimms 153, Oz 194, Peter Pan 220; TinyStories val: 31)
+HELDOUT_BOOKS = ("2591-0", "pg55", "16-0")
+GUTENBERG = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "gutenberg"
+
+
+def setup(preset: str, n: int, length: int, eval_tokens: int, model_dir: Path | None = None,
+          books: tuple[str, ...] = (), book_dir: Path = GUTENBERG):
     """(float model, calibration [n, length], held-out tokens, where both came from).
+
+    `books`: score on these Gutenberg books instead (`data.corpus.heldout.heldout_books`: ~250-word chunks
+    less every one sharing a paragraph or word 13-gram with a training document), for more held-out tokens
+    than the val split's 9,324.
 
     A model with the bundled shards' tokenizer (every fixture) calibrates on the shards' train split and
     is scored on their validation split, which training never reads (`DEFAULT_EVAL_TEXT`, the other
@@ -102,6 +121,18 @@ def setup(preset: str, n: int, length: int, eval_tokens: int, model_dir: Path | 
         calib, _ = calibration_from_shards(data, CalibSpec(str(data), n, length), tok, seed=0)
         heldout = torch.from_numpy(TokenSplit.open(data, "val").tokens.astype("int64"))[:eval_tokens]
         source = f"calibration: bundled shards' train split, {n}x{length}; held-out: their val split"
+        if books:
+            from pocketlm.data.corpus.heldout import heldout_books
+
+            paths = [book_dir / f"{b}.txt" for b in books]
+            missing = [str(p) for p in paths if not p.is_file()]
+            if missing:
+                raise SystemExit(f"held-out books not found: {', '.join(missing)}; pass --book-dir (the shared "
+                                 "data's text/gutenberg folder)")
+            text = "\n\n".join(heldout_books(paths))
+            heldout = torch.tensor(encode_text(tok, text)[:eval_tokens])
+            source = (f"calibration: bundled shards' train split, {n}x{length}; held-out: Gutenberg "
+                      f"{', '.join(books)}, chunks sharing no paragraph or 13-gram with training text")
     except CalibrationError:  # another tokenizer: the shards mean nothing to it
         calib, _ = calibration_batches(f"bundled:{n}x{length}", tok, seed=0)
         heldout = torch.tensor(encode_text(tok, DEFAULT_EVAL_TEXT.read_text())[:eval_tokens])
@@ -113,6 +144,23 @@ def ratios(rows: list[dict]) -> dict:
     by = {(r["method"], r["bits"]): r["ppl"] - r["float_ppl"] for r in rows}
     return {f"{m}/rtn {b}-bit": by[(m, b)] / by[("rtn", b)] for m in dict.fromkeys(r["method"] for r in rows)
             if m != "rtn" for b in (4, 3) if (m, b) in by and by[("rtn", b)] > 0}
+
+
+def paired_ratios(rows: list[dict], target: float = 0.6) -> dict:
+    """Each method's log-perplexity increase over RTN's at the same bits, with a standard error from the
+    paired per-window differences (every model scored on the same windows): the ratio r = mean(d_m) /
+    mean(d_rtn) and, linearised, s.e.(r) = sd(d_m - r d_rtn) / sqrt(windows) / |mean(d_rtn)|. `upper95`:
+    r + 1.645 s.e., the one-sided bound to hold against a target such as GPTQ's 0.6 (AWQ's 1)."""
+    diffs = {(r["method"], r["bits"]): np.asarray(r["window_nll_diffs"]) for r in rows}
+    out = {}
+    for (m, b), d in diffs.items():
+        base = diffs.get(("rtn", b))
+        if m == "rtn" or base is None or base.mean() <= 0:
+            continue
+        r = d.mean() / base.mean()
+        se = float((d - r * base).std(ddof=1) / math.sqrt(d.size) / abs(base.mean()))
+        out[f"{m}/rtn {b}-bit"] = {"ratio": float(r), "se": se, "upper95": float(r + 1.645 * se)}
+    return out
 
 
 def kl_ratios(rows: list[dict]) -> dict:
@@ -127,32 +175,56 @@ GPTQ_VARIANTS = {"act_order": {"act_order": True}, "static_groups": {"static_gro
                  "calib=bf16": {"calib_dtype": "bf16"}}  # bf16 calibration forwards (the 135M shape's fast path)
 
 
+def summarize(title: str, rows: list[dict]) -> dict:
+    """Print one text's table and ratios; return them."""
+    print(f"\n{title}")
+    print(quant_table(rows))
+    r = ratios(rows)
+    print("perplexity-increase ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
+    print("RTN's increase in standard errors (a ratio means little below ~3): " + ", ".join(
+        f"{row['bits']}-bit {(row['ppl'] - row['float_ppl']) / row['ppl_increase_se']:.1f}"
+        for row in rows if row["method"] == "rtn"))
+    paired = paired_ratios(rows)
+    print("log-perplexity increase ratios, paired over windows (ratio ± s.e., one-sided 95% bound): " + ", ".join(
+        f"{k} {v['ratio']:.2f} ± {v['se']:.2f} (< {v['upper95']:.2f})" for k, v in paired.items()))
+    kl = kl_ratios(rows)
+    print("KL ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in kl.items()))
+    return {"rows": rows, "ratios": r, "paired_ratios": paired, "kl_ratios": kl}
+
+
 def quality(args) -> dict:
     torch.set_num_threads(args.threads)
-    model, calib, heldout, source = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir)
+    books = tuple(b for b in args.heldout_books.split(",") if b)
+    model, calib, heldout, source = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir,
+                                          books, args.book_dir)
+    # with books, the same quantized models are scored on the val split too (no second quantization)
+    val = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir)[2] if books else None
     log = lambda s: print(s, flush=True)  # noqa: E731
     out = {}
     for g in [int(x) for x in str(args.group_size).split(",")]:
         bits = tuple(int(b) for b in args.bits.split(","))
+        models: dict = {}
         rows = quant_sweep(model, calib, heldout, args.length, bits, g or None, methods=args.methods.split(","),
-                           log=log)
+                           log=log, models=models)
+        val_rows = rescore(model, models, rows, val, args.length) if val is not None else []
         variants = [v for v in args.gptq_variants.split(",") if v]
         for name in variants:
-            for row in quant_sweep(model, calib, heldout, args.length, bits, g or None, methods=("gptq",),
-                                   log=log, **GPTQ_VARIANTS[name]):
-                rows.append({**row, "method": f"gptq {name}"})
+            models.clear()
+            new = quant_sweep(model, calib, heldout, args.length, bits, g or None, methods=("gptq",), log=log,
+                              models=models, **GPTQ_VARIANTS[name])
+            rows += [{**row, "method": f"gptq {name}"} for row in new]
+            if val is not None:
+                val_rows += [{**row, "method": f"gptq {name}"} for row in rescore(model, models, new, val, args.length)]
+        models.clear()
         label = f"g{g}" if g else "per channel"
-        print(f"\n{args.model_dir or args.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params), "
-              f"asymmetric {label}, {source} ({heldout.numel()} tokens)")
-        print(quant_table(rows))
-        r = ratios(rows)
-        print("perplexity-increase ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()))
-        print("RTN's increase in standard errors (a ratio means little below ~3): " + ", ".join(
-            f"{row['bits']}-bit {(row['ppl'] - row['float_ppl']) / row['ppl_increase_se']:.1f}"
-            for row in rows if row["method"] == "rtn"))
-        kl = kl_ratios(rows)
-        print("KL ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in kl.items()))
-        out[label] = {"rows": rows, "ratios": r, "kl_ratios": kl}
+        head = (f"{args.model_dir or args.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params), "
+                f"asymmetric {label}, ")
+        out[label] = summarize(head + f"{source} ({heldout.numel()} tokens)", rows)
+        if val is not None:
+            out[label + " val split"] = summarize(head + f"held-out: the bundled shards' val split ({val.numel()} "
+                                                  "tokens), the same quantized models", val_rows)
+        if args.json:  # after each group size, so a long run's finished part is kept
+            write_json(args, out)
     print(f"{cpu_model()}, {_load()}")
     return out
 
@@ -197,7 +269,9 @@ def gguf_bench(args) -> dict:
     from pocketlm.export.llama_quantize import llama_cpp_quantize
 
     torch.set_num_threads(args.threads)
-    model, calib, heldout, source = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir)
+    books = tuple(b for b in args.heldout_books.split(",") if b)
+    model, calib, heldout, source = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir,
+                                          books, args.book_dir)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -240,9 +314,37 @@ def gguf_bench(args) -> dict:
     return {"f32_ppl": base_ppl, "rows": rows}
 
 
+@torch.no_grad()
+def temperature(args) -> dict:
+    """The float model's perplexity with its logits divided by T, on the books (if given) and the val split. A
+    model whose perplexity falls for T > 1 is over-confident there, so noise that flattens its distributions
+    (RTN's rounding) can lower perplexity while losing information: KL is then the measure to trust."""
+    torch.set_num_threads(args.threads)
+    temps, out = (0.95, 1.0, 1.02, 1.05, 1.1, 1.2), {}
+    books = tuple(b for b in args.heldout_books.split(",") if b)
+    for chosen in ((books, ()) if books else ((),)):
+        model, _, ids, source = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir, chosen,
+                                      args.book_dir)
+        nll, count = dict.fromkeys(temps, 0.0), 0
+        for w in range(ids.numel() // args.length):
+            chunk = ids[w * args.length:(w + 1) * args.length][None]
+            logits, target = model(chunk)[0, :-1].float(), chunk[0, 1:, None]
+            for t in temps:
+                nll[t] -= float((logits / t).log_softmax(-1).gather(-1, target).sum())
+            count += target.shape[0]
+        out[source] = {str(t): math.exp(v / count) for t, v in nll.items()}
+        print(f"{source} ({ids.numel()} tokens): " + ", ".join(f"T={t} {math.exp(v / count):.3f}" for t, v in nll.items()))
+    return out
+
+
+def write_json(args, out: dict) -> None:
+    args.json.write_text(json.dumps({**out, "cpu": cpu_model(), "load": _load(), "args": vars(args)}, indent=2,
+                                    default=str))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["quality", "gguf"])
+    ap.add_argument("what", choices=["quality", "gguf", "temperature"])
     ap.add_argument("--preset", default="quant256s", help=f"one of {', '.join(QUANT_FIXTURES)} (d256, FFN 768: "
                     "the issue's g128 / K-quant targets; quant256s is the trained one), or a preset (tiny, small)")
     ap.add_argument("--model-dir", type=Path, help="an already trained model folder instead of --preset")
@@ -251,17 +353,19 @@ def main() -> None:
     ap.add_argument("--gptq-variants", default="", help=f"comma list of extra GPTQ rows: {', '.join(GPTQ_VARIANTS)}")
     ap.add_argument("--n", type=int, default=128, help="calibration sequences")
     ap.add_argument("--length", type=int, default=128, help="calibration / scoring window (trained context)")
-    ap.add_argument("--eval-tokens", type=int, default=16384)
+    ap.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens scored at most")
+    ap.add_argument("--heldout-books", default="", help="comma list of Gutenberg file stems to score on instead of "
+                    f"the val split's 9,324 tokens (decontaminated; e.g. {','.join(HELDOUT_BOOKS)}, ~310 K tokens)")
+    ap.add_argument("--book-dir", type=Path, default=GUTENBERG, help="folder of the Gutenberg .txt files")
     ap.add_argument("--methods", default="rtn,gptq,awq", help="pocketlm methods (gguf: written per type)")
     ap.add_argument("--bits", default="4,3", help="quality: bit widths")
     ap.add_argument("--qtypes", default="Q4_0", help="GGUF types (K-quants need rows of multiples of 256)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: small matrices on a shared machine)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
-    out = quality(args) if args.what == "quality" else gguf_bench(args)
+    out = {"quality": quality, "gguf": gguf_bench, "temperature": temperature}[args.what](args)
     if args.json:
-        args.json.write_text(json.dumps({**out, "cpu": cpu_model(), "load": _load(), "args": vars(args)},
-                                        indent=2, default=str))
+        write_json(args, out)
 
 
 if __name__ == "__main__":

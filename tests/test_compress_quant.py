@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from pocketlm.compress.quantize import CalibrationTooShortError, quantize
-from pocketlm.compress.quantize.awq import scale_groups
+from pocketlm.compress.quantize.awq import Recorded, ScaleGroup, scale_groups, search_scale
 from pocketlm.compress.quantize.gptq import GPTQ
-from pocketlm.compress.targets import block_targets
+from pocketlm.compress.targets import Target, block_targets
 from pocketlm.interop import save_native
 from pocketlm.model.config import ModelConfig
 from pocketlm.model.linears import Int4Linear, Int8Linear
@@ -103,6 +103,27 @@ def test_awq_never_scores_worse_than_rtn_and_lowers_error() -> None:
     assert all(r["loss"] <= r["rtn_loss"] for r in awq.awq)
     mean = lambda r: sum(m.rel_error for m in r.layers) / len(r.layers)  # noqa: E731
     assert mean(awq) < mean(rtn)
+
+
+def test_awq_search_scales_up_salient_input_channels() -> None:
+    # the paper's section 3.1: when a few input channels carry far larger activations than the rest, scaling
+    # their weight columns up before rounding (and the input down) protects the products that dominate the
+    # output, so the search must leave α = 0 (RTN), give those channels the largest scales, and cut the error
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 128, generator=gen)
+    x[:, :4] *= 30
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(128, 64, bias=False)
+    before = layer.weight.detach().clone()
+    recorded = Recorded(layer)
+    with torch.no_grad():
+        layer(x)
+    recorded.handle.remove()
+    target = Target("l", 0, layer.weight, "x", layer, lambda args: args[0])
+    s, alpha, losses = search_scale(ScaleGroup(layer, [target], layer), x.abs().mean(0), recorded, IntGrid(4, 32, False))
+    assert alpha > 0 and losses[round(alpha * 20)] < 0.7 * losses[0]
+    assert s[:4].min() > s[4:].max() and torch.isclose(s.max() * s.min(), torch.tensor(1.0))  # normalised scales
+    assert torch.equal(layer.weight, before)  # the search leaves the weights as they were
 
 
 @pytest.mark.parametrize("method,bits,group", [("gptq", 4, 32), ("gptq", 3, 64), ("awq", 4, None), ("rtn", 8, None),

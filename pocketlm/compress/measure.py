@@ -35,7 +35,9 @@ def compare_on_tokens(dense: Any, compressed: Any, ids: Tensor, window: int,
     `window_logprobs(dense, ids_or_longer, window)` from before (its first windows are these), so the
     original is not run again. `nll_diff_se`: the standard error of the mean log-perplexity difference,
     from its spread over windows (over tokens when there is one window), so a perplexity increase below
-    ~2 x ppl x nll_diff_se is within the text's sampling noise."""
+    ~2 x ppl x nll_diff_se is within the text's sampling noise. The spread is of paired differences (both
+    models on the same window), far tighter than two perplexities' own errors; `window_nll_diffs` lists
+    them, so two compressed models' increases can be compared pairwise too."""
     n_windows = ids.numel() // window
     if n_windows == 0:
         raise EvalTextError(f"held-out text has {ids.numel()} tokens, fewer than one window of {window}; "
@@ -63,7 +65,7 @@ def compare_on_tokens(dense: Any, compressed: Any, ids: Tensor, window: int,
     return {"tokens": count, "window": window, "ppl_before": math.exp(nll_a / count),
             "ppl_after": math.exp(nll_b / count), "kl_mean": kl / count,
             "kl_p99": float(torch.quantile(torch.cat(per_token).double(), 0.99)), "top1_agreement": agree / count,
-            "nll_diff_se": se}
+            "nll_diff_se": se, "window_nll_diffs": [float(d) for d in window_diffs]}
 
 
 def decode_latency(model: Any, depth: int = 64, n_gen: int = 32, repeat: int = 3) -> dict[str, float]:

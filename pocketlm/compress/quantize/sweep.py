@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 from torch import Tensor
 
-from pocketlm.compress.measure import compare_on_tokens
+from pocketlm.compress.measure import compare_on_tokens, window_logprobs
 from pocketlm.compress.quantize.driver import quantize
 from pocketlm.model.quantize import IntGrid
 
@@ -20,26 +20,41 @@ def quant_sweep(model: Any, calib: Tensor, heldout: Tensor, window: int, bits: S
                 group_size: int | None = 32, methods: Sequence[str] = METHOD_ORDER,
                 log: Callable[[str], None] | None = None, models: dict | None = None, **options: Any) -> list[dict]:
     """One row per (method, bits): held-out perplexity, its increase's standard error over windows,
-    KL(float || quantized) mean / p99, top-1, seconds.
+    KL(float || quantized) mean / p99, top-1, seconds, and the per-window log-perplexity differences
+    (`window_nll_diffs`, the paired sample behind the standard error). The float model is scored once.
 
     `models`: a dict that receives each quantized model under (method, bits)."""
     rows = []
+    dense = window_logprobs(model, heldout, window)
     for b in bits:
         for method in methods:
             quantized = copy.deepcopy(model)
             report = quantize(quantized, method, b, group_size, calib=calib, **options)
-            q = compare_on_tokens(model, quantized, heldout, window)
+            q = compare_on_tokens(model, quantized, heldout, window, dense_logprobs=dense)
             if models is not None:
                 models[(method, b)] = quantized
-            rows.append({"method": method, "bits": b, "group_size": group_size,
-                         "bits_per_weight": IntGrid(b, group_size, False).bits_per_weight, "float_ppl": q["ppl_before"],
-                         "ppl": q["ppl_after"], "ppl_increase_se": q["ppl_before"] * q["nll_diff_se"],
-                         "kl": q["kl_mean"], "kl_p99": q["kl_p99"], "top1": q["top1_agreement"],
-                         "seconds": report.wall_s})
+            rows.append(_row(method, b, group_size, q, report.wall_s))
             if log:
                 log(f"{method} {b}-bit: ppl {q['ppl_after']:.4f} (float {q['ppl_before']:.4f}, increase s.e. "
                     f"{rows[-1]['ppl_increase_se']:.4f}), KL {q['kl_mean']:.5f}")
     return rows
+
+
+def _row(method: str, bits: int, group_size: int | None, q: dict, seconds: float) -> dict:
+    return {"method": method, "bits": bits, "group_size": group_size,
+            "bits_per_weight": IntGrid(bits, group_size, False).bits_per_weight, "float_ppl": q["ppl_before"],
+            "ppl": q["ppl_after"], "ppl_increase_se": q["ppl_before"] * q["nll_diff_se"], "kl": q["kl_mean"],
+            "kl_p99": q["kl_p99"], "top1": q["top1_agreement"], "seconds": seconds,
+            "window_nll_diffs": q["window_nll_diffs"]}
+
+
+def rescore(model: Any, models: dict, rows: list[dict], heldout: Tensor, window: int) -> list[dict]:
+    """`quant_sweep`'s rows measured again on other held-out tokens, with the quantized models it kept in
+    `models` (no second quantization): the same methods and seconds, the new text's quality."""
+    dense = window_logprobs(model, heldout, window)
+    return [_row(r["method"], r["bits"], r["group_size"],
+                 compare_on_tokens(model, models[(r["method"], r["bits"])], heldout, window, dense_logprobs=dense),
+                 r["seconds"]) for r in rows]
 
 
 def quant_table(rows: list[dict]) -> str:
