@@ -140,11 +140,11 @@ def setup(preset: str, n: int, length: int, eval_tokens: int, model_dir: Path | 
     from pocketlm.interop import load_model, load_tokenizer
     from pocketlm.train.fixtures import bundled_data_dir, trained_preset
 
+    on_books = model_dir is None and preset in BOOK_FIXTURES
     if model_dir is None:
         fixture = preset in QUANT_FIXTURES
         model_dir = quant_model_dir(preset, threads=threads) if fixture else trained_preset(preset, progress=True)[0]
     model, tok = load_model(model_dir).eval(), load_tokenizer(model_dir)
-    on_books = model_dir is None and preset in BOOK_FIXTURES
     data = fixture_data_dir(preset, True, book_dir) if on_books else bundled_data_dir(progress=True)
     shards = "book shards'" if on_books else "bundled shards'"
     try:
