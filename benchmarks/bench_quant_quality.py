@@ -256,7 +256,8 @@ def quality(args) -> dict:
                 f"asymmetric {label}, ")
         out[label] = summarize(head + f"{source} ({heldout.numel()} tokens)", rows)
         if val is not None:
-            out[label + " val split"] = summarize(head + f"held-out: the bundled shards' val split ({val.numel()} "
+            shards = "book" if args.preset in BOOK_FIXTURES and args.model_dir is None else "bundled"
+            out[label + " val split"] = summarize(head + f"held-out: the {shards} shards' val split ({val.numel()} "
                                                   "tokens), the same quantized models", val_rows)
         if args.json:  # after each group size, so a long run's finished part is kept
             write_json(args, out)
