@@ -7,13 +7,18 @@ against llama.cpp's own quantizer (without and with its importance matrix), in o
         --heldout-books 2591-0,pg55,16-0 --eval-tokens 131072
     python benchmarks/bench_quant_quality.py quality --preset tiny --group-size 32 --length 128
     python benchmarks/bench_quant_quality.py temperature --preset quant256s --heldout-books 2591-0,pg55,16-0
+    python benchmarks/bench_quant_quality.py quality --preset quant256g --group-size 128 --bits 4 --n 128 \
+        --length 128 --heldout-books pg1342,98-0 --eval-tokens 131072
 
 The models for the issue's targets are `QUANT_FIXTURES`, trained here on the bundled corpus and cached like
 the presets; every linear's input width (256, 768) takes g128 and K-quants' 256-wide rows. `quant256s`
 (d_model 256, 4 layers, head_dim 64, FFN 768, 1,200 steps at 128 tokens; the default) is trained enough for
 RTN to cost measurable perplexity at 3 bits g128 and at 4 bits per channel; at 4 bits g128 its loss is 1.2
 standard errors of the bundled val split (docs/compress.md). `quant256` (6 layers, 240 steps at 512 tokens)
-loses nothing measurable at 4 bits.
+loses nothing measurable at 4 bits. `quant256g` is quant256s's shape trained instead on 36 Gutenberg books
+(`BOOKS_TRAIN`, 4.6 M tokens prepared by `train.fixtures.books_data_dir`) for 800 steps, a third of an epoch,
+so it is not over-confident; `--heldout-books pg1342,98-0` (`BOOKS_HELDOUT`, two whole books held out,
+decontaminated against every chunk of the training books) gives it ~396 K in-domain held-out tokens.
 `quality` quantizes it (calibration: the bundled shards' train split; held-out: their val split) at 4 and 3 bits for
 each group size and prints perplexity, KL(float || quantized) and the ratios the issue sets targets
 for: GPTQ's perplexity increase / RTN's, AWQ's / RTN's, each with a standard error from the paired
@@ -75,27 +80,50 @@ QUANT_FIXTURES = {
 }
 
 
-def quant_model_dir(name: str = "quant256", progress: bool = True) -> Path:
-    """The `QUANT_FIXTURES[name]` model trained on the bundled corpus (cached like the presets)."""
+# Gutenberg books for fixtures trained on books (`BOOK_FIXTURES`): the 36 books of at most ~1.1 MB whose markers
+# read "*** START OF" (what `gutenberg_documents` cuts at; ~17 MB of text) for training, and two whole books
+# held out (Pride and Prejudice, A Tale of Two Cities)
+BOOKS_TRAIN = ("11-0 120-0 158-0 16-0 203-0 205-0 219-0 244-0 25344-0 2591-0 2852-0 35-0 36-0 41-0 43-0 46-0 "
+               "74-0 76-0 940-0 Anne-of-Green-Gables From_Newton_to_Einstein_BenjaminHarrow "
+               "Great_Expectations_CharlesDickens pg11703 pg1232 pg161 pg1661 pg174 pg20203 "
+               "pg2298 pg23 pg345 pg408 pg4363 pg5200 pg521 pg55 pg7370 ").split()
+BOOKS_HELDOUT = ("pg1342", "98-0")
+GUTENBERG = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "gutenberg"
+# fixtures trained on `books_data_dir(BOOKS_TRAIN)` instead of the bundled corpus
+BOOK_FIXTURES = {"quant256g"}
+QUANT_FIXTURES["quant256g"] = (  # quant256s's shape and recipe, 800 steps: 1.6 M tokens of books, under an epoch
+    {**QUANT_FIXTURES["quant256s"][0], "name": "pocketlm-quant256g"}, {**QUANT_FIXTURES["quant256s"][1], "steps": 800})
+
+
+def fixture_data_dir(name: str, progress: bool = True, book_dir: Path = GUTENBERG) -> Path:
+    """The prepared shards fixture `name` trains on: the bundled corpus's, or `BOOKS_TRAIN`'s."""
+    from pocketlm.train.fixtures import books_data_dir, bundled_data_dir
+
+    if name in BOOK_FIXTURES:
+        return books_data_dir([book_dir / f"{b}.txt" for b in BOOKS_TRAIN], progress)
+    return bundled_data_dir(progress)
+
+
+def quant_model_dir(name: str = "quant256", progress: bool = True, threads: int | None = 1) -> Path:
+    """The `QUANT_FIXTURES[name]` model trained on its data (cached like the presets)."""
     from pocketlm.data.shards import MANIFEST
     from pocketlm.model.config import ModelConfig
-    from pocketlm.train.fixtures import bundled_data_dir, trained_model
+    from pocketlm.train.fixtures import trained_model
 
-    data = bundled_data_dir(progress)
+    data = fixture_data_dir(name, progress)
     vocab = json.loads((data / MANIFEST).read_text())["tokenizer"]["vocab_size"]
     model_fields, training = QUANT_FIXTURES[name]
     cfg = ModelConfig(vocab_size=vocab, **model_fields)
-    return trained_model(name, cfg, dict(training), progress, 1, data)[0]
+    return trained_model(name, cfg, dict(training), progress, threads, data)[0]
 
 
 # Gutenberg books closest to the bundled stories (fairy tales and children's novels), in order of the quant256s
 # model's perplexity on them (Grimms 153, Oz 194, Peter Pan 220; TinyStories val: 31)
 HELDOUT_BOOKS = ("2591-0", "pg55", "16-0")
-GUTENBERG = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "gutenberg"
 
 
 def setup(preset: str, n: int, length: int, eval_tokens: int, model_dir: Path | None = None,
-          books: tuple[str, ...] = (), book_dir: Path = GUTENBERG):
+          books: tuple[str, ...] = (), book_dir: Path = GUTENBERG, threads: int | None = 1):
     """(float model, calibration [n, length], held-out tokens, where both came from).
 
     `books`: score on these Gutenberg books instead (`data.corpus.heldout.heldout_books`: ~250-word chunks
@@ -112,16 +140,19 @@ def setup(preset: str, n: int, length: int, eval_tokens: int, model_dir: Path | 
     from pocketlm.interop import load_model, load_tokenizer
     from pocketlm.train.fixtures import bundled_data_dir, trained_preset
 
+    on_books = model_dir is None and preset in BOOK_FIXTURES
     if model_dir is None:
         fixture = preset in QUANT_FIXTURES
-        model_dir = quant_model_dir(preset) if fixture else trained_preset(preset, progress=True)[0]
+        model_dir = quant_model_dir(preset, threads=threads) if fixture else trained_preset(preset, progress=True)[0]
     model, tok = load_model(model_dir).eval(), load_tokenizer(model_dir)
-    data = bundled_data_dir(progress=True)
+    data = fixture_data_dir(preset, True, book_dir) if on_books else bundled_data_dir(progress=True)
+    shards = "book shards'" if on_books else "bundled shards'"
     try:
         calib, _ = calibration_from_shards(data, CalibSpec(str(data), n, length), tok, seed=0)
         heldout = torch.from_numpy(TokenSplit.open(data, "val").tokens.astype("int64"))[:eval_tokens]
-        source = f"calibration: bundled shards' train split, {n}x{length}; held-out: their val split"
+        source = f"calibration: {shards} train split, {n}x{length}; held-out: their val split"
         if books:
+            from pocketlm.data.corpus.build import gutenberg_documents
             from pocketlm.data.corpus.heldout import heldout_books
 
             paths = [book_dir / f"{b}.txt" for b in books]
@@ -129,9 +160,13 @@ def setup(preset: str, n: int, length: int, eval_tokens: int, model_dir: Path | 
             if missing:
                 raise SystemExit(f"held-out books not found: {', '.join(missing)}; pass --book-dir (the shared "
                                  "data's text/gutenberg folder)")
-            text = "\n\n".join(heldout_books(paths))
+            train = None  # the bundled training documents; a book fixture's: every chunk of its training books
+            if on_books:
+                train = [d for b in BOOKS_TRAIN for d in gutenberg_documents((book_dir / f"{b}.txt").read_text(
+                    encoding="utf-8"))]
+            text = "\n\n".join(heldout_books(paths, train))
             heldout = torch.tensor(encode_text(tok, text)[:eval_tokens])
-            source = (f"calibration: bundled shards' train split, {n}x{length}; held-out: Gutenberg "
+            source = (f"calibration: {shards} train split, {n}x{length}; held-out: Gutenberg "
                       f"{', '.join(books)}, chunks sharing no paragraph or 13-gram with training text")
     except CalibrationError:  # another tokenizer: the shards mean nothing to it
         calib, _ = calibration_batches(f"bundled:{n}x{length}", tok, seed=0)
@@ -221,7 +256,8 @@ def quality(args) -> dict:
                 f"asymmetric {label}, ")
         out[label] = summarize(head + f"{source} ({heldout.numel()} tokens)", rows)
         if val is not None:
-            out[label + " val split"] = summarize(head + f"held-out: the bundled shards' val split ({val.numel()} "
+            shards = "book" if args.preset in BOOK_FIXTURES and args.model_dir is None else "bundled"
+            out[label + " val split"] = summarize(head + f"held-out: the {shards} shards' val split ({val.numel()} "
                                                   "tokens), the same quantized models", val_rows)
         if args.json:  # after each group size, so a long run's finished part is kept
             write_json(args, out)

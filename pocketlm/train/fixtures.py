@@ -54,6 +54,28 @@ def bundled_data_dir(progress: bool = False) -> Path:
     return out
 
 
+def books_data_dir(paths: list[Path], progress: bool = False) -> Path:
+    """Token shards of Project Gutenberg books (`paths`: the plain-text files with their license header and
+    footer), each cut as the corpus cuts Alice (`gutenberg_documents`: ~250-word chunks between the
+    START/END markers) and written as one gzip JSON Lines file per book under the cache, then prepared
+    with `prepare`'s defaults (byte-level BPE of the bundled vocabulary size); once per books + code version."""
+    from pocketlm.data.corpus.build import gutenberg_documents, write_jsonl_gz
+
+    paths = sorted(Path(p) for p in paths)
+    key = _digest(*(p.name.encode() + p.read_bytes() for p in paths), code_version().encode())
+    root = cache_root() / "data" / f"books-{key}"
+    out = root / "shards"
+    if not (out / MANIFEST).is_file():
+        from pocketlm.data.prepare import PrepareConfig, prepare  # here: its MinHash (datasketch, scipy) costs ~1 s
+
+        src = root / "chunks"
+        src.mkdir(parents=True, exist_ok=True)
+        for p in paths:
+            write_jsonl_gz(src / f"{p.stem}.jsonl.gz", gutenberg_documents(p.read_text(encoding="utf-8")), p.stem)
+        prepare(PrepareConfig([str(src)], str(out)), progress=progress)
+    return out
+
+
 def fixture_key(model_cfg: ModelConfig, tcfg: TrainConfig, data_dir: Path) -> str:
     t = tcfg.to_dict()
     for volatile in ("data_dir", "out_dir", "progress", "threads"):

@@ -66,12 +66,13 @@ def heldout_documents() -> list[Document]:
     return [d for d in val if clean(d.text)]
 
 
-def heldout_books(paths: list[Path]) -> list[str]:
+def heldout_books(paths: list[Path], train_texts: list[str] | None = None) -> list[str]:
     """Project Gutenberg books (with their license header and footer) cut as the corpus cuts Alice (~250-word
     chunks between the START/END markers), less every chunk that shares a paragraph or a word 13-gram with a
     training document: held-out text beyond the bundled validation split, for measurements whose noise
-    the split's ~9 K tokens cannot resolve. Books are not stories for children, so it is out of domain."""
-    clean = untouched_by(training_texts())
+    the split's ~9 K tokens cannot resolve. Books are not stories for children, so it is out of domain.
+    `train_texts`: decontaminate against these instead of the bundled training documents (a model trained on books)."""
+    clean = untouched_by(training_texts() if train_texts is None else train_texts)
     return [doc for path in paths for doc in gutenberg_documents(Path(path).read_text(encoding="utf-8"))
             if clean(doc)]
 
