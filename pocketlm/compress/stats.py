@@ -34,7 +34,7 @@ def add_upper_gram(M: Tensor, rows: Tensor, beta: float = 1.0, alpha: float = 1.
 
 def symmetric(M: Tensor) -> Tensor:
     """The symmetric matrix of M's upper triangle (a new tensor; the values copied, none recomputed)."""
-    return torch.where(torch.ones(M.shape, dtype=torch.bool).triu_(), M, M.T)
+    return M.triu().add_(M.triu(1).T)
 
 
 class InputNorms:
