@@ -217,8 +217,8 @@ def quantize_cmd(
     sym: bool = typer.Option(False, "--sym", help="symmetric grid (no offset); 8 bits always is"),
     act_order: bool = typer.Option(False, "--act-order", help="GPTQ: quantize columns by decreasing Hessian diagonal"),
     static_groups: bool = typer.Option(False, "--static-groups", help="GPTQ: fit every group on the original weight first"),
-    awq_clip: bool = typer.Option(False, "--awq-clip", help="AWQ: also llm-awq's weight-clipping search (lowers KL "
-                                  "and in-domain perplexity; raised it on unseen text in docs/compress.md)"),
+    awq_clip: bool = typer.Option(False, "--awq-clip", help="AWQ: also llm-awq's weight-clipping search (lower KL "
+                                  "and in-domain perplexity; higher perplexity on unseen books, docs/compress.md)"),
     calib: str = typer.Option("bundled:128x512", help="calibration SOURCE:NxL (bundled, a task, files, a data folder)"),
     seed: int = typer.Option(0, help="calibration sampling seed"),
     gguf: Optional[str] = typer.Option(None, help="write model.gguf with the codes on this GGUF type's grid "

@@ -13,10 +13,10 @@ Gemma's 1 + w form included, or a linear's rows), the group's columns multiplied
 model computes the same function. Then, with `clip=True` (llm-awq's default; off by default here), the clip
 search: for every matrix but q/k (whose errors the attention softmax amplifies, as llm-awq skips them) each
 group's range is shrunk to max|w|·(1 - i/20), i < 10, keeping per (row, group) the shrink with the least
-output error on 512 sampled input tokens. It fits the calibration text: on a model trained on books it
-lowers KL and perplexity on unseen chunks of those books but raises perplexity on unseen books above
-RTN's, where the scales alone stay below it (docs/compress.md, round 8). llm-compressor's AWQ has no clip
-search either.
+output error on 512 sampled input tokens. On a model trained on books, the clip search brought the
+quantized model closer to the float one (lower KL) and lowered perplexity on unseen chunks of those books,
+but it raised perplexity on unseen books above RTN's, where the scales alone stay below RTN
+(docs/compress.md, round 8). llm-compressor's AWQ has no clip search either.
 
 Not folded (the group's matrices are still quantized, without scales): post-norm and post-sublayer
 placements, a norm shared by attention and FFN, a norm without gain, routed-expert FFNs (the router

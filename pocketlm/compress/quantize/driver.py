@@ -148,8 +148,7 @@ def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size
     `open_model(..., "int4")` does: with both, the checkpoint has that precision's layout. `calib_dtype="bf16"` runs the calibration
     forwards under bf16 autocast (pruning's option: about 1.7x faster matmuls; the statistics are still
     accumulated and the weights solved in fp32). `awq_clip` adds llm-awq's weight-clipping search after AWQ's
-scales (`awq` module docstring: it fits the calibration text). Returns the report; `report.grids` holds
-each target's codes."""
+    scales (see the `awq` module docstring). Returns the report; `report.grids` holds each target's codes."""
     t_start = time.perf_counter()
     grid = grid or IntGrid(bits, group_size, sym, compute_dtype)
     check_request(method, grid, kernels=kernels, calib_dtype=calib_dtype, quantize_head=quantize_head,
