@@ -8,7 +8,9 @@ against llama.cpp's own quantizer (without and with its importance matrix), in o
     python benchmarks/bench_quant_quality.py quality --preset tiny --group-size 32 --length 128
     python benchmarks/bench_quant_quality.py temperature --preset quant256s --heldout-books 2591-0,pg55,16-0
     python benchmarks/bench_quant_quality.py quality --preset quant256g --group-size 128 --bits 4 --n 128 \
-        --length 128 --heldout-books pg1342,98-0 --eval-tokens 131072
+        --length 128 --heldout-books pg1342,98-0 --eval-tokens 131072 --awq-variants clip
+    python benchmarks/bench_quant_quality.py by-probability --preset quant256g --group-size 128 --bits 4 \
+        --methods rtn,awq --awq-variants clip --heldout-books pg1342,98-0 --eval-tokens 131072
 
 The models for the issue's targets are `QUANT_FIXTURES`, trained here on the bundled corpus and cached like
 the presets; every linear's input width (256, 768) takes g128 and K-quants' 256-wide rows. `quant256s`
@@ -22,12 +24,14 @@ decontaminated against every chunk of the training books) gives it ~396 K in-dom
 `quality` quantizes it (calibration: the bundled shards' train split; held-out: their val split) at 4 and 3 bits for
 each group size and prints perplexity, KL(float || quantized) and the ratios the issue sets targets
 for: GPTQ's perplexity increase / RTN's, AWQ's / RTN's, each with a standard error from the paired
-per-window differences (`paired_ratios`; `--gptq-variants` adds act_order / static_groups / damping rows).
+per-window differences (`paired_ratios`; `--gptq-variants` adds act_order / static_groups / damping rows,
+`--awq-variants clip` AWQ with llm-awq's clip search).
 The val split's 9,324 tokens cannot resolve a 4-bit g128 loss; `--heldout-books` scores on Gutenberg fairy
 tales and children's novels instead (~310 K tokens, less every chunk sharing a paragraph or 13-gram with
 training text; out of the training domain, perplexity ~150-220 against 31). `temperature` prints the float
 model's perplexity with its logits divided by T: where it falls for T > 1 the model is over-confident, and
-rounding noise can lower perplexity (docs/benchmarks.md). `gguf` writes an F32 GGUF, then per type: llama.cpp's quantizer
+rounding noise can lower perplexity (docs/benchmarks.md). `by-probability` splits each method's
+increase by the float model's probability of the scored token. `gguf` writes an F32 GGUF, then per type: llama.cpp's quantizer
 (`llama_model_quantize`, pure) without and with the importance matrix llama.cpp itself computes on the
 same calibration sequences (`export.llama_imatrix`, llama-imatrix's statistic), and pocketlm's RTN /
 GPTQ / AWQ codes written exactly; it checks every file of a type holds the same tensor types, and
@@ -208,6 +212,8 @@ GPTQ_VARIANTS = {"act_order": {"act_order": True}, "static_groups": {"static_gro
                  "act_order+static_groups": {"act_order": True, "static_groups": True},
                  "damp=0.1": {"damp": 0.1}, "damp=0.001": {"damp": 0.001},
                  "calib=bf16": {"calib_dtype": "bf16"}}  # bf16 calibration forwards (the 135M shape's fast path)
+# AWQ's options: llm-awq's weight-clipping search after the scales (off by default, docs/compress.md round 8)
+AWQ_VARIANTS = {"clip": {"awq_clip": True}}
 
 
 def summarize(title: str, rows: list[dict]) -> dict:
@@ -242,14 +248,16 @@ def quality(args) -> dict:
         rows = quant_sweep(model, calib, heldout, args.length, bits, g or None, methods=args.methods.split(","),
                            log=log, models=models)
         val_rows = rescore(model, models, rows, val, args.length) if val is not None else []
-        variants = [v for v in args.gptq_variants.split(",") if v]
-        for name in variants:
+        variants = [(m, v, table[v]) for m, table, chosen in (("gptq", GPTQ_VARIANTS, args.gptq_variants),
+                                                              ("awq", AWQ_VARIANTS, args.awq_variants))
+                    for v in chosen.split(",") if v]
+        for method, name, options in variants:
             models.clear()
-            new = quant_sweep(model, calib, heldout, args.length, bits, g or None, methods=("gptq",), log=log,
-                              models=models, **GPTQ_VARIANTS[name])
-            rows += [{**row, "method": f"gptq {name}"} for row in new]
+            new = quant_sweep(model, calib, heldout, args.length, bits, g or None, methods=(method,), log=log,
+                              models=models, **options)
+            rows += [{**row, "method": f"{method} {name}"} for row in new]
             if val is not None:
-                val_rows += [{**row, "method": f"gptq {name}"} for row in rescore(model, models, new, val, args.length)]
+                val_rows += [{**row, "method": f"{method} {name}"} for row in rescore(model, models, new, val, args.length)]
         models.clear()
         label = f"g{g}" if g else "per channel"
         head = (f"{args.model_dir or args.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params), "
@@ -351,6 +359,62 @@ def gguf_bench(args) -> dict:
 
 
 @torch.no_grad()
+def token_logprobs(model, ids: torch.Tensor, window: int) -> torch.Tensor:
+    """Each scored token's log-probability under `model`, window by window (as `compare_on_tokens` scores)."""
+    out = []
+    for w in range(ids.numel() // window):
+        chunk = ids[w * window:(w + 1) * window][None]
+        out.append(model(chunk)[0, :-1].float().log_softmax(-1).gather(-1, chunk[0, 1:, None])[:, 0])
+    return torch.cat(out)
+
+
+PROBABILITY_EDGES = (0.0, 0.01, 0.05, 0.2, 0.5, 1.0)
+
+
+@torch.no_grad()
+def by_probability(args) -> dict:
+    """Where each method's log-perplexity increase comes from: the mean change of a token's negative log-
+    likelihood, bucketed by the float model's probability of that token (on the books, if given, and on
+    the val split). Quantization noise that flattens distributions lowers the loss of tokens the float
+    model finds unlikely and raises that of likely ones; KL weighs the likely ones."""
+    from pocketlm.compress.quantize import quantize
+
+    torch.set_num_threads(args.threads)
+    books = tuple(b for b in args.heldout_books.split(",") if b)
+    model, calib, heldout, source = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir,
+                                          books, args.book_dir)
+    texts = {source: heldout}
+    if books:
+        texts["the val split"] = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir)[2]
+    g, bits = int(args.group_size.split(",")[0]) or None, int(args.bits.split(",")[0])
+    runs = [(m, m, {}) for m in args.methods.split(",")] + [
+        (f"awq {v}", "awq", AWQ_VARIANTS[v]) for v in args.awq_variants.split(",") if v]
+    quantized = {}
+    for label, method, options in runs:
+        quantized[label] = copy.deepcopy(model)
+        quantize(quantized[label], method, bits, g, calib=calib, **options)
+    out, edges = {}, PROBABILITY_EDGES
+    for text, ids in texts.items():
+        base = token_logprobs(model, ids, args.length)
+        p = base.exp()
+        diffs = {label: base - token_logprobs(q, ids, args.length) for label, q in quantized.items()}
+        print(f"\n{text} ({ids.numel()} tokens), {bits}-bit {'g%d' % g if g else 'per channel'}: mean change of "
+              "a token's NLL, nats x 1e-3 (± s.e.), by the float model's probability of the token")
+        print("| float p(token) | tokens | " + " | ".join(diffs) + " |\n|---|---|" + "---|" * len(diffs))
+        table = []
+        for lo, hi in zip(edges, edges[1:]):
+            sel = (p >= lo) & ((p < hi) if hi < 1 else (p <= hi))
+            row = {label: (1e3 * float(d[sel].mean()), 1e3 * float(d[sel].std() / sel.sum().sqrt())) for label, d in diffs.items()}
+            table.append({"bucket": [lo, hi], "share": float(sel.float().mean()), "nll_change": row})
+            print(f"| {lo:.2f}-{hi:.2f} | {sel.float().mean():.1%} | "
+                  + " | ".join(f"{m:+.2f} ± {se:.2f}" for m, se in row.values()) + " |")
+        print("| all | 100% | " + " | ".join(f"{1e3 * float(d.mean()):+.3f}" for d in diffs.values()) + " |")
+        out[text] = table
+    print(f"{cpu_model()}, {_load()}")
+    return out
+
+
+@torch.no_grad()
 def temperature(args) -> dict:
     """The float model's perplexity with its logits divided by T, on the books (if given) and the val split. A
     model whose perplexity falls for T > 1 is over-confident there, so noise that flattens its distributions
@@ -380,13 +444,14 @@ def write_json(args, out: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["quality", "gguf", "temperature"])
+    ap.add_argument("what", choices=["quality", "gguf", "temperature", "by-probability"])
     ap.add_argument("--preset", default="quant256s", help=f"one of {', '.join(QUANT_FIXTURES)} (d256, FFN 768: "
                     "the issue's g128 / K-quant targets; quant256s is the trained one), or a preset (tiny, small)")
     ap.add_argument("--model-dir", type=Path, help="an already trained model folder instead of --preset")
     ap.add_argument("--group-size", default="64", help="comma list; 0: per channel (the quant256 models take "
                     "128; the small preset's 192 inputs 32 or 64; the tiny preset's 352-wide FFN only 32)")
     ap.add_argument("--gptq-variants", default="", help=f"comma list of extra GPTQ rows: {', '.join(GPTQ_VARIANTS)}")
+    ap.add_argument("--awq-variants", default="", help=f"comma list of extra AWQ rows: {', '.join(AWQ_VARIANTS)}")
     ap.add_argument("--n", type=int, default=128, help="calibration sequences")
     ap.add_argument("--length", type=int, default=128, help="calibration / scoring window (trained context)")
     ap.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens scored at most")
@@ -399,7 +464,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: small matrices on a shared machine)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
-    out = {"quality": quality, "gguf": gguf_bench, "temperature": temperature}[args.what](args)
+    for flag, table, chosen in (("--gptq-variants", GPTQ_VARIANTS, args.gptq_variants),
+                                ("--awq-variants", AWQ_VARIANTS, args.awq_variants)):
+        unknown = [v for v in chosen.split(",") if v and v not in table]
+        if unknown:
+            ap.error(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(table)}")
+    out = {"quality": quality, "gguf": gguf_bench, "temperature": temperature,
+           "by-probability": by_probability}[args.what](args)
     if args.json:
         write_json(args, out)
 

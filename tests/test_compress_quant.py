@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pocketlm.compress.quantize import CalibrationTooShortError, quantize
-from pocketlm.compress.quantize.awq import Recorded, ScaleGroup, scale_groups, search_scale
+from pocketlm.compress.quantize import awq as awq_module
+from pocketlm.compress.quantize.awq import Recorded, ScaleGroup, clip_search, scale_groups, search_scale
 from pocketlm.compress.quantize.gptq import GPTQ
 from pocketlm.compress.targets import Target, block_targets
 from pocketlm.interop import save_native
@@ -124,6 +125,39 @@ def test_awq_search_scales_up_salient_input_channels() -> None:
     assert alpha > 0 and losses[round(alpha * 20)] < 0.7 * losses[0]
     assert s[:4].min() > s[4:].max() and torch.isclose(s.max() * s.min(), torch.tensor(1.0))  # normalised scales
     assert torch.equal(layer.weight, before)  # the search leaves the weights as they were
+
+
+def test_awq_clip_search_shrinks_a_weight_whose_input_is_never_active() -> None:
+    # a group whose largest weight reads an input channel that is zero on every token: clipping that weight
+    # costs no output error and the rest of the group rounds on a finer step, so the search must shrink that
+    # group's range far (to about the largest shrink it tries, 1 - 9/20 of max |w|); in every group the
+    # chosen range has no more output error on the tokens than the unclipped one
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 64, generator=gen) * 0.3
+    w[:, 5] = 3.0  # the first group's (32 columns) largest weight, in every row
+    x = torch.randn(256, 64, generator=gen)
+    x[:, 5] = 0
+    grid = IntGrid(4, 32, True)
+    upper = clip_search(w, x, grid)
+    assert (upper[:, 0] <= 0.65 * 3.0).all() and (upper <= w.abs().reshape(8, 2, 32).amax(-1)).all()
+    clipped = torch.maximum(torch.minimum(w, upper.repeat_interleave(32, 1)), -upper.repeat_interleave(32, 1))
+    for g in (slice(0, 32), slice(32, 64)):
+        err = lambda q: ((x[:, g] @ (q[:, g] - w[:, g]).T) ** 2).mean(0)  # noqa: E731
+        assert (err(awq_module.fake_quantize(grid, clipped)) <= err(awq_module.fake_quantize(grid, w)) + 1e-6).all()
+
+
+def test_awq_clip_search_runs_only_when_asked(monkeypatch) -> None:
+    """AWQ without the clip search by default (llm-compressor's AWQ; docs/compress.md round 8 measures why),
+    llm-awq's clip with awq_clip=True: it then changes the codes."""
+    calib = _calib()
+    calls = []
+    real = awq_module.clip_search
+    monkeypatch.setattr(awq_module, "clip_search", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plain = quantize(_model(), "awq", 4, 32, calib=calib)
+    assert not calls and plain.options["awq_clip"] is False
+    clipped = quantize(_model(), "awq", 4, 32, calib=calib, awq_clip=True)
+    assert len(calls) == 5 * CFG["n_layer"]  # v, o, gate, up, down in each block (q and k are not clipped)
+    assert any(not torch.equal(plain.codes[n][0], clipped.codes[n][0]) for n in plain.codes)
 
 
 @pytest.mark.parametrize("method,bits,group", [("gptq", 4, 32), ("gptq", 3, 64), ("awq", 4, None), ("rtn", 8, None),

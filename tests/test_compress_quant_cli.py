@@ -138,3 +138,31 @@ def test_export_gguf_bad_method_is_one_clear_error(micro_dir, tmp_path) -> None:
                                       "--out", str(out)])
     assert result.exit_code != 0 and "GPTQ / AWQ write GGUF types" in str(result.exception)
     assert not out.exists()
+
+
+def test_awq_clip_flag_reaches_the_driver(tmp_path, monkeypatch) -> None:
+    """`--awq-clip` on `pocketlm quantize` and `pocketlm export gguf` turns on llm-awq's clip search; without
+    it AWQ runs its scales alone (the driver's default)."""
+    from typer.testing import CliRunner
+
+    from pocketlm.cli import app
+    from pocketlm.compress.quantize import checkpoint
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(*args, **options):
+        seen.append(options.get("awq_clip", False))
+        raise Stop
+
+    monkeypatch.setattr(checkpoint, "quantize_checkpoint", capture)
+    monkeypatch.setattr(checkpoint, "quantized_gguf", capture)
+    model = str(tmp_path / "m")
+    for args in (["quantize", model, "--out", str(tmp_path / "o"), "--method", "awq"],
+                 ["export", "gguf", model, "--qtype", "Q4_0", "--method", "awq"]):
+        for flag in ([], ["--awq-clip"]):
+            result = CliRunner().invoke(app, args + flag)
+            assert isinstance(result.exception, Stop), result.output
+    assert seen == [False, True, False, True]

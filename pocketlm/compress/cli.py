@@ -217,6 +217,8 @@ def quantize_cmd(
     sym: bool = typer.Option(False, "--sym", help="symmetric grid (no offset); 8 bits always is"),
     act_order: bool = typer.Option(False, "--act-order", help="GPTQ: quantize columns by decreasing Hessian diagonal"),
     static_groups: bool = typer.Option(False, "--static-groups", help="GPTQ: fit every group on the original weight first"),
+    awq_clip: bool = typer.Option(False, "--awq-clip", help="AWQ: also llm-awq's weight-clipping search (lower KL "
+                                  "and in-domain perplexity; higher perplexity on unseen books, docs/compress.md)"),
     calib: str = typer.Option("bundled:128x512", help="calibration SOURCE:NxL (bundled, a task, files, a data folder)"),
     seed: int = typer.Option(0, help="calibration sampling seed"),
     gguf: Optional[str] = typer.Option(None, help="write model.gguf with the codes on this GGUF type's grid "
@@ -242,7 +244,7 @@ def quantize_cmd(
     report = quantize_checkpoint(model, out, method, bits, group_size or None, sym, calib=calib, seed=seed, gguf=gguf,
                                  fmt=fmt, dtype=dtype,
                                  eval_text=eval_text, eval_tokens=eval_tokens, overwrite=overwrite, progress=True,
-                                 act_order=act_order, static_groups=static_groups,
+                                 act_order=act_order, static_groups=static_groups, awq_clip=awq_clip,
                                  **({"quantize_head": True} if quantize_head else {}),
                                  skip=tuple(DEFAULT_SKIP) + tuple(skip))
     console.print(f"{method} {report.grid}: {len(report.layers)} matrices in {report.wall_s:.1f} s, peak RSS "

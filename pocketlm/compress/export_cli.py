@@ -31,6 +31,8 @@ def register(app: typer.Typer) -> None:
                                                       "written exactly (default: the GGUF writer / llama.cpp's "
                                                       "quantizer on the float weights)"),
                  calib: str = typer.Option("bundled:128x512", help="--method gptq/awq: calibration SOURCE:NxL"),
+                 awq_clip: bool = typer.Option(False, "--awq-clip", help="--method awq: also llm-awq's "
+                                               "weight-clipping search"),
                  out: Path = typer.Option(None, help="the .gguf file (default: <model name>-<qtype>.gguf)"),
                  tokenizer: Path = typer.Option(None, help="tokenizer.json / tokenizer.model (default: the "
                                                 "model directory's)"),
@@ -52,7 +54,8 @@ def register(app: typer.Typer) -> None:
         from pocketlm.compress.quantize.gguf_grids import gguf_grid
 
         gguf_grid(qtype)  # a type pocketlm cannot write exactly fails before the model is opened
-        report = quantized_gguf(model, out, qtype, method, calib=calib, seed=seed, tokenizer=tokenizer, progress=True)
+        report = quantized_gguf(model, out, qtype, method, calib=calib, seed=seed, tokenizer=tokenizer, progress=True,
+                                **({"awq_clip": True} if awq_clip else {}))
         print(json.dumps({"path": str(out), "qtype": qtype.upper(), "method": method, "bytes": out.stat().st_size,
                           "seconds": round(report.wall_s, 2), "matrices": len(report.layers),
                           "calibration": report.calibration}, default=str))

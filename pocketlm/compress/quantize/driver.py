@@ -134,7 +134,7 @@ def _round_head(weight: Tensor, grid: Any, rows: int = 8192) -> tuple[Tensor, tu
 def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size: int | None = 128,
              sym: bool = False, calib: Tensor | None = None, *, grid: Any = None, act_order: bool = False,
              static_groups: bool = False, true_sequential: bool = True, damp: float = 0.01, blocksize: int = 128,
-             awq_grid: int = 20, awq_clip: bool = True, skip: tuple[str, ...] = DEFAULT_SKIP, batch_size: int = 8,
+             awq_grid: int = 20, awq_clip: bool = False, skip: tuple[str, ...] = DEFAULT_SKIP, batch_size: int = 8,
              error_samples: int = 8, compute_dtype: torch.dtype = torch.bfloat16, kernels: bool = True,
              float_dtype: torch.dtype | None = None, calib_dtype: str = "fp32", quantize_head: bool = False,
              progress: bool = False) -> QuantReport:
@@ -147,7 +147,8 @@ def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size
     head to nearest on the blocks' grid, its own int layer (the embedding stays float), as
     `open_model(..., "int4")` does: with both, the checkpoint has that precision's layout. `calib_dtype="bf16"` runs the calibration
     forwards under bf16 autocast (pruning's option: about 1.7x faster matmuls; the statistics are still
-    accumulated and the weights solved in fp32). Returns the report; `report.grids` holds each target's codes."""
+    accumulated and the weights solved in fp32). `awq_clip` adds llm-awq's weight-clipping search after AWQ's
+    scales (see the `awq` module docstring). Returns the report; `report.grids` holds each target's codes."""
     t_start = time.perf_counter()
     grid = grid or IntGrid(bits, group_size, sym, compute_dtype)
     check_request(method, grid, kernels=kernels, calib_dtype=calib_dtype, quantize_head=quantize_head,
