@@ -56,6 +56,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pocketlm.compress.calibration import calibration_batches, encode_text  # noqa: E402
+from pocketlm.compress.measure import window_logprobs  # noqa: E402
 from pocketlm.compress.prune.checkpoint import DEFAULT_EVAL_TEXT  # noqa: E402
 from pocketlm.compress.quantize.gguf_export import export_quantized_gguf  # noqa: E402
 from pocketlm.compress.quantize.sweep import quant_sweep, quant_table, rescore  # noqa: E402
@@ -128,33 +129,34 @@ HELDOUT_BOOKS = ("2591-0", "pg55", "16-0")
 
 def setup(preset: str, n: int, length: int, eval_tokens: int, model_dir: Path | None = None,
           books: tuple[str, ...] = (), book_dir: Path = GUTENBERG, threads: int | None = 1):
-    """(float model, calibration [n, length], held-out tokens, where both came from).
-
-    `books`: score on these Gutenberg books instead (`data.corpus.heldout.heldout_books`: ~250-word chunks
-    less every one sharing a paragraph or word 13-gram with a training document), for more held-out tokens
-    than the val split's 9,324.
+    """(float model, calibration [n, length], {label: held-out tokens}, where the calibration came from).
 
     A model with the bundled shards' tokenizer (every fixture) calibrates on the shards' train split and
     is scored on their validation split, which training never reads (`DEFAULT_EVAL_TEXT`, the other
     benchmarks' held-out text, is 35 of its documents: those sharing no paragraph or 13-gram with
-    training text). Any other model calibrates on the bundled training documents and is scored on
-    `DEFAULT_EVAL_TEXT`."""
+    training text). A `BOOK_FIXTURES` preset (also with `--model-dir`) uses its book shards instead. Any
+    other model calibrates on the bundled training documents and is scored on `DEFAULT_EVAL_TEXT`.
+
+    `books`: these Gutenberg books come first among the texts (`data.corpus.heldout.heldout_books`:
+    ~250-word chunks less every one sharing a paragraph or word 13-gram with a training document), for
+    more held-out tokens than the bundled val split's 9,324; the val split stays the second text."""
     from pocketlm.compress.calibration import CalibrationError, CalibSpec, calibration_from_shards
     from pocketlm.data.shards import TokenSplit
     from pocketlm.interop import load_model, load_tokenizer
     from pocketlm.train.fixtures import bundled_data_dir, trained_preset
 
-    on_books = model_dir is None and preset in BOOK_FIXTURES
+    on_books = preset in BOOK_FIXTURES
     if model_dir is None:
         fixture = preset in QUANT_FIXTURES
         model_dir = quant_model_dir(preset, threads=threads) if fixture else trained_preset(preset, progress=True)[0]
     model, tok = load_model(model_dir).eval(), load_tokenizer(model_dir)
     data = fixture_data_dir(preset, True, book_dir) if on_books else bundled_data_dir(progress=True)
     shards = "book shards'" if on_books else "bundled shards'"
+    texts = {}
     try:
         calib, _ = calibration_from_shards(data, CalibSpec(str(data), n, length), tok, seed=0)
-        heldout = torch.from_numpy(TokenSplit.open(data, "val").tokens.astype("int64"))[:eval_tokens]
-        source = f"calibration: {shards} train split, {n}x{length}; held-out: their val split"
+        val = torch.from_numpy(TokenSplit.open(data, "val").tokens.astype("int64"))[:eval_tokens]
+        source = f"calibration: {shards} train split, {n}x{length}"
         if books:
             from pocketlm.data.corpus.build import gutenberg_documents
             from pocketlm.data.corpus.heldout import heldout_books
@@ -169,14 +171,14 @@ def setup(preset: str, n: int, length: int, eval_tokens: int, model_dir: Path | 
                 train = [d for b in BOOKS_TRAIN for d in gutenberg_documents((book_dir / f"{b}.txt").read_text(
                     encoding="utf-8"))]
             text = "\n\n".join(heldout_books(paths, train))
-            heldout = torch.tensor(encode_text(tok, text)[:eval_tokens])
-            source = (f"calibration: {shards} train split, {n}x{length}; held-out: Gutenberg "
-                      f"{', '.join(books)}, chunks sharing no paragraph or 13-gram with training text")
+            label = f"Gutenberg {', '.join(books)}, chunks sharing no paragraph or 13-gram with training text"
+            texts[label] = torch.tensor(encode_text(tok, text)[:eval_tokens])
+        texts[f"the {shards} val split"] = val
     except CalibrationError:  # another tokenizer: the shards mean nothing to it
         calib, _ = calibration_batches(f"bundled:{n}x{length}", tok, seed=0)
-        heldout = torch.tensor(encode_text(tok, DEFAULT_EVAL_TEXT.read_text())[:eval_tokens])
-        source = f"calibration: bundled:{n}x{length}; held-out: {DEFAULT_EVAL_TEXT.name}"
-    return model, calib, heldout, source
+        texts[DEFAULT_EVAL_TEXT.name] = torch.tensor(encode_text(tok, DEFAULT_EVAL_TEXT.read_text())[:eval_tokens])
+        source = f"calibration: bundled:{n}x{length}"
+    return model, calib, texts, source
 
 
 def ratios(rows: list[dict]) -> dict:
@@ -185,7 +187,7 @@ def ratios(rows: list[dict]) -> dict:
             if m != "rtn" for b in (4, 3) if (m, b) in by and by[("rtn", b)] > 0}
 
 
-def paired_ratios(rows: list[dict], target: float = 0.6) -> dict:
+def paired_ratios(rows: list[dict]) -> dict:
     """Each method's log-perplexity increase over RTN's at the same bits, with a standard error from the
     paired per-window differences (every model scored on the same windows): the ratio r = mean(d_m) /
     mean(d_rtn) and, linearised, s.e.(r) = sd(d_m - r d_rtn) / sqrt(windows) / |mean(d_rtn)|. `upper95`:
@@ -236,37 +238,34 @@ def summarize(title: str, rows: list[dict]) -> dict:
 def quality(args) -> dict:
     torch.set_num_threads(args.threads)
     books = tuple(b for b in args.heldout_books.split(",") if b)
-    model, calib, heldout, source = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir,
-                                          books, args.book_dir)
-    # with books, the same quantized models are scored on the val split too (no second quantization)
-    val = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir)[2] if books else None
+    model, calib, texts, source = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir,
+                                        books, args.book_dir)
+    # the first text is scored by the sweep; the others rescore the same quantized models
+    (first, heldout), *others = texts.items()
     log = lambda s: print(s, flush=True)  # noqa: E731
     out = {}
     for g in [int(x) for x in str(args.group_size).split(",")]:
         bits = tuple(int(b) for b in args.bits.split(","))
-        models: dict = {}
-        rows = quant_sweep(model, calib, heldout, args.length, bits, g or None, methods=args.methods.split(","),
-                           log=log, models=models)
-        val_rows = rescore(model, models, rows, val, args.length) if val is not None else []
-        variants = [(m, v, table[v]) for m, table, chosen in (("gptq", GPTQ_VARIANTS, args.gptq_variants),
+        # one sweep of the methods as they are (the float model scored once), then one per variant
+        runs = [(args.methods.split(","), "", {})] + [
+            ((m,), f" {v}", table[v]) for m, table, chosen in (("gptq", GPTQ_VARIANTS, args.gptq_variants),
                                                               ("awq", AWQ_VARIANTS, args.awq_variants))
-                    for v in chosen.split(",") if v]
-        for method, name, options in variants:
-            models.clear()
-            new = quant_sweep(model, calib, heldout, args.length, bits, g or None, methods=(method,), log=log,
+            for v in chosen.split(",") if v]
+        rows, other_rows = [], [[] for _ in others]
+        for methods, name, options in runs:
+            models: dict = {}
+            new = quant_sweep(model, calib, heldout, args.length, bits, g or None, methods=methods, log=log,
                               models=models, **options)
-            rows += [{**row, "method": f"{method} {name}"} for row in new]
-            if val is not None:
-                val_rows += [{**row, "method": f"{method} {name}"} for row in rescore(model, models, new, val, args.length)]
-        models.clear()
+            named = lambda rs: [{**r, "method": r["method"] + name} for r in rs]  # noqa: E731
+            rows += named(new)
+            for acc, (_, ids) in zip(other_rows, others):
+                acc += named(rescore(model, models, new, ids, args.length))
         label = f"g{g}" if g else "per channel"
         head = (f"{args.model_dir or args.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params), "
-                f"asymmetric {label}, ")
-        out[label] = summarize(head + f"{source} ({heldout.numel()} tokens)", rows)
-        if val is not None:
-            shards = "book" if args.preset in BOOK_FIXTURES and args.model_dir is None else "bundled"
-            out[label + " val split"] = summarize(head + f"held-out: the {shards} shards' val split ({val.numel()} "
-                                                  "tokens), the same quantized models", val_rows)
+                f"asymmetric {label}, {source}; held-out: ")
+        out[label] = summarize(head + f"{first} ({heldout.numel()} tokens)", rows)
+        for acc, (text, ids) in zip(other_rows, others):  # the same quantized models
+            out[f"{label} {text}"] = summarize(head + f"{text} ({ids.numel()} tokens), the same quantized models", acc)
         if args.json:  # after each group size, so a long run's finished part is kept
             write_json(args, out)
     print(f"{cpu_model()}, {_load()}")
@@ -314,8 +313,10 @@ def gguf_bench(args) -> dict:
 
     torch.set_num_threads(args.threads)
     books = tuple(b for b in args.heldout_books.split(",") if b)
-    model, calib, heldout, source = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir,
-                                          books, args.book_dir)
+    model, calib, texts, source = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir,
+                                        books, args.book_dir)
+    (text, heldout), *_ = texts.items()
+    source = f"{source}; held-out: {text}"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -358,14 +359,11 @@ def gguf_bench(args) -> dict:
     return {"f32_ppl": base_ppl, "rows": rows}
 
 
-@torch.no_grad()
 def token_logprobs(model, ids: torch.Tensor, window: int) -> torch.Tensor:
-    """Each scored token's log-probability under `model`, window by window (as `compare_on_tokens` scores)."""
-    out = []
-    for w in range(ids.numel() // window):
-        chunk = ids[w * window:(w + 1) * window][None]
-        out.append(model(chunk)[0, :-1].float().log_softmax(-1).gather(-1, chunk[0, 1:, None])[:, 0])
-    return torch.cat(out)
+    """Each scored token's log-probability under `model` (`window_logprobs`' windows, one at a time)."""
+    return torch.cat([window_logprobs(model, ids[w * window:(w + 1) * window], window)[0]
+                      .gather(-1, ids[w * window + 1:(w + 1) * window, None])[:, 0]
+                      for w in range(ids.numel() // window)])
 
 
 PROBABILITY_EDGES = (0.0, 0.01, 0.05, 0.2, 0.5, 1.0)
@@ -381,11 +379,8 @@ def by_probability(args) -> dict:
 
     torch.set_num_threads(args.threads)
     books = tuple(b for b in args.heldout_books.split(",") if b)
-    model, calib, heldout, source = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir,
-                                          books, args.book_dir)
-    texts = {source: heldout}
-    if books:
-        texts["the val split"] = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir)[2]
+    model, calib, texts, _ = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir, books,
+                                   args.book_dir)
     g, bits = int(args.group_size.split(",")[0]) or None, int(args.bits.split(",")[0])
     runs = [(m, m, {}) for m in args.methods.split(",")] + [
         (f"awq {v}", "awq", AWQ_VARIANTS[v]) for v in args.awq_variants.split(",") if v]
@@ -422,9 +417,9 @@ def temperature(args) -> dict:
     torch.set_num_threads(args.threads)
     temps, out = (0.95, 1.0, 1.02, 1.05, 1.1, 1.2), {}
     books = tuple(b for b in args.heldout_books.split(",") if b)
-    for chosen in ((books, ()) if books else ((),)):
-        model, _, ids, source = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir, chosen,
-                                      args.book_dir)
+    model, _, texts, _ = setup(args.preset, args.n, args.length, args.eval_tokens, args.model_dir, books,
+                               args.book_dir)
+    for source, ids in texts.items():
         nll, count = dict.fromkeys(temps, 0.0), 0
         for w in range(ids.numel() // args.length):
             chunk = ids[w * args.length:(w + 1) * args.length][None]
@@ -447,7 +442,8 @@ def main() -> None:
     ap.add_argument("what", choices=["quality", "gguf", "temperature", "by-probability"])
     ap.add_argument("--preset", default="quant256s", help=f"one of {', '.join(QUANT_FIXTURES)} (d256, FFN 768: "
                     "the issue's g128 / K-quant targets; quant256s is the trained one), or a preset (tiny, small)")
-    ap.add_argument("--model-dir", type=Path, help="an already trained model folder instead of --preset")
+    ap.add_argument("--model-dir", type=Path, help="an already trained model folder instead of training --preset "
+                    "(a book fixture's --preset still picks its book shards)")
     ap.add_argument("--group-size", default="64", help="comma list; 0: per channel (the quant256 models take "
                     "128; the small preset's 192 inputs 32 or 64; the tiny preset's 352-wide FFN only 32)")
     ap.add_argument("--gptq-variants", default="", help=f"comma list of extra GPTQ rows: {', '.join(GPTQ_VARIANTS)}")

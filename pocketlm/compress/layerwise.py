@@ -188,7 +188,7 @@ def walk(model: Transformer, calib: Tensor, make_stat: Callable[[Target], Accumu
                               and {id(t.module) for later in ordered[g:] for t in later} & attention == {id(o_proj)})
                 seen: set[int] | None = set() if stop_early else None
                 if keep_heads:
-                    heads = _Heads([x.shape[0] * x.shape[1] for x, _ in batches])
+                    heads = _Heads(sum(x.shape[0] * x.shape[1] for x, _ in batches))
                 keep = [o_proj.register_forward_pre_hook(heads)] if keep_heads else []
                 handles = keep + [t.module.register_forward_pre_hook(_hook(t, stats[t.input_key], seen, len(made)))
                                   for t in made]
@@ -233,13 +233,13 @@ class _Heads:
     batch (a 9 MiB copy per batch into 144 MiB at 128 x 512 for the 135M shape): kept batch by batch in
     blocks of their own, they interleaved with the pass's temporaries and the heap grew ~2x that."""
 
-    def __init__(self, tokens: list[int]):
+    def __init__(self, tokens: int):
         self.tokens, self.buffer, self.views, self.used = tokens, None, [], 0
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
         y = args[0]
         if self.buffer is None:
-            self.buffer = torch.empty(sum(self.tokens) * y.shape[-1], dtype=y.dtype)
+            self.buffer = torch.empty(self.tokens * y.shape[-1], dtype=y.dtype)
         self.views.append(self.buffer[self.used:self.used + y.numel()].view(y.shape).copy_(y))
         self.used += y.numel()
 

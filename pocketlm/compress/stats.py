@@ -153,3 +153,6 @@ class Several:
 
     def __getitem__(self, name: str):
         return self.parts[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.parts

@@ -192,8 +192,9 @@ def scale_and_clip(model: Transformer, step: BlockStep, grid: Any, n_grid: int =
                    clip: bool = False) -> tuple[list[dict[str, Any]], dict[str, Tensor]]:
     """AWQ on one block (before the driver rounds it): fold the searched scales, then clip (when `clip`).
 
-    Returns (a record per scaled group, each target's weight before clipping). The sampled tokens and
-    the error probe's Gram of each scaled input are rescaled to the folded inputs x / s."""
+    Returns (a record per scaled group, each clipped target's weight before clipping). The error probe's
+    Gram of each scaled input (and, for the clip search, its sampled tokens) is rescaled to the folded
+    inputs x / s."""
     groups = scale_groups(model, step.index, step.targets)
     recorded = record_inspected(groups, step)
     records = []
@@ -201,14 +202,16 @@ def scale_and_clip(model: Transformer, step: BlockStep, grid: Any, n_grid: int =
         stats = step.stats[group.input_key]
         s, alpha, losses = search_scale(group, stats["mean"].mean(), recorded[id(group.inspect)], grid, n_grid)
         group.fold(s)
-        stats["tokens"].rows = [torch.cat(stats["tokens"].rows) / s]
+        if "tokens" in stats:  # the clip search's sample (collected only for it)
+            stats["tokens"].rows = [torch.cat(stats["tokens"].rows) / s]
         stats["error"].G = stats["error"].G / s[:, None] / s[None, :]
         records.append({"layers": [t.name for t in group.targets], "alpha": alpha,
                         "loss": losses[round(alpha * n_grid)], "rtn_loss": losses[0]})
-    unclipped = {t.name: t.weight.float().clone() for t in step.targets}
+    unclipped = {}
     if clip:
         for t in step.targets:
             if _clips(t.name) and step.stats[t.input_key]["tokens"].rows:
+                unclipped[t.name] = t.weight.float().clone()
                 n, k = t.shape
                 g = grid.group_of(k)
                 max_val = clip_search(t.weight, step.stats[t.input_key]["tokens"].tokens(), grid, n_grid)

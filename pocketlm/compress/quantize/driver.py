@@ -238,7 +238,9 @@ def quantize(model: Transformer, method: str = "gptq", bits: int = 4, group_size
             if method == "gptq":
                 parts["hessian"] = Hessian(t.shape[1])
             elif method == "awq":
-                parts.update(mean=awq.MeanAbs(t.shape[1]), tokens=awq.TokenSample(t.shape[1]))
+                parts["mean"] = awq.MeanAbs(t.shape[1])
+                if awq_clip:  # the clip search's token sample
+                    parts["tokens"] = awq.TokenSample(t.shape[1])
             return Several(**parts)
 
         def compress(step: BlockStep) -> bool:
